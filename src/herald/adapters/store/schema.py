@@ -1,0 +1,213 @@
+"""Tables of the status log. Portable SQL: the same schema runs on SQLite and PostgreSQL.
+
+Timestamps are epoch seconds (double precision); JSON documents are text written with orjson,
+so both engines store and compare them the same way. Changes to these tables come with an
+alembic revision under ``migrations/versions``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("scopes", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("email", String(320)),
+    Column("phone", String(20)),
+    Column("locale", String(35)),
+    Column("timezone", String(64)),
+    Column("data", Text, nullable=False),
+    Column("webhook_url", Text),
+    Column("chat", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("user_id", String(128), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("token", Text, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("deactivated_at", Float),
+    Index("ix_devices_user", "user_id"),
+    Index("ix_devices_token", "kind", "token"),
+)
+
+# The seed's table: one row per (user, channel); category '*' is the channel switch itself.
+user_preferences = Table(
+    "user_preferences",
+    metadata,
+    Column("user_id", String(128), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("category", String(64), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    PrimaryKeyConstraint("user_id", "channel", "category"),
+)
+
+user_settings = Table(
+    "user_settings",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("quiet_hours", Text),
+    Column("digests", Text, nullable=False),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("name", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("category", String(64)),
+    Column("channels", Text, nullable=False),
+    Column("locales", Text, nullable=False),
+    Column("default_locale", String(35), nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("name", "version"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("scope", String(40), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("status_code", Integer),
+    Column("response", Text),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    PrimaryKeyConstraint("scope", "key"),
+)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("user_id", String(128)),  # the first recipient, for filtering
+    Column("type", String(128)),  # template name or event type
+    Column("channel", String(16)),  # set when the request named exactly one channel
+    Column("content", Text, nullable=False),  # recipients, inline content, data, channels
+    Column("template", String(128)),
+    Column("template_version", Integer),
+    Column("category", String(64), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("send_at", Float),
+    Column("expires_at", Float),
+    Column("dedup_key", String(255)),
+    Column("api_key_id", String(40)),
+    Column("topic", String(128)),
+    Column("recipients_total", Integer, nullable=False),
+    Column("recipients_routed", Integer, nullable=False),
+    Column("error", Text),
+    Column("lease_owner", String(64)),
+    Column("lease_until", Float),
+    Column("created_at", Float, nullable=False),
+    Column("routed_at", Float),
+    Index("ix_notifications_route", "status", "priority", "created_at"),
+    Index("ix_notifications_user", "user_id", "id"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("notification_id", String(40), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(64)),
+    Column("priority", Integer, nullable=False),
+    Column("category", String(64), nullable=False),
+    Column("address", Text),
+    Column("content", Text, nullable=False),
+    Column("provider", String(32)),
+    Column("retry_count", Integer, nullable=False),  # attempts made so far
+    Column("budget_used", Integer, nullable=False),  # attempts counted against the retry schedule
+    Column("due_at", Float, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", Float),
+    Column("expires_at", Float),
+    Column("provider_message_id", String(255)),
+    Column("created_at", Float, nullable=False),
+    Column("queued_at", Float),
+    Column("sending_at", Float),
+    Column("sent_at", Float),
+    Column("delivered_at", Float),
+    Column("read_at", Float),
+    Column("failed_at", Float),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("notification_id", "user_id", "channel", name="uq_deliveries_recipient"),
+    # Claims: equality on channel, status, priority, then a range on due_at, in index order.
+    Index("ix_deliveries_claim", "channel", "status", "priority", "due_at"),
+    Index("ix_deliveries_lease", "status", "lease_until"),
+    Index("ix_deliveries_user", "user_id", "channel", "id"),
+    Index("ix_deliveries_notification", "notification_id"),
+    Index("ix_deliveries_provider_msg", "provider_message_id"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("delivery_id", String(40), nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("code", String(64)),
+    Column("detail", Text),
+    Column("latency_ms", Float),
+    Column("ambiguous", Boolean, nullable=False),
+    Index("ix_attempts_delivery", "delivery_id", "n"),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("channel", String(16), nullable=False),
+    Column("address", String(512), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("channel", "address"),
+)

@@ -1,0 +1,972 @@
+"""The Store port on SQL (SQLite or PostgreSQL), through SQLAlchemy Core."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from herald.adapters.store import schema as t
+from herald.adapters.store.database import Database
+from herald.domain.errors import IllegalTransition, NotFound
+from herald.domain.models import (
+    JSON,
+    ApiKey,
+    Attempt,
+    Delivery,
+    DeliveryResult,
+    DeliveryStatus,
+    Device,
+    Notification,
+    NotificationStatus,
+    Outcome,
+    Preferences,
+    Priority,
+    Recipient,
+    Template,
+    User,
+)
+from herald.domain.states import CANCELLABLE, check_transition, sources_of
+from herald.ports import DeadLetterFilter, IdempotencyRecord, NotificationFilter, RoutedBatch
+
+S = DeliveryStatus
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _loads(value: str | None) -> Any:
+    return orjson.loads(value) if value else None
+
+
+def _in(statuses: Sequence[S] | frozenset[S]) -> list[str]:
+    return sorted(s.value for s in statuses)
+
+
+def _user(row: Row[Any]) -> User:
+    return User(
+        id=row.id,
+        email=row.email,
+        phone=row.phone,
+        locale=row.locale,
+        timezone=row.timezone,
+        data=_loads(row.data) or {},
+        webhook_url=row.webhook_url,
+        chat=_loads(row.chat) or {},
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _device(row: Row[Any]) -> Device:
+    return Device(
+        id=row.id,
+        user_id=row.user_id,
+        kind=row.kind,
+        token=row.token,
+        data=_loads(row.data) or {},
+        active=bool(row.active),
+        created_at=row.created_at,
+    )
+
+
+def _template(row: Row[Any]) -> Template:
+    return Template(
+        name=row.name,
+        version=row.version,
+        category=row.category,
+        channels=_loads(row.channels),
+        locales=_loads(row.locales) or {},
+        default_locale=row.default_locale,
+        created_at=row.created_at,
+    )
+
+
+def _notification(row: Row[Any]) -> Notification:
+    body = _loads(row.content)
+    recipients = []
+    for r in body.get("recipients", []):
+        inline = User(**r["inline"]) if r.get("inline") else None
+        recipients.append(Recipient(user_id=r["user_id"], inline=inline))
+    return Notification(
+        id=row.id,
+        status=NotificationStatus(row.status),
+        recipients=recipients,
+        template=row.template,
+        template_version=row.template_version,
+        content=body.get("content"),
+        data=body.get("data") or {},
+        channels=body.get("channels"),
+        category=row.category,
+        priority=Priority.from_rank(row.priority),
+        send_at=row.send_at,
+        expires_at=row.expires_at,
+        dedup_key=row.dedup_key,
+        api_key_id=row.api_key_id,
+        topic=row.topic,
+        event_type=body.get("event_type"),
+        recipients_total=row.recipients_total,
+        recipients_routed=row.recipients_routed,
+        error=row.error,
+        created_at=row.created_at,
+        routed_at=row.routed_at,
+    )
+
+
+def _notification_body(n: Notification) -> str:
+    recipients = []
+    for r in n.recipients:
+        item: JSON = {"user_id": r.user_id}
+        if r.inline is not None:
+            u = r.inline
+            item["inline"] = {
+                "id": u.id, "email": u.email, "phone": u.phone, "locale": u.locale,
+                "timezone": u.timezone, "data": u.data, "webhook_url": u.webhook_url, "chat": u.chat,
+            }
+        recipients.append(item)
+    return _dumps(
+        {
+            "recipients": recipients,
+            "content": n.content,
+            "data": n.data,
+            "channels": n.channels,
+            "event_type": n.event_type,
+        }
+    )
+
+
+def _delivery(row: Row[Any]) -> Delivery:
+    return Delivery(
+        id=row.id,
+        notification_id=row.notification_id,
+        user_id=row.user_id,
+        channel=row.channel,
+        status=S(row.status),
+        priority=Priority.from_rank(row.priority),
+        category=row.category,
+        address=row.address,
+        content=_loads(row.content) or {},
+        reason=row.reason,
+        provider=row.provider,
+        attempts_made=row.retry_count,
+        budget_used=row.budget_used,
+        due_at=row.due_at,
+        expires_at=row.expires_at,
+        created_at=row.created_at,
+        queued_at=row.queued_at,
+        sent_at=row.sent_at,
+        delivered_at=row.delivered_at,
+        read_at=row.read_at,
+        failed_at=row.failed_at,
+        updated_at=row.updated_at,
+        provider_message_id=row.provider_message_id,
+    )
+
+
+def _attempt(row: Row[Any]) -> Attempt:
+    return Attempt(
+        n=row.n,
+        at=row.at,
+        provider=row.provider,
+        outcome=Outcome(row.outcome),
+        code=row.code,
+        detail=row.detail,
+        latency_ms=row.latency_ms,
+        ambiguous=bool(row.ambiguous),
+    )
+
+
+class SqlStore:
+    """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._ins = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+
+    async def start(self) -> None:
+        await self.db.upgrade_async()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> None:
+        await self.db.run(lambda c: c.execute(select(1)).scalar())
+
+    # API keys and settings ------------------------------------------------------------------
+    async def create_api_key(self, key: ApiKey, key_hash: str) -> None:
+        def op(c: Connection) -> None:
+            c.execute(
+                insert(t.api_keys).values(
+                    id=key.id, name=key.name, key_hash=key_hash,
+                    scopes=",".join(sorted(key.scopes)), created_at=key.created_at,
+                )
+            )
+
+        await self.db.run(op)
+
+    async def get_api_key(self, key_hash: str) -> ApiKey | None:
+        def op(c: Connection) -> ApiKey | None:
+            row = c.execute(
+                select(t.api_keys).where(t.api_keys.c.key_hash == key_hash, t.api_keys.c.revoked_at.is_(None))
+            ).first()
+            if row is None:
+                return None
+            return ApiKey(id=row.id, name=row.name, scopes=frozenset(row.scopes.split(",")), created_at=row.created_at)
+
+        return await self.db.run(op)
+
+    async def get_setting(self, name: str) -> str | None:
+        return await self.db.run(
+            lambda c: c.execute(select(t.settings.c.value).where(t.settings.c.name == name)).scalar()
+        )
+
+    async def put_setting_if_absent(self, name: str, value: str) -> str:
+        def op(c: Connection) -> str:
+            c.execute(self._ins(t.settings).values(name=name, value=value).on_conflict_do_nothing())
+            stored = c.execute(select(t.settings.c.value).where(t.settings.c.name == name)).scalar_one()
+            return str(stored)
+
+        return await self.db.run(op)
+
+    # Users -----------------------------------------------------------------------------------
+    async def put_user(self, user: User) -> User:
+        def op(c: Connection) -> User:
+            existing = c.execute(select(t.users.c.created_at).where(t.users.c.id == user.id)).scalar()
+            values = {
+                "email": user.email, "phone": user.phone, "locale": user.locale, "timezone": user.timezone,
+                "data": _dumps(user.data), "webhook_url": user.webhook_url, "chat": _dumps(user.chat),
+                "updated_at": user.updated_at,
+            }
+            if existing is None:
+                c.execute(insert(t.users).values(id=user.id, created_at=user.updated_at, **values))
+                user.created_at = user.updated_at
+            else:
+                c.execute(update(t.users).where(t.users.c.id == user.id).values(**values))
+                user.created_at = existing
+            return user
+
+        return await self.db.run(op)
+
+    async def get_user(self, user_id: str) -> User | None:
+        def op(c: Connection) -> User | None:
+            row = c.execute(select(t.users).where(t.users.c.id == user_id)).first()
+            return _user(row) if row else None
+
+        return await self.db.run(op)
+
+    async def get_users(self, user_ids: Sequence[str]) -> dict[str, User]:
+        ids = list(dict.fromkeys(user_ids))
+
+        def op(c: Connection) -> dict[str, User]:
+            out: dict[str, User] = {}
+            for i in range(0, len(ids), 500):
+                for row in c.execute(select(t.users).where(t.users.c.id.in_(ids[i : i + 500]))):
+                    out[row.id] = _user(row)
+            return out
+
+        return await self.db.run(op)
+
+    async def delete_user(self, user_id: str) -> bool:
+        def op(c: Connection) -> bool:
+            gone = c.execute(delete(t.users).where(t.users.c.id == user_id)).rowcount > 0
+            c.execute(delete(t.devices).where(t.devices.c.user_id == user_id))
+            c.execute(delete(t.user_preferences).where(t.user_preferences.c.user_id == user_id))
+            c.execute(delete(t.user_settings).where(t.user_settings.c.user_id == user_id))
+            # Keep the delivery log (counts, outcomes) but erase what identifies the person.
+            c.execute(
+                update(t.deliveries)
+                .where(t.deliveries.c.user_id == user_id)
+                .values(address=None, content="{}")
+            )
+            return gone
+
+        return await self.db.run(op)
+
+    # Devices ---------------------------------------------------------------------------------
+    async def add_device(self, device: Device) -> Device:
+        def op(c: Connection) -> Device:
+            row = c.execute(
+                select(t.devices).where(
+                    t.devices.c.user_id == device.user_id,
+                    t.devices.c.kind == device.kind,
+                    t.devices.c.token == device.token,
+                )
+            ).first()
+            if row is not None:
+                c.execute(
+                    update(t.devices)
+                    .where(t.devices.c.id == row.id)
+                    .values(active=True, deactivated_at=None, data=_dumps(device.data))
+                )
+                device.id = row.id
+                device.created_at = row.created_at
+                return device
+            c.execute(
+                insert(t.devices).values(
+                    id=device.id, user_id=device.user_id, kind=device.kind, token=device.token,
+                    data=_dumps(device.data), active=True, created_at=device.created_at,
+                )
+            )
+            return device
+
+        return await self.db.run(op)
+
+    async def remove_device(self, user_id: str, device_id: str) -> bool:
+        return await self.db.run(
+            lambda c: c.execute(
+                delete(t.devices).where(t.devices.c.user_id == user_id, t.devices.c.id == device_id)
+            ).rowcount
+            > 0
+        )
+
+    async def list_devices(self, user_ids: Sequence[str], *, active_only: bool = True) -> list[Device]:
+        ids = list(dict.fromkeys(user_ids))
+
+        def op(c: Connection) -> list[Device]:
+            out: list[Device] = []
+            for i in range(0, len(ids), 500):
+                q = select(t.devices).where(t.devices.c.user_id.in_(ids[i : i + 500]))
+                if active_only:
+                    q = q.where(t.devices.c.active.is_(True))
+                out.extend(_device(r) for r in c.execute(q.order_by(t.devices.c.created_at)))
+            return out
+
+        return await self.db.run(op)
+
+    # Preferences ---------------------------------------------------------------------------
+    async def get_preferences(self, user_id: str) -> Preferences | None:
+        return (await self.get_preferences_many([user_id])).get(user_id)
+
+    async def get_preferences_many(self, user_ids: Sequence[str]) -> dict[str, Preferences]:
+        ids = list(dict.fromkeys(user_ids))
+
+        def op(c: Connection) -> dict[str, Preferences]:
+            out: dict[str, Preferences] = {}
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                for row in c.execute(select(t.user_preferences).where(t.user_preferences.c.user_id.in_(chunk))):
+                    p = out.setdefault(row.user_id, Preferences(user_id=row.user_id))
+                    if row.category == "*":
+                        p.channels[row.channel] = bool(row.enabled)
+                    else:
+                        p.categories.setdefault(row.category, {})[row.channel] = bool(row.enabled)
+                for row in c.execute(select(t.user_settings).where(t.user_settings.c.user_id.in_(chunk))):
+                    p = out.setdefault(row.user_id, Preferences(user_id=row.user_id))
+                    p.quiet_hours = _loads(row.quiet_hours)
+                    p.digests = _loads(row.digests) or {}
+            return out
+
+        return await self.db.run(op)
+
+    async def put_preferences(self, prefs: Preferences) -> None:
+        def op(c: Connection) -> None:
+            c.execute(delete(t.user_preferences).where(t.user_preferences.c.user_id == prefs.user_id))
+            rows = [
+                {"user_id": prefs.user_id, "channel": ch, "category": "*", "enabled": on}
+                for ch, on in prefs.channels.items()
+            ]
+            rows += [
+                {"user_id": prefs.user_id, "channel": ch, "category": cat, "enabled": on}
+                for cat, chans in prefs.categories.items()
+                for ch, on in chans.items()
+            ]
+            if rows:
+                c.execute(insert(t.user_preferences), rows)
+            c.execute(delete(t.user_settings).where(t.user_settings.c.user_id == prefs.user_id))
+            c.execute(
+                insert(t.user_settings).values(
+                    user_id=prefs.user_id,
+                    quiet_hours=_dumps(prefs.quiet_hours) if prefs.quiet_hours else None,
+                    digests=_dumps(prefs.digests),
+                )
+            )
+
+        await self.db.run(op)
+
+    # Templates -----------------------------------------------------------------------------
+    async def put_template(self, template: Template) -> Template:
+        def op(c: Connection) -> Template:
+            latest = c.execute(
+                select(func.max(t.templates.c.version)).where(t.templates.c.name == template.name)
+            ).scalar()
+            template.version = (latest or 0) + 1
+            c.execute(
+                insert(t.templates).values(
+                    name=template.name, version=template.version, category=template.category,
+                    channels=_dumps(template.channels), locales=_dumps(template.locales),
+                    default_locale=template.default_locale, deleted=False, created_at=template.created_at,
+                )
+            )
+            return template
+
+        return await self.db.run(op)
+
+    async def get_template(self, name: str, version: int | None = None) -> Template | None:
+        def op(c: Connection) -> Template | None:
+            q = select(t.templates).where(t.templates.c.name == name)
+            if version is None:
+                q = q.order_by(t.templates.c.version.desc()).limit(1)
+            else:
+                q = q.where(t.templates.c.version == version)
+            row = c.execute(q).first()
+            if row is None or (version is None and row.deleted):
+                return None
+            return _template(row)
+
+        return await self.db.run(op)
+
+    async def delete_template(self, name: str) -> bool:
+        def op(c: Connection) -> bool:
+            # Versions stay for notifications still routing; the name stops resolving.
+            latest = c.execute(
+                select(t.templates.c.version, t.templates.c.deleted)
+                .where(t.templates.c.name == name)
+                .order_by(t.templates.c.version.desc())
+                .limit(1)
+            ).first()
+            if latest is None or latest.deleted:
+                return False
+            c.execute(
+                update(t.templates).where(t.templates.c.name == name).values(deleted=True)
+            )
+            return True
+
+        return await self.db.run(op)
+
+    # Idempotency ---------------------------------------------------------------------------
+    async def begin_idempotent(
+        self, scope: str, key: str, request_hash: str, *, now: float, ttl: float
+    ) -> IdempotencyRecord | None:
+        tbl = t.idempotency_keys
+
+        def op(c: Connection) -> IdempotencyRecord | None:
+            c.execute(delete(tbl).where(tbl.c.scope == scope, tbl.c.key == key, tbl.c.expires_at < now))
+            inserted = c.execute(
+                self._ins(tbl)
+                .values(
+                    scope=scope, key=key, request_hash=request_hash, state="pending",
+                    created_at=now, expires_at=now + ttl,
+                )
+                .on_conflict_do_nothing()
+            ).rowcount
+            if inserted:
+                return None
+            row = c.execute(select(tbl).where(tbl.c.scope == scope, tbl.c.key == key)).one()
+            return IdempotencyRecord(
+                request_hash=row.request_hash, state=row.state, status_code=row.status_code,
+                response=_loads(row.response),
+            )
+
+        return await self.db.run(op)
+
+    def _finish_idem(self, c: Connection, scope: str, key: str, code: int, response: JSON) -> None:
+        tbl = t.idempotency_keys
+        c.execute(
+            update(tbl)
+            .where(tbl.c.scope == scope, tbl.c.key == key)
+            .values(state="done", status_code=code, response=_dumps(response))
+        )
+
+    async def finish_idempotent(self, scope: str, key: str, status_code: int, response: JSON) -> None:
+        await self.db.run(lambda c: self._finish_idem(c, scope, key, status_code, response))
+
+    async def abandon_idempotent(self, scope: str, key: str) -> None:
+        tbl = t.idempotency_keys
+        await self.db.run(
+            lambda c: c.execute(
+                delete(tbl).where(tbl.c.scope == scope, tbl.c.key == key, tbl.c.state == "pending")
+            )
+        )
+
+    # Notifications ----------------------------------------------------------------------------
+    async def create_notifications(
+        self, notifications: Sequence[Notification], *, idempotency: Sequence[tuple[str, str, int, JSON]] = ()
+    ) -> None:
+        rows = [
+            {
+                "id": n.id, "status": n.status.value,
+                "user_id": n.recipients[0].user_id if n.recipients else None,
+                "type": n.event_type or n.template,
+                "channel": n.channels[0] if n.channels and len(n.channels) == 1 else None,
+                "content": _notification_body(n), "template": n.template,
+                "template_version": n.template_version, "category": n.category, "priority": n.priority.rank,
+                "send_at": n.send_at, "expires_at": n.expires_at, "dedup_key": n.dedup_key,
+                "api_key_id": n.api_key_id, "topic": n.topic, "recipients_total": n.recipients_total,
+                "recipients_routed": 0, "created_at": n.created_at,
+            }
+            for n in notifications
+        ]
+
+        def op(c: Connection) -> None:
+            if rows:
+                c.execute(insert(t.notifications), rows)
+            for scope, key, code, response in idempotency:
+                self._finish_idem(c, scope, key, code, response)
+
+        await self.db.run(op)
+
+    async def get_notification(self, notification_id: str) -> Notification | None:
+        def op(c: Connection) -> Notification | None:
+            row = c.execute(select(t.notifications).where(t.notifications.c.id == notification_id)).first()
+            return _notification(row) if row else None
+
+        return await self.db.run(op)
+
+    async def list_notifications(self, flt: NotificationFilter) -> list[Notification]:
+        n, d = t.notifications, t.deliveries
+
+        def op(c: Connection) -> list[Notification]:
+            q = select(n)
+            if flt.user_id is not None or flt.channel is not None or flt.status is not None:
+                sub = select(d.c.notification_id)
+                if flt.user_id is not None:
+                    sub = sub.where(d.c.user_id == flt.user_id)
+                if flt.channel is not None:
+                    sub = sub.where(d.c.channel == flt.channel)
+                if flt.status is not None and flt.status in {s.value for s in S}:
+                    sub = sub.where(d.c.status == flt.status)
+                    q = q.where(n.c.id.in_(sub))
+                elif flt.status is not None:
+                    q = q.where(n.c.status == flt.status)
+                    if flt.user_id is not None or flt.channel is not None:
+                        q = q.where(n.c.id.in_(sub))
+                else:
+                    q = q.where(n.c.id.in_(sub))
+            if flt.since is not None:
+                q = q.where(n.c.created_at >= flt.since)
+            if flt.until is not None:
+                q = q.where(n.c.created_at < flt.until)
+            if flt.cursor:
+                q = q.where(n.c.id < flt.cursor)
+            q = q.order_by(n.c.id.desc()).limit(flt.limit)
+            return [_notification(r) for r in c.execute(q)]
+
+        return await self.db.run(op)
+
+    async def claim_unrouted(self, *, owner: str, limit: int, lease: float, now: float) -> list[Notification]:
+        n = t.notifications
+
+        def op(c: Connection) -> list[Notification]:
+            ids: list[str] = []
+            for status, extra in (
+                (NotificationStatus.ACCEPTED.value, None),
+                (NotificationStatus.ROUTING.value, n.c.lease_until < now),
+            ):
+                q = select(n.c.id).where(n.c.status == status)
+                if extra is not None:
+                    q = q.where(extra)
+                q = q.order_by(n.c.priority, n.c.created_at).limit(limit - len(ids))
+                if self.db.dialect == "postgresql":
+                    q = q.with_for_update(skip_locked=True)
+                ids.extend(c.execute(q).scalars())
+                if len(ids) >= limit:
+                    break
+            if not ids:
+                return []
+            c.execute(
+                update(n)
+                .where(n.c.id.in_(ids))
+                .values(status=NotificationStatus.ROUTING.value, lease_owner=owner, lease_until=now + lease)
+            )
+            rows = c.execute(select(n).where(n.c.id.in_(ids)).order_by(n.c.priority, n.c.created_at))
+            return [_notification(r) for r in rows]
+
+        return await self.db.run(op)
+
+    async def save_routed(self, batch: RoutedBatch, *, owner: str, now: float) -> bool:
+        n, d = t.notifications, t.deliveries
+        rows = [
+            {
+                "id": x.id, "notification_id": x.notification_id, "user_id": x.user_id, "channel": x.channel,
+                "status": x.status.value, "reason": x.reason, "priority": x.priority.rank,
+                "category": x.category, "address": x.address, "content": _dumps(x.content),
+                "provider": x.provider, "retry_count": x.attempts_made, "budget_used": x.budget_used,
+                "due_at": x.due_at,
+                "expires_at": x.expires_at, "created_at": now,
+                "queued_at": now if x.status == S.QUEUED else None,
+                "failed_at": now if x.status == S.FAILED else None, "updated_at": now,
+            }
+            for x in batch.deliveries
+        ]
+
+        def op(c: Connection) -> bool:
+            held = c.execute(
+                select(n.c.id).where(
+                    n.c.id == batch.notification_id,
+                    n.c.status == NotificationStatus.ROUTING.value,
+                    n.c.lease_owner == owner,
+                )
+            ).first()
+            if held is None:
+                return False
+            if rows:
+                c.execute(self._ins(d).on_conflict_do_nothing(), rows)
+            values: dict[str, Any] = {"recipients_routed": batch.recipients_done}
+            if batch.recipients_total is not None:
+                values["recipients_total"] = batch.recipients_total
+            if batch.finished:
+                values.update(
+                    status=NotificationStatus.ROUTED.value, routed_at=now, lease_owner=None, lease_until=None
+                )
+            c.execute(update(n).where(n.c.id == batch.notification_id).values(**values))
+            return True
+
+        return await self.db.run(op)
+
+    async def fail_routing(self, notification_id: str, error: str, *, now: float) -> None:
+        n = t.notifications
+        await self.db.run(
+            lambda c: c.execute(
+                update(n)
+                .where(n.c.id == notification_id)
+                .values(status=NotificationStatus.FAILED.value, error=error, lease_owner=None, lease_until=None)
+            )
+        )
+
+    async def cancel_notification(self, notification_id: str, *, now: float) -> tuple[int, int]:
+        n, d = t.notifications, t.deliveries
+
+        def op(c: Connection) -> tuple[int, int]:
+            row = c.execute(select(n.c.status).where(n.c.id == notification_id)).first()
+            if row is None:
+                raise NotFound(f"notification {notification_id} does not exist")
+            if row.status in (NotificationStatus.ACCEPTED.value, NotificationStatus.ROUTING.value):
+                # Not routed yet: stop routing; deliveries already written are cancelled below.
+                c.execute(
+                    update(n)
+                    .where(n.c.id == notification_id)
+                    .values(status=NotificationStatus.CANCELLED.value, lease_owner=None, lease_until=None)
+                )
+            cancelled = c.execute(
+                update(d)
+                .where(d.c.notification_id == notification_id, d.c.status.in_(_in(CANCELLABLE)))
+                .values(status=S.CANCELLED.value, reason="cancelled", updated_at=now, due_at=now)
+            ).rowcount
+            final = c.execute(
+                select(func.count())
+                .select_from(d)
+                .where(d.c.notification_id == notification_id, d.c.status.not_in([S.CANCELLED.value]))
+            ).scalar_one()
+            return cancelled, int(final)
+
+        return await self.db.run(op)
+
+    # Deliveries -------------------------------------------------------------------------------
+    async def get_deliveries(self, notification_id: str, *, with_attempts: bool = True) -> list[Delivery]:
+        d, a = t.deliveries, t.attempts
+
+        def op(c: Connection) -> list[Delivery]:
+            out = [_delivery(r) for r in c.execute(select(d).where(d.c.notification_id == notification_id).order_by(d.c.id))]
+            if with_attempts and out:
+                by_id = {x.id: x for x in out}
+                ids = list(by_id)
+                for i in range(0, len(ids), 500):
+                    rows = c.execute(
+                        select(a).where(a.c.delivery_id.in_(ids[i : i + 500])).order_by(a.c.delivery_id, a.c.n, a.c.id)
+                    )
+                    for r in rows:
+                        by_id[r.delivery_id].attempts.append(_attempt(r))
+            return out
+
+        return await self.db.run(op)
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        d, a = t.deliveries, t.attempts
+
+        def op(c: Connection) -> Delivery | None:
+            row = c.execute(select(d).where(d.c.id == delivery_id)).first()
+            if row is None:
+                return None
+            out = _delivery(row)
+            out.attempts = [_attempt(r) for r in c.execute(select(a).where(a.c.delivery_id == delivery_id).order_by(a.c.n, a.c.id))]
+            return out
+
+        return await self.db.run(op)
+
+    async def record_results(self, results: Sequence[DeliveryResult], *, now: float) -> list[str]:
+        d, a = t.deliveries, t.attempts
+
+        def op(c: Connection) -> list[str]:
+            rejected: list[str] = []
+            attempts: list[dict[str, Any]] = []
+            for r in results:
+                check_transition(S.SENDING, r.new_status)
+                values: dict[str, Any] = {
+                    "status": r.new_status.value, "reason": r.reason, "provider": r.attempt.provider,
+                    "retry_count": r.attempt.n, "lease_owner": None, "lease_until": None, "updated_at": now,
+                }
+                if r.counts_against_budget:
+                    values["budget_used"] = d.c.budget_used + 1
+                if r.new_status == S.SENT:
+                    values["sent_at"] = r.attempt.at
+                    values["provider_message_id"] = r.provider_message_id
+                elif r.new_status in (S.FAILED, S.DEAD):
+                    values["failed_at"] = now
+                if r.due_at is not None:
+                    values["due_at"] = r.due_at
+                changed = c.execute(
+                    update(d)
+                    .where(d.c.id == r.delivery_id, d.c.status == S.SENDING.value, d.c.lease_owner == r.lease_owner)
+                    .values(**values)
+                ).rowcount
+                if not changed:
+                    rejected.append(r.delivery_id)
+                    continue
+                at = r.attempt
+                attempts.append(
+                    {
+                        "delivery_id": r.delivery_id, "n": at.n, "at": at.at, "provider": at.provider,
+                        "outcome": at.outcome.value, "code": at.code, "detail": at.detail,
+                        "latency_ms": at.latency_ms, "ambiguous": at.ambiguous,
+                    }
+                )
+                if r.dead_address:
+                    channel = c.execute(select(d.c.channel).where(d.c.id == r.delivery_id)).scalar_one()
+                    self._suppress(c, channel, r.dead_address, r.reason or "invalid_address", now)
+            if attempts:
+                c.execute(insert(a), attempts)
+            return rejected
+
+        return await self.db.run(op)
+
+    def _suppress(self, c: Connection, channel: str, address: str, reason: str, now: float) -> None:
+        if channel == "push":
+            c.execute(
+                update(t.devices)
+                .where(t.devices.c.token == address, t.devices.c.active.is_(True))
+                .values(active=False, deactivated_at=now)
+            )
+            return
+        c.execute(
+            self._ins(t.suppressions)
+            .values(channel=channel, address=address, reason=reason, created_at=now)
+            .on_conflict_do_nothing()
+        )
+
+    async def mark_delivery(
+        self, delivery_id: str, status: DeliveryStatus, *, now: float, user_id: str | None = None
+    ) -> Delivery:
+        d = t.deliveries
+        stamp = {S.DELIVERED: "delivered_at", S.READ: "read_at", S.FAILED: "failed_at"}.get(status)
+
+        def op(c: Connection) -> Delivery:
+            q = select(d).where(d.c.id == delivery_id)
+            if user_id is not None:
+                q = q.where(d.c.user_id == user_id)
+            row = c.execute(q).first()
+            if row is None:
+                raise NotFound(f"delivery {delivery_id} does not exist")
+            current = S(row.status)
+            if current == status or (current == S.READ and status == S.DELIVERED):
+                return _delivery(row)  # repeated or late tracking events change nothing
+            check_transition(current, status)
+            values: dict[str, Any] = {"status": status.value, "updated_at": now}
+            if stamp:
+                values[stamp] = now
+            if status == S.READ and row.delivered_at is None:
+                values["delivered_at"] = now
+            changed = c.execute(update(d).where(d.c.id == delivery_id, d.c.status == current.value).values(**values))
+            if not changed.rowcount:
+                raise IllegalTransition("the delivery changed concurrently; try again")
+            return _delivery(c.execute(select(d).where(d.c.id == delivery_id)).one())
+
+        return await self.db.run(op)
+
+    async def promote_scheduled(self, *, now: float) -> list[str]:
+        d = t.deliveries
+
+        def op(c: Connection) -> list[str]:
+            rows = c.execute(
+                update(d)
+                .where(d.c.status == S.SCHEDULED.value, d.c.due_at <= now)
+                .values(status=S.QUEUED.value, queued_at=now, updated_at=now)
+                .returning(d.c.channel)
+            ).all()
+            return sorted({r.channel for r in rows})
+
+        return await self.db.run(op)
+
+    async def expire_deliveries(self, *, now: float) -> int:
+        d = t.deliveries
+        waiting = _in(sources_of(S.SKIPPED) - {S.SENDING, S.PENDING})
+        return await self.db.run(
+            lambda c: c.execute(
+                update(d)
+                .where(d.c.status.in_(waiting), d.c.expires_at.is_not(None), d.c.expires_at <= now)
+                .values(status=S.SKIPPED.value, reason="expired", updated_at=now)
+            ).rowcount
+        )
+
+    async def reclaim_expired_leases(self, *, now: float) -> list[str]:
+        d, a = t.deliveries, t.attempts
+
+        def op(c: Connection) -> list[str]:
+            rows = c.execute(
+                update(d)
+                .where(d.c.status == S.SENDING.value, d.c.lease_until < now)
+                .values(status=S.RETRYING.value, due_at=now, lease_owner=None, lease_until=None,
+                        retry_count=d.c.retry_count + 1, budget_used=d.c.budget_used + 1, updated_at=now)
+                .returning(d.c.id, d.c.channel, d.c.retry_count, d.c.provider)
+            ).all()
+            if rows:
+                c.execute(
+                    insert(a),
+                    [
+                        {
+                            "delivery_id": r.id, "n": r.retry_count, "at": now, "provider": r.provider or "unknown",
+                            "outcome": Outcome.LOST.value, "code": None,
+                            "detail": "worker lost its lease mid-send; the provider may have the message",
+                            "latency_ms": None, "ambiguous": True,
+                        }
+                        for r in rows
+                    ],
+                )
+            return sorted({r.channel for r in rows})
+
+        return await self.db.run(op)
+
+    async def next_due(self, *, now: float) -> float | None:
+        d = t.deliveries
+
+        def op(c: Connection) -> float | None:
+            best: float | None = None
+            for status in (S.SCHEDULED, S.RETRYING):
+                v = c.execute(
+                    select(func.min(d.c.due_at)).where(d.c.status == status.value, d.c.due_at > now)
+                ).scalar()
+                if v is not None and (best is None or v < best):
+                    best = float(v)
+            lease = c.execute(select(func.min(d.c.lease_until)).where(d.c.status == S.SENDING.value)).scalar()
+            if lease is not None and (best is None or lease < best):
+                best = float(lease)
+            return best
+
+        return await self.db.run(op)
+
+    # Dead letters ------------------------------------------------------------------------------
+    async def list_dead_letters(self, flt: DeadLetterFilter) -> list[Delivery]:
+        d = t.deliveries
+
+        def op(c: Connection) -> list[Delivery]:
+            q = select(d).where(d.c.status == S.DEAD.value)
+            if flt.channel:
+                q = q.where(d.c.channel == flt.channel)
+            if flt.provider:
+                q = q.where(d.c.provider == flt.provider)
+            if flt.reason:
+                q = q.where(d.c.reason == flt.reason)
+            if flt.since is not None:
+                q = q.where(d.c.failed_at >= flt.since)
+            if flt.until is not None:
+                q = q.where(d.c.failed_at < flt.until)
+            if flt.cursor:
+                q = q.where(d.c.id < flt.cursor)
+            return [_delivery(r) for r in c.execute(q.order_by(d.c.id.desc()).limit(flt.limit))]
+
+        return await self.db.run(op)
+
+    async def replay_dead_letters(self, delivery_ids: Sequence[str], *, now: float) -> list[Delivery]:
+        d = t.deliveries
+        ids = list(delivery_ids)
+
+        def op(c: Connection) -> list[Delivery]:
+            out: list[Delivery] = []
+            for i in range(0, len(ids), 500):
+                rows = c.execute(
+                    update(d)
+                    .where(d.c.id.in_(ids[i : i + 500]), d.c.status == S.DEAD.value)
+                    .values(status=S.QUEUED.value, reason=None, due_at=now, queued_at=now, updated_at=now,
+                            failed_at=None, budget_used=0)
+                    .returning(*d.c)
+                ).all()
+                out.extend(_delivery(r) for r in rows)
+            return out
+
+        return await self.db.run(op)
+
+    # Suppressions -----------------------------------------------------------------------------
+    async def suppress_address(self, channel: str, address: str, reason: str, *, now: float) -> None:
+        await self.db.run(lambda c: self._suppress(c, channel, address, reason, now))
+
+    async def suppressed(self, channel: str, addresses: Sequence[str]) -> set[str]:
+        s = t.suppressions
+        addrs = list(dict.fromkeys(addresses))
+
+        def op(c: Connection) -> set[str]:
+            out: set[str] = set()
+            for i in range(0, len(addrs), 500):
+                out.update(
+                    c.execute(
+                        select(s.c.address).where(s.c.channel == channel, s.c.address.in_(addrs[i : i + 500]))
+                    ).scalars()
+                )
+            return out
+
+        return await self.db.run(op)
+
+    # Inbox -------------------------------------------------------------------------------------
+    async def list_inbox(
+        self, user_id: str, *, unread_only: bool, cursor: str | None, limit: int
+    ) -> tuple[list[Delivery], int]:
+        d = t.deliveries
+        visible = [S.SENT.value, S.DELIVERED.value, S.READ.value]
+        unread = [S.SENT.value, S.DELIVERED.value]
+
+        def op(c: Connection) -> tuple[list[Delivery], int]:
+            base = and_(d.c.user_id == user_id, d.c.channel == "in_app")
+            q = select(d).where(base, d.c.status.in_(unread if unread_only else visible))
+            if cursor:
+                q = q.where(d.c.id < cursor)
+            items = [_delivery(r) for r in c.execute(q.order_by(d.c.id.desc()).limit(limit))]
+            count = c.execute(select(func.count()).select_from(d).where(base, d.c.status.in_(unread))).scalar_one()
+            return items, int(count)
+
+        return await self.db.run(op)
+
+    async def mark_all_read(self, user_id: str, *, now: float) -> int:
+        d = t.deliveries
+        return await self.db.run(
+            lambda c: c.execute(
+                update(d)
+                .where(d.c.user_id == user_id, d.c.channel == "in_app",
+                       d.c.status.in_([S.SENT.value, S.DELIVERED.value]))
+                .values(status=S.READ.value, read_at=now, updated_at=now)
+            ).rowcount
+        )
+
+    # Stats ----------------------------------------------------------------------------------
+    async def delivery_counts(self, *, since: float | None = None) -> list[tuple[str, str, str | None, int]]:
+        d = t.deliveries
+
+        def op(c: Connection) -> list[tuple[str, str, str | None, int]]:
+            q = select(d.c.channel, d.c.status, d.c.provider, func.count()).group_by(d.c.channel, d.c.status, d.c.provider)
+            if since is not None:
+                q = q.where(d.c.created_at >= since)
+            return [(r[0], r[1], r[2], int(r[3])) for r in c.execute(q)]
+
+        return await self.db.run(op)
+
+    async def queue_depth(self) -> list[tuple[str, int, int]]:
+        d = t.deliveries
+
+        def op(c: Connection) -> list[tuple[str, int, int]]:
+            q = (
+                select(d.c.channel, d.c.priority, func.count())
+                .where(or_(d.c.status == S.QUEUED.value, d.c.status == S.RETRYING.value))
+                .group_by(d.c.channel, d.c.priority)
+            )
+            return [(r[0], int(r[1]), int(r[2])) for r in c.execute(q)]
+
+        return await self.db.run(op)
+
+    async def ambiguous_count(self) -> int:
+        a = t.attempts
+        return await self.db.run(
+            lambda c: int(c.execute(select(func.count()).select_from(a).where(a.c.ambiguous.is_(True))).scalar_one())
+        )
+
+

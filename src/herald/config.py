@@ -1,0 +1,242 @@
+"""The configuration tree: one TOML file plus ``HERALD_*`` environment overrides.
+
+Read only by entrypoints and the bootstrap. ``HERALD_DATABASE__URL`` overrides
+``[database] url``; ``__`` separates nesting levels.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from herald.domain.errors import ConfigurationError
+from herald.domain.models import ALL_CHANNELS, Priority
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8025, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    public_url: str = "http://127.0.0.1:8025"
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite:///herald.db"
+    pool_size: int = Field(default=8, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+
+class QueueConfig(_Section):
+    url: str = "sql"
+    lease_seconds: float = Field(default=30.0, gt=0)
+    claim_batch: int = Field(default=64, ge=1, le=1000)
+    idle_wait_seconds: float = Field(default=1.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if value != "sql" and not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be 'sql' or an amqp:// URL")
+        return value
+
+
+class CacheConfig(_Section):
+    url: str = "memory"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if value != "memory" and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must be 'memory' or a redis:// URL")
+        return value
+
+
+class AuthConfig(_Section):
+    secret: str | None = None  # signs user inbox tokens; generated and stored when absent
+    user_token_ttl_seconds: int = Field(default=3600, ge=60)
+
+
+class RetryConfig(_Section):
+    schedule: list[float] = Field(default_factory=lambda: [0.0, 60.0, 300.0, 1800.0], min_length=1)
+    jitter: float = Field(default=0.1, ge=0, le=1)
+
+    @field_validator("schedule")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(v < 0 for v in value):
+            raise ValueError("delays must be >= 0")
+        return value
+
+
+class IdempotencyConfig(_Section):
+    ttl_seconds: float = Field(default=86_400.0, gt=0)
+
+
+class CategoryConfig(_Section):
+    opt_out: bool = True
+    priority: Priority = Priority.NORMAL
+    quiet_hours: bool = True
+    digest: bool = False
+    budget: str | None = None
+
+
+def _default_categories() -> dict[str, CategoryConfig]:
+    return {
+        "security": CategoryConfig(opt_out=False, priority=Priority.HIGH, quiet_hours=False),
+        "transactional": CategoryConfig(opt_out=False, priority=Priority.HIGH, quiet_hours=False),
+        "system": CategoryConfig(opt_out=True, priority=Priority.NORMAL),
+        "marketing": CategoryConfig(opt_out=True, priority=Priority.LOW, digest=True, budget="3/day"),
+    }
+
+
+class ChannelConfig(_Section):
+    providers: list[str] = Field(min_length=1)
+    concurrency: int = Field(default=32, ge=1, le=4096)
+    reserved_high: int = Field(default=4, ge=0)  # slots only critical/high may use
+    enabled: bool = True
+
+
+def _default_channels() -> dict[str, ChannelConfig]:
+    result = {c.value: ChannelConfig(providers=["console"]) for c in ALL_CHANNELS}
+    result["in_app"] = ChannelConfig(providers=["in_app"])
+    return result
+
+
+class ConsoleConfig(_Section):
+    path: str = "herald-console.jsonl"
+
+
+class SmtpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    security: Literal["none", "starttls", "tls"] = "none"
+    validate_certs: bool = True
+    timeout: float = Field(default=30.0, gt=0)
+    from_address: str = "herald@localhost"
+    from_name: str | None = None
+    pool_size: int = Field(default=4, ge=1, le=64)
+
+
+class ProvidersConfig(BaseModel):
+    # Further providers (sendgrid, twilio, ...) add their own sections; unknown sections are
+    # kept so that a provider module can validate its own.
+    model_config = ConfigDict(extra="allow")
+
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_logs: bool = Field(default=False, alias="json")
+
+
+class AlertsConfig(_Section):
+    webhook_url: str | None = None
+    min_interval_seconds: float = Field(default=60.0, ge=0)
+
+
+class WorkerConfig(_Section):
+    router_batch: int = Field(default=50, ge=1)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HERALD_", env_nested_delimiter="__", extra="forbid", populate_by_name=True
+    )
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
+    categories: dict[str, CategoryConfig] = Field(default_factory=_default_categories)
+    default_category: str = "transactional"
+    channels: dict[str, ChannelConfig] = Field(default_factory=_default_channels)
+    providers: ProvidersConfig = Field(default_factory=ProvidersConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    default_locale: str = "en"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.default_category not in self.categories:
+            raise ValueError(f"default_category {self.default_category!r} is not in [categories]")
+        for name in self.channels:
+            if name not in {c.value for c in ALL_CHANNELS}:
+                raise ValueError(f"channels.{name}: unknown channel")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file, which arrives through init arguments.
+        return (env_settings, init_settings)
+
+
+def _merge_channels(raw: dict[str, Any]) -> dict[str, Any]:
+    """Channels named in the file replace the defaults one by one, not all at once."""
+    channels = raw.get("channels")
+    if isinstance(channels, dict):
+        merged: dict[str, Any] = {k: v.model_dump() for k, v in _default_channels().items()}
+        merged.update(channels)
+        raw["channels"] = merged
+    categories = raw.get("categories")
+    if isinstance(categories, dict):
+        cats: dict[str, Any] = {k: v.model_dump() for k, v in _default_categories().items()}
+        cats.update(categories)
+        raw["categories"] = cats
+    return raw
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load ``path`` (or ``HERALD_CONFIG``, or ``./herald.toml`` when present).
+
+    Raises ConfigurationError naming the offending key.
+    """
+    explicit = path is not None or "HERALD_CONFIG" in os.environ
+    chosen = Path(path or os.environ.get("HERALD_CONFIG", "herald.toml"))
+    raw: dict[str, Any] = {}
+    if chosen.exists():
+        try:
+            raw = tomllib.loads(chosen.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"{chosen}: not valid TOML: {exc}") from None
+    elif explicit:
+        raise ConfigurationError(f"configuration file {chosen} does not exist")
+    raw = _merge_channels(raw)
+    raw.update(overrides)
+    try:
+        return Settings(**raw)
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        raise ConfigurationError(f"configuration key {key}: {err['msg']}") from None

@@ -1,0 +1,1 @@
+"""Pure domain: models, the delivery state machine, policies, errors."""

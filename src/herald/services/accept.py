@@ -1,0 +1,284 @@
+"""Accept: validate, authenticate (done by the entrypoint), idempotency, durable commit.
+
+A notification is committed with status ``accepted`` and its recipients; routing happens after
+the ``202``, in the router. Everything that can be rejected is rejected here, before commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+from herald.domain.errors import (
+    IdempotencyInProgress,
+    IdempotencyMismatch,
+    ValidationError,
+)
+from herald.domain.models import (
+    ALL_CHANNELS,
+    JSON,
+    Notification,
+    NotificationStatus,
+    Priority,
+    Recipient,
+    Template,
+    User,
+    new_id,
+)
+from herald.domain.validation import check_id, check_locale, check_timezone, normalize_email, normalize_phone
+from herald.ports import Clock, Store
+from herald.services.catalog import Catalog
+from herald.services.rendering import check_variant
+
+log = structlog.get_logger("herald.accept")
+
+MAX_RECIPIENTS = 1_000
+_CHANNEL_NAMES = frozenset(c.value for c in ALL_CHANNELS)
+_CONTENT_FIELDS = frozenset({"subject", "text", "html", "title", "body", "url", "data", "image"})
+
+
+@dataclass(slots=True)
+class SendRequest:
+    to: Any
+    template: str | None = None
+    content: JSON | None = None
+    data: JSON | None = None
+    channels: list[str] | None = None
+    category: str | None = None
+    priority: str | None = None
+    send_at: float | None = None
+    expires_at: float | None = None
+    dedup_key: str | None = None
+    event_type: str | None = None
+
+
+@dataclass(slots=True)
+class Accepted:
+    status_code: int
+    body: JSON
+
+
+def request_hash(payload: Any) -> str:
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def inline_user(raw: JSON, field: str) -> User:
+    uid = raw.get("id")
+    if not isinstance(uid, str):
+        raise ValidationError(f"{field}.id is required for an inline recipient", field=f"{field}.id")
+    user = User(id=check_id(uid, f"{field}.id"))
+    if raw.get("email") is not None:
+        user.email = normalize_email(str(raw["email"]), f"{field}.email")
+    if raw.get("phone") is not None:
+        user.phone = normalize_phone(str(raw["phone"]), f"{field}.phone")
+    if raw.get("locale") is not None:
+        user.locale = check_locale(str(raw["locale"]), f"{field}.locale")
+    if raw.get("timezone") is not None:
+        user.timezone = check_timezone(str(raw["timezone"]), f"{field}.timezone")
+    data = raw.get("data") or {}
+    if not isinstance(data, dict):
+        raise ValidationError(f"{field}.data must be an object", field=f"{field}.data")
+    user.data = data
+    return user
+
+
+def _normalise_content(content: JSON, channels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Inline content is either per channel ({"email": {...}}) or one set of fields for all."""
+    if set(content) <= _CHANNEL_NAMES:
+        per: dict[str, dict[str, Any]] = {}
+        for ch, fields in content.items():
+            if not isinstance(fields, dict):
+                raise ValidationError(f"content.{ch} must be an object", field=f"content.{ch}")
+            per[ch] = fields
+    else:
+        unknown = set(content) - _CONTENT_FIELDS
+        if unknown:
+            raise ValidationError(
+                f"content has unknown fields {sorted(unknown)}; use subject, text, html, title, body, url, data",
+                field="content",
+            )
+        per = {ch: dict(content) for ch in channels}
+        for ch, fields in per.items():
+            if ch == "email" and "subject" not in fields and "title" in fields:
+                fields["subject"] = fields["title"]
+            if ch in ("email", "sms", "webhook", "chat") and "text" not in fields and "body" in fields:
+                fields["text"] = fields["body"]
+            if ch in ("push", "in_app") and "body" not in fields and "text" in fields:
+                fields["body"] = fields["text"]
+    for ch, fields in per.items():
+        check_variant(fields)
+    return per
+
+
+class AcceptService:
+    def __init__(self, store: Store, clock: Clock, catalog: Catalog, on_accepted: Callable[[], None]) -> None:
+        self.store = store
+        self.clock = clock
+        self.catalog = catalog
+        self._on_accepted = on_accepted
+
+    async def idempotent(
+        self,
+        scope: str,
+        key: str | None,
+        payload: Any,
+        build: Callable[[], Awaitable[tuple[list[Notification], Accepted]]],
+    ) -> Accepted:
+        """Run ``build`` once per (scope, key); commit its notifications with the key's record."""
+        if key is None:
+            notifications, result = await build()
+            await self.store.create_notifications(notifications)
+            self._accepted(notifications)
+            return result
+        if not key or len(key) > 255:
+            raise ValidationError("idempotency key must be 1-255 characters", field="idempotency_key")
+        digest = request_hash(payload)
+        existing = await self.store.begin_idempotent(
+            scope, key, digest, now=self.clock.now(), ttl=self.catalog.idempotency_ttl
+        )
+        if existing is not None:
+            if existing.request_hash != digest:
+                raise IdempotencyMismatch(
+                    "this idempotency key was already used with a different request body"
+                )
+            if existing.state != "done" or existing.response is None or existing.status_code is None:
+                raise IdempotencyInProgress("a request with this idempotency key is still being accepted")
+            return Accepted(existing.status_code, existing.response)
+        try:
+            notifications, result = await build()
+            await self.store.create_notifications(
+                notifications, idempotency=[(scope, key, result.status_code, result.body)]
+            )
+        except BaseException:
+            await self.store.abandon_idempotent(scope, key)
+            raise
+        self._accepted(notifications)
+        return result
+
+    def _accepted(self, notifications: Sequence[Notification]) -> None:
+        for n in notifications:
+            log.info("notification.accepted", notification_id=n.id, recipients=n.recipients_total,
+                     category=n.category, priority=n.priority.value)
+        if notifications:
+            self._on_accepted()
+
+    async def prepare(self, req: SendRequest, *, api_key_id: str | None, field_prefix: str = "") -> Notification:
+        """Validate one send and build its notification (not yet stored)."""
+        f = field_prefix
+        template: Template | None = None
+        if req.template is not None:
+            template = await self.store.get_template(req.template)
+            if template is None:
+                raise ValidationError(f"unknown template {req.template!r}", field=f + "template")
+        elif req.content is None:
+            raise ValidationError("either template or content is required", field=f + "template")
+        if req.template is not None and req.content is not None:
+            raise ValidationError("give either template or content, not both", field=f + "content")
+
+        channels = self._channels(req, template, f)
+        if req.content is not None:
+            content: JSON | None = _normalise_content(req.content, channels)
+            missing = [ch for ch in channels if ch not in content]
+            if missing:
+                raise ValidationError(f"content has no variant for channels {missing}", field=f + "content")
+        else:
+            content = None
+
+        category = self.catalog.category(req.category or (template.category if template else None), f + "category")
+        try:
+            priority = Priority(req.priority) if req.priority else category.priority
+        except ValueError:
+            raise ValidationError(
+                "priority must be one of critical, high, normal, low", field=f + "priority"
+            ) from None
+        now = self.clock.now()
+        if req.expires_at is not None:
+            if req.expires_at <= now:
+                raise ValidationError("expires_at is in the past", field=f + "expires_at")
+            if req.send_at is not None and req.expires_at <= req.send_at:
+                raise ValidationError("expires_at must be after send_at", field=f + "expires_at")
+        if req.data is not None and not isinstance(req.data, dict):
+            raise ValidationError("data must be an object", field=f + "data")
+
+        recipients = await self._recipients(req.to, f + "to")
+        return Notification(
+            id=new_id("ntf"),
+            status=NotificationStatus.ACCEPTED,
+            recipients=recipients,
+            template=template.name if template else None,
+            template_version=template.version if template else None,
+            content=content,
+            data=req.data or {},
+            channels=channels,
+            category=category.name,
+            priority=priority,
+            send_at=req.send_at,
+            expires_at=req.expires_at,
+            dedup_key=req.dedup_key,
+            api_key_id=api_key_id,
+            event_type=req.event_type,
+            recipients_total=len(recipients),
+            created_at=now,
+        )
+
+    def _channels(self, req: SendRequest, template: Template | None, f: str) -> list[str]:
+        if req.channels is not None:
+            if not req.channels:
+                raise ValidationError("channels must not be empty", field=f + "channels")
+            unknown = [c for c in req.channels if c not in _CHANNEL_NAMES]
+            if unknown:
+                raise ValidationError(f"unknown channels {unknown}", field=f + "channels")
+            channels = list(dict.fromkeys(req.channels))
+            if template is not None:
+                missing = [c for c in channels if c not in template.channels]
+                if missing:
+                    raise ValidationError(
+                        f"template {template.name!r} has no variant for channels {missing}", field=f + "channels"
+                    )
+            return channels
+        if template is not None:
+            return list(template.channels)
+        if req.content is not None and set(req.content) <= _CHANNEL_NAMES:
+            return list(req.content)
+        raise ValidationError("channels are required with flat inline content", field=f + "channels")
+
+    async def _recipients(self, to: Any, f: str) -> list[Recipient]:
+        if isinstance(to, dict) and "topic" in to:
+            raise ValidationError("topic recipients are not supported by this server yet", field=f)
+        items: list[Any] = to if isinstance(to, list) else [to]
+        if not items:
+            raise ValidationError("to must name at least one recipient", field=f)
+        if len(items) > MAX_RECIPIENTS:
+            raise ValidationError(f"at most {MAX_RECIPIENTS} recipients per notification; use a topic", field=f)
+        out: list[Recipient] = []
+        stored_ids: list[str] = []
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            sub = f"{f}[{i}]" if isinstance(to, list) else f
+            if isinstance(item, str):
+                uid = check_id(item, sub)
+                if uid in seen:
+                    continue
+                seen.add(uid)
+                stored_ids.append(uid)
+                out.append(Recipient(user_id=uid))
+            elif isinstance(item, dict):
+                user = inline_user(item, sub)
+                if user.id in seen:
+                    continue
+                seen.add(user.id)
+                out.append(Recipient(user_id=user.id, inline=user))
+            else:
+                raise ValidationError("a recipient is a user id or an object with id and addresses", field=sub)
+        if stored_ids:
+            found = await self.store.get_users(stored_ids)
+            missing = [u for u in stored_ids if u not in found]
+            if missing:
+                shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+                raise ValidationError(f"unknown user(s): {shown}", field=f)
+        return out

@@ -1,0 +1,311 @@
+"""Deliver: per-channel worker pools that claim, send, classify and record.
+
+Each channel has a pool of ``concurrency`` send slots. Claims take only as many deliveries as
+there are free slots, so everything claimed is in flight at once and a crash leaves at most
+``concurrency`` ambiguous sends per channel. ``reserved_high`` slots are kept for the
+critical and high lanes: a flood of normal/low traffic can fill the rest, never those.
+
+Outcomes go through :class:`ResultWriter`, which commits them in batches (group commit): one
+transaction per batch of finished sends instead of one per send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from herald.domain.errors import (
+    DeadAddressError,
+    DeliveryError,
+    HeraldError,
+    PermanentDeliveryError,
+    ProviderConfigError,
+    TransientDeliveryError,
+)
+from herald.domain.models import (
+    Attempt,
+    Delivery,
+    DeliveryResult,
+    DeliveryStatus,
+    OutboundMessage,
+    Outcome,
+    Reason,
+    new_id,
+)
+from herald.domain.validation import mask
+from herald.ports import Clock, Provider, Queue, Store
+from herald.services.catalog import Catalog
+
+log = structlog.get_logger("herald.deliver")
+
+S = DeliveryStatus
+
+
+class ResultWriter:
+    """Group commit of delivery results: whatever finished since the last commit goes in one."""
+
+    def __init__(self, store: Store, clock: Clock, on_recorded: Callable[[DeliveryResult, bool], None]) -> None:
+        self.store = store
+        self.clock = clock
+        self._pending: list[tuple[DeliveryResult, asyncio.Future[bool]]] = []
+        self._wake = asyncio.Event()
+        self._on_recorded = on_recorded
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="herald-result-writer")
+
+    async def submit(self, result: DeliveryResult) -> bool:
+        """Queue ``result``; return once committed (True) or refused for a lost lease (False)."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((result, fut))
+        self._wake.set()
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:500], self._pending[500:]
+                try:
+                    rejected = set(await self.store.record_results([r for r, _ in batch], now=self.clock.now()))
+                except HeraldError as exc:
+                    # Keep them: the lease will expire and the delivery be retried if we cannot
+                    # write at all, but a passing outage must not drop finished sends.
+                    log.error("deliver.record_failed", error=exc.detail, results=len(batch))
+                    self._pending = batch + self._pending
+                    await asyncio.sleep(0.5)
+                    continue
+                for r, fut in batch:
+                    ok = r.delivery_id not in rejected
+                    self._on_recorded(r, ok)
+                    if not fut.done():
+                        fut.set_result(ok)
+            if self._closing:
+                return
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+
+@dataclass(slots=True)
+class ChannelPool:
+    channel: str
+    providers: Sequence[Provider]
+    concurrency: int
+    reserved_high: int
+    in_flight: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    high_in_flight: int = 0
+
+
+def classify(exc: BaseException) -> tuple[Outcome, str | None, str, float | None, bool]:
+    """(outcome, code, detail, retry_after, ambiguous) for an exception from a provider."""
+    if isinstance(exc, DeliveryError):
+        outcome = {
+            "transient": Outcome.TRANSIENT,
+            "permanent": Outcome.PERMANENT,
+            "dead_address": Outcome.DEAD_ADDRESS,
+            "config_error": Outcome.CONFIG_ERROR,
+        }[exc.outcome]
+        return outcome, exc.code, exc.detail, exc.retry_after, exc.ambiguous
+    if isinstance(exc, TimeoutError):
+        return Outcome.TRANSIENT, "timeout", "provider timed out", None, True
+    if isinstance(exc, OSError):
+        return Outcome.TRANSIENT, type(exc).__name__, f"connection error: {exc}", None, False
+    return Outcome.TRANSIENT, type(exc).__name__, f"unexpected error: {exc}", None, True
+
+
+class DeliveryService:
+    def __init__(
+        self,
+        store: Store,
+        queue: Queue,
+        clock: Clock,
+        catalog: Catalog,
+        pools: Mapping[str, ChannelPool],
+        *,
+        lease: float = 30.0,
+        idle_wait: float = 1.0,
+        send_timeout: float = 60.0,
+        observer: DeliveryObserver | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.clock = clock
+        self.catalog = catalog
+        self.pools = dict(pools)
+        self.lease = lease
+        self.idle_wait = idle_wait
+        self.send_timeout = send_timeout
+        self.owner = f"worker-{os.getpid()}-{new_id('w')[-8:]}"
+        self.observer = observer or DeliveryObserver()
+        self.writer = ResultWriter(store, clock, self.observer.recorded)
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        self.writer.start()
+        tasks = [asyncio.create_task(self._pool_loop(p), name=f"herald-pool-{p.channel}") for p in self.pools.values()]
+        tasks.append(asyncio.create_task(self._heartbeat(), name="herald-lease-heartbeat"))
+        try:
+            await self._stopping.wait()
+        finally:
+            for tk in tasks:
+                tk.cancel()
+            for tk in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await tk
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, let sends in flight finish (up to ``grace`` s), commit their results."""
+        self._stopping.set()
+        in_flight = [tk for p in self.pools.values() for tk in p.in_flight.values()]
+        if in_flight:
+            _, pending = await asyncio.wait(in_flight, timeout=grace)
+            for tk in pending:
+                tk.cancel()  # their leases expire and the deliveries are retried, counted as ambiguous
+        await self.writer.close()
+
+    async def _pool_loop(self, pool: ChannelPool) -> None:
+        while not self._stopping.is_set():
+            free = pool.concurrency - len(pool.in_flight)
+            claimed: list[Delivery] = []
+            if free > 0:
+                # The last `reserved_high` slots only go to critical and high.
+                general_free = free - max(0, pool.reserved_high - pool.high_in_flight)
+                max_rank = 3 if general_free > 0 else 1
+                limit = general_free if general_free > 0 else free
+                try:
+                    claimed = await self.queue.claim(
+                        pool.channel, owner=self.owner, limit=limit, max_rank=max_rank,
+                        lease=self.lease, now=self.clock.now(),
+                    )
+                except HeraldError as exc:
+                    log.warning("deliver.claim_failed", channel=pool.channel, error=exc.detail)
+                for d in claimed:
+                    self._start(pool, d)
+            if claimed and len(claimed) >= (free if free > 0 else 1):
+                continue  # there may be more right now
+            await self.queue.wait(pool.channel, self.idle_wait)
+
+    def _start(self, pool: ChannelPool, d: Delivery) -> None:
+        high = d.priority.rank <= 1
+        if high:
+            pool.high_in_flight += 1
+        task = asyncio.create_task(self._deliver(pool, d), name=f"herald-send-{d.id}")
+        pool.in_flight[d.id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            pool.in_flight.pop(d.id, None)
+            if high:
+                pool.high_in_flight -= 1
+            self.queue.wake(pool.channel)
+
+        task.add_done_callback(done)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            ids = [i for p in self.pools.values() for i in p.in_flight]
+            if ids:
+                with contextlib.suppress(HeraldError):
+                    await self.queue.extend(ids, owner=self.owner, until=self.clock.now() + self.lease)
+
+    async def _deliver(self, pool: ChannelPool, d: Delivery) -> None:
+        try:
+            result = await self._attempt(pool, d)
+            await self.writer.submit(result)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not kill the pool; the lease expiry retries the delivery
+            log.exception("deliver.internal_error", delivery_id=d.id)
+
+    async def _attempt(self, pool: ChannelPool, d: Delivery) -> DeliveryResult:
+        now = self.clock.now()
+        n = d.attempts_made + 1
+        if d.expires_at is not None and d.expires_at <= now:
+            return DeliveryResult(
+                delivery_id=d.id, lease_owner=self.owner, new_status=S.SKIPPED, reason=Reason.EXPIRED.value,
+                attempt=Attempt(n=n, at=now, provider="-", outcome=Outcome.EXPIRED, detail="expired before sending"),
+                counts_against_budget=False,
+            )
+        provider = pool.providers[0]
+        message = OutboundMessage(
+            delivery_id=d.id, notification_id=d.notification_id, user_id=d.user_id, channel=d.channel,
+            address=d.address or "", content=d.content, category=d.category, priority=d.priority,
+            attempt=n, expires_at=d.expires_at, unsubscribe_url=d.content.get("unsubscribe_url"),
+        )
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                receipt = await provider.send(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            latency = (time.perf_counter() - started) * 1000
+            return self._failure(d, n, provider.name, exc, latency)
+        latency = (time.perf_counter() - started) * 1000
+        at = self.clock.now()
+        log.info("delivery.sent", delivery_id=d.id, channel=d.channel, provider=provider.name,
+                 code=receipt.code, latency_ms=round(latency, 2))
+        return DeliveryResult(
+            delivery_id=d.id, lease_owner=self.owner, new_status=S.SENT,
+            attempt=Attempt(n=n, at=at, provider=provider.name, outcome=Outcome.OK, code=receipt.code,
+                            detail=receipt.detail, latency_ms=round(latency, 3)),
+            provider_message_id=receipt.provider_message_id,
+        )
+
+    def _failure(self, d: Delivery, n: int, provider: str, exc: Exception, latency: float) -> DeliveryResult:
+        outcome, code, detail, retry_after, ambiguous = classify(exc)
+        now = self.clock.now()
+        attempt = Attempt(n=n, at=now, provider=provider, outcome=outcome, code=code, detail=detail,
+                          latency_ms=round(latency, 3), ambiguous=ambiguous)
+        base = {"delivery_id": d.id, "lease_owner": self.owner, "attempt": attempt}
+        ctx = {"delivery_id": d.id, "channel": d.channel, "provider": provider, "code": code,
+               "address": mask(d.address)}
+        if isinstance(exc, DeadAddressError):
+            log.warning("delivery.dead_address", **ctx, detail=detail)
+            return DeliveryResult(**base, new_status=S.FAILED, reason=Reason.INVALID_ADDRESS.value,
+                                  dead_address=d.address)
+        if isinstance(exc, PermanentDeliveryError):
+            log.warning("delivery.failed", **ctx, detail=detail)
+            return DeliveryResult(**base, new_status=S.FAILED, reason=Reason.PERMANENT_ERROR.value)
+        if isinstance(exc, ProviderConfigError):
+            # Never the user's fault: hold the delivery without spending its retry budget.
+            log.error("provider.config_error", **ctx, detail=detail)
+            self.observer.config_error(d.channel, provider, detail)
+            hold = max(self.catalog.config_hold_seconds, retry_after or 0.0)
+            return DeliveryResult(**base, new_status=S.RETRYING, reason="provider_config_error",
+                                  due_at=now + hold, counts_against_budget=False)
+        if not isinstance(exc, TransientDeliveryError):
+            log.warning("delivery.unexpected_error", **ctx, error=repr(exc))
+        delay = self.catalog.retry.next_delay(d.budget_used + 1, retry_after=retry_after)
+        if delay is None:
+            log.error("delivery.dead", **ctx, attempts=n, detail=detail)
+            return DeliveryResult(**base, new_status=S.DEAD, reason=Reason.RETRIES_EXHAUSTED.value)
+        if d.expires_at is not None and now + delay >= d.expires_at:
+            return DeliveryResult(**base, new_status=S.SKIPPED, reason=Reason.EXPIRED.value)
+        log.info("delivery.retrying", **ctx, attempt=n, delay_s=round(delay, 3), detail=detail)
+        return DeliveryResult(**base, new_status=S.RETRYING, reason=outcome.value, due_at=now + delay)
+
+
+class DeliveryObserver:
+    """Hooks for metrics and alerts; the default does nothing."""
+
+    def recorded(self, result: DeliveryResult, applied: bool) -> None:
+        if not applied:
+            log.warning("delivery.result_refused", delivery_id=result.delivery_id,
+                        detail="lease lost before the result was recorded")
+
+    def config_error(self, channel: str, provider: str, detail: str) -> None:
+        return None

@@ -1,0 +1,262 @@
+"""Route: expand a notification into deliveries, one per (recipient, channel).
+
+For each recipient and channel: is the channel enabled, did the user opt out (where the
+category allows it), is there a usable address, then render the channel's variant in the
+user's locale. Recipients are handled in chunks; each chunk's deliveries are written in one
+transaction together with the routing progress, and a delivery's unique key
+(notification, user, channel) makes a re-run after a crash insert nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from herald.domain.errors import HeraldError, TemplateError
+from herald.domain.models import (
+    JSON,
+    Category,
+    Delivery,
+    DeliveryStatus,
+    Device,
+    Notification,
+    Preferences,
+    Reason,
+    Template,
+    User,
+    new_id,
+)
+from herald.ports import Clock, RoutedBatch, Store
+from herald.services.catalog import Catalog
+from herald.services.rendering import render_variant
+from herald.services.unsubscribe import UnsubscribeSigner
+
+log = structlog.get_logger("herald.route")
+
+CHUNK = 500
+
+
+def channel_enabled(prefs: Preferences | None, category: Category, channel: str) -> tuple[bool, str]:
+    """Whether the user's preferences let ``category`` through on ``channel`` (and why not)."""
+    if not category.opt_out or prefs is None:
+        return True, ""
+    by_cat = prefs.categories.get(category.name, {})
+    if channel in by_cat:
+        return by_cat[channel], "category"
+    if prefs.channels.get(channel) is False:
+        return False, "channel"
+    return True, ""
+
+
+def address_for(channel: str, user: User, devices: Sequence[Device]) -> str | None:
+    if channel == "email":
+        return user.email
+    if channel == "sms":
+        return user.phone
+    if channel == "push":
+        return devices[-1].token if devices else None
+    if channel == "in_app":
+        return user.id
+    if channel == "webhook":
+        return user.webhook_url
+    if channel == "chat":
+        url = user.chat.get("url")
+        return str(url) if url else None
+    return None
+
+
+class RouterService:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        catalog: Catalog,
+        wake_channel: Callable[[str], None],
+        unsubscribe: UnsubscribeSigner,
+        *,
+        batch: int = 50,
+        lease: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.catalog = catalog
+        self._wake_channel = wake_channel
+        self.unsubscribe = unsubscribe
+        self.batch = batch
+        self.lease = lease
+        self.owner = f"router-{os.getpid()}-{new_id('r')[-8:]}"
+        self._signal = asyncio.Event()
+
+    def wake(self) -> None:
+        self._signal.set()
+
+    async def run(self, stopping: asyncio.Event, idle: float = 1.0) -> None:
+        while not stopping.is_set():
+            try:
+                routed = await self.route_pending()
+            except HeraldError as exc:
+                log.warning("route.backend_error", error=exc.detail)
+                routed = 0
+            if routed:
+                continue
+            try:
+                await asyncio.wait_for(self._signal.wait(), idle)
+            except TimeoutError:
+                pass
+            self._signal.clear()
+
+    async def route_pending(self) -> int:
+        claimed = await self.store.claim_unrouted(
+            owner=self.owner, limit=self.batch, lease=self.lease, now=self.clock.now()
+        )
+        for n in claimed:
+            try:
+                await self.route(n)
+            except TemplateError as exc:
+                await self.store.fail_routing(n.id, exc.detail, now=self.clock.now())
+                log.warning("notification.routing_failed", notification_id=n.id, error=exc.detail)
+        return len(claimed)
+
+    async def route(self, n: Notification) -> None:
+        template: Template | None = None
+        if n.template is not None:
+            template = await self.store.get_template(n.template, n.template_version)
+            if template is None:
+                await self.store.fail_routing(n.id, f"template {n.template!r} no longer exists", now=self.clock.now())
+                return
+        category = self.catalog.category(n.category)
+        start = n.recipients_routed
+        total = len(n.recipients)
+        for offset in range(start, max(total, start) + 1, CHUNK):
+            chunk = n.recipients[offset : offset + CHUNK]
+            deliveries = await self._chunk(n, template, category, chunk)
+            done = min(offset + CHUNK, total)
+            ok = await self.store.save_routed(
+                RoutedBatch(notification_id=n.id, deliveries=deliveries, recipients_done=done, finished=done >= total),
+                owner=self.owner,
+                now=self.clock.now(),
+            )
+            if not ok:
+                log.info("notification.routing_lease_lost", notification_id=n.id)
+                return
+            for ch in {d.channel for d in deliveries if d.status == DeliveryStatus.QUEUED}:
+                self._wake_channel(ch)
+            if done >= total:
+                break
+        log.info("notification.routed", notification_id=n.id, recipients=total)
+
+    async def _chunk(
+        self, n: Notification, template: Template | None, category: Category, chunk: Sequence[Any]
+    ) -> list[Delivery]:
+        stored_ids = [r.user_id for r in chunk if r.inline is None]
+        users = await self.store.get_users(stored_ids) if stored_ids else {}
+        for r in chunk:
+            if r.inline is not None:
+                users[r.user_id] = r.inline
+        prefs = await self.store.get_preferences_many(stored_ids) if stored_ids else {}
+        channels = n.channels or []
+        devices: dict[str, list[Device]] = {}
+        if "push" in channels and stored_ids:
+            for dev in await self.store.list_devices(stored_ids):
+                devices.setdefault(dev.user_id, []).append(dev)
+        suppressed: dict[str, set[str]] = {}
+        for ch in channels:
+            if ch in ("email", "sms", "webhook"):
+                addrs = [a for u in users.values() if (a := address_for(ch, u, ())) is not None]
+                suppressed[ch] = await self.store.suppressed(ch, addrs) if addrs else set()
+
+        now = self.clock.now()
+        out: list[Delivery] = []
+        for r in chunk:
+            user = users.get(r.user_id)
+            for ch in channels:
+                out.append(self._delivery(n, template, category, ch, r.user_id, user, prefs.get(r.user_id),
+                                          devices.get(r.user_id, []), suppressed.get(ch, set()), now))
+        return out
+
+    def _delivery(
+        self,
+        n: Notification,
+        template: Template | None,
+        category: Category,
+        channel: str,
+        user_id: str,
+        user: User | None,
+        prefs: Preferences | None,
+        devices: list[Device],
+        suppressed: set[str],
+        now: float,
+    ) -> Delivery:
+        d = Delivery(
+            id=new_id("dlv"),
+            notification_id=n.id,
+            user_id=user_id,
+            channel=channel,
+            status=DeliveryStatus.PENDING,
+            priority=n.priority,
+            category=category.name,
+            address=None,
+            content={},
+            due_at=now,
+            expires_at=n.expires_at,
+        )
+
+        def skip(reason: Reason) -> Delivery:
+            d.status = DeliveryStatus.SKIPPED
+            d.reason = reason.value
+            log.info("delivery.skipped", delivery_id=d.id, notification_id=n.id, channel=channel, reason=reason.value)
+            return d
+
+        if user is None:
+            return skip(Reason.USER_DELETED)
+        if channel not in self.catalog.enabled_channels:
+            return skip(Reason.CHANNEL_DISABLED)
+        allowed, _ = channel_enabled(prefs, category, channel)
+        if not allowed:
+            return skip(Reason.OPTED_OUT)
+        address = address_for(channel, user, devices)
+        if not address:
+            return skip(Reason.NO_ADDRESS)
+        if address in suppressed:
+            return skip(Reason.INVALID_ADDRESS)
+        d.address = address
+        try:
+            d.content = self._render(n, template, channel, user)
+        except TemplateError as exc:
+            d.status = DeliveryStatus.FAILED
+            d.reason = Reason.RENDER_ERROR.value
+            d.content = {"error": exc.detail}
+            log.warning("delivery.render_failed", delivery_id=d.id, notification_id=n.id, error=exc.detail)
+            return d
+        if channel == "push":
+            d.content["devices"] = [{"id": x.id, "kind": x.kind, "token": x.token} for x in devices]
+        if channel == "email" and category.opt_out:
+            d.content["unsubscribe_url"] = self.unsubscribe.url(user_id, category.name, channel)
+        if n.send_at is not None and n.send_at > now:
+            d.status = DeliveryStatus.SCHEDULED
+            d.due_at = n.send_at
+        else:
+            d.status = DeliveryStatus.QUEUED
+        return d
+
+    def _render(self, n: Notification, template: Template | None, channel: str, user: User) -> JSON:
+        locale = user.locale or self.catalog.default_locale
+        if template is not None:
+            variant = template.variant(channel, locale)
+            if variant is None:
+                raise TemplateError(f"template {template.name!r} has no {channel} variant")
+        else:
+            variant = (n.content or {}).get(channel)
+            if variant is None:
+                raise TemplateError(f"no {channel} content")
+        context = {
+            "data": n.data,
+            "user": user.template_view(),
+            "notification": {"id": n.id, "category": n.category, "priority": n.priority.value},
+        }
+        return render_variant(variant, context)
+

@@ -1,0 +1,64 @@
+"""Schedule: the timer of the system.
+
+Promotes scheduled deliveries when due, skips expired ones, returns deliveries whose worker
+lost its lease to the queue (counted as ambiguous attempts), and wakes the channels whose work
+became due. It sleeps until the next due time, or until woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from herald.domain.errors import HeraldError
+from herald.ports import Clock, Queue, Store
+
+log = structlog.get_logger("herald.schedule")
+
+
+class SchedulerService:
+    def __init__(self, store: Store, queue: Queue, clock: Clock, *, max_sleep: float = 1.0) -> None:
+        self.store = store
+        self.queue = queue
+        self.clock = clock
+        self.max_sleep = max_sleep
+        self._signal = asyncio.Event()
+
+    def wake(self) -> None:
+        self._signal.set()
+
+    async def tick(self) -> float | None:
+        """One pass; returns the next time something becomes due."""
+        now = self.clock.now()
+        channels = set(await self.store.promote_scheduled(now=now))
+        expired = await self.store.expire_deliveries(now=now)
+        if expired:
+            log.info("deliveries.expired", count=expired)
+        reclaimed = await self.store.reclaim_expired_leases(now=now)
+        if reclaimed:
+            log.warning("deliveries.leases_reclaimed", channels=reclaimed)
+        channels.update(reclaimed)
+        # Retries that became due since the last pass: wake every channel, claims are cheap.
+        next_due = await self.store.next_due(now=now)
+        if channels:
+            for ch in channels:
+                self.queue.wake(ch)
+        self.queue.wake(None)
+        return next_due
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                next_due = await self.tick()
+            except HeraldError as exc:
+                log.warning("schedule.backend_error", error=exc.detail)
+                next_due = None
+            sleep = self.max_sleep
+            if next_due is not None:
+                sleep = min(sleep, max(0.0, next_due - self.clock.now()))
+            try:
+                await asyncio.wait_for(self._signal.wait(), sleep)
+            except TimeoutError:
+                pass
+            self._signal.clear()
