@@ -324,6 +324,7 @@ class DeliveryResult:
     provider_message_id: str | None = None
     dead_address: str | None = None
     counts_against_budget: bool = True
+    channel: str = ""
 
 
 @dataclass(slots=True)

@@ -236,6 +236,7 @@ class DeliveryService:
         if d.expires_at is not None and d.expires_at <= now:
             return DeliveryResult(
                 delivery_id=d.id, lease_owner=self.owner, new_status=S.SKIPPED, reason=Reason.EXPIRED.value,
+                channel=d.channel,
                 attempt=Attempt(n=n, at=now, provider="-", outcome=Outcome.EXPIRED, detail="expired before sending"),
                 counts_against_budget=False,
             )
@@ -259,7 +260,7 @@ class DeliveryService:
         log.info("delivery.sent", delivery_id=d.id, channel=d.channel, provider=provider.name,
                  code=receipt.code, latency_ms=round(latency, 2))
         return DeliveryResult(
-            delivery_id=d.id, lease_owner=self.owner, new_status=S.SENT,
+            delivery_id=d.id, lease_owner=self.owner, new_status=S.SENT, channel=d.channel,
             attempt=Attempt(n=n, at=at, provider=provider.name, outcome=Outcome.OK, code=receipt.code,
                             detail=receipt.detail, latency_ms=round(latency, 3)),
             provider_message_id=receipt.provider_message_id,
@@ -270,7 +271,7 @@ class DeliveryService:
         now = self.clock.now()
         attempt = Attempt(n=n, at=now, provider=provider, outcome=outcome, code=code, detail=detail,
                           latency_ms=round(latency, 3), ambiguous=ambiguous)
-        base = {"delivery_id": d.id, "lease_owner": self.owner, "attempt": attempt}
+        base = {"delivery_id": d.id, "lease_owner": self.owner, "attempt": attempt, "channel": d.channel}
         ctx = {"delivery_id": d.id, "channel": d.channel, "provider": provider, "code": code,
                "address": mask(d.address)}
         if isinstance(exc, DeadAddressError):

@@ -33,7 +33,7 @@ from herald.domain.models import (
 from herald.ports import Clock, RoutedBatch, Store
 from herald.services.catalog import Catalog
 from herald.services.rendering import render_variant
-from herald.services.unsubscribe import UnsubscribeSigner
+from herald.services.signing import UnsubscribeSigner
 
 log = structlog.get_logger("herald.route")
 

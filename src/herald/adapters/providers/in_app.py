@@ -1,0 +1,35 @@
+"""The ``in_app`` provider: herald's own inbox.
+
+The delivery row itself is the inbox item; once it is ``sent`` it shows in
+``GET /v1/users/{id}/inbox``. Sending publishes it to the user's live streams.
+"""
+
+from __future__ import annotations
+
+from herald.domain.models import OutboundMessage, SendReceipt
+from herald.ports import InboxPublisher
+
+
+class InAppProvider:
+    name = "in_app"
+
+    def __init__(self, publisher: InboxPublisher | None = None) -> None:
+        self.publisher = publisher
+
+    async def send(self, message: OutboundMessage) -> SendReceipt:
+        if self.publisher is not None:
+            self.publisher.publish(
+                message.user_id,
+                {
+                    "id": message.delivery_id,
+                    "notification_id": message.notification_id,
+                    "category": message.category,
+                    "title": message.content.get("title"),
+                    "body": message.content.get("body"),
+                    "url": message.content.get("url"),
+                },
+            )
+        return SendReceipt(code="stored", provider_message_id=message.delivery_id)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,180 @@
+"""The composition root: builds adapters and services from the configuration, once per process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from herald.adapters.cache.memory import MemoryCache
+from herald.adapters.providers.console import ConsoleProvider
+from herald.adapters.providers.in_app import InAppProvider
+from herald.adapters.providers.smtp import SmtpProvider
+from herald.adapters.queue.sql import SqlQueue
+from herald.adapters.store.database import Database
+from herald.adapters.store.sql import SqlStore
+from herald.config import Settings
+from herald.domain.errors import ConfigurationError
+from herald.domain.models import Category
+from herald.domain.policies import RetrySchedule
+from herald.inbox import InboxHub
+from herald.metrics import Metrics
+from herald.ports import Cache, Clock, Provider, Queue, Store
+from herald.services.accept import AcceptService
+from herald.services.catalog import Catalog
+from herald.services.deliver import ChannelPool, DeliveryService
+from herald.services.route import RouterService
+from herald.services.schedule import SchedulerService
+from herald.services.signing import Signer, UnsubscribeSigner, UserTokens
+
+log = structlog.get_logger("herald.bootstrap")
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+ProviderFactory = Callable[[Settings, InboxHub], Provider]
+
+
+def _provider_factories() -> dict[str, ProviderFactory]:
+    return {
+        "console": lambda s, _hub: ConsoleProvider(s.providers.console.path),
+        "smtp": lambda s, _hub: SmtpProvider(s.providers.smtp),
+        "in_app": lambda _s, hub: InAppProvider(hub),
+    }
+
+
+def build_catalog(settings: Settings) -> Catalog:
+    categories = {
+        name: Category(name=name, opt_out=c.opt_out, priority=c.priority, quiet_hours=c.quiet_hours,
+                       digest=c.digest, budget=c.budget)
+        for name, c in settings.categories.items()
+    }
+    return Catalog(
+        categories=categories,
+        default_category=settings.default_category,
+        enabled_channels=frozenset(name for name, ch in settings.channels.items() if ch.enabled),
+        retry=RetrySchedule(delays=tuple(settings.retry.schedule), jitter=settings.retry.jitter),
+        default_locale=settings.default_locale,
+        idempotency_ttl=settings.idempotency.ttl_seconds,
+        public_url=settings.server.public_url,
+    )
+
+
+@dataclass
+class Container:
+    settings: Settings
+    store: Store
+    queue: Queue
+    cache: Cache
+    clock: Clock
+    catalog: Catalog
+    hub: InboxHub
+    metrics: Metrics
+    providers: dict[str, Provider]
+    accept: AcceptService
+    router: RouterService
+    delivery: DeliveryService
+    scheduler: SchedulerService
+    user_tokens: UserTokens
+    unsubscribe: UnsubscribeSigner
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def start_roles(self, roles: set[str]) -> None:
+        """Start the background roles: ``router``, ``worker``, ``scheduler``."""
+        if "router" in roles:
+            self._tasks.append(asyncio.create_task(self.router.run(self._stopping), name="herald-router"))
+        if "worker" in roles:
+            self._tasks.append(asyncio.create_task(self.delivery.run(), name="herald-workers"))
+        if "scheduler" in roles:
+            self._tasks.append(asyncio.create_task(self.scheduler.run(self._stopping), name="herald-scheduler"))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self.router.wake()
+        self.scheduler.wake()
+        await self.delivery.stop(self.settings.worker.shutdown_grace_seconds)
+        for tk in self._tasks:
+            tk.cancel()
+        for tk in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await tk
+        self._tasks.clear()
+        for p in self.providers.values():
+            with contextlib.suppress(Exception):
+                await p.close()
+        await self.cache.close()
+        await self.queue.close()
+        await self.store.close()
+
+
+def build_store(settings: Settings) -> SqlStore:
+    return SqlStore(Database(settings.database.url, pool_size=settings.database.pool_size))
+
+
+async def build(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    providers: Mapping[str, Provider] | None = None,
+    store: SqlStore | None = None,
+) -> Container:
+    """Build every adapter and service. ``providers`` overrides providers by name (tests)."""
+    clock = clock or SystemClock()
+    store = store or build_store(settings)
+    await store.start()
+    if settings.queue.url != "sql":
+        raise ConfigurationError("queue.url: only 'sql' is available in this build")
+    queue: Queue = SqlQueue(store.db)
+    if settings.cache.url != "memory":
+        raise ConfigurationError("cache.url: only 'memory' is available in this build")
+    cache: Cache = MemoryCache()
+
+    secret = settings.auth.secret or await store.put_setting_if_absent("auth_secret", secrets.token_hex(32))
+    signer = Signer(secret.encode())
+    unsubscribe = UnsubscribeSigner(signer, settings.server.public_url)
+    user_tokens = UserTokens(signer, settings.auth.user_token_ttl_seconds)
+
+    hub = InboxHub()
+    metrics = Metrics()
+    catalog = build_catalog(settings)
+    factories = _provider_factories()
+    built: dict[str, Provider] = dict(providers or {})
+    pools: dict[str, ChannelPool] = {}
+    for channel, ch in settings.channels.items():
+        if not ch.enabled:
+            continue
+        chosen: list[Provider] = []
+        for name in ch.providers:
+            if name not in built:
+                factory = factories.get(name)
+                if factory is None:
+                    raise ConfigurationError(
+                        f"channels.{channel}.providers: unknown provider {name!r}; known: {', '.join(sorted(factories))}"
+                    )
+                built[name] = factory(settings, hub)
+            chosen.append(built[name])
+        pools[channel] = ChannelPool(channel=channel, providers=chosen, concurrency=ch.concurrency,
+                                     reserved_high=min(ch.reserved_high, ch.concurrency - 1))
+
+    router = RouterService(store, clock, catalog, queue.wake, unsubscribe, batch=settings.worker.router_batch,
+                           lease=max(60.0, settings.queue.lease_seconds))
+    accept = AcceptService(store, clock, catalog, router.wake)
+    delivery = DeliveryService(store, queue, clock, catalog, pools, lease=settings.queue.lease_seconds,
+                               idle_wait=settings.queue.idle_wait_seconds, observer=metrics)
+    scheduler = SchedulerService(store, queue, clock, max_sleep=settings.queue.idle_wait_seconds)
+    return Container(
+        settings=settings, store=store, queue=queue, cache=cache, clock=clock, catalog=catalog, hub=hub,
+        metrics=metrics, providers=built, accept=accept, router=router, delivery=delivery,
+        scheduler=scheduler, user_tokens=user_tokens, unsubscribe=unsubscribe,
+    )
+

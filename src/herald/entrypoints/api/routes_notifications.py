@@ -1,0 +1,133 @@
+"""Sending and tracking notifications."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import pydantic
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+
+from herald.domain.errors import HeraldError, NotFound, ValidationError
+from herald.domain.models import Notification
+from herald.entrypoints.api.deps import Caller, ContainerDep, require
+from herald.entrypoints.api.schemas import BatchBody, SendBody, epoch
+from herald.entrypoints.api.views import accepted_view, notification_view
+from herald.ports import NotificationFilter
+from herald.services.accept import Accepted, SendRequest
+
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+_send_adapter = pydantic.TypeAdapter(SendBody)
+
+
+def to_request(body: SendBody) -> SendRequest:
+    return SendRequest(
+        to=body.to, template=body.template, content=body.content, data=body.data, channels=body.channels,
+        category=body.category, priority=body.priority, send_at=epoch(body.send_at),
+        expires_at=epoch(body.expires_at), dedup_key=body.dedup_key,
+    )
+
+
+def _key(header: str | None, body_key: str | None) -> str | None:
+    if header is not None and body_key is not None and header != body_key:
+        raise ValidationError("Idempotency-Key header and idempotency_key field differ", field="idempotency_key")
+    return header if header is not None else body_key
+
+
+@router.post("", status_code=202)
+async def send(
+    body: SendBody,
+    c: ContainerDep,
+    who: Annotated[Caller, require("send")],
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+) -> JSONResponse:
+    key = _key(idempotency_key, body.idempotency_key)
+    payload = body.model_dump(mode="json", exclude={"idempotency_key"})
+
+    async def build() -> tuple[list[Notification], Accepted]:
+        n = await c.accept.prepare(to_request(body), api_key_id=who.scope_id)
+        return [n], Accepted(202, accepted_view(n))
+
+    result = await c.accept.idempotent(who.scope_id, key, payload, build)
+    return JSONResponse(result.body, status_code=result.status_code)
+
+
+@router.post("/batch", status_code=202)
+async def send_batch(
+    body: BatchBody,
+    c: ContainerDep,
+    who: Annotated[Caller, require("send")],
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+) -> JSONResponse:
+    key = _key(idempotency_key, body.idempotency_key)
+
+    async def build() -> tuple[list[Notification], Accepted]:
+        notes: list[Notification] = []
+        results: list[dict[str, Any]] = []
+        for i, raw in enumerate(body.notifications):
+            try:
+                item = _send_adapter.validate_python(raw)
+                n = await c.accept.prepare(to_request(item), api_key_id=who.scope_id,
+                                           field_prefix=f"notifications[{i}].")
+            except pydantic.ValidationError as exc:
+                err = exc.errors()[0]
+                loc = ".".join(str(p) for p in err["loc"])
+                results.append({"index": i, "status": 422, "error": f"{loc}: {err['msg']}" if loc else err["msg"]})
+                continue
+            except HeraldError as exc:
+                results.append({"index": i, "status": exc.status, "error": exc.detail, "field": exc.field})
+                continue
+            notes.append(n)
+            results.append({"index": i, "status": 202, **accepted_view(n)})
+        accepted = sum(1 for r in results if r["status"] == 202)
+        return notes, Accepted(202 if accepted else 422, {
+            "accepted": accepted, "rejected": len(results) - accepted, "results": results,
+        })
+
+    payload = body.model_dump(mode="json", exclude={"idempotency_key"})
+    result = await c.accept.idempotent(who.scope_id, key, payload, build)
+    return JSONResponse(result.body, status_code=result.status_code)
+
+
+@router.get("/{notification_id}")
+async def get_notification(
+    notification_id: str, c: ContainerDep, who: Annotated[Caller, require("read")]
+) -> dict[str, Any]:
+    n = await c.store.get_notification(notification_id)
+    if n is None:
+        raise NotFound(f"notification {notification_id} does not exist")
+    deliveries = await c.store.get_deliveries(notification_id)
+    return notification_view(n, deliveries)
+
+
+@router.get("")
+async def list_notifications(
+    c: ContainerDep,
+    who: Annotated[Caller, require("read")],
+    user_id: str | None = None,
+    status: str | None = None,
+    channel: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> dict[str, Any]:
+    items = await c.store.list_notifications(
+        NotificationFilter(user_id=user_id, status=status, channel=channel, since=epoch(since),
+                           until=epoch(until), cursor=cursor, limit=limit)
+    )
+    next_cursor = items[-1].id if len(items) == limit else None
+    return {"items": [notification_view(n) for n in items], "next_cursor": next_cursor}
+
+
+@router.post("/{notification_id}/cancel")
+async def cancel(notification_id: str, c: ContainerDep, who: Annotated[Caller, require("send")]) -> dict[str, Any]:
+    cancelled, remaining = await c.store.cancel_notification(notification_id, now=c.clock.now())
+    if cancelled == 0 and remaining > 0:
+        detail = "nothing was cancelled: every delivery was already sent or finished"
+    elif remaining > 0:
+        detail = f"{cancelled} cancelled; {remaining} were already sent or finished and are unchanged"
+    else:
+        detail = f"{cancelled} cancelled"
+    return {"id": notification_id, "cancelled": cancelled, "unchanged": remaining, "detail": detail}

@@ -1,0 +1,113 @@
+"""Health, readiness, metrics, stats, tracking events and dead letters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from herald.domain.errors import Conflict, HeraldError, NotFound
+from herald.domain.models import DeliveryStatus
+from herald.entrypoints.api.deps import Caller, ContainerDep, require
+from herald.entrypoints.api.problems import problem
+from herald.entrypoints.api.schemas import ReplayFilterBody, TrackBody, epoch
+from herald.entrypoints.api.views import delivery_view
+from herald.ports import DeadLetterFilter
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(c: ContainerDep) -> dict[str, Any] | Response:
+    try:
+        await c.store.ping()
+    except HeraldError as exc:
+        return problem(503, "Not ready", exc.detail)
+    return {"status": "ready", "database": "ok"}
+
+
+@router.get("/metrics")
+async def metrics(c: ContainerDep) -> Response:
+    body = await c.metrics.render(c.store)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/v1/stats")
+async def stats(
+    c: ContainerDep, who: Annotated[Caller, require("read")], since: datetime | None = None
+) -> dict[str, Any]:
+    rows = await c.store.delivery_counts(since=epoch(since))
+    by_status: dict[str, int] = {}
+    by_channel: dict[str, dict[str, int]] = {}
+    for channel, status, _provider, count in rows:
+        by_status[status] = by_status.get(status, 0) + count
+        per = by_channel.setdefault(channel, {})
+        per[status] = per.get(status, 0) + count
+    return {
+        "by_status": by_status,
+        "by_channel": by_channel,
+        "by_channel_provider": [
+            {"channel": ch, "status": st, "provider": pr, "count": n} for ch, st, pr, n in rows
+        ],
+        "ambiguous_sends": await c.store.ambiguous_count(),
+    }
+
+
+_TRACK = {"delivered": DeliveryStatus.DELIVERED, "read": DeliveryStatus.READ,
+          "opened": DeliveryStatus.READ, "clicked": DeliveryStatus.READ}
+
+
+@router.post("/v1/deliveries/{delivery_id}/events")
+async def track(delivery_id: str, body: TrackBody, c: ContainerDep, who: Annotated[Caller, require("send")]) -> dict[str, Any]:
+    d = await c.store.mark_delivery(delivery_id, _TRACK[body.event], now=c.clock.now())
+    return delivery_view(d)
+
+
+@router.get("/v1/dead-letters")
+async def dead_letters(
+    c: ContainerDep,
+    who: Annotated[Caller, require("read")],
+    channel: str | None = None,
+    provider: str | None = None,
+    reason: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    items = await c.store.list_dead_letters(
+        DeadLetterFilter(channel=channel, provider=provider, reason=reason, since=epoch(since),
+                         until=epoch(until), cursor=cursor, limit=limit)
+    )
+    return {"items": [delivery_view(d) for d in items], "next_cursor": items[-1].id if len(items) == limit else None}
+
+
+@router.post("/v1/dead-letters/{delivery_id}/replay")
+async def replay_one(delivery_id: str, c: ContainerDep, who: Annotated[Caller, require("admin")]) -> dict[str, Any]:
+    replayed = await c.store.replay_dead_letters([delivery_id], now=c.clock.now())
+    if not replayed:
+        d = await c.store.get_delivery(delivery_id)
+        if d is None:
+            raise NotFound(f"delivery {delivery_id} does not exist")
+        raise Conflict(f"delivery {delivery_id} is {d.status.value}, not in the dead-letter queue")
+    for d in replayed:
+        c.queue.wake(d.channel)
+    return {"replayed": 1, "delivery": delivery_view(replayed[0])}
+
+
+@router.post("/v1/dead-letters/replay")
+async def replay_many(body: ReplayFilterBody, c: ContainerDep, who: Annotated[Caller, require("admin")]) -> dict[str, Any]:
+    items = await c.store.list_dead_letters(
+        DeadLetterFilter(channel=body.channel, provider=body.provider, reason=body.reason,
+                         since=epoch(body.since), until=epoch(body.until), limit=body.limit)
+    )
+    replayed = await c.store.replay_dead_letters([d.id for d in items], now=c.clock.now())
+    for ch in {d.channel for d in replayed}:
+        c.queue.wake(ch)
+    return {"replayed": len(replayed), "ids": [d.id for d in replayed]}

@@ -1,0 +1,95 @@
+"""Templates: versioned, per channel and locale, compiled in the sandbox before they are stored."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Response
+
+from herald.domain.errors import NotFound, TemplateError, ValidationError
+from herald.domain.models import ALL_CHANNELS, Template, User
+from herald.domain.validation import check_id, check_locale
+from herald.entrypoints.api.deps import Caller, ContainerDep, require
+from herald.entrypoints.api.schemas import RenderBody, TemplateBody
+from herald.entrypoints.api.views import template_view
+from herald.services.accept import inline_user
+from herald.services.rendering import check_variant, render_variant
+
+router = APIRouter(prefix="/v1/templates", tags=["templates"])
+_CHANNELS = {c.value for c in ALL_CHANNELS}
+
+
+def _check(body: TemplateBody, c: ContainerDep) -> None:
+    if body.category is not None:
+        c.catalog.category(body.category)
+    for ch, variant in body.channels.items():
+        if ch not in _CHANNELS:
+            raise ValidationError(f"unknown channel {ch!r}", field=f"channels.{ch}")
+        try:
+            check_variant(variant)
+        except TemplateError as exc:
+            raise TemplateError(exc.detail, field=f"channels.{ch}") from None
+    for locale, chans in body.locales.items():
+        check_locale(locale, f"locales.{locale}")
+        for ch, variant in chans.items():
+            if ch not in body.channels:
+                raise ValidationError(f"locale {locale} overrides channel {ch!r} that has no default variant",
+                                      field=f"locales.{locale}.{ch}")
+            try:
+                check_variant(variant)
+            except TemplateError as exc:
+                raise TemplateError(exc.detail, field=f"locales.{locale}.{ch}") from None
+
+
+@router.put("/{name}")
+async def put_template(name: str, body: TemplateBody, c: ContainerDep, who: Annotated[Caller, require("admin")]) -> dict[str, Any]:
+    check_id(name, "name")
+    _check(body, c)
+    template = Template(name=name, version=0, category=body.category, channels=body.channels,
+                        locales=body.locales, default_locale=body.default_locale, created_at=c.clock.now())
+    return template_view(await c.store.put_template(template))
+
+
+@router.get("/{name}")
+async def get_template(
+    name: str, c: ContainerDep, who: Annotated[Caller, require("read")], version: int | None = None
+) -> dict[str, Any]:
+    template = await c.store.get_template(name, version)
+    if template is None:
+        raise NotFound(f"template {name!r} does not exist")
+    return template_view(template)
+
+
+@router.delete("/{name}", status_code=204)
+async def delete_template(name: str, c: ContainerDep, who: Annotated[Caller, require("admin")]) -> Response:
+    if not await c.store.delete_template(name):
+        raise NotFound(f"template {name!r} does not exist")
+    return Response(status_code=204)
+
+
+@router.post("/{name}/render")
+async def render_preview(name: str, body: RenderBody, c: ContainerDep, who: Annotated[Caller, require("read")]) -> dict[str, Any]:
+    template = await c.store.get_template(name)
+    if template is None:
+        raise NotFound(f"template {name!r} does not exist")
+    user: User
+    if body.user_id is not None:
+        found = await c.store.get_user(body.user_id)
+        if found is None:
+            raise ValidationError(f"unknown user {body.user_id!r}", field="user_id")
+        user = found
+    elif body.user is not None:
+        user = inline_user({"id": "preview", **body.user}, "user")
+    else:
+        user = User(id="preview")
+    locale = body.locale or user.locale or c.catalog.default_locale
+    channels = [body.channel] if body.channel else list(template.channels)
+    context = {"data": body.data, "user": user.template_view(),
+               "notification": {"id": "preview", "category": template.category, "priority": "normal"}}
+    rendered: dict[str, Any] = {}
+    for ch in channels:
+        variant = template.variant(ch, locale)
+        if variant is None:
+            raise ValidationError(f"template {name!r} has no {ch} variant", field="channel")
+        rendered[ch] = render_variant(variant, context)
+    return {"name": name, "version": template.version, "locale": locale, "channels": rendered}

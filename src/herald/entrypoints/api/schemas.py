@@ -1,0 +1,99 @@
+"""Request bodies. Responses are built as plain dicts by the routes (see views.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+class SendBody(_Body):
+    to: str | list[str | dict[str, Any]] | dict[str, Any]
+    template: str | None = Field(default=None, max_length=128)
+    content: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    channels: list[str] | None = Field(default=None, max_length=6)
+    category: str | None = Field(default=None, max_length=64)
+    priority: Literal["critical", "high", "normal", "low"] | None = None
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    dedup_key: str | None = Field(default=None, max_length=255)
+
+
+class BatchBody(_Body):
+    notifications: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class UserBody(_Body):
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=32)
+    locale: str | None = Field(default=None, max_length=35)
+    timezone: str | None = Field(default=None, max_length=64)
+    data: dict[str, Any] = Field(default_factory=dict)
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    chat: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeviceBody(_Body):
+    kind: Literal["apns", "fcm", "webpush"]
+    token: str = Field(min_length=1, max_length=4096)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class QuietHours(_Body):
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class PreferencesBody(_Body):
+    channels: dict[str, bool] = Field(default_factory=dict)
+    categories: dict[str, dict[str, bool]] = Field(default_factory=dict)
+    quiet_hours: QuietHours | None = None
+    digests: dict[str, str] = Field(default_factory=dict)
+
+
+class TemplateBody(_Body):
+    category: str | None = Field(default=None, max_length=64)
+    channels: dict[str, dict[str, Any]] = Field(min_length=1)
+    locales: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    default_locale: str = Field(default="en", max_length=35)
+
+
+class RenderBody(_Body):
+    channel: str | None = None
+    locale: str | None = Field(default=None, max_length=35)
+    data: dict[str, Any] = Field(default_factory=dict)
+    user: dict[str, Any] | None = None
+    user_id: str | None = None
+
+
+class TrackBody(_Body):
+    event: Literal["delivered", "read", "opened", "clicked"]
+
+
+class TokenBody(_Body):
+    ttl_seconds: int | None = Field(default=None, ge=60, le=86_400 * 30)
+
+
+class ReplayFilterBody(_Body):
+    channel: str | None = None
+    provider: str | None = None
+    reason: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = Field(default=1000, ge=1, le=10_000)

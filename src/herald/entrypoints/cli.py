@@ -1,0 +1,316 @@
+"""The ``herald`` command. Errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import uvicorn
+
+from herald.bootstrap import Container, build, build_store
+from herald.config import Settings, load_settings
+from herald.domain.errors import HeraldError
+from herald.entrypoints.api.app import create_app
+from herald.entrypoints.api.deps import SCOPES, generate_key, hash_key
+from herald.entrypoints.api.schemas import epoch
+from herald.entrypoints.api.views import delivery_view, notification_view
+from herald.logs import configure
+from herald.ports import DeadLetterFilter
+from herald.services.accept import Accepted, SendRequest
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="herald: self-hosted notification service")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema")
+dl_app = typer.Typer(no_args_is_help=True, help="Dead-letter queue")
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+app.add_typer(dl_app, name="dead-letters")
+
+T = TypeVar("T")
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML file (default ./herald.toml)")]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def guarded(fn: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except HeraldError as exc:
+            where = f" ({exc.field})" if exc.field else ""
+            raise fail(f"{exc.detail}{where}") from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return wrapper
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    settings = load_settings(config, **overrides)
+    configure(settings.logging.level, json=settings.logging.json_logs)
+    return settings
+
+
+def _with_container(settings: Settings, fn: Callable[[Container], Awaitable[T]]) -> T:
+    async def main() -> T:
+        container = await build(settings)
+        try:
+            return await fn(container)
+        finally:
+            await container.stop()
+
+    return asyncio.run(main())
+
+
+def _serve(settings: Settings, roles: set[str], host: str | None, port: int | None) -> None:
+    api = create_app(lambda: build(settings), roles=roles, max_body_bytes=settings.server.max_body_bytes)
+    config = uvicorn.Config(
+        api, host=host or settings.server.host, port=port if port is not None else settings.server.port,
+        log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise fail(f"could not start the HTTP server on {config.host}:{config.port}")
+
+
+@app.command()
+@guarded
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="listen address")] = None,
+    port: Annotated[int | None, typer.Option(help="listen port")] = None,
+) -> None:
+    """Run everything in one process: API, routing, workers, scheduler."""
+    _serve(_settings(config), {"router", "worker", "scheduler"}, host, port)
+
+
+@app.command()
+@guarded
+def api(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="listen address")] = None,
+    port: Annotated[int | None, typer.Option(help="listen port")] = None,
+) -> None:
+    """Run the HTTP API only (scale-out role)."""
+    _serve(_settings(config), set(), host, port)
+
+
+def _run_roles(settings: Settings, roles: set[str]) -> None:
+    async def main() -> None:
+        container = await build(settings)
+        container.start_roles(roles)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await container.stop()
+
+    asyncio.run(main())
+
+
+@app.command()
+@guarded
+def worker(
+    config: ConfigOpt = None,
+    channels: Annotated[str | None, typer.Option(help="comma-separated channels to serve")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="send slots per channel")] = None,
+) -> None:
+    """Run routing and delivery workers (scale-out role)."""
+    settings = _settings(config)
+    if channels:
+        wanted = {c.strip() for c in channels.split(",") if c.strip()}
+        unknown = wanted - set(settings.channels)
+        if unknown:
+            raise fail(f"--channels: unknown channels {sorted(unknown)}")
+        for name, ch in settings.channels.items():
+            ch.enabled = ch.enabled and name in wanted
+    if concurrency is not None:
+        if concurrency < 1:
+            raise fail("--concurrency must be at least 1")
+        for ch in settings.channels.values():
+            ch.concurrency = concurrency
+    _run_roles(settings, {"router", "worker"})
+
+
+@app.command()
+@guarded
+def scheduler(config: ConfigOpt = None) -> None:
+    """Run the scheduler (scale-out role)."""
+    _run_roles(_settings(config), {"scheduler"})
+
+
+@keys_app.command("create")
+@guarded
+def keys_create(
+    scope: Annotated[list[str], typer.Option("--scope", help="admin, send or read (repeatable)")],
+    name: Annotated[str, typer.Option(help="a label for the key")] = "default",
+    config: ConfigOpt = None,
+) -> None:
+    """Create an API key and print it alone on stdout (it is stored hashed: keep it)."""
+    bad = [s for s in scope if s not in SCOPES]
+    if bad or not scope:
+        raise fail(f"--scope must be one of {', '.join(SCOPES)}")
+    settings = _settings(config)
+
+    async def main() -> str:
+        store = build_store(settings)
+        await store.start()
+        try:
+            raw, key = generate_key(name, set(scope), time.time())
+            await store.create_api_key(key, hash_key(raw))
+            return raw
+        finally:
+            await store.close()
+
+    typer.echo(asyncio.run(main()))
+
+
+@db_app.command("upgrade")
+@guarded
+def db_upgrade(config: ConfigOpt = None) -> None:
+    """Create or migrate the database schema to the newest revision."""
+    settings = _settings(config)
+
+    async def main() -> None:
+        store = build_store(settings)
+        await store.start()
+        await store.close()
+
+    asyncio.run(main())
+    typer.echo("database is up to date", err=True)
+
+
+def _json_arg(value: str | None, name: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise fail(f"{name} is not valid JSON: {exc.msg}") from None
+
+
+def _when(value: str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return epoch(datetime.fromisoformat(value))
+    except ValueError:
+        raise fail(f"{name} must be an ISO 8601 date-time") from None
+
+
+@app.command()
+@guarded
+def send(
+    to: Annotated[list[str], typer.Option(help="user id (repeatable)")],
+    template: Annotated[str | None, typer.Option(help="template name")] = None,
+    content: Annotated[str | None, typer.Option(help="inline content as JSON")] = None,
+    data: Annotated[str | None, typer.Option(help="template data as JSON")] = None,
+    channels: Annotated[str | None, typer.Option(help="comma-separated channels")] = None,
+    category: Annotated[str | None, typer.Option()] = None,
+    priority: Annotated[str | None, typer.Option()] = None,
+    send_at: Annotated[str | None, typer.Option(help="ISO 8601 date-time")] = None,
+    idempotency_key: Annotated[str | None, typer.Option()] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Send a notification and print its id."""
+    settings = _settings(config)
+    req = SendRequest(
+        to=to if len(to) > 1 else to[0], template=template, content=_json_arg(content, "--content"),
+        data=_json_arg(data, "--data"), channels=channels.split(",") if channels else None,
+        category=category, priority=priority, send_at=_when(send_at, "--send-at"),
+    )
+
+    async def run(c: Container) -> dict[str, Any]:
+        async def build_one() -> tuple[list[Any], Accepted]:
+            n = await c.accept.prepare(req, api_key_id="cli")
+            return [n], Accepted(202, {"id": n.id, "status": "accepted"})
+
+        result = await c.accept.idempotent("cli", idempotency_key, repr(req), build_one)
+        return result.body
+
+    body = _with_container(settings, run)
+    typer.echo(body["id"])
+
+
+@app.command()
+@guarded
+def status(notification_id: str, config: ConfigOpt = None) -> None:
+    """Show a notification with its deliveries and attempts as JSON."""
+    settings = _settings(config)
+
+    async def run(c: Container) -> dict[str, Any] | None:
+        n = await c.store.get_notification(notification_id)
+        if n is None:
+            return None
+        return notification_view(n, await c.store.get_deliveries(notification_id))
+
+    view = _with_container(settings, run)
+    if view is None:
+        raise fail(f"notification {notification_id} does not exist")
+    typer.echo(json.dumps(view, indent=2))
+
+
+@dl_app.command("list")
+@guarded
+def dl_list(
+    channel: Annotated[str | None, typer.Option()] = None,
+    reason: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
+    config: ConfigOpt = None,
+) -> None:
+    """List dead deliveries as JSON lines."""
+    settings = _settings(config)
+
+    async def run(c: Container) -> list[dict[str, Any]]:
+        items = await c.store.list_dead_letters(DeadLetterFilter(channel=channel, reason=reason, limit=limit))
+        return [delivery_view(d) for d in items]
+
+    for item in _with_container(settings, run):
+        typer.echo(json.dumps(item))
+
+
+@dl_app.command("replay")
+@guarded
+def dl_replay(
+    ids: Annotated[list[str] | None, typer.Argument(help="delivery ids; none = every match of the filters")] = None,
+    channel: Annotated[str | None, typer.Option()] = None,
+    reason: Annotated[str | None, typer.Option()] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Put dead deliveries back in the queue with a fresh attempt budget."""
+    settings = _settings(config)
+
+    async def run(c: Container) -> int:
+        chosen = list(ids or [])
+        if not chosen:
+            items = await c.store.list_dead_letters(DeadLetterFilter(channel=channel, reason=reason, limit=10_000))
+            chosen = [d.id for d in items]
+        replayed = await c.store.replay_dead_letters(chosen, now=c.clock.now())
+        return len(replayed)
+
+    count = _with_container(settings, run)
+    typer.echo(f"replayed {count}")
+
+
+def main() -> None:
+    try:
+        app()
+    except HeraldError as exc:  # raised while loading configuration outside a command body
+        typer.echo(f"error: {exc.detail}", err=True)
+        sys.exit(1)
+
