@@ -54,8 +54,14 @@ def _provider_factories() -> dict[str, ProviderFactory]:
 
 def build_catalog(settings: Settings) -> Catalog:
     categories = {
-        name: Category(name=name, opt_out=c.opt_out, priority=c.priority, quiet_hours=c.quiet_hours,
-                       digest=c.digest, budget=c.budget)
+        name: Category(
+            name=name,
+            opt_out=c.opt_out,
+            priority=c.priority,
+            quiet_hours=c.quiet_hours,
+            digest=c.digest,
+            budget=c.budget,
+        )
         for name, c in settings.categories.items()
     }
     return Catalog(
@@ -96,7 +102,9 @@ class Container:
         if "worker" in roles:
             self._tasks.append(asyncio.create_task(self.delivery.run(), name="herald-workers"))
         if "scheduler" in roles:
-            self._tasks.append(asyncio.create_task(self.scheduler.run(self._stopping), name="herald-scheduler"))
+            self._tasks.append(
+                asyncio.create_task(self.scheduler.run(self._stopping), name="herald-scheduler")
+            )
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -159,22 +167,53 @@ async def build(
                 factory = factories.get(name)
                 if factory is None:
                     raise ConfigurationError(
-                        f"channels.{channel}.providers: unknown provider {name!r}; known: {', '.join(sorted(factories))}"
+                        f"channels.{channel}.providers: unknown provider {name!r}; "
+                        f"known: {', '.join(sorted(factories))}"
                     )
                 built[name] = factory(settings, hub)
             chosen.append(built[name])
-        pools[channel] = ChannelPool(channel=channel, providers=chosen, concurrency=ch.concurrency,
-                                     reserved_high=min(ch.reserved_high, ch.concurrency - 1))
+        pools[channel] = ChannelPool(
+            channel=channel,
+            providers=chosen,
+            concurrency=ch.concurrency,
+            reserved_high=min(ch.reserved_high, ch.concurrency - 1),
+        )
 
-    router = RouterService(store, clock, catalog, queue.wake, unsubscribe, batch=settings.worker.router_batch,
-                           lease=max(60.0, settings.queue.lease_seconds))
+    router = RouterService(
+        store,
+        clock,
+        catalog,
+        queue.wake,
+        unsubscribe,
+        batch=settings.worker.router_batch,
+        lease=max(60.0, settings.queue.lease_seconds),
+    )
     accept = AcceptService(store, clock, catalog, router.wake)
-    delivery = DeliveryService(store, queue, clock, catalog, pools, lease=settings.queue.lease_seconds,
-                               idle_wait=settings.queue.idle_wait_seconds, observer=metrics)
+    delivery = DeliveryService(
+        store,
+        queue,
+        clock,
+        catalog,
+        pools,
+        lease=settings.queue.lease_seconds,
+        idle_wait=settings.queue.idle_wait_seconds,
+        observer=metrics,
+    )
     scheduler = SchedulerService(store, queue, clock, max_sleep=settings.queue.idle_wait_seconds)
     return Container(
-        settings=settings, store=store, queue=queue, cache=cache, clock=clock, catalog=catalog, hub=hub,
-        metrics=metrics, providers=built, accept=accept, router=router, delivery=delivery,
-        scheduler=scheduler, user_tokens=user_tokens, unsubscribe=unsubscribe,
+        settings=settings,
+        store=store,
+        queue=queue,
+        cache=cache,
+        clock=clock,
+        catalog=catalog,
+        hub=hub,
+        metrics=metrics,
+        providers=built,
+        accept=accept,
+        router=router,
+        delivery=delivery,
+        scheduler=scheduler,
+        user_tokens=user_tokens,
+        unsubscribe=unsubscribe,
     )
-

@@ -13,32 +13,46 @@ class Metrics(DeliveryObserver):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.results = Counter(
-            "herald_delivery_results", "Delivery attempts finished by this process",
-            ["channel", "provider", "status"], registry=self.registry,
+            "herald_delivery_results",
+            "Delivery attempts finished by this process",
+            ["channel", "provider", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "herald_attempt_latency_seconds", "Provider call latency per attempt",
-            ["channel", "provider", "outcome"], registry=self.registry,
+            "herald_attempt_latency_seconds",
+            "Provider call latency per attempt",
+            ["channel", "provider", "outcome"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.ambiguous = Counter(
-            "herald_ambiguous_sends", "Sends whose outcome is unknown (the provider may have the message)",
-            ["channel", "provider"], registry=self.registry,
+            "herald_ambiguous_sends",
+            "Sends whose outcome is unknown (the provider may have the message)",
+            ["channel", "provider"],
+            registry=self.registry,
         )
         self.refused = Counter(
-            "herald_results_refused", "Results not recorded because the lease was lost", registry=self.registry
+            "herald_results_refused",
+            "Results not recorded because the lease was lost",
+            registry=self.registry,
         )
         self.config_errors = Counter(
-            "herald_provider_config_errors", "Provider configuration errors", ["channel", "provider"],
+            "herald_provider_config_errors",
+            "Provider configuration errors",
+            ["channel", "provider"],
             registry=self.registry,
         )
         self.deliveries = Gauge(
-            "herald_deliveries", "Deliveries in the status log by channel, provider and status",
-            ["channel", "provider", "status"], registry=self.registry,
+            "herald_deliveries",
+            "Deliveries in the status log by channel, provider and status",
+            ["channel", "provider", "status"],
+            registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "herald_queue_depth", "Deliveries waiting to be sent, by channel and priority lane",
-            ["channel", "lane"], registry=self.registry,
+            "herald_queue_depth",
+            "Deliveries waiting to be sent, by channel and priority lane",
+            ["channel", "lane"],
+            registry=self.registry,
         )
         self.requests = Counter(
             "herald_http_requests", "API requests", ["method", "route", "status"], registry=self.registry

@@ -1,24 +1,24 @@
 """The one exception tree of herald.
 
-    HeraldError
-    ├── ValidationError          bad input: the caller must change the request (422)
-    │   └── MalformedRequest     the body could not even be parsed (400)
-    ├── NotFound                 an id or name that does not exist (404)
-    ├── Conflict                 the request races or contradicts stored state (409)
-    │   └── IdempotencyInProgress
-    ├── IdempotencyMismatch      same key, different body (422)
-    ├── AuthenticationError      missing or unknown credentials (401)
-    ├── PermissionDenied         valid credentials, insufficient scope (403)
-    ├── PayloadTooLarge          body over the configured limit (413)
-    ├── IllegalTransition        a delivery state change the state machine forbids
-    ├── TemplateError            a template that does not compile or render safely (422)
-    ├── ConfigurationError       a bad configuration value, naming its key
-    ├── ServiceUnavailable       a backend (database, cache, broker) is unreachable (503)
-    └── DeliveryError            raised by providers; the class decides what happens next
-        ├── TransientDeliveryError   retry later (honouring retry_after)
-        ├── PermanentDeliveryError   fail now, the message itself is bad
-        │   └── DeadAddressError     fail now and mark the address or token unusable
-        └── ProviderConfigError      herald's credentials or setup are wrong: hold, alert
+HeraldError
+├── ValidationError          bad input: the caller must change the request (422)
+│   └── MalformedRequest     the body could not even be parsed (400)
+├── NotFound                 an id or name that does not exist (404)
+├── Conflict                 the request races or contradicts stored state (409)
+│   └── IdempotencyInProgress
+├── IdempotencyMismatch      same key, different body (422)
+├── AuthenticationError      missing or unknown credentials (401)
+├── PermissionDenied         valid credentials, insufficient scope (403)
+├── PayloadTooLarge          body over the configured limit (413)
+├── IllegalTransition        a delivery state change the state machine forbids
+├── TemplateError            a template that does not compile or render safely (422)
+├── ConfigurationError       a bad configuration value, naming its key
+├── ServiceUnavailable       a backend (database, cache, broker) is unreachable (503)
+└── DeliveryError            raised by providers; the class decides what happens next
+    ├── TransientDeliveryError   retry later (honouring retry_after)
+    ├── PermanentDeliveryError   fail now, the message itself is bad
+    │   └── DeadAddressError     fail now and mark the address or token unusable
+    └── ProviderConfigError      herald's credentials or setup are wrong: hold, alert
 """
 
 from __future__ import annotations

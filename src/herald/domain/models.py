@@ -83,7 +83,7 @@ class Reason(enum.StrEnum):
     NO_ADDRESS = "no_address"
     INVALID_ADDRESS = "invalid_address"
     EXPIRED = "expired"
-    INVALID_TOKEN = "invalid_token"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 - a reason name, not a secret
     CHANNEL_DISABLED = "channel_disabled"
     PERMANENT_ERROR = "permanent_error"
     RETRIES_EXHAUSTED = "retries_exhausted"

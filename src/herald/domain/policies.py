@@ -22,7 +22,9 @@ class RetrySchedule:
     def max_attempts(self) -> int:
         return len(self.delays)
 
-    def next_delay(self, attempts_made: int, *, retry_after: float | None = None, rng: random.Random | None = None) -> float | None:
+    def next_delay(
+        self, attempts_made: int, *, retry_after: float | None = None, rng: random.Random | None = None
+    ) -> float | None:
         """Seconds until the next attempt after ``attempts_made`` failures, or None when exhausted.
 
         Jitter only ever lengthens the wait, and a provider's Retry-After pushes the next
@@ -32,7 +34,7 @@ class RetrySchedule:
             return None
         base = float(self.delays[attempts_made])
         if base > 0 and self.jitter > 0:
-            base += base * self.jitter * (rng or random).random()  # noqa: S311 - jitter, not crypto
+            base += base * self.jitter * (rng or random).random()
         if retry_after is not None and retry_after > base:
             return retry_after
         return base

@@ -16,9 +16,7 @@ _ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 def check_id(value: str, field: str) -> str:
     if not _ID.match(value):
-        raise ValidationError(
-            f"{field} must be 1-128 characters of letters, digits and _.:@-", field=field
-        )
+        raise ValidationError(f"{field} must be 1-128 characters of letters, digits and _.:@-", field=field)
     return value
 
 

@@ -78,8 +78,13 @@ def _with_container(settings: Settings, fn: Callable[[Container], Awaitable[T]])
 def _serve(settings: Settings, roles: set[str], host: str | None, port: int | None) -> None:
     api = create_app(lambda: build(settings), roles=roles, max_body_bytes=settings.server.max_body_bytes)
     config = uvicorn.Config(
-        api, host=host or settings.server.host, port=port if port is not None else settings.server.port,
-        log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=30,
+        api,
+        host=host or settings.server.host,
+        port=port if port is not None else settings.server.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)
     server.run()
@@ -230,9 +235,14 @@ def send(
     """Send a notification and print its id."""
     settings = _settings(config)
     req = SendRequest(
-        to=to if len(to) > 1 else to[0], template=template, content=_json_arg(content, "--content"),
-        data=_json_arg(data, "--data"), channels=channels.split(",") if channels else None,
-        category=category, priority=priority, send_at=_when(send_at, "--send-at"),
+        to=to if len(to) > 1 else to[0],
+        template=template,
+        content=_json_arg(content, "--content"),
+        data=_json_arg(data, "--data"),
+        channels=channels.split(",") if channels else None,
+        category=category,
+        priority=priority,
+        send_at=_when(send_at, "--send-at"),
     )
 
     async def run(c: Container) -> dict[str, Any]:
@@ -287,7 +297,9 @@ def dl_list(
 @dl_app.command("replay")
 @guarded
 def dl_replay(
-    ids: Annotated[list[str] | None, typer.Argument(help="delivery ids; none = every match of the filters")] = None,
+    ids: Annotated[
+        list[str] | None, typer.Argument(help="delivery ids; none = every match of the filters")
+    ] = None,
     channel: Annotated[str | None, typer.Option()] = None,
     reason: Annotated[str | None, typer.Option()] = None,
     config: ConfigOpt = None,
@@ -298,7 +310,9 @@ def dl_replay(
     async def run(c: Container) -> int:
         chosen = list(ids or [])
         if not chosen:
-            items = await c.store.list_dead_letters(DeadLetterFilter(channel=channel, reason=reason, limit=10_000))
+            items = await c.store.list_dead_letters(
+                DeadLetterFilter(channel=channel, reason=reason, limit=10_000)
+            )
             chosen = [d.id for d in items]
         replayed = await c.store.replay_dead_letters(chosen, now=c.clock.now())
         return len(replayed)
@@ -313,4 +327,3 @@ def main() -> None:
     except HeraldError as exc:  # raised while loading configuration outside a command body
         typer.echo(f"error: {exc.detail}", err=True)
         sys.exit(1)
-

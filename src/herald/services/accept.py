@@ -99,7 +99,8 @@ def _normalise_content(content: JSON, channels: Sequence[str]) -> dict[str, dict
         unknown = set(content) - _CONTENT_FIELDS
         if unknown:
             raise ValidationError(
-                f"content has unknown fields {sorted(unknown)}; use subject, text, html, title, body, url, data",
+                f"content has unknown fields {sorted(unknown)}; "
+                "use subject, text, html, title, body, url, data",
                 field="content",
             )
         per = {ch: dict(content) for ch in channels}
@@ -110,7 +111,7 @@ def _normalise_content(content: JSON, channels: Sequence[str]) -> dict[str, dict
                 fields["text"] = fields["body"]
             if ch in ("push", "in_app") and "body" not in fields and "text" in fields:
                 fields["body"] = fields["text"]
-    for ch, fields in per.items():
+    for fields in per.values():
         check_variant(fields)
     return per
 
@@ -162,12 +163,19 @@ class AcceptService:
 
     def _accepted(self, notifications: Sequence[Notification]) -> None:
         for n in notifications:
-            log.info("notification.accepted", notification_id=n.id, recipients=n.recipients_total,
-                     category=n.category, priority=n.priority.value)
+            log.info(
+                "notification.accepted",
+                notification_id=n.id,
+                recipients=n.recipients_total,
+                category=n.category,
+                priority=n.priority.value,
+            )
         if notifications:
             self._on_accepted()
 
-    async def prepare(self, req: SendRequest, *, api_key_id: str | None, field_prefix: str = "") -> Notification:
+    async def prepare(
+        self, req: SendRequest, *, api_key_id: str | None, field_prefix: str = ""
+    ) -> Notification:
         """Validate one send and build its notification (not yet stored)."""
         f = field_prefix
         template: Template | None = None
@@ -182,14 +190,17 @@ class AcceptService:
 
         channels = self._channels(req, template, f)
         if req.content is not None:
-            content: JSON | None = _normalise_content(req.content, channels)
-            missing = [ch for ch in channels if ch not in content]
+            per_channel = _normalise_content(req.content, channels)
+            missing = [ch for ch in channels if ch not in per_channel]
             if missing:
                 raise ValidationError(f"content has no variant for channels {missing}", field=f + "content")
+            content: JSON | None = per_channel
         else:
             content = None
 
-        category = self.catalog.category(req.category or (template.category if template else None), f + "category")
+        category = self.catalog.category(
+            req.category or (template.category if template else None), f + "category"
+        )
         try:
             priority = Priority(req.priority) if req.priority else category.priority
         except ValueError:
@@ -238,7 +249,8 @@ class AcceptService:
                 missing = [c for c in channels if c not in template.channels]
                 if missing:
                     raise ValidationError(
-                        f"template {template.name!r} has no variant for channels {missing}", field=f + "channels"
+                        f"template {template.name!r} has no variant for channels {missing}",
+                        field=f + "channels",
                     )
             return channels
         if template is not None:
@@ -254,7 +266,9 @@ class AcceptService:
         if not items:
             raise ValidationError("to must name at least one recipient", field=f)
         if len(items) > MAX_RECIPIENTS:
-            raise ValidationError(f"at most {MAX_RECIPIENTS} recipients per notification; use a topic", field=f)
+            raise ValidationError(
+                f"at most {MAX_RECIPIENTS} recipients per notification; use a topic", field=f
+            )
         out: list[Recipient] = []
         stored_ids: list[str] = []
         seen: set[str] = set()
@@ -274,7 +288,9 @@ class AcceptService:
                 seen.add(user.id)
                 out.append(Recipient(user_id=user.id, inline=user))
             else:
-                raise ValidationError("a recipient is a user id or an object with id and addresses", field=sub)
+                raise ValidationError(
+                    "a recipient is a user id or an object with id and addresses", field=sub
+                )
         if stored_ids:
             found = await self.store.get_users(stored_ids)
             missing = [u for u in stored_ids if u not in found]

@@ -50,7 +50,9 @@ S = DeliveryStatus
 class ResultWriter:
     """Group commit of delivery results: whatever finished since the last commit goes in one."""
 
-    def __init__(self, store: Store, clock: Clock, on_recorded: Callable[[DeliveryResult, bool], None]) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, on_recorded: Callable[[DeliveryResult, bool], None]
+    ) -> None:
         self.store = store
         self.clock = clock
         self._pending: list[tuple[DeliveryResult, asyncio.Future[bool]]] = []
@@ -76,7 +78,9 @@ class ResultWriter:
             while self._pending:
                 batch, self._pending = self._pending[:500], self._pending[500:]
                 try:
-                    rejected = set(await self.store.record_results([r for r, _ in batch], now=self.clock.now()))
+                    rejected = set(
+                        await self.store.record_results([r for r, _ in batch], now=self.clock.now())
+                    )
                 except HeraldError as exc:
                     # Keep them: the lease will expire and the delivery be retried if we cannot
                     # write at all, but a passing outage must not drop finished sends.
@@ -155,7 +159,10 @@ class DeliveryService:
 
     async def run(self) -> None:
         self.writer.start()
-        tasks = [asyncio.create_task(self._pool_loop(p), name=f"herald-pool-{p.channel}") for p in self.pools.values()]
+        tasks = [
+            asyncio.create_task(self._pool_loop(p), name=f"herald-pool-{p.channel}")
+            for p in self.pools.values()
+        ]
         tasks.append(asyncio.create_task(self._heartbeat(), name="herald-lease-heartbeat"))
         try:
             await self._stopping.wait()
@@ -187,8 +194,12 @@ class DeliveryService:
                 limit = general_free if general_free > 0 else free
                 try:
                     claimed = await self.queue.claim(
-                        pool.channel, owner=self.owner, limit=limit, max_rank=max_rank,
-                        lease=self.lease, now=self.clock.now(),
+                        pool.channel,
+                        owner=self.owner,
+                        limit=limit,
+                        max_rank=max_rank,
+                        lease=self.lease,
+                        now=self.clock.now(),
                     )
                 except HeraldError as exc:
                     log.warning("deliver.claim_failed", channel=pool.channel, error=exc.detail)
@@ -235,16 +246,29 @@ class DeliveryService:
         n = d.attempts_made + 1
         if d.expires_at is not None and d.expires_at <= now:
             return DeliveryResult(
-                delivery_id=d.id, lease_owner=self.owner, new_status=S.SKIPPED, reason=Reason.EXPIRED.value,
+                delivery_id=d.id,
+                lease_owner=self.owner,
+                new_status=S.SKIPPED,
+                reason=Reason.EXPIRED.value,
                 channel=d.channel,
-                attempt=Attempt(n=n, at=now, provider="-", outcome=Outcome.EXPIRED, detail="expired before sending"),
+                attempt=Attempt(
+                    n=n, at=now, provider="-", outcome=Outcome.EXPIRED, detail="expired before sending"
+                ),
                 counts_against_budget=False,
             )
         provider = pool.providers[0]
         message = OutboundMessage(
-            delivery_id=d.id, notification_id=d.notification_id, user_id=d.user_id, channel=d.channel,
-            address=d.address or "", content=d.content, category=d.category, priority=d.priority,
-            attempt=n, expires_at=d.expires_at, unsubscribe_url=d.content.get("unsubscribe_url"),
+            delivery_id=d.id,
+            notification_id=d.notification_id,
+            user_id=d.user_id,
+            channel=d.channel,
+            address=d.address or "",
+            content=d.content,
+            category=d.category,
+            priority=d.priority,
+            attempt=n,
+            expires_at=d.expires_at,
+            unsubscribe_url=d.content.get("unsubscribe_url"),
         )
         started = time.perf_counter()
         try:
@@ -257,47 +281,99 @@ class DeliveryService:
             return self._failure(d, n, provider.name, exc, latency)
         latency = (time.perf_counter() - started) * 1000
         at = self.clock.now()
-        log.info("delivery.sent", delivery_id=d.id, channel=d.channel, provider=provider.name,
-                 code=receipt.code, latency_ms=round(latency, 2))
+        log.info(
+            "delivery.sent",
+            delivery_id=d.id,
+            channel=d.channel,
+            provider=provider.name,
+            code=receipt.code,
+            latency_ms=round(latency, 2),
+        )
         return DeliveryResult(
-            delivery_id=d.id, lease_owner=self.owner, new_status=S.SENT, channel=d.channel,
-            attempt=Attempt(n=n, at=at, provider=provider.name, outcome=Outcome.OK, code=receipt.code,
-                            detail=receipt.detail, latency_ms=round(latency, 3)),
+            delivery_id=d.id,
+            lease_owner=self.owner,
+            new_status=S.SENT,
+            channel=d.channel,
+            attempt=Attempt(
+                n=n,
+                at=at,
+                provider=provider.name,
+                outcome=Outcome.OK,
+                code=receipt.code,
+                detail=receipt.detail,
+                latency_ms=round(latency, 3),
+            ),
             provider_message_id=receipt.provider_message_id,
         )
 
     def _failure(self, d: Delivery, n: int, provider: str, exc: Exception, latency: float) -> DeliveryResult:
         outcome, code, detail, retry_after, ambiguous = classify(exc)
         now = self.clock.now()
-        attempt = Attempt(n=n, at=now, provider=provider, outcome=outcome, code=code, detail=detail,
-                          latency_ms=round(latency, 3), ambiguous=ambiguous)
-        base = {"delivery_id": d.id, "lease_owner": self.owner, "attempt": attempt, "channel": d.channel}
-        ctx = {"delivery_id": d.id, "channel": d.channel, "provider": provider, "code": code,
-               "address": mask(d.address)}
+        attempt = Attempt(
+            n=n,
+            at=now,
+            provider=provider,
+            outcome=outcome,
+            code=code,
+            detail=detail,
+            latency_ms=round(latency, 3),
+            ambiguous=ambiguous,
+        )
+
+        def result(
+            status: DeliveryStatus,
+            reason: str | None,
+            *,
+            due_at: float | None = None,
+            dead: str | None = None,
+            counts: bool = True,
+        ) -> DeliveryResult:
+            return DeliveryResult(
+                delivery_id=d.id,
+                lease_owner=self.owner,
+                attempt=attempt,
+                channel=d.channel,
+                new_status=status,
+                reason=reason,
+                due_at=due_at,
+                dead_address=dead,
+                counts_against_budget=counts,
+            )
+
+        ctx = {
+            "delivery_id": d.id,
+            "channel": d.channel,
+            "provider": provider,
+            "code": code,
+            "address": mask(d.address),
+        }
         if isinstance(exc, DeadAddressError):
             log.warning("delivery.dead_address", **ctx, detail=detail)
-            return DeliveryResult(**base, new_status=S.FAILED, reason=Reason.INVALID_ADDRESS.value,
-                                  dead_address=d.address)
+            return result(S.FAILED, reason=Reason.INVALID_ADDRESS.value, dead=d.address)
         if isinstance(exc, PermanentDeliveryError):
             log.warning("delivery.failed", **ctx, detail=detail)
-            return DeliveryResult(**base, new_status=S.FAILED, reason=Reason.PERMANENT_ERROR.value)
+            return result(S.FAILED, reason=Reason.PERMANENT_ERROR.value)
         if isinstance(exc, ProviderConfigError):
             # Never the user's fault: hold the delivery without spending its retry budget.
             log.error("provider.config_error", **ctx, detail=detail)
             self.observer.config_error(d.channel, provider, detail)
             hold = max(self.catalog.config_hold_seconds, retry_after or 0.0)
-            return DeliveryResult(**base, new_status=S.RETRYING, reason="provider_config_error",
-                                  due_at=now + hold, counts_against_budget=False)
+            return result(
+                S.RETRYING,
+                reason="provider_config_error",
+                due_at=now + hold,
+                counts=False,
+            )
         if not isinstance(exc, TransientDeliveryError):
             log.warning("delivery.unexpected_error", **ctx, error=repr(exc))
         delay = self.catalog.retry.next_delay(d.budget_used + 1, retry_after=retry_after)
         if delay is None:
             log.error("delivery.dead", **ctx, attempts=n, detail=detail)
-            return DeliveryResult(**base, new_status=S.DEAD, reason=Reason.RETRIES_EXHAUSTED.value)
+            return result(S.DEAD, reason=Reason.RETRIES_EXHAUSTED.value)
         if d.expires_at is not None and now + delay >= d.expires_at:
-            return DeliveryResult(**base, new_status=S.SKIPPED, reason=Reason.EXPIRED.value)
+            return result(S.SKIPPED, reason=Reason.EXPIRED.value)
         log.info("delivery.retrying", **ctx, attempt=n, delay_s=round(delay, 3), detail=detail)
-        return DeliveryResult(**base, new_status=S.RETRYING, reason=outcome.value, due_at=now + delay)
+        return result(S.RETRYING, reason=outcome.value, due_at=now + delay)
 
 
 class DeliveryObserver:
@@ -305,8 +381,11 @@ class DeliveryObserver:
 
     def recorded(self, result: DeliveryResult, applied: bool) -> None:
         if not applied:
-            log.warning("delivery.result_refused", delivery_id=result.delivery_id,
-                        detail="lease lost before the result was recorded")
+            log.warning(
+                "delivery.result_refused",
+                delivery_id=result.delivery_id,
+                detail="lease lost before the result was recorded",
+            )
 
     def config_error(self, channel: str, provider: str, detail: str) -> None:
         return None

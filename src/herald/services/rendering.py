@@ -21,10 +21,10 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, UndefinedError, nodes
-from jinja2.visitor import NodeTransformer
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.visitor import NodeTransformer
 
 from herald.domain.errors import TemplateError
 
@@ -114,7 +114,11 @@ class HeraldSandbox(ImmutableSandboxedEnvironment):
             return _sized(left**right)
         if operator_name == "*":
             for side, other in ((left, right), (right, left)):
-                if isinstance(side, str | list | tuple) and isinstance(other, int) and len(side) * other > MAX_STRING:
+                if (
+                    isinstance(side, str | list | tuple)
+                    and isinstance(other, int)
+                    and len(side) * other > MAX_STRING
+                ):
                     raise RenderLimitExceeded("template produced a value over the size limit")
             return _sized(operator.mul(left, right))
         return _sized(operator.add(left, right))
@@ -151,12 +155,16 @@ class _Rewriter(NodeTransformer):
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         self.generic_visit(node)
-        node.iter = nodes.Call(nodes.Name("__herald_iter", "load"), [node.iter], [], None, None, lineno=node.lineno)
+        node.iter = nodes.Call(
+            nodes.Name("__herald_iter", "load"), [node.iter], [], None, None, lineno=node.lineno
+        )
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
         self.generic_visit(node)
-        return nodes.Call(nodes.Name("__herald_concat", "load"), list(node.nodes), [], None, None, lineno=node.lineno)
+        return nodes.Call(
+            nodes.Name("__herald_concat", "load"), list(node.nodes), [], None, None, lineno=node.lineno
+        )
 
 
 _TEXT_ENV = HeraldSandbox(autoescape=False)
@@ -202,7 +210,15 @@ def render_string(source: str, context: dict[str, Any], *, html: bool = False) -
         raise TemplateError(f"template refused by the sandbox: {exc}") from None
     except UndefinedError as exc:
         raise TemplateError(f"template error: {exc}") from None
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError, KeyError, IndexError) as exc:
+    except (
+        TypeError,
+        ValueError,
+        ZeroDivisionError,
+        OverflowError,
+        AttributeError,
+        KeyError,
+        IndexError,
+    ) as exc:
         raise TemplateError(f"template error: {type(exc).__name__}: {exc}") from None
     except RecursionError:
         raise TemplateError("template recursion too deep") from None
@@ -220,9 +236,7 @@ def render_variant(variant: dict[str, Any], context: dict[str, Any]) -> dict[str
         if isinstance(value, str):
             out[field] = render_string(value, context, html=field in HTML_FIELDS)
         elif isinstance(value, dict):
-            out[field] = {
-                k: render_string(v, context) if isinstance(v, str) else v for k, v in value.items()
-            }
+            out[field] = {k: render_string(v, context) if isinstance(v, str) else v for k, v in value.items()}
         else:
             out[field] = value
     return out

@@ -10,6 +10,7 @@ transaction together with the routing progress, and a delivery's unique key
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -103,10 +104,8 @@ class RouterService:
                 routed = 0
             if routed:
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._signal.wait(), idle)
-            except TimeoutError:
-                pass
             self._signal.clear()
 
     async def route_pending(self) -> int:
@@ -126,7 +125,9 @@ class RouterService:
         if n.template is not None:
             template = await self.store.get_template(n.template, n.template_version)
             if template is None:
-                await self.store.fail_routing(n.id, f"template {n.template!r} no longer exists", now=self.clock.now())
+                await self.store.fail_routing(
+                    n.id, f"template {n.template!r} no longer exists", now=self.clock.now()
+                )
                 return
         category = self.catalog.category(n.category)
         start = n.recipients_routed
@@ -136,7 +137,9 @@ class RouterService:
             deliveries = await self._chunk(n, template, category, chunk)
             done = min(offset + CHUNK, total)
             ok = await self.store.save_routed(
-                RoutedBatch(notification_id=n.id, deliveries=deliveries, recipients_done=done, finished=done >= total),
+                RoutedBatch(
+                    notification_id=n.id, deliveries=deliveries, recipients_done=done, finished=done >= total
+                ),
                 owner=self.owner,
                 now=self.clock.now(),
             )
@@ -174,8 +177,20 @@ class RouterService:
         for r in chunk:
             user = users.get(r.user_id)
             for ch in channels:
-                out.append(self._delivery(n, template, category, ch, r.user_id, user, prefs.get(r.user_id),
-                                          devices.get(r.user_id, []), suppressed.get(ch, set()), now))
+                out.append(
+                    self._delivery(
+                        n,
+                        template,
+                        category,
+                        ch,
+                        r.user_id,
+                        user,
+                        prefs.get(r.user_id),
+                        devices.get(r.user_id, []),
+                        suppressed.get(ch, set()),
+                        now,
+                    )
+                )
         return out
 
     def _delivery(
@@ -208,7 +223,13 @@ class RouterService:
         def skip(reason: Reason) -> Delivery:
             d.status = DeliveryStatus.SKIPPED
             d.reason = reason.value
-            log.info("delivery.skipped", delivery_id=d.id, notification_id=n.id, channel=channel, reason=reason.value)
+            log.info(
+                "delivery.skipped",
+                delivery_id=d.id,
+                notification_id=n.id,
+                channel=channel,
+                reason=reason.value,
+            )
             return d
 
         if user is None:
@@ -259,4 +280,3 @@ class RouterService:
             "notification": {"id": n.id, "category": n.category, "priority": n.priority.value},
         }
         return render_variant(variant, context)
-

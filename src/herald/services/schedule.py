@@ -8,6 +8,7 @@ became due. It sleeps until the next due time, or until woken.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 
@@ -57,8 +58,6 @@ class SchedulerService:
             sleep = self.max_sleep
             if next_due is not None:
                 sleep = min(sleep, max(0.0, next_due - self.clock.now()))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._signal.wait(), sleep)
-            except TimeoutError:
-                pass
             self._signal.clear()

@@ -44,8 +44,12 @@ class ConsoleProvider:
                 # One small append; a thread hop would cost more than the write itself.
                 with self.path.open("ab") as fh:
                     fh.write(line)
-        log.info("console.delivered", delivery_id=message.delivery_id, channel=message.channel,
-                 address=mask(message.address))
+        log.info(
+            "console.delivered",
+            delivery_id=message.delivery_id,
+            channel=message.channel,
+            address=mask(message.address),
+        )
         return SendReceipt(code="recorded", provider_message_id=message.delivery_id)
 
     async def close(self) -> None:

@@ -124,7 +124,9 @@ class ProviderHttp:
                 code="tls",
             ) from None
         except aiohttp.InvalidURL:
-            raise ProviderConfigError(f"{self.provider}: invalid base_url {self.base_url!r}", code="url") from None
+            raise ProviderConfigError(
+                f"{self.provider}: invalid base_url {self.base_url!r}", code="url"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             # Never connected: nothing was sent.
             raise TransientDeliveryError(

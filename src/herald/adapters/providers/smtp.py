@@ -100,7 +100,7 @@ class SmtpProvider:
             hostname=c.host,
             port=c.port,
             use_tls=c.security == "tls",
-            start_tls=True if c.security == "starttls" else False,
+            start_tls=c.security == "starttls",
             validate_certs=c.validate_certs,
             timeout=c.timeout,
         )
@@ -112,15 +112,18 @@ class SmtpProvider:
         except aiosmtplib.SMTPResponseException as exc:
             raise _reply_error("connect", exc.code, exc.message) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise TransientDeliveryError(f"cannot connect to {self.config.host}:{self.config.port}: {exc}",
-                                         code="connect") from None
+            raise TransientDeliveryError(
+                f"cannot connect to {self.config.host}:{self.config.port}: {exc}", code="connect"
+            ) from None
         if self.config.username:
             try:
                 await client.login(self.config.username, self.config.password or "")
             except aiosmtplib.SMTPAuthenticationError as exc:
                 with contextlib.suppress(Exception):
                     client.close()
-                raise ProviderConfigError(f"auth: {exc.code} {exc.message[:200]}", code=str(exc.code)) from None
+                raise ProviderConfigError(
+                    f"auth: {exc.code} {exc.message[:200]}", code=str(exc.code)
+                ) from None
             except aiosmtplib.SMTPResponseException as exc:
                 client.close()
                 raise _reply_error("auth", exc.code, exc.message) from None
@@ -183,16 +186,23 @@ class SmtpProvider:
             raise self._lost(stage, exc) from None
         except aiosmtplib.SMTPException as exc:
             raise TransientDeliveryError(f"{stage}: {exc}", code="smtp") from None
-        log.debug("smtp.accepted", delivery_id=message.delivery_id, to=mask(message.address),
-                  code=response.code, ms=round((time.perf_counter() - started) * 1000, 2))
-        return SendReceipt(code=str(response.code), provider_message_id=str(msg["Message-ID"]),
-                           detail=response.message[:200])
+        log.debug(
+            "smtp.accepted",
+            delivery_id=message.delivery_id,
+            to=mask(message.address),
+            code=response.code,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return SendReceipt(
+            code=str(response.code), provider_message_id=str(msg["Message-ID"]), detail=response.message[:200]
+        )
 
     @staticmethod
     def _lost(stage: str, exc: BaseException) -> TransientDeliveryError:
         ambiguous = stage == "data"
         return TransientDeliveryError(
-            f"{stage}: {type(exc).__name__}: {exc}" + (" (the server may have accepted it)" if ambiguous else ""),
+            f"{stage}: {type(exc).__name__}: {exc}"
+            + (" (the server may have accepted it)" if ambiguous else ""),
             code="timeout" if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError) else "disconnected",
             ambiguous=ambiguous,
         )

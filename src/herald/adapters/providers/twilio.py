@@ -112,7 +112,9 @@ def classify_twilio_error(
 ) -> DeliveryError:
     """The :class:`DeliveryError` for a non-2xx answer (``code`` is Twilio's error code)."""
     shown = str(code) if code is not None else str(status)
-    detail = f"twilio {status}" + (f" code {code}" if code is not None else "") + f": {_redact_numbers(message)}"
+    detail = (
+        f"twilio {status}" + (f" code {code}" if code is not None else "") + f": {_redact_numbers(message)}"
+    )
     detail = detail[:500]
     if status == 429 or code in TRANSIENT_CODES:
         return TransientDeliveryError(detail, code=shown, retry_after=retry_after)
@@ -172,7 +174,9 @@ class TwilioProvider:
         body = urlencode(self.build_form(message)).encode("ascii")
         started = time.perf_counter()
         try:
-            answer = await self._http.post(self._url, body=body, content_type="application/x-www-form-urlencoded")
+            answer = await self._http.post(
+                self._url, body=body, content_type="application/x-www-form-urlencoded"
+            )
         except DeliveryError as exc:
             log.warning(
                 "providers.twilio.transport_error",

@@ -48,7 +48,12 @@ class SqlQueue:
                         break
                     q = (
                         select(d.c.id)
-                        .where(d.c.channel == channel, d.c.status == status, d.c.priority == rank, d.c.due_at <= now)
+                        .where(
+                            d.c.channel == channel,
+                            d.c.status == status,
+                            d.c.priority == rank,
+                            d.c.due_at <= now,
+                        )
                         .order_by(d.c.due_at)
                         .limit(want)
                     )
@@ -61,8 +66,11 @@ class SqlQueue:
                 update(d)
                 .where(d.c.id.in_(ids), d.c.status.in_(_CLAIMABLE))
                 .values(
-                    status=DeliveryStatus.SENDING.value, lease_owner=owner, lease_until=now + lease,
-                    sending_at=now, updated_at=now,
+                    status=DeliveryStatus.SENDING.value,
+                    lease_owner=owner,
+                    lease_until=now + lease,
+                    sending_at=now,
+                    updated_at=now,
                 )
                 .returning(*d.c)
             ).all()
@@ -82,8 +90,11 @@ class SqlQueue:
             for i in range(0, len(ids), 500):
                 c.execute(
                     update(d)
-                    .where(d.c.id.in_(ids[i : i + 500]), d.c.status == DeliveryStatus.SENDING.value,
-                           d.c.lease_owner == owner)
+                    .where(
+                        d.c.id.in_(ids[i : i + 500]),
+                        d.c.status == DeliveryStatus.SENDING.value,
+                        d.c.lease_owner == owner,
+                    )
                     .values(lease_until=until)
                 )
 

@@ -124,8 +124,14 @@ def _notification_body(n: Notification) -> str:
         if r.inline is not None:
             u = r.inline
             item["inline"] = {
-                "id": u.id, "email": u.email, "phone": u.phone, "locale": u.locale,
-                "timezone": u.timezone, "data": u.data, "webhook_url": u.webhook_url, "chat": u.chat,
+                "id": u.id,
+                "email": u.email,
+                "phone": u.phone,
+                "locale": u.locale,
+                "timezone": u.timezone,
+                "data": u.data,
+                "webhook_url": u.webhook_url,
+                "chat": u.chat,
             }
         recipients.append(item)
     return _dumps(
@@ -201,8 +207,11 @@ class SqlStore:
         def op(c: Connection) -> None:
             c.execute(
                 insert(t.api_keys).values(
-                    id=key.id, name=key.name, key_hash=key_hash,
-                    scopes=",".join(sorted(key.scopes)), created_at=key.created_at,
+                    id=key.id,
+                    name=key.name,
+                    key_hash=key_hash,
+                    scopes=",".join(sorted(key.scopes)),
+                    created_at=key.created_at,
                 )
             )
 
@@ -215,7 +224,9 @@ class SqlStore:
             ).first()
             if row is None:
                 return None
-            return ApiKey(id=row.id, name=row.name, scopes=frozenset(row.scopes.split(",")), created_at=row.created_at)
+            return ApiKey(
+                id=row.id, name=row.name, scopes=frozenset(row.scopes.split(",")), created_at=row.created_at
+            )
 
         return await self.db.run(op)
 
@@ -237,8 +248,13 @@ class SqlStore:
         def op(c: Connection) -> User:
             existing = c.execute(select(t.users.c.created_at).where(t.users.c.id == user.id)).scalar()
             values = {
-                "email": user.email, "phone": user.phone, "locale": user.locale, "timezone": user.timezone,
-                "data": _dumps(user.data), "webhook_url": user.webhook_url, "chat": _dumps(user.chat),
+                "email": user.email,
+                "phone": user.phone,
+                "locale": user.locale,
+                "timezone": user.timezone,
+                "data": _dumps(user.data),
+                "webhook_url": user.webhook_url,
+                "chat": _dumps(user.chat),
                 "updated_at": user.updated_at,
             }
             if existing is None:
@@ -307,8 +323,13 @@ class SqlStore:
                 return device
             c.execute(
                 insert(t.devices).values(
-                    id=device.id, user_id=device.user_id, kind=device.kind, token=device.token,
-                    data=_dumps(device.data), active=True, created_at=device.created_at,
+                    id=device.id,
+                    user_id=device.user_id,
+                    kind=device.kind,
+                    token=device.token,
+                    data=_dumps(device.data),
+                    active=True,
+                    created_at=device.created_at,
                 )
             )
             return device
@@ -317,10 +338,12 @@ class SqlStore:
 
     async def remove_device(self, user_id: str, device_id: str) -> bool:
         return await self.db.run(
-            lambda c: c.execute(
-                delete(t.devices).where(t.devices.c.user_id == user_id, t.devices.c.id == device_id)
-            ).rowcount
-            > 0
+            lambda c: (
+                c.execute(
+                    delete(t.devices).where(t.devices.c.user_id == user_id, t.devices.c.id == device_id)
+                ).rowcount
+                > 0
+            )
         )
 
     async def list_devices(self, user_ids: Sequence[str], *, active_only: bool = True) -> list[Device]:
@@ -348,7 +371,9 @@ class SqlStore:
             out: dict[str, Preferences] = {}
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
-                for row in c.execute(select(t.user_preferences).where(t.user_preferences.c.user_id.in_(chunk))):
+                for row in c.execute(
+                    select(t.user_preferences).where(t.user_preferences.c.user_id.in_(chunk))
+                ):
                     p = out.setdefault(row.user_id, Preferences(user_id=row.user_id))
                     if row.category == "*":
                         p.channels[row.channel] = bool(row.enabled)
@@ -396,9 +421,14 @@ class SqlStore:
             template.version = (latest or 0) + 1
             c.execute(
                 insert(t.templates).values(
-                    name=template.name, version=template.version, category=template.category,
-                    channels=_dumps(template.channels), locales=_dumps(template.locales),
-                    default_locale=template.default_locale, deleted=False, created_at=template.created_at,
+                    name=template.name,
+                    version=template.version,
+                    category=template.category,
+                    channels=_dumps(template.channels),
+                    locales=_dumps(template.locales),
+                    default_locale=template.default_locale,
+                    deleted=False,
+                    created_at=template.created_at,
                 )
             )
             return template
@@ -430,9 +460,7 @@ class SqlStore:
             ).first()
             if latest is None or latest.deleted:
                 return False
-            c.execute(
-                update(t.templates).where(t.templates.c.name == name).values(deleted=True)
-            )
+            c.execute(update(t.templates).where(t.templates.c.name == name).values(deleted=True))
             return True
 
         return await self.db.run(op)
@@ -448,8 +476,12 @@ class SqlStore:
             inserted = c.execute(
                 self._ins(tbl)
                 .values(
-                    scope=scope, key=key, request_hash=request_hash, state="pending",
-                    created_at=now, expires_at=now + ttl,
+                    scope=scope,
+                    key=key,
+                    request_hash=request_hash,
+                    state="pending",
+                    created_at=now,
+                    expires_at=now + ttl,
                 )
                 .on_conflict_do_nothing()
             ).rowcount
@@ -457,7 +489,9 @@ class SqlStore:
                 return None
             row = c.execute(select(tbl).where(tbl.c.scope == scope, tbl.c.key == key)).one()
             return IdempotencyRecord(
-                request_hash=row.request_hash, state=row.state, status_code=row.status_code,
+                request_hash=row.request_hash,
+                state=row.state,
+                status_code=row.status_code,
                 response=_loads(row.response),
             )
 
@@ -488,15 +522,24 @@ class SqlStore:
     ) -> None:
         rows = [
             {
-                "id": n.id, "status": n.status.value,
+                "id": n.id,
+                "status": n.status.value,
                 "user_id": n.recipients[0].user_id if n.recipients else None,
                 "type": n.event_type or n.template,
                 "channel": n.channels[0] if n.channels and len(n.channels) == 1 else None,
-                "content": _notification_body(n), "template": n.template,
-                "template_version": n.template_version, "category": n.category, "priority": n.priority.rank,
-                "send_at": n.send_at, "expires_at": n.expires_at, "dedup_key": n.dedup_key,
-                "api_key_id": n.api_key_id, "topic": n.topic, "recipients_total": n.recipients_total,
-                "recipients_routed": 0, "created_at": n.created_at,
+                "content": _notification_body(n),
+                "template": n.template,
+                "template_version": n.template_version,
+                "category": n.category,
+                "priority": n.priority.rank,
+                "send_at": n.send_at,
+                "expires_at": n.expires_at,
+                "dedup_key": n.dedup_key,
+                "api_key_id": n.api_key_id,
+                "topic": n.topic,
+                "recipients_total": n.recipients_total,
+                "recipients_routed": 0,
+                "created_at": n.created_at,
             }
             for n in notifications
         ]
@@ -581,14 +624,25 @@ class SqlStore:
         n, d = t.notifications, t.deliveries
         rows = [
             {
-                "id": x.id, "notification_id": x.notification_id, "user_id": x.user_id, "channel": x.channel,
-                "status": x.status.value, "reason": x.reason, "priority": x.priority.rank,
-                "category": x.category, "address": x.address, "content": _dumps(x.content),
-                "provider": x.provider, "retry_count": x.attempts_made, "budget_used": x.budget_used,
+                "id": x.id,
+                "notification_id": x.notification_id,
+                "user_id": x.user_id,
+                "channel": x.channel,
+                "status": x.status.value,
+                "reason": x.reason,
+                "priority": x.priority.rank,
+                "category": x.category,
+                "address": x.address,
+                "content": _dumps(x.content),
+                "provider": x.provider,
+                "retry_count": x.attempts_made,
+                "budget_used": x.budget_used,
                 "due_at": x.due_at,
-                "expires_at": x.expires_at, "created_at": now,
+                "expires_at": x.expires_at,
+                "created_at": now,
                 "queued_at": now if x.status == S.QUEUED else None,
-                "failed_at": now if x.status == S.FAILED else None, "updated_at": now,
+                "failed_at": now if x.status == S.FAILED else None,
+                "updated_at": now,
             }
             for x in batch.deliveries
         ]
@@ -623,7 +677,9 @@ class SqlStore:
             lambda c: c.execute(
                 update(n)
                 .where(n.c.id == notification_id)
-                .values(status=NotificationStatus.FAILED.value, error=error, lease_owner=None, lease_until=None)
+                .values(
+                    status=NotificationStatus.FAILED.value, error=error, lease_owner=None, lease_until=None
+                )
             )
         )
 
@@ -660,13 +716,18 @@ class SqlStore:
         d, a = t.deliveries, t.attempts
 
         def op(c: Connection) -> list[Delivery]:
-            out = [_delivery(r) for r in c.execute(select(d).where(d.c.notification_id == notification_id).order_by(d.c.id))]
+            out = [
+                _delivery(r)
+                for r in c.execute(select(d).where(d.c.notification_id == notification_id).order_by(d.c.id))
+            ]
             if with_attempts and out:
                 by_id = {x.id: x for x in out}
                 ids = list(by_id)
                 for i in range(0, len(ids), 500):
                     rows = c.execute(
-                        select(a).where(a.c.delivery_id.in_(ids[i : i + 500])).order_by(a.c.delivery_id, a.c.n, a.c.id)
+                        select(a)
+                        .where(a.c.delivery_id.in_(ids[i : i + 500]))
+                        .order_by(a.c.delivery_id, a.c.n, a.c.id)
                     )
                     for r in rows:
                         by_id[r.delivery_id].attempts.append(_attempt(r))
@@ -682,7 +743,10 @@ class SqlStore:
             if row is None:
                 return None
             out = _delivery(row)
-            out.attempts = [_attempt(r) for r in c.execute(select(a).where(a.c.delivery_id == delivery_id).order_by(a.c.n, a.c.id))]
+            out.attempts = [
+                _attempt(r)
+                for r in c.execute(select(a).where(a.c.delivery_id == delivery_id).order_by(a.c.n, a.c.id))
+            ]
             return out
 
         return await self.db.run(op)
@@ -696,8 +760,13 @@ class SqlStore:
             for r in results:
                 check_transition(S.SENDING, r.new_status)
                 values: dict[str, Any] = {
-                    "status": r.new_status.value, "reason": r.reason, "provider": r.attempt.provider,
-                    "retry_count": r.attempt.n, "lease_owner": None, "lease_until": None, "updated_at": now,
+                    "status": r.new_status.value,
+                    "reason": r.reason,
+                    "provider": r.attempt.provider,
+                    "retry_count": r.attempt.n,
+                    "lease_owner": None,
+                    "lease_until": None,
+                    "updated_at": now,
                 }
                 if r.counts_against_budget:
                     values["budget_used"] = d.c.budget_used + 1
@@ -710,7 +779,11 @@ class SqlStore:
                     values["due_at"] = r.due_at
                 changed = c.execute(
                     update(d)
-                    .where(d.c.id == r.delivery_id, d.c.status == S.SENDING.value, d.c.lease_owner == r.lease_owner)
+                    .where(
+                        d.c.id == r.delivery_id,
+                        d.c.status == S.SENDING.value,
+                        d.c.lease_owner == r.lease_owner,
+                    )
                     .values(**values)
                 ).rowcount
                 if not changed:
@@ -719,9 +792,15 @@ class SqlStore:
                 at = r.attempt
                 attempts.append(
                     {
-                        "delivery_id": r.delivery_id, "n": at.n, "at": at.at, "provider": at.provider,
-                        "outcome": at.outcome.value, "code": at.code, "detail": at.detail,
-                        "latency_ms": at.latency_ms, "ambiguous": at.ambiguous,
+                        "delivery_id": r.delivery_id,
+                        "n": at.n,
+                        "at": at.at,
+                        "provider": at.provider,
+                        "outcome": at.outcome.value,
+                        "code": at.code,
+                        "detail": at.detail,
+                        "latency_ms": at.latency_ms,
+                        "ambiguous": at.ambiguous,
                     }
                 )
                 if r.dead_address:
@@ -769,7 +848,9 @@ class SqlStore:
                 values[stamp] = now
             if status == S.READ and row.delivered_at is None:
                 values["delivered_at"] = now
-            changed = c.execute(update(d).where(d.c.id == delivery_id, d.c.status == current.value).values(**values))
+            changed = c.execute(
+                update(d).where(d.c.id == delivery_id, d.c.status == current.value).values(**values)
+            )
             if not changed.rowcount:
                 raise IllegalTransition("the delivery changed concurrently; try again")
             return _delivery(c.execute(select(d).where(d.c.id == delivery_id)).one())
@@ -794,11 +875,13 @@ class SqlStore:
         d = t.deliveries
         waiting = _in(sources_of(S.SKIPPED) - {S.SENDING, S.PENDING})
         return await self.db.run(
-            lambda c: c.execute(
-                update(d)
-                .where(d.c.status.in_(waiting), d.c.expires_at.is_not(None), d.c.expires_at <= now)
-                .values(status=S.SKIPPED.value, reason="expired", updated_at=now)
-            ).rowcount
+            lambda c: (
+                c.execute(
+                    update(d)
+                    .where(d.c.status.in_(waiting), d.c.expires_at.is_not(None), d.c.expires_at <= now)
+                    .values(status=S.SKIPPED.value, reason="expired", updated_at=now)
+                ).rowcount
+            )
         )
 
     async def reclaim_expired_leases(self, *, now: float) -> list[str]:
@@ -808,8 +891,15 @@ class SqlStore:
             rows = c.execute(
                 update(d)
                 .where(d.c.status == S.SENDING.value, d.c.lease_until < now)
-                .values(status=S.RETRYING.value, due_at=now, lease_owner=None, lease_until=None,
-                        retry_count=d.c.retry_count + 1, budget_used=d.c.budget_used + 1, updated_at=now)
+                .values(
+                    status=S.RETRYING.value,
+                    due_at=now,
+                    lease_owner=None,
+                    lease_until=None,
+                    retry_count=d.c.retry_count + 1,
+                    budget_used=d.c.budget_used + 1,
+                    updated_at=now,
+                )
                 .returning(d.c.id, d.c.channel, d.c.retry_count, d.c.provider)
             ).all()
             if rows:
@@ -817,10 +907,15 @@ class SqlStore:
                     insert(a),
                     [
                         {
-                            "delivery_id": r.id, "n": r.retry_count, "at": now, "provider": r.provider or "unknown",
-                            "outcome": Outcome.LOST.value, "code": None,
+                            "delivery_id": r.id,
+                            "n": r.retry_count,
+                            "at": now,
+                            "provider": r.provider or "unknown",
+                            "outcome": Outcome.LOST.value,
+                            "code": None,
                             "detail": "worker lost its lease mid-send; the provider may have the message",
-                            "latency_ms": None, "ambiguous": True,
+                            "latency_ms": None,
+                            "ambiguous": True,
                         }
                         for r in rows
                     ],
@@ -879,8 +974,15 @@ class SqlStore:
                 rows = c.execute(
                     update(d)
                     .where(d.c.id.in_(ids[i : i + 500]), d.c.status == S.DEAD.value)
-                    .values(status=S.QUEUED.value, reason=None, due_at=now, queued_at=now, updated_at=now,
-                            failed_at=None, budget_used=0)
+                    .values(
+                        status=S.QUEUED.value,
+                        reason=None,
+                        due_at=now,
+                        queued_at=now,
+                        updated_at=now,
+                        failed_at=None,
+                        budget_used=0,
+                    )
                     .returning(*d.c)
                 ).all()
                 out.extend(_delivery(r) for r in rows)
@@ -922,7 +1024,9 @@ class SqlStore:
             if cursor:
                 q = q.where(d.c.id < cursor)
             items = [_delivery(r) for r in c.execute(q.order_by(d.c.id.desc()).limit(limit))]
-            count = c.execute(select(func.count()).select_from(d).where(base, d.c.status.in_(unread))).scalar_one()
+            count = c.execute(
+                select(func.count()).select_from(d).where(base, d.c.status.in_(unread))
+            ).scalar_one()
             return items, int(count)
 
         return await self.db.run(op)
@@ -930,12 +1034,17 @@ class SqlStore:
     async def mark_all_read(self, user_id: str, *, now: float) -> int:
         d = t.deliveries
         return await self.db.run(
-            lambda c: c.execute(
-                update(d)
-                .where(d.c.user_id == user_id, d.c.channel == "in_app",
-                       d.c.status.in_([S.SENT.value, S.DELIVERED.value]))
-                .values(status=S.READ.value, read_at=now, updated_at=now)
-            ).rowcount
+            lambda c: (
+                c.execute(
+                    update(d)
+                    .where(
+                        d.c.user_id == user_id,
+                        d.c.channel == "in_app",
+                        d.c.status.in_([S.SENT.value, S.DELIVERED.value]),
+                    )
+                    .values(status=S.READ.value, read_at=now, updated_at=now)
+                ).rowcount
+            )
         )
 
     # Stats ----------------------------------------------------------------------------------
@@ -943,7 +1052,9 @@ class SqlStore:
         d = t.deliveries
 
         def op(c: Connection) -> list[tuple[str, str, str | None, int]]:
-            q = select(d.c.channel, d.c.status, d.c.provider, func.count()).group_by(d.c.channel, d.c.status, d.c.provider)
+            q = select(d.c.channel, d.c.status, d.c.provider, func.count()).group_by(
+                d.c.channel, d.c.status, d.c.provider
+            )
             if since is not None:
                 q = q.where(d.c.created_at >= since)
             return [(r[0], r[1], r[2], int(r[3])) for r in c.execute(q)]
@@ -966,7 +1077,7 @@ class SqlStore:
     async def ambiguous_count(self) -> int:
         a = t.attempts
         return await self.db.run(
-            lambda c: int(c.execute(select(func.count()).select_from(a).where(a.c.ambiguous.is_(True))).scalar_one())
+            lambda c: int(
+                c.execute(select(func.count()).select_from(a).where(a.c.ambiguous.is_(True))).scalar_one()
+            )
         )
-
-

@@ -19,11 +19,18 @@ class BodyLimit:
 
     async def _reject(self, send: Send) -> None:
         body: dict[str, Any] = {
-            "type": "about:blank", "title": "Payload too large", "status": 413,
+            "type": "about:blank",
+            "title": "Payload too large",
+            "status": 413,
             "detail": f"the request body exceeds {self.max_bytes} bytes",
         }
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/problem+json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/problem+json")],
+            }
+        )
         await send({"type": "http.response.body", "body": orjson.dumps(body)})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

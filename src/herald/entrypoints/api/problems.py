@@ -17,7 +17,9 @@ log = structlog.get_logger("herald.api")
 PROBLEM = "application/problem+json"
 
 
-def problem(status: int, title: str, detail: str, *, instance: str | None = None, **extra: Any) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: str, *, instance: str | None = None, **extra: Any
+) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if instance:
         body["instance"] = instance
@@ -26,7 +28,7 @@ def problem(status: int, title: str, detail: str, *, instance: str | None = None
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
+def _loc(loc: Any) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     out = ""
     for p in parts:
@@ -53,25 +55,34 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
-        if first.get("type") == "json_invalid" or (tuple(first.get("loc", ())) == ("body",) and not _is_json(
-            await request.body()
-        )):
+        if first.get("type") == "json_invalid" or (
+            tuple(first.get("loc", ())) == ("body",) and not _is_json(await request.body())
+        ):
             return problem(400, "Malformed request", "the body is not valid JSON", instance=request.url.path)
         field = _loc(first.get("loc", ()))
         detail = f"{field}: {first['msg']}" if field else str(first["msg"])
         return problem(
-            422, "Invalid request", detail, instance=request.url.path, field=field or None,
+            422,
+            "Invalid request",
+            detail,
+            instance=request.url.path,
+            field=field or None,
             errors=[{"field": _loc(e.get("loc", ())), "message": e.get("msg")} for e in errors[:20]],
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
-        return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail),
-                       instance=request.url.path)
+        return problem(
+            exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail), instance=request.url.path
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("api.unhandled", path=request.url.path)
-        return problem(500, "Internal error", "the server failed to handle this request; it has been logged",
-                       instance=request.url.path)
+        return problem(
+            500,
+            "Internal error",
+            "the server failed to handle this request; it has been logged",
+            instance=request.url.path,
+        )

@@ -23,15 +23,24 @@ _send_adapter = pydantic.TypeAdapter(SendBody)
 
 def to_request(body: SendBody) -> SendRequest:
     return SendRequest(
-        to=body.to, template=body.template, content=body.content, data=body.data, channels=body.channels,
-        category=body.category, priority=body.priority, send_at=epoch(body.send_at),
-        expires_at=epoch(body.expires_at), dedup_key=body.dedup_key,
+        to=body.to,
+        template=body.template,
+        content=body.content,
+        data=body.data,
+        channels=body.channels,
+        category=body.category,
+        priority=body.priority,
+        send_at=epoch(body.send_at),
+        expires_at=epoch(body.expires_at),
+        dedup_key=body.dedup_key,
     )
 
 
 def _key(header: str | None, body_key: str | None) -> str | None:
     if header is not None and body_key is not None and header != body_key:
-        raise ValidationError("Idempotency-Key header and idempotency_key field differ", field="idempotency_key")
+        raise ValidationError(
+            "Idempotency-Key header and idempotency_key field differ", field="idempotency_key"
+        )
     return header if header is not None else body_key
 
 
@@ -68,12 +77,15 @@ async def send_batch(
         for i, raw in enumerate(body.notifications):
             try:
                 item = _send_adapter.validate_python(raw)
-                n = await c.accept.prepare(to_request(item), api_key_id=who.scope_id,
-                                           field_prefix=f"notifications[{i}].")
+                n = await c.accept.prepare(
+                    to_request(item), api_key_id=who.scope_id, field_prefix=f"notifications[{i}]."
+                )
             except pydantic.ValidationError as exc:
                 err = exc.errors()[0]
                 loc = ".".join(str(p) for p in err["loc"])
-                results.append({"index": i, "status": 422, "error": f"{loc}: {err['msg']}" if loc else err["msg"]})
+                results.append(
+                    {"index": i, "status": 422, "error": f"{loc}: {err['msg']}" if loc else err["msg"]}
+                )
                 continue
             except HeraldError as exc:
                 results.append({"index": i, "status": exc.status, "error": exc.detail, "field": exc.field})
@@ -81,9 +93,14 @@ async def send_batch(
             notes.append(n)
             results.append({"index": i, "status": 202, **accepted_view(n)})
         accepted = sum(1 for r in results if r["status"] == 202)
-        return notes, Accepted(202 if accepted else 422, {
-            "accepted": accepted, "rejected": len(results) - accepted, "results": results,
-        })
+        return notes, Accepted(
+            202 if accepted else 422,
+            {
+                "accepted": accepted,
+                "rejected": len(results) - accepted,
+                "results": results,
+            },
+        )
 
     payload = body.model_dump(mode="json", exclude={"idempotency_key"})
     result = await c.accept.idempotent(who.scope_id, key, payload, build)
@@ -114,15 +131,24 @@ async def list_notifications(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
     items = await c.store.list_notifications(
-        NotificationFilter(user_id=user_id, status=status, channel=channel, since=epoch(since),
-                           until=epoch(until), cursor=cursor, limit=limit)
+        NotificationFilter(
+            user_id=user_id,
+            status=status,
+            channel=channel,
+            since=epoch(since),
+            until=epoch(until),
+            cursor=cursor,
+            limit=limit,
+        )
     )
     next_cursor = items[-1].id if len(items) == limit else None
     return {"items": [notification_view(n) for n in items], "next_cursor": next_cursor}
 
 
 @router.post("/{notification_id}/cancel")
-async def cancel(notification_id: str, c: ContainerDep, who: Annotated[Caller, require("send")]) -> dict[str, Any]:
+async def cancel(
+    notification_id: str, c: ContainerDep, who: Annotated[Caller, require("send")]
+) -> dict[str, Any]:
     cancelled, remaining = await c.store.cancel_notification(notification_id, now=c.clock.now())
     if cancelled == 0 and remaining > 0:
         detail = "nothing was cancelled: every delivery was already sent or finished"

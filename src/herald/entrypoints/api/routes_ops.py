@@ -59,12 +59,18 @@ async def stats(
     }
 
 
-_TRACK = {"delivered": DeliveryStatus.DELIVERED, "read": DeliveryStatus.READ,
-          "opened": DeliveryStatus.READ, "clicked": DeliveryStatus.READ}
+_TRACK = {
+    "delivered": DeliveryStatus.DELIVERED,
+    "read": DeliveryStatus.READ,
+    "opened": DeliveryStatus.READ,
+    "clicked": DeliveryStatus.READ,
+}
 
 
 @router.post("/v1/deliveries/{delivery_id}/events")
-async def track(delivery_id: str, body: TrackBody, c: ContainerDep, who: Annotated[Caller, require("send")]) -> dict[str, Any]:
+async def track(
+    delivery_id: str, body: TrackBody, c: ContainerDep, who: Annotated[Caller, require("send")]
+) -> dict[str, Any]:
     d = await c.store.mark_delivery(delivery_id, _TRACK[body.event], now=c.clock.now())
     return delivery_view(d)
 
@@ -82,14 +88,26 @@ async def dead_letters(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     items = await c.store.list_dead_letters(
-        DeadLetterFilter(channel=channel, provider=provider, reason=reason, since=epoch(since),
-                         until=epoch(until), cursor=cursor, limit=limit)
+        DeadLetterFilter(
+            channel=channel,
+            provider=provider,
+            reason=reason,
+            since=epoch(since),
+            until=epoch(until),
+            cursor=cursor,
+            limit=limit,
+        )
     )
-    return {"items": [delivery_view(d) for d in items], "next_cursor": items[-1].id if len(items) == limit else None}
+    return {
+        "items": [delivery_view(d) for d in items],
+        "next_cursor": items[-1].id if len(items) == limit else None,
+    }
 
 
 @router.post("/v1/dead-letters/{delivery_id}/replay")
-async def replay_one(delivery_id: str, c: ContainerDep, who: Annotated[Caller, require("admin")]) -> dict[str, Any]:
+async def replay_one(
+    delivery_id: str, c: ContainerDep, who: Annotated[Caller, require("admin")]
+) -> dict[str, Any]:
     replayed = await c.store.replay_dead_letters([delivery_id], now=c.clock.now())
     if not replayed:
         d = await c.store.get_delivery(delivery_id)
@@ -102,10 +120,18 @@ async def replay_one(delivery_id: str, c: ContainerDep, who: Annotated[Caller, r
 
 
 @router.post("/v1/dead-letters/replay")
-async def replay_many(body: ReplayFilterBody, c: ContainerDep, who: Annotated[Caller, require("admin")]) -> dict[str, Any]:
+async def replay_many(
+    body: ReplayFilterBody, c: ContainerDep, who: Annotated[Caller, require("admin")]
+) -> dict[str, Any]:
     items = await c.store.list_dead_letters(
-        DeadLetterFilter(channel=body.channel, provider=body.provider, reason=body.reason,
-                         since=epoch(body.since), until=epoch(body.until), limit=body.limit)
+        DeadLetterFilter(
+            channel=body.channel,
+            provider=body.provider,
+            reason=body.reason,
+            since=epoch(body.since),
+            until=epoch(body.until),
+            limit=body.limit,
+        )
     )
     replayed = await c.store.replay_dead_letters([d.id for d in items], now=c.clock.now())
     for ch in {d.channel for d in replayed}:

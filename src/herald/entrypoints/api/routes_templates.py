@@ -33,8 +33,10 @@ def _check(body: TemplateBody, c: ContainerDep) -> None:
         check_locale(locale, f"locales.{locale}")
         for ch, variant in chans.items():
             if ch not in body.channels:
-                raise ValidationError(f"locale {locale} overrides channel {ch!r} that has no default variant",
-                                      field=f"locales.{locale}.{ch}")
+                raise ValidationError(
+                    f"locale {locale} overrides channel {ch!r} that has no default variant",
+                    field=f"locales.{locale}.{ch}",
+                )
             try:
                 check_variant(variant)
             except TemplateError as exc:
@@ -42,11 +44,20 @@ def _check(body: TemplateBody, c: ContainerDep) -> None:
 
 
 @router.put("/{name}")
-async def put_template(name: str, body: TemplateBody, c: ContainerDep, who: Annotated[Caller, require("admin")]) -> dict[str, Any]:
+async def put_template(
+    name: str, body: TemplateBody, c: ContainerDep, who: Annotated[Caller, require("admin")]
+) -> dict[str, Any]:
     check_id(name, "name")
     _check(body, c)
-    template = Template(name=name, version=0, category=body.category, channels=body.channels,
-                        locales=body.locales, default_locale=body.default_locale, created_at=c.clock.now())
+    template = Template(
+        name=name,
+        version=0,
+        category=body.category,
+        channels=body.channels,
+        locales=body.locales,
+        default_locale=body.default_locale,
+        created_at=c.clock.now(),
+    )
     return template_view(await c.store.put_template(template))
 
 
@@ -68,7 +79,9 @@ async def delete_template(name: str, c: ContainerDep, who: Annotated[Caller, req
 
 
 @router.post("/{name}/render")
-async def render_preview(name: str, body: RenderBody, c: ContainerDep, who: Annotated[Caller, require("read")]) -> dict[str, Any]:
+async def render_preview(
+    name: str, body: RenderBody, c: ContainerDep, who: Annotated[Caller, require("read")]
+) -> dict[str, Any]:
     template = await c.store.get_template(name)
     if template is None:
         raise NotFound(f"template {name!r} does not exist")
@@ -84,8 +97,11 @@ async def render_preview(name: str, body: RenderBody, c: ContainerDep, who: Anno
         user = User(id="preview")
     locale = body.locale or user.locale or c.catalog.default_locale
     channels = [body.channel] if body.channel else list(template.channels)
-    context = {"data": body.data, "user": user.template_view(),
-               "notification": {"id": "preview", "category": template.category, "priority": "normal"}}
+    context = {
+        "data": body.data,
+        "user": user.template_view(),
+        "notification": {"id": "preview", "category": template.category, "priority": "normal"},
+    }
     rendered: dict[str, Any] = {}
     for ch in channels:
         variant = template.variant(ch, locale)

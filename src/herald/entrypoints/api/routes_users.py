@@ -24,7 +24,9 @@ def _check_url(url: str, field: str) -> str:
 
 
 @router.put("/v1/users/{user_id}")
-async def put_user(user_id: str, body: UserBody, c: ContainerDep, who: Annotated[Caller, require("send")]) -> dict[str, Any]:
+async def put_user(
+    user_id: str, body: UserBody, c: ContainerDep, who: Annotated[Caller, require("send")]
+) -> dict[str, Any]:
     user = User(
         id=check_id(user_id, "user_id"),
         email=normalize_email(body.email) if body.email else None,
@@ -58,14 +60,18 @@ async def delete_user(user_id: str, c: ContainerDep, who: Annotated[Caller, requ
 
 
 @router.post("/v1/users/{user_id}/devices", status_code=201)
-async def add_device(
-    user_id: str, body: DeviceBody, c: ContainerDep, who: CallerDep
-) -> dict[str, Any]:
+async def add_device(user_id: str, body: DeviceBody, c: ContainerDep, who: CallerDep) -> dict[str, Any]:
     check_user_access(who, user_id, "send")
     if await c.store.get_user(user_id) is None:
         raise NotFound(f"user {user_id} does not exist")
-    device = Device(id=new_id("dev"), user_id=user_id, kind=body.kind, token=body.token, data=body.data,
-                    created_at=c.clock.now())
+    device = Device(
+        id=new_id("dev"),
+        user_id=user_id,
+        kind=body.kind,
+        token=body.token,
+        data=body.data,
+        created_at=c.clock.now(),
+    )
     return device_view(await c.store.add_device(device))
 
 
@@ -80,7 +86,10 @@ async def remove_device(user_id: str, device_id: str, c: ContainerDep, who: Call
 def _effective(c: ContainerDep, prefs: Preferences | None) -> dict[str, Any]:
     stored = prefs or Preferences(user_id="")
     channels = {
-        ch: {"enabled": stored.channels.get(ch, True), "source": "user" if ch in stored.channels else "default"}
+        ch: {
+            "enabled": stored.channels.get(ch, True),
+            "source": "user" if ch in stored.channels else "default",
+        }
         for ch in sorted(c.catalog.enabled_channels)
     }
     categories: dict[str, Any] = {}
@@ -100,9 +109,14 @@ def _effective(c: ContainerDep, prefs: Preferences | None) -> dict[str, Any]:
         "channels": channels,
         "categories": categories,
         "quiet_hours": {"value": stored.quiet_hours, "source": "user" if stored.quiet_hours else "default"},
-        "digests": {name: {"value": stored.digests.get(name, "off"),
-                           "source": "user" if name in stored.digests else "default"}
-                    for name, cat in sorted(c.catalog.categories.items()) if cat.digest},
+        "digests": {
+            name: {
+                "value": stored.digests.get(name, "off"),
+                "source": "user" if name in stored.digests else "default",
+            }
+            for name, cat in sorted(c.catalog.categories.items())
+            if cat.digest
+        },
     }
 
 
@@ -115,7 +129,9 @@ async def get_preferences(user_id: str, c: ContainerDep, who: CallerDep) -> dict
 
 
 @router.put("/v1/users/{user_id}/preferences")
-async def put_preferences(user_id: str, body: PreferencesBody, c: ContainerDep, who: CallerDep) -> dict[str, Any]:
+async def put_preferences(
+    user_id: str, body: PreferencesBody, c: ContainerDep, who: CallerDep
+) -> dict[str, Any]:
     check_user_access(who, user_id, "send")
     if await c.store.get_user(user_id) is None:
         raise NotFound(f"user {user_id} does not exist")
@@ -129,8 +145,11 @@ async def put_preferences(user_id: str, body: PreferencesBody, c: ContainerDep, 
             if ch not in _CHANNELS:
                 raise ValidationError(f"unknown channel {ch!r}", field=f"categories.{cat}.{ch}")
     prefs = Preferences(
-        user_id=user_id, channels=body.channels, categories=body.categories,
-        quiet_hours=body.quiet_hours.model_dump() if body.quiet_hours else None, digests=body.digests,
+        user_id=user_id,
+        channels=body.channels,
+        categories=body.categories,
+        quiet_hours=body.quiet_hours.model_dump() if body.quiet_hours else None,
+        digests=body.digests,
     )
     await c.store.put_preferences(prefs)
     return {"user_id": user_id, **_effective(c, prefs)}

@@ -17,18 +17,35 @@ def iso(ts: float | None) -> str | None:
 
 def attempt_view(a: Attempt) -> dict[str, Any]:
     return {
-        "n": a.n, "at": iso(a.at), "provider": a.provider, "outcome": a.outcome.value, "code": a.code,
-        "detail": a.detail, "latency_ms": a.latency_ms, "ambiguous": a.ambiguous,
+        "n": a.n,
+        "at": iso(a.at),
+        "provider": a.provider,
+        "outcome": a.outcome.value,
+        "code": a.code,
+        "detail": a.detail,
+        "latency_ms": a.latency_ms,
+        "ambiguous": a.ambiguous,
     }
 
 
 def delivery_view(d: Delivery, *, with_content: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "id": d.id, "notification_id": d.notification_id, "user_id": d.user_id, "channel": d.channel,
-        "status": d.status.value, "reason": d.reason, "priority": d.priority.value, "category": d.category,
-        "provider": d.provider, "attempts": [attempt_view(a) for a in d.attempts],
-        "attempt_count": d.attempts_made, "created_at": iso(d.created_at), "sent_at": iso(d.sent_at),
-        "delivered_at": iso(d.delivered_at), "read_at": iso(d.read_at), "failed_at": iso(d.failed_at),
+        "id": d.id,
+        "notification_id": d.notification_id,
+        "user_id": d.user_id,
+        "channel": d.channel,
+        "status": d.status.value,
+        "reason": d.reason,
+        "priority": d.priority.value,
+        "category": d.category,
+        "provider": d.provider,
+        "attempts": [attempt_view(a) for a in d.attempts],
+        "attempt_count": d.attempts_made,
+        "created_at": iso(d.created_at),
+        "sent_at": iso(d.sent_at),
+        "delivered_at": iso(d.delivered_at),
+        "read_at": iso(d.read_at),
+        "failed_at": iso(d.failed_at),
         "next_attempt_at": iso(d.due_at) if d.status.value in ("retrying", "scheduled", "queued") else None,
         "provider_message_id": d.provider_message_id,
     }
@@ -47,11 +64,19 @@ def notification_status(n: Notification, deliveries: list[Delivery] | None) -> s
 
 def notification_view(n: Notification, deliveries: list[Delivery] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "id": n.id, "status": notification_status(n, deliveries), "template": n.template,
-        "template_version": n.template_version, "category": n.category, "priority": n.priority.value,
-        "channels": n.channels, "created_at": iso(n.created_at), "send_at": iso(n.send_at),
-        "expires_at": iso(n.expires_at), "recipients_total": n.recipients_total,
-        "recipients_routed": n.recipients_routed, "error": n.error,
+        "id": n.id,
+        "status": notification_status(n, deliveries),
+        "template": n.template,
+        "template_version": n.template_version,
+        "category": n.category,
+        "priority": n.priority.value,
+        "channels": n.channels,
+        "created_at": iso(n.created_at),
+        "send_at": iso(n.send_at),
+        "expires_at": iso(n.expires_at),
+        "recipients_total": n.recipients_total,
+        "recipients_routed": n.recipients_routed,
+        "error": n.error,
     }
     if deliveries is not None:
         summary: dict[str, int] = {}
@@ -64,16 +89,28 @@ def notification_view(n: Notification, deliveries: list[Delivery] | None = None)
 
 def accepted_view(n: Notification) -> dict[str, Any]:
     return {
-        "id": n.id, "status": "accepted", "recipients": n.recipients_total, "channels": n.channels,
-        "category": n.category, "priority": n.priority.value, "send_at": iso(n.send_at),
+        "id": n.id,
+        "status": "accepted",
+        "recipients": n.recipients_total,
+        "channels": n.channels,
+        "category": n.category,
+        "priority": n.priority.value,
+        "send_at": iso(n.send_at),
     }
 
 
 def user_view(u: User) -> dict[str, Any]:
     return {
-        "id": u.id, "email": u.email, "phone": u.phone, "locale": u.locale, "timezone": u.timezone,
-        "data": u.data, "webhook_url": u.webhook_url, "chat": u.chat,
-        "created_at": iso(u.created_at), "updated_at": iso(u.updated_at),
+        "id": u.id,
+        "email": u.email,
+        "phone": u.phone,
+        "locale": u.locale,
+        "timezone": u.timezone,
+        "data": u.data,
+        "webhook_url": u.webhook_url,
+        "chat": u.chat,
+        "created_at": iso(u.created_at),
+        "updated_at": iso(u.updated_at),
     }
 
 
@@ -85,15 +122,25 @@ def device_view(d: Device) -> dict[str, Any]:
 
 def template_view(t: Template) -> dict[str, Any]:
     return {
-        "name": t.name, "version": t.version, "category": t.category, "channels": t.channels,
-        "locales": t.locales, "default_locale": t.default_locale, "created_at": iso(t.created_at),
+        "name": t.name,
+        "version": t.version,
+        "category": t.category,
+        "channels": t.channels,
+        "locales": t.locales,
+        "default_locale": t.default_locale,
+        "created_at": iso(t.created_at),
     }
 
 
 def inbox_item(d: Delivery) -> dict[str, Any]:
     return {
-        "id": d.id, "notification_id": d.notification_id, "category": d.category,
-        "title": d.content.get("title"), "body": d.content.get("body"), "url": d.content.get("url"),
-        "read": d.read_at is not None or d.status.value == "read", "created_at": iso(d.created_at),
+        "id": d.id,
+        "notification_id": d.notification_id,
+        "category": d.category,
+        "title": d.content.get("title"),
+        "body": d.content.get("body"),
+        "url": d.content.get("url"),
+        "read": d.read_at is not None or d.status.value == "read",
+        "created_at": iso(d.created_at),
         "read_at": iso(d.read_at),
     }
