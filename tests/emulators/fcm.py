@@ -51,6 +51,9 @@ UNAUTHENTICATED_MESSAGE = (
 RESERVED_DATA_KEYS = ("from", "message_type")
 RESERVED_DATA_PREFIXES = ("google.", "gcm.", "gcm.notification.")
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_:\-]{8,4096}$")
+_BAD_TOKEN = "The registration token is not a valid FCM registration token"
+_BAD_TIMES = ("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. "
+              "Check your iat and exp values in the JWT claim.")
 
 # errorCode -> (HTTP status, google.rpc status, message), as FCM documents them.
 DOCUMENTED_ERRORS: dict[str, tuple[int, str, str]] = {
@@ -305,7 +308,7 @@ class FcmEmulator:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         self.base_url = f"http://{host}:{sock.getsockname()[1]}"
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         return self.base_url
@@ -349,8 +352,7 @@ class FcmEmulator:
         iat, exp = claims.get("iat"), claims.get("exp")
         if (not isinstance(iat, int | float) or not isinstance(exp, int | float) or exp <= now
                 or iat > now + 60 or exp - iat > 3600):
-            return _oauth_error("invalid_grant", "Invalid JWT: Token must be a short-lived token (60 minutes) "
-                                "and in a reasonable timeframe. Check your iat and exp values in the JWT claim.")
+            return _oauth_error("invalid_grant", _BAD_TIMES)
         if SCOPE not in str(claims.get("scope", "")).split():
             return _oauth_error("invalid_scope", "Invalid OAuth scope or ID token audience provided.")
         token = "ya29.emu-" + secrets.token_urlsafe(48)
@@ -389,11 +391,9 @@ class FcmEmulator:
                                                 error_code="INVALID_ARGUMENT", violations=violations), None)
         target = body["message"].get("token")
         if target is not None and not _TOKEN_SHAPE.match(target):
-            return self._reject(400, error_body(
-                400, "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token",
-                error_code="INVALID_ARGUMENT",
-                violations=[("message.token", "The registration token is not a valid FCM registration token")],
-            ), None)
+            bad = error_body(400, "INVALID_ARGUMENT", _BAD_TOKEN, error_code="INVALID_ARGUMENT",
+                             violations=[("message.token", _BAD_TOKEN)])
+            return self._reject(400, bad, None)
         if target in self.unregistered:
             return self._reject(404, error_body(404, "NOT_FOUND", "Requested entity was not found.",
                                                 error_code="UNREGISTERED"), None)

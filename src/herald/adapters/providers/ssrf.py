@@ -66,8 +66,6 @@ class BlockedAddressError(PermanentDeliveryError):
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
     if ip.sixtofour is not None:
         return ip.sixtofour
     if ip.teredo is not None:
@@ -82,6 +80,8 @@ def is_blocked_ip(ip: IPAddress) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
             return True
+        if ip.ipv4_mapped is not None:  # the connection goes to the IPv4 address itself
+            return is_blocked_ip(ip.ipv4_mapped)
         inner = _embedded_ipv4(ip)
         if inner is not None and is_blocked_ip(inner):
             return True

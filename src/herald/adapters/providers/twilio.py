@@ -253,28 +253,28 @@ def twilio_signature(url: str, params: Mapping[str, str], auth_token: str) -> st
 
 
 def _url_variants(url: str) -> list[str]:
-    """The URL as given, and with the default port added or removed.
+    """The URL as given, without its port, and with the scheme's default port.
 
-    Twilio signs the URL exactly as configured; a proxy in front of herald may add or drop
-    ``:443``, so both spellings are accepted (as Twilio's own helper libraries do).
+    Twilio signs the URL as configured, but a proxy in front of herald may add or drop the
+    port; Twilio's own helper libraries accept each of these spellings, and so does herald.
     """
     parts = urlsplit(url)
     default = {"https": 443, "http": 80}.get(parts.scheme)
     if default is None or parts.hostname is None:
         return [url]
-    host = parts.netloc.rpartition("@")[2]
-    userinfo = parts.netloc[: len(parts.netloc) - len(host)]
     try:
         port = parts.port
     except ValueError:
         return [url]
-    if port is None:
-        other = f"{userinfo}{host}:{default}"
-    elif port == default:
-        other = userinfo + host.rsplit(":", 1)[0]
-    else:
-        return [url]
-    return [url, urlunsplit((parts.scheme, other, parts.path, parts.query, parts.fragment))]
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    prefix = userinfo + "@" if userinfo else ""
+    host = hostport.rsplit(":", 1)[0] if port is not None else hostport
+    variants = [url]
+    for netloc in (prefix + host, f"{prefix}{host}:{default}"):
+        candidate = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        if candidate not in variants:
+            variants.append(candidate)
+    return variants
 
 
 def verify_twilio_signature(url: str, params: Mapping[str, str], signature: str, auth_token: str) -> bool:

@@ -84,15 +84,15 @@ async def send_batch(
                 err = exc.errors()[0]
                 loc = ".".join(str(p) for p in err["loc"])
                 results.append(
-                    {"index": i, "status": 422, "error": f"{loc}: {err['msg']}" if loc else err["msg"]}
+                    {"index": i, "code": 422, "error": f"{loc}: {err['msg']}" if loc else err["msg"]}
                 )
                 continue
             except HeraldError as exc:
-                results.append({"index": i, "status": exc.status, "error": exc.detail, "field": exc.field})
+                results.append({"index": i, "code": exc.status, "error": exc.detail, "field": exc.field})
                 continue
             notes.append(n)
-            results.append({"index": i, "status": 202, **accepted_view(n)})
-        accepted = sum(1 for r in results if r["status"] == 202)
+            results.append({"index": i, "code": 202, **accepted_view(n)})
+        accepted = sum(1 for r in results if r["code"] == 202)
         return notes, Accepted(
             202 if accepted else 422,
             {

@@ -165,11 +165,18 @@ async def user_token(
     return {"token": token, "expires_at": iso(expires)}
 
 
-@router.api_route("/v1/unsubscribe/{token}", methods=["GET", "POST"])
+@router.post("/v1/unsubscribe/{token}")
 async def unsubscribe(token: str, c: ContainerDep) -> dict[str, Any]:
+    """RFC 8058 one-click unsubscribe (mail clients POST here)."""
     user_id, category, channel = c.unsubscribe.verify(token)
     prefs = await c.store.get_preferences(user_id) or Preferences(user_id=user_id)
     prefs.categories.setdefault(category, {})[channel] = False
     if await c.store.get_user(user_id) is not None:
         await c.store.put_preferences(prefs)
     return {"unsubscribed": True, "category": category, "channel": channel}
+
+
+@router.get("/v1/unsubscribe/{token}")
+async def unsubscribe_link(token: str, c: ContainerDep) -> dict[str, Any]:
+    """The same, for a person following the link."""
+    return await unsubscribe(token, c)

@@ -1,0 +1,85 @@
+"""A real SMTP server for tests (aiosmtpd in its own thread) that can be told how to answer."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+
+from tests.support.net import free_port
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+    at: float
+
+
+@dataclass
+class SmtpHandler:
+    received: list[Received] = field(default_factory=list)
+    data_replies: deque[str] = field(default_factory=deque)  # e.g. "451 4.3.0 try again"
+    rcpt_replies: deque[str] = field(default_factory=deque)  # e.g. "550 5.1.1 no such user"
+    dead_mailboxes: set[str] = field(default_factory=set)
+    delay: float = 0.0
+    hold: threading.Event | None = None  # when set, DATA waits for it (a stuck server)
+    rcpt_calls: int = 0
+    data_calls: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
+        self.rcpt_calls += 1
+        if address in self.dead_mailboxes:
+            return "550 5.1.1 <" + address + ">: Recipient address rejected: User unknown"
+        if self.rcpt_replies:
+            return self.rcpt_replies.popleft()
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.data_calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.hold is not None:
+            while not self.hold.is_set():
+                await asyncio.sleep(0.01)
+        if self.data_replies:
+            return self.data_replies.popleft()
+        msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
+        with self.lock:
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), msg, time.time()))  # type: ignore[arg-type]
+        return "250 2.0.0 Ok: queued"
+
+    def delivery_ids(self) -> list[str]:
+        with self.lock:
+            return [str(r.message["X-Herald-Delivery-Id"]) for r in self.received]
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTPServer:
+        return SMTPServer(self.handler, decode_data=False, enable_SMTPUTF8=True, timeout=30)
+
+
+class SmtpTestServer:
+    def __init__(self) -> None:
+        self.handler = SmtpHandler()
+        self.port = free_port()
+        self.controller = _Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> SmtpTestServer:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
