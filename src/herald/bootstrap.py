@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
 
 from herald.adapters.cache.memory import MemoryCache
 from herald.adapters.providers.console import ConsoleProvider
@@ -44,12 +47,65 @@ class SystemClock:
 ProviderFactory = Callable[[Settings, InboxHub], Provider]
 
 
+def _section(settings: Settings, name: str) -> dict[str, Any]:
+    extra = settings.providers.model_extra or {}
+    raw = extra.get(name)
+    if raw is None:
+        raise ConfigurationError(
+            f"providers.{name}: a channel uses it but there is no [providers.{name}] table"
+        )
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"providers.{name}: must be a table")
+    return raw
+
+
+def _validated(name: str, model: type[BaseModel], raw: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(raw)
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigurationError(f"configuration key providers.{name}.{key}: {err['msg']}") from None
+
+
+def _external(name: str) -> ProviderFactory:
+    """Providers with their own dependencies are imported only when configured."""
+
+    def factory(settings: Settings, _hub: InboxHub) -> Provider:
+        raw = _section(settings, name)
+        try:
+            module = importlib.import_module(f"herald.adapters.providers.{_MODULES[name][0]}")
+        except ModuleNotFoundError as exc:
+            raise ConfigurationError(
+                f"providers.{name}: a dependency is missing ({exc.name}); reinstall herald"
+            ) from None
+        config_cls, provider_cls = (getattr(module, n) for n in _MODULES[name][1:])
+        provider: Provider = provider_cls(_validated(name, config_cls, raw))
+        return provider
+
+    return factory
+
+
+_MODULES = {
+    "sendgrid": ("sendgrid", "SendGridConfig", "SendGridProvider"),
+    "ses": ("ses", "SesConfig", "SesProvider"),
+    "twilio": ("twilio", "TwilioConfig", "TwilioProvider"),
+    "fcm": ("fcm", "FcmConfig", "FcmProvider"),
+    "apns": ("apns", "ApnsConfig", "ApnsProvider"),
+    "webpush": ("webpush", "WebPushConfig", "WebPushProvider"),
+    "webhook": ("webhook", "WebhookConfig", "WebhookProvider"),
+}
+
+
 def _provider_factories() -> dict[str, ProviderFactory]:
-    return {
+    factories: dict[str, ProviderFactory] = {
         "console": lambda s, _hub: ConsoleProvider(s.providers.console.path),
         "smtp": lambda s, _hub: SmtpProvider(s.providers.smtp),
         "in_app": lambda _s, hub: InAppProvider(hub),
     }
+    for name in _MODULES:
+        factories[name] = _external(name)
+    return factories
 
 
 def build_catalog(settings: Settings) -> Catalog:
@@ -186,7 +242,7 @@ async def build(
         queue.wake,
         unsubscribe,
         batch=settings.worker.router_batch,
-        lease=max(60.0, settings.queue.lease_seconds),
+        lease=settings.queue.lease_seconds,
     )
     accept = AcceptService(store, clock, catalog, router.wake)
     delivery = DeliveryService(

@@ -165,8 +165,9 @@ class Store(Protocol):
         """Lease accepted notifications (or ones whose routing lease expired) for routing."""
         ...
 
-    async def save_routed(self, batch: RoutedBatch, *, owner: str, now: float) -> bool:
-        """Insert deliveries (ignoring ones that already exist) and advance routing progress.
+    async def save_routed(self, batch: RoutedBatch, *, owner: str, now: float, lease: float = 60.0) -> bool:
+        """Insert deliveries (ignoring ones that already exist), advance routing progress and
+        renew the routing lease for ``lease`` seconds.
 
         Returns False when ``owner`` no longer holds the routing lease.
         """

@@ -93,7 +93,7 @@ def describe_validation_error(error: BaseException) -> str:
 class Fault:
     status: int = 500
     message: str = ""
-    field: str | None = None
+    field_name: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False
@@ -138,7 +138,12 @@ class ReceivedRequest:
 
 
 def _errors(message: str, field_name: str | None = None) -> dict[str, Any]:
-    return {"errors": [{"message": message, "field": field_name, "help": None}]}
+    # The live API also sends "field": null and "help": null; the spec (OpenAPI 3.1, where
+    # "nullable" means nothing) allows neither, so absent values are left out.
+    error: dict[str, Any] = {"message": message}
+    if field_name is not None:
+        error["field"] = field_name
+    return {"errors": [error]}
 
 
 class SendGridEmulator:
@@ -148,11 +153,14 @@ class SendGridEmulator:
         *,
         validate: bool = True,
         latency: float = 0.0,
+        max_recorded: int | None = None,
         verified_senders: set[str] | None = None,
     ) -> None:
         self.api_key = api_key
         self.validate = validate
         self.latency = latency
+        # A long-running emulator (benchmarks) keeps only the latest requests.
+        self.max_recorded = max_recorded
         self.verified_senders = verified_senders
         self.spec = load_spec() if validate else None
         self.requests: list[ReceivedRequest] = []
@@ -161,6 +169,12 @@ class SendGridEmulator:
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
         self._signing_key = ec.generate_private_key(ec.SECP256R1())
+
+    def _record(self, record: ReceivedRequest) -> None:
+        self.requests.append(record)
+        limit = self.max_recorded
+        if limit is not None and len(self.requests) > 2 * limit:
+            del self.requests[:-limit]
 
     # Control ---------------------------------------------------------------------------------
 
@@ -201,7 +215,7 @@ class SendGridEmulator:
         fault = Fault(
             status=0 if kind == "timeout" else final_status,
             message=message if message is not None else d_message,
-            field=field_name if field_name is not None else d_field,
+            field_name=field_name if field_name is not None else d_field,
             headers=headers,
             delay=delay,
             drop=drop,
@@ -270,7 +284,10 @@ class SendGridEmulator:
     def _validate(self, request: web.Request, body: bytes) -> list[str]:
         if self.spec is None:
             return []
-        return [describe_validation_error(e) for e in self.spec.iter_request_errors(self._mock_request(request, body))]
+        return [
+            describe_validation_error(e)
+            for e in self.spec.iter_request_errors(self._mock_request(request, body))
+        ]
 
     def _answer(
         self,
@@ -297,16 +314,26 @@ class SendGridEmulator:
             return 400, "Bad Request", None
         personalizations = data.get("personalizations") or []
         if not personalizations:
-            return 400, "The personalizations field is required and must have at least one personalization.", (
-                "personalizations"
+            return (
+                400,
+                "The personalizations field is required and must have at least one personalization.",
+                "personalizations",
             )
         has_template = bool(data.get("template_id"))
         if not has_template and not data.get("content"):
-            return 400, "Unless a valid template_id is provided, the content parameter is required.", "content"
-        if not has_template and not data.get("subject"):
-            if not all(isinstance(p, dict) and p.get("subject") for p in personalizations):
-                return 400, "The subject is required. You can get around this requirement if you use a template "\
-                    "with a subject defined or if every personalization has a subject defined.", "subject"
+            return (
+                400,
+                "Unless a valid template_id is provided, the content parameter is required.",
+                "content",
+            )
+        every_has_subject = all(isinstance(p, dict) and p.get("subject") for p in personalizations)
+        if not has_template and not data.get("subject") and not every_has_subject:
+            return (
+                400,
+                "The subject is required. You can get around this requirement if you use a template "
+                "with a subject defined or if every personalization has a subject defined.",
+                "subject",
+            )
         content = data.get("content") or []
         types = [c.get("type") for c in content if isinstance(c, dict)]
         if "text/plain" in types and types[0] != "text/plain":
@@ -322,10 +349,12 @@ class SendGridEmulator:
             parsed: Any = json.loads(body)
         except ValueError:
             parsed = None
-        record = ReceivedRequest(request.method, request.path, dict(request.headers), body, parsed, time.time())
+        record = ReceivedRequest(
+            request.method, request.path, dict(request.headers), body, parsed, time.time()
+        )
         if request.transport is not None:
             record.peer = str(request.transport.get_extra_info("peername"))
-        self.requests.append(record)
+        self._record(record)
 
         problems = self._validate(request, body)
         if problems:
@@ -350,7 +379,9 @@ class SendGridEmulator:
             headers = dict(fault.headers)
             if fault.reset_in is not None:
                 headers["X-RateLimit-Reset"] = str(int(time.time() + fault.reset_in))
-            return self._answer(request, body, record, fault.status, _errors(fault.message, fault.field), headers)
+            return self._answer(
+                request, body, record, fault.status, _errors(fault.message, fault.field_name), headers
+            )
         semantic = self._semantic_error(parsed)
         if semantic is not None:
             status, message, field_name = semantic
@@ -359,7 +390,9 @@ class SendGridEmulator:
         message_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
         record.message_id = message_id
         sandbox = bool(((parsed.get("mail_settings") or {}).get("sandbox_mode") or {}).get("enable"))
-        return self._answer(request, body, record, 200 if sandbox else 202, None, {"X-Message-Id": message_id})
+        return self._answer(
+            request, body, record, 200 if sandbox else 202, None, {"X-Message-Id": message_id}
+        )
 
     # Event Webhook (SendGrid → herald) --------------------------------------------------------
 
@@ -394,7 +427,9 @@ class SendGridEmulator:
             }
             event.update(personalization.get("custom_args", {}))
             if kind == "bounce":
-                event.update(type="bounce", status="5.1.1", reason="550 5.1.1 The email account does not exist.")
+                event.update(
+                    type="bounce", status="5.1.1", reason="550 5.1.1 The email account does not exist."
+                )
             elif kind == "dropped":
                 event.update(reason="Bounced Address", status="5.0.0")
             elif kind == "deferred":
@@ -453,7 +488,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
     parser.add_argument("--no-validate", action="store_true", help="skip OpenAPI validation (benchmarks)")
     args = parser.parse_args(argv)
-    emulator = SendGridEmulator(args.api_key, validate=not args.no_validate, latency=args.latency)
+    emulator = SendGridEmulator(
+        args.api_key, validate=not args.no_validate, latency=args.latency, max_recorded=10_000
+    )
     print(f"sendgrid emulator on http://{args.host}:{args.port}", flush=True)
     web.run_app(emulator.app(), host=args.host, port=args.port, access_log=None, print=None)
 

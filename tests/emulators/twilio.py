@@ -66,8 +66,14 @@ _MESSAGES = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json
 #: Twilio's test-credential magic ``To`` numbers and the error each one triggers.
 MAGIC_NUMBERS: dict[str, tuple[int, str]] = {
     "+15005550001": (21211, "The 'To' number {to} is not a valid phone number."),
-    "+15005550002": (21612, "The 'To' phone number: {to}, is not currently reachable using the 'From' phone number"),
-    "+15005550003": (21408, "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: {to}."),
+    "+15005550002": (
+        21612,
+        "The 'To' phone number: {to}, is not currently reachable using the 'From' phone number",
+    ),
+    "+15005550003": (
+        21408,
+        "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: {to}.",
+    ),
     "+15005550004": (21610, "Attempt to send to unsubscribed recipient"),
     "+15005550009": (21614, "'To' number {to} is not a valid mobile number"),
 }
@@ -125,7 +131,11 @@ FAULT_KINDS: dict[str, tuple[int, int | None, str]] = {
     "not_mobile": (400, 21614, "'To' number is not a valid mobile number"),
     "unsubscribed": (400, 21610, "Attempt to send to unsubscribed recipient"),
     "unauthorized": (401, 20003, "Authenticate"),
-    "unverified": (400, 21608, "The number is unverified. Trial accounts may only send messages to verified numbers."),
+    "unverified": (
+        400,
+        21608,
+        "The number is unverified. Trial accounts may only send messages to verified numbers.",
+    ),
     "bad_request": (400, 21602, "Message body is required."),
     "body_too_long": (400, 21617, "The concatenated message body exceeds the 1600 character limit."),
     "region_not_enabled": (400, 21408, "Permission to send an SMS has not been enabled for the region."),
@@ -166,11 +176,14 @@ class TwilioEmulator:
         *,
         validate: bool = True,
         latency: float = 0.0,
+        max_recorded: int | None = None,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.validate = validate
         self.latency = latency
+        # A long-running emulator (benchmarks) keeps only the latest requests.
+        self.max_recorded = max_recorded
         self.spec = load_spec() if validate else None
         self.requests: list[ReceivedRequest] = []
         self.spec_errors: list[str] = []
@@ -178,6 +191,14 @@ class TwilioEmulator:
         self._faults: deque[Fault] = deque()
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
+
+    def _record(self, record: ReceivedRequest) -> None:
+        self.requests.append(record)
+        limit = self.max_recorded
+        if limit is not None and len(self.requests) > 2 * limit:
+            del self.requests[:-limit]
+            for sid in list(self.messages)[:-limit]:
+                del self.messages[sid]
 
     # Control ---------------------------------------------------------------------------------
 
@@ -288,13 +309,22 @@ class TwilioEmulator:
         )
         return [describe_validation_error(e) for e in self.spec.iter_request_errors(mock)]
 
-    def _answer(self, record: ReceivedRequest, status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
+    def _answer(
+        self, record: ReceivedRequest, status: int, payload: Any, headers: dict[str, str] | None = None
+    ) -> web.Response:
         record.answered = status
         return web.Response(
             status=status, body=json.dumps(payload).encode(), content_type="application/json", headers=headers
         )
 
-    def _error(self, record: ReceivedRequest, status: int, code: int | None, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    def _error(
+        self,
+        record: ReceivedRequest,
+        status: int,
+        code: int | None,
+        message: str,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
         return self._answer(record, status, _error_body(status, code, message), headers)
 
     async def _create_message(self, request: web.Request) -> web.StreamResponse:
@@ -303,7 +333,7 @@ class TwilioEmulator:
         record = ReceivedRequest(request.method, request.path, dict(request.headers), body, form, time.time())
         if request.transport is not None:
             record.peer = str(request.transport.get_extra_info("peername"))
-        self.requests.append(record)
+        self._record(record)
 
         problems = self._validate(request, body)
         if problems:
@@ -321,9 +351,13 @@ class TwilioEmulator:
 
         account = request.match_info["account"]
         if not self._authenticated(request, account):
-            return self._error(record, 401, 20003, "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+            return self._error(
+                record, 401, 20003, "Authenticate", {"WWW-Authenticate": 'Basic realm="Twilio API"'}
+            )
         if problems:
-            return self._error(record, 400, None, "emulator: request does not match the Twilio OpenAPI spec: " + problems[0])
+            return self._error(
+                record, 400, None, "emulator: request does not match the Twilio OpenAPI spec: " + problems[0]
+            )
         if fault is not None and fault.status:
             return self._error(record, fault.status, fault.code, fault.message, fault.headers)
 
@@ -339,7 +373,9 @@ class TwilioEmulator:
         if not text and not form.get("MediaUrl") and not form.get("ContentSid"):
             return self._error(record, 400, 21602, "Message body is required.")
         if len(text) > 1600:
-            return self._error(record, 400, 21617, "The concatenated message body exceeds the 1600 character limit.")
+            return self._error(
+                record, 400, 21617, "The concatenated message body exceeds the 1600 character limit."
+            )
 
         message = self._message_resource(form)
         self.messages[message["sid"]] = {"resource": message, "form": form}
@@ -379,7 +415,11 @@ class TwilioEmulator:
         if self.spec is None:
             return
         mock_request = testing.MockRequest(
-            REAL_HOST, request.method, request.path, headers=dict(request.headers), data=body,
+            REAL_HOST,
+            request.method,
+            request.path,
+            headers=dict(request.headers),
+            data=body,
             content_type=request.content_type,
         )
         mock_response = testing.MockResponse(json.dumps(payload).encode(), status_code=status)
@@ -428,9 +468,12 @@ class TwilioEmulator:
     async def post_status_callback(self, sid: str, status: str, *, error_code: str | None = None) -> int:
         """POST the signed status callback to herald, as Twilio does; return the HTTP status."""
         url, params, signature = self.status_callback(sid, status, error_code=error_code)
-        async with aiohttp.ClientSession() as session, session.post(
-            url, data=params, headers={"X-Twilio-Signature": signature, "User-Agent": "TwilioProxy/1.1"}
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                url, data=params, headers={"X-Twilio-Signature": signature, "User-Agent": "TwilioProxy/1.1"}
+            ) as response,
+        ):
             return response.status
 
     # Control endpoints -----------------------------------------------------------------------
@@ -477,7 +520,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-validate", action="store_true", help="skip OpenAPI validation (benchmarks)")
     args = parser.parse_args(argv)
     emulator = TwilioEmulator(
-        args.account_sid, args.auth_token, validate=not args.no_validate, latency=args.latency
+        args.account_sid,
+        args.auth_token,
+        validate=not args.no_validate,
+        latency=args.latency,
+        max_recorded=10_000,
     )
     print(f"twilio emulator on http://{args.host}:{args.port} account {args.account_sid}", flush=True)
     web.run_app(emulator.app(), host=args.host, port=args.port, access_log=None, print=None)

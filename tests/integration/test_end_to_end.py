@@ -21,11 +21,15 @@ async def _setup_users(client: httpx.AsyncClient) -> None:
         ("eva", "eva@example.com", "es", "Eva"),
         ("bob", "bob@example.com", "en", "Bob"),
     ):
-        r = await client.put(f"/v1/users/{uid}", json={"email": email, "locale": locale, "data": {"name": name}})
+        r = await client.put(
+            f"/v1/users/{uid}", json={"email": email, "locale": locale, "data": {"name": name}}
+        )
         assert r.status_code == 200, r.text
 
 
-async def test_email_reaches_real_smtp_server_as_mime_in_the_users_locale(tmp_path: Path, smtp_server: SmtpTestServer) -> None:
+async def test_email_reaches_real_smtp_server_as_mime_in_the_users_locale(
+    tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
     settings = make_settings(tmp_path, smtp_port=smtp_server.port)
     async with running_herald(settings) as h:
         await _setup_users(h.client)
@@ -63,13 +67,20 @@ async def test_email_reaches_real_smtp_server_as_mime_in_the_users_locale(tmp_pa
     assert d["sent_at"] is not None
 
 
-async def test_in_app_inbox_unread_count_read_and_isolation(tmp_path: Path, smtp_server: SmtpTestServer) -> None:
+async def test_in_app_inbox_unread_count_read_and_isolation(
+    tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
     settings = make_settings(tmp_path, smtp_port=smtp_server.port)
     async with running_herald(settings) as h:
         await _setup_users(h.client)
         r = await h.client.post(
             "/v1/notifications",
-            json={"to": "ana", "template": "welcome", "data": {"code": "77"}, "channels": ["email", "in_app"]},
+            json={
+                "to": "ana",
+                "template": "welcome",
+                "data": {"code": "77"},
+                "channels": ["email", "in_app"],
+            },
         )
         assert r.status_code == 202
         body = await h.wait_final(r.json()["id"])
@@ -98,7 +109,9 @@ async def test_in_app_inbox_unread_count_read_and_isolation(tmp_path: Path, smtp
         async with httpx.AsyncClient(base_url=h.base_url) as anon:
             r = await anon.get("/v1/users/ana/inbox", headers={"Authorization": f"Bearer {bob_tok}"})
             assert r.status_code == 403
-            r = await anon.post(f"/v1/users/ana/inbox/{item['id']}/read", headers={"Authorization": f"Bearer {bob_tok}"})
+            r = await anon.post(
+                f"/v1/users/ana/inbox/{item['id']}/read", headers={"Authorization": f"Bearer {bob_tok}"}
+            )
             assert r.status_code == 403
             r = await anon.get("/v1/users/ana/inbox", headers={"Authorization": f"Bearer {tok[:-2]}xx"})
             assert r.status_code == 401
@@ -106,25 +119,40 @@ async def test_in_app_inbox_unread_count_read_and_isolation(tmp_path: Path, smtp
             read_key = await h.new_key("read")
             r = await anon.get("/v1/users/ana/inbox", headers={"Authorization": f"Bearer {read_key}"})
             assert r.status_code == 200
-            r = await anon.post("/v1/users/ana/inbox/read-all", headers={"Authorization": f"Bearer {read_key}"})
+            r = await anon.post(
+                "/v1/users/ana/inbox/read-all", headers={"Authorization": f"Bearer {read_key}"}
+            )
             assert r.status_code == 403
 
 
-async def test_marketing_opt_out_skips_but_security_still_arrives(tmp_path: Path, smtp_server: SmtpTestServer) -> None:
+async def test_marketing_opt_out_skips_but_security_still_arrives(
+    tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
     settings = make_settings(tmp_path, smtp_port=smtp_server.port)
     async with running_herald(settings) as h:
         await _setup_users(h.client)
-        r = await h.client.put("/v1/users/bob/preferences", json={"categories": {"marketing": {"email": False}}})
+        r = await h.client.put(
+            "/v1/users/bob/preferences", json={"categories": {"marketing": {"email": False}}}
+        )
         assert r.status_code == 200, r.text
         prefs = (await h.client.get("/v1/users/bob/preferences")).json()
         assert prefs["categories"]["marketing"]["email"] == {"enabled": False, "source": "user"}
         assert prefs["categories"]["security"]["email"]["enabled"] is True
 
         content = {"subject": "Hi", "text": "news"}
-        m = await h.client.post("/v1/notifications", json={"to": "bob", "content": content, "channels": ["email"],
-                                                           "category": "marketing"})
-        s = await h.client.post("/v1/notifications", json={"to": "bob", "content": {"subject": "Login", "text": "new login"},
-                                                           "channels": ["email"], "category": "security"})
+        m = await h.client.post(
+            "/v1/notifications",
+            json={"to": "bob", "content": content, "channels": ["email"], "category": "marketing"},
+        )
+        s = await h.client.post(
+            "/v1/notifications",
+            json={
+                "to": "bob",
+                "content": {"subject": "Login", "text": "new login"},
+                "channels": ["email"],
+                "category": "security",
+            },
+        )
         assert m.status_code == 202 and s.status_code == 202
         mb = await h.wait_final(m.json()["id"])
         sb = await h.wait_final(s.json()["id"])
@@ -135,17 +163,26 @@ async def test_marketing_opt_out_skips_but_security_still_arrives(tmp_path: Path
     assert subjects == ["Login"]
 
 
-async def test_opt_outable_email_carries_one_click_unsubscribe(tmp_path: Path, smtp_server: SmtpTestServer) -> None:
+async def test_opt_outable_email_carries_one_click_unsubscribe(
+    tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
     settings = make_settings(tmp_path, smtp_port=smtp_server.port)
     async with running_herald(settings) as h:
         await _setup_users(h.client)
-        r = await h.client.post("/v1/notifications", json={"to": "bob", "content": {"subject": "Deals", "text": "x"},
-                                                           "channels": ["email"], "category": "marketing"})
+        r = await h.client.post(
+            "/v1/notifications",
+            json={
+                "to": "bob",
+                "content": {"subject": "Deals", "text": "x"},
+                "channels": ["email"],
+                "category": "marketing",
+            },
+        )
         await h.wait_final(r.json()["id"])
         (msg,) = [x.message for x in smtp_server.handler.received]
         url = msg["List-Unsubscribe"].strip("<>")
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-        path = url[url.index("/v1/unsubscribe/"):]
+        path = url[url.index("/v1/unsubscribe/") :]
         async with httpx.AsyncClient(base_url=h.base_url) as anon:
             assert (await anon.post(path)).status_code == 200
             assert (await anon.post(path[:-3] + "abc")).status_code == 422
@@ -163,7 +200,9 @@ HOSTILE_TEMPLATES = [
 ]
 
 
-async def test_bad_input_gets_problem_json_and_changes_nothing(tmp_path: Path, smtp_server: SmtpTestServer) -> None:
+async def test_bad_input_gets_problem_json_and_changes_nothing(
+    tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
     settings = make_settings(tmp_path, smtp_port=smtp_server.port, server={"max_body_bytes": 4096})
     async with running_herald(settings) as h:
         await _setup_users(h.client)
@@ -174,14 +213,55 @@ async def test_bad_input_gets_problem_json_and_changes_nothing(tmp_path: Path, s
 
         before = await count()
         cases = [
-            ("malformed JSON", c.post("/v1/notifications", content=b'{"to": "ana", ', headers={"content-type": "application/json"}), 400),
+            (
+                "malformed JSON",
+                c.post(
+                    "/v1/notifications",
+                    content=b'{"to": "ana", ',
+                    headers={"content-type": "application/json"},
+                ),
+                400,
+            ),
             ("unknown template", c.post("/v1/notifications", json={"to": "ana", "template": "nope"}), 422),
             ("unknown user", c.post("/v1/notifications", json={"to": "ghost", "template": "welcome"}), 422),
-            ("invalid inline email", c.post("/v1/notifications", json={"to": [{"id": "x", "email": "not-an-email"}], "template": "welcome", "channels": ["email"]}), 422),
-            ("invalid inline phone", c.post("/v1/notifications", json={"to": [{"id": "x", "phone": "0612"}], "template": "welcome", "channels": ["sms"]}), 422),
-            ("unknown category", c.post("/v1/notifications", json={"to": "ana", "template": "welcome", "category": "nope"}), 422),
-            ("unknown channel", c.post("/v1/notifications", json={"to": "ana", "template": "welcome", "channels": ["fax"]}), 422),
-            ("oversized body", c.post("/v1/notifications", json={"to": "ana", "template": "welcome", "data": {"x": "y" * 10_000}}), 413),
+            (
+                "invalid inline email",
+                c.post(
+                    "/v1/notifications",
+                    json={
+                        "to": [{"id": "x", "email": "not-an-email"}],
+                        "template": "welcome",
+                        "channels": ["email"],
+                    },
+                ),
+                422,
+            ),
+            (
+                "invalid inline phone",
+                c.post(
+                    "/v1/notifications",
+                    json={"to": [{"id": "x", "phone": "0612"}], "template": "welcome", "channels": ["sms"]},
+                ),
+                422,
+            ),
+            (
+                "unknown category",
+                c.post("/v1/notifications", json={"to": "ana", "template": "welcome", "category": "nope"}),
+                422,
+            ),
+            (
+                "unknown channel",
+                c.post("/v1/notifications", json={"to": "ana", "template": "welcome", "channels": ["fax"]}),
+                422,
+            ),
+            (
+                "oversized body",
+                c.post(
+                    "/v1/notifications",
+                    json={"to": "ana", "template": "welcome", "data": {"x": "y" * 10_000}},
+                ),
+                413,
+            ),
         ]
         for name, call, status in cases:
             r = await call
@@ -196,15 +276,23 @@ async def test_bad_input_gets_problem_json_and_changes_nothing(tmp_path: Path, s
         async with httpx.AsyncClient(base_url=h.base_url) as anon:
             r = await anon.post("/v1/notifications", json={"to": "ana", "template": "welcome"})
             assert r.status_code == 401 and r.json()["title"] == "Unauthorized"
-            r = await anon.post("/v1/notifications", json={"to": "ana", "template": "welcome"},
-                                headers={"Authorization": "Bearer hk_wrong"})
+            r = await anon.post(
+                "/v1/notifications",
+                json={"to": "ana", "template": "welcome"},
+                headers={"Authorization": "Bearer hk_wrong"},
+            )
             assert r.status_code == 401
             read_key = await h.new_key("read")
-            r = await anon.post("/v1/notifications", json={"to": "ana", "template": "welcome"},
-                                headers={"Authorization": f"Bearer {read_key}"})
+            r = await anon.post(
+                "/v1/notifications",
+                json={"to": "ana", "template": "welcome"},
+                headers={"Authorization": f"Bearer {read_key}"},
+            )
             assert r.status_code == 403
             send_key = await h.new_key("send")
-            r = await anon.put("/v1/templates/x", json=WELCOME, headers={"Authorization": f"Bearer {send_key}"})
+            r = await anon.put(
+                "/v1/templates/x", json=WELCOME, headers={"Authorization": f"Bearer {send_key}"}
+            )
             assert r.status_code == 403
 
         for source in HOSTILE_TEMPLATES:
@@ -216,16 +304,23 @@ async def test_bad_input_gets_problem_json_and_changes_nothing(tmp_path: Path, s
             assert r.headers["content-type"] == "application/problem+json"
             assert "<class" not in r.text and "subclasses" not in r.text.replace(source, "")
         # A hostile template that got stored fails its deliveries, never runs; nothing reaches SMTP.
-        r = await c.put("/v1/templates/evil", json={"channels": {"email": {"subject": "s", "text": HOSTILE_TEMPLATES[2]}}})
+        r = await c.put(
+            "/v1/templates/evil", json={"channels": {"email": {"subject": "s", "text": HOSTILE_TEMPLATES[2]}}}
+        )
         assert r.status_code == 200
         r = await c.post("/v1/notifications", json={"to": "ana", "template": "evil"})
         body = await h.wait_final(r.json()["id"])
-        assert body["deliveries"][0]["status"] == "failed" and body["deliveries"][0]["reason"] == "render_error"
+        assert (
+            body["deliveries"][0]["status"] == "failed" and body["deliveries"][0]["reason"] == "render_error"
+        )
         assert await count() == before + 1
         assert smtp_server.handler.received == []
         # Still serving.
         assert (await c.get("/healthz")).json() == {"status": "ok"}
-        ok = await c.post("/v1/notifications", json={"to": "ana", "template": "welcome", "data": {"code": "1"}, "channels": ["email"]})
+        ok = await c.post(
+            "/v1/notifications",
+            json={"to": "ana", "template": "welcome", "data": {"code": "1"}, "channels": ["email"]},
+        )
         await h.wait_final(ok.json()["id"])
         assert len(smtp_server.handler.received) == 1
 
@@ -238,7 +333,9 @@ async def test_idempotency_key_returns_original_and_rejects_changed_body(tmp_pat
         r1 = await h.client.post("/v1/notifications", json=body, headers={"Idempotency-Key": "order-42"})
         r2 = await h.client.post("/v1/notifications", json=body, headers={"Idempotency-Key": "order-42"})
         assert r1.status_code == r2.status_code == 202 and r1.json() == r2.json()
-        r3 = await h.client.post("/v1/notifications", json={**body, "data": {"code": "2"}}, headers={"Idempotency-Key": "order-42"})
+        r3 = await h.client.post(
+            "/v1/notifications", json={**body, "data": {"code": "2"}}, headers={"Idempotency-Key": "order-42"}
+        )
         assert r3.status_code == 422 and r3.headers["content-type"] == "application/problem+json"
         items = (await h.client.get("/v1/notifications")).json()["items"]
         assert [i["id"] for i in items] == [r1.json()["id"]]
@@ -248,7 +345,9 @@ async def test_metrics_health_and_openapi(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     async with running_herald(settings) as h:
         await _setup_users(h.client)
-        r = await h.client.post("/v1/notifications", json={"to": "ana", "template": "welcome", "channels": ["in_app", "email"]})
+        r = await h.client.post(
+            "/v1/notifications", json={"to": "ana", "template": "welcome", "channels": ["in_app", "email"]}
+        )
         await h.wait_final(r.json()["id"])
         assert (await h.client.get("/readyz")).json()["status"] == "ready"
         text = (await h.client.get("/metrics")).text

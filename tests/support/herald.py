@@ -32,8 +32,12 @@ def make_settings(tmp: Path, *, smtp_port: int | None = None, **overrides: Any) 
         "logging": {"level": "warning"},
     }
     if smtp_port is not None:
-        raw["providers"]["smtp"] = {"host": "127.0.0.1", "port": smtp_port, "from_address": "noreply@herald.test",
-                                    "timeout": 5}
+        raw["providers"]["smtp"] = {
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "from_address": "noreply@herald.test",
+            "timeout": 5,
+        }
         raw["channels"] = {"email": {"providers": ["smtp"]}}
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
@@ -101,7 +105,9 @@ async def running_herald(
     raw, key = generate_key("test-admin", {"admin"}, time.time())
     await container.store.create_api_key(key, hash_key(raw))
     base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {raw}"}, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {raw}"}, timeout=30
+    ) as client:
         try:
             yield Running(client, container, raw, base)
         finally:

@@ -38,7 +38,9 @@ class SmtpHandler:
     data_calls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
+    ) -> str:
         self.rcpt_calls += 1
         if address in self.dead_mailboxes:
             return "550 5.1.1 <" + address + ">: Recipient address rejected: User unknown"
@@ -56,9 +58,11 @@ class SmtpHandler:
                 await asyncio.sleep(0.01)
         if self.data_replies:
             return self.data_replies.popleft()
-        msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
+        msg = email.message_from_bytes(
+            envelope.original_content or envelope.content, policy=email.policy.default
+        )
         with self.lock:
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), msg, time.time()))  # type: ignore[arg-type]
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), msg, time.time()))
         return "250 2.0.0 Ok: queued"
 
     def delivery_ids(self) -> list[str]:

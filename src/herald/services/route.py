@@ -142,6 +142,7 @@ class RouterService:
                 ),
                 owner=self.owner,
                 now=self.clock.now(),
+                lease=self.lease,
             )
             if not ok:
                 log.info("notification.routing_lease_lost", notification_id=n.id)

@@ -353,7 +353,7 @@ def test_config_needs_exactly_one_account_source(emulator: FcmEmulator, tmp_path
     with pytest.raises(ValidationError):
         FcmConfig()
     with pytest.raises(ValidationError):
-        FcmConfig(service_account=emulator.service_account(), service_account_file="x.json")  # type: ignore[arg-type]
+        FcmConfig.model_validate({"service_account": emulator.service_account(), "service_account_file": "x"})
     with pytest.raises(ValidationError):
         FcmConfig.model_validate({"service_account_file": "x.json", "api_key": "nope"})
     path = tmp_path / "sa.json"

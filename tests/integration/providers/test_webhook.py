@@ -59,6 +59,7 @@ class Server:
     host: str
     port: int
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    peers: list[Any] = field(default_factory=list)
 
     def url(self, path: str = "/") -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -79,6 +80,8 @@ def _recording_app(server: Server, handler: Any = None) -> web.Application:
     async def record(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         server.requests.append((request.path, dict(request.headers), body))
+        assert request.transport is not None
+        server.peers.append(request.transport.get_extra_info("peername"))
         if handler is not None:
             result: web.StreamResponse = await handler(request)
             return result
@@ -200,6 +203,12 @@ async def test_delivery_is_signed_and_verifiable(provider: WebhookProvider, rece
     assert not verify_signature(SECRET, signature, body, now=time.time() + 3600)
 
 
+async def test_connections_are_kept_alive(provider: WebhookProvider, receiver: Server) -> None:
+    for _ in range(3):
+        await provider.send(_message(receiver.url("/hook")))
+    assert len(set(receiver.peers)) == 1
+
+
 async def test_307_to_an_allowed_receiver_is_followed(provider: WebhookProvider, receiver: Server) -> None:
     await provider.send(_message(receiver.url("/redirect-ok")))
     assert [r[0] for r in receiver.requests] == ["/redirect-ok", "/hook"]
@@ -207,7 +216,9 @@ async def test_307_to_an_allowed_receiver_is_followed(provider: WebhookProvider,
     assert verify_signature(SECRET, headers[SIGNATURE_HEADER], body)
 
 
-async def test_redirect_that_changes_the_method_is_permanent(provider: WebhookProvider, receiver: Server) -> None:
+async def test_redirect_that_changes_the_method_is_permanent(
+    provider: WebhookProvider, receiver: Server
+) -> None:
     with pytest.raises(PermanentDeliveryError) as info:
         await provider.send(_message(receiver.url("/moved")))
     assert info.value.code == "301"
@@ -235,7 +246,11 @@ async def test_redirect_loop_stops(provider: WebhookProvider, receiver: Server) 
     ],
 )
 async def test_status_classification(
-    provider: WebhookProvider, receiver: Server, status: int, error: type[Exception], retry_after: float | None
+    provider: WebhookProvider,
+    receiver: Server,
+    status: int,
+    error: type[Exception],
+    retry_after: float | None,
 ) -> None:
     with pytest.raises(error) as info:
         await provider.send(_message(receiver.url(f"/status/{status}")))
@@ -321,8 +336,9 @@ async def test_blocked_addresses_are_refused(
     assert SECRET not in repr(logs)
 
 
-@pytest.mark.parametrize("path", ["/redirect-canary-307", "/redirect-canary-302", "/redirect-metadata",
-                                  "/redirect-file"])
+@pytest.mark.parametrize(
+    "path", ["/redirect-canary-307", "/redirect-canary-302", "/redirect-metadata", "/redirect-file"]
+)
 async def test_redirect_to_a_blocked_address_is_refused(
     provider: WebhookProvider, receiver: Server, canary: Server, path: str
 ) -> None:
@@ -408,8 +424,16 @@ async def test_public_addresses_are_vetted_and_pinned() -> None:
 
 
 async def test_pinned_resolver_never_resolves_by_itself() -> None:
+    resolver = PinnedResolver(max_hosts=2)
     with pytest.raises(OSError):
-        await PinnedResolver().resolve("localhost", 80)
+        await resolver.resolve("localhost", 80)
+    resolver.pin("a.example", ("93.184.216.34",))
+    resolver.pin("b.example", ("93.184.216.35",))
+    resolver.pin("A.example.", ("93.184.216.36",))  # names are case- and root-dot-insensitive
+    resolver.pin("c.example", ("93.184.216.37",))  # evicts b, the least recently vetted
+    assert [r["host"] for r in await resolver.resolve("a.example", 80)] == ["93.184.216.36"]
+    with pytest.raises(OSError):
+        await resolver.resolve("b.example", 80)
 
 
 @pytest.mark.parametrize(
@@ -447,8 +471,9 @@ def test_address_classes(address: str, blocked: bool) -> None:
 
 
 def test_config_refuses_a_short_secret() -> None:
-    with pytest.raises(ValueError, match="at least 16"):
-        WebhookConfig(signing_secret="short")
+    with pytest.raises(ValueError, match="at least 16") as info:
+        WebhookConfig(signing_secret="short-secret")
+    assert "short-secret" not in str(info.value)
     assert "whsec" not in repr(WebhookConfig(signing_secret=SECRET))
 
 

@@ -368,7 +368,7 @@ class FcmProvider:
             status, payload, retry_after = await self._post(token, body)
         if status == 200:
             name = payload.get("name") if isinstance(payload, dict) else None
-            log.debug("provider.fcm.sent", delivery_id=message.delivery_id, token=mask(message.address))
+            log.debug("provider.fcm.accepted", delivery_id=message.delivery_id, token=mask(message.address))
             return SendReceipt(code="200", provider_message_id=name if isinstance(name, str) else None)
         error = classify_fcm_error(status, payload, parse_retry_after(retry_after, self._clock.now()))
         log.info("provider.fcm.rejected", delivery_id=message.delivery_id, token=mask(message.address),

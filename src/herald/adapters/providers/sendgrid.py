@@ -201,9 +201,9 @@ class SendGridProvider:
                 outcome=exc.outcome,
             )
             raise
-        latency_ms = round((time.perf_counter() - started) * 1000, 1)
         if 200 <= answer.status < 300:
-            return self._receipt(message, answer, latency_ms)
+            return self._receipt(answer)
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
         retry_after = retry_after_seconds(answer.headers, now=self._now(), rate_limit_reset=True)
         error = classify_sendgrid_error(answer.status, _error_message(answer.body), retry_after=retry_after)
         log.warning(
@@ -217,16 +217,8 @@ class SendGridProvider:
         )
         raise error
 
-    def _receipt(self, message: OutboundMessage, answer: HttpAnswer, latency_ms: float) -> SendReceipt:
-        message_id = answer.headers.get("X-Message-Id")
-        log.debug(
-            "providers.sendgrid.accepted",
-            delivery_id=message.delivery_id,
-            to=mask(message.address),
-            message_id=message_id,
-            latency_ms=latency_ms,
-        )
-        return SendReceipt(code=str(answer.status), provider_message_id=message_id)
+    def _receipt(self, answer: HttpAnswer) -> SendReceipt:
+        return SendReceipt(code=str(answer.status), provider_message_id=answer.headers.get("X-Message-Id"))
 
     def verify_events(self, payload: bytes, signature: str, timestamp: str) -> bool:
         """Check a signed Event Webhook request with the configured public key."""

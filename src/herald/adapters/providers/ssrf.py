@@ -33,6 +33,7 @@ import asyncio
 import ipaddress
 import re
 import socket
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,15 +142,24 @@ async def _default_resolve(host: str, port: int) -> Sequence[AddrInfo]:
 
 
 class PinnedResolver(AbstractResolver):
-    """An aiohttp resolver that only answers from addresses the guard vetted."""
+    """An aiohttp resolver that only answers from addresses the guard vetted.
 
-    def __init__(self) -> None:
-        self._pins: dict[str, tuple[str, ...]] = {}
+    The most recently vetted ``max_hosts`` names are kept; a name evicted between its check and
+    its connection fails to connect (a transient error), it is never looked up again here.
+    """
+
+    def __init__(self, max_hosts: int = 10_000) -> None:
+        self._pins: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._max_hosts = max_hosts
 
     def pin(self, host: str, addresses: tuple[str, ...]) -> None:
         # Every value stored here passed the guard, so concurrent sends to one host may
         # overwrite each other's pins without ever exposing an unvetted address.
-        self._pins[host.lower().rstrip(".")] = addresses
+        key = host.lower().rstrip(".")
+        self._pins[key] = addresses
+        self._pins.move_to_end(key)
+        while len(self._pins) > self._max_hosts:
+            self._pins.popitem(last=False)
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET

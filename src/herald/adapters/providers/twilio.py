@@ -187,9 +187,9 @@ class TwilioProvider:
                 outcome=exc.outcome,
             )
             raise
-        latency_ms = round((time.perf_counter() - started) * 1000, 1)
         if 200 <= answer.status < 300:
-            return self._receipt(message, answer, latency_ms)
+            return self._receipt(answer)
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
         error = self._error(answer)
         log.warning(
             "providers.twilio.rejected",
@@ -203,18 +203,10 @@ class TwilioProvider:
         )
         raise error
 
-    def _receipt(self, message: OutboundMessage, answer: HttpAnswer, latency_ms: float) -> SendReceipt:
+    def _receipt(self, answer: HttpAnswer) -> SendReceipt:
         data = decode_json(answer.body)
         sid = data.get("sid") if isinstance(data, dict) else None
         state = data.get("status") if isinstance(data, dict) else None
-        log.debug(
-            "providers.twilio.accepted",
-            delivery_id=message.delivery_id,
-            to=mask(message.address),
-            sid=sid,
-            status=state,
-            latency_ms=latency_ms,
-        )
         return SendReceipt(
             code=str(answer.status),
             provider_message_id=sid if isinstance(sid, str) else None,

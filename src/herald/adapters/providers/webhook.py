@@ -52,7 +52,7 @@ DELIVERY_ID_HEADER = "Herald-Delivery-Id"
 
 
 class WebhookConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # secrets never echo
 
     signing_secret: SecretStr
     timeout: float = Field(default=10.0, gt=0)
@@ -171,7 +171,11 @@ class WebhookProvider:
                 assert location is not None
                 # Vet the target before anything else, so a redirect to an internal address
                 # is reported as blocked_address whatever the status.
-                target = await self.guard.vet(vetted.url.join(URL(location)))
+                try:
+                    next_url = vetted.url.join(URL(location))
+                except (ValueError, TypeError):
+                    raise BlockedAddressError("redirect Location is not a valid URL") from None
+                target = await self.guard.vet(next_url)
                 if status not in (307, 308):
                     raise PermanentDeliveryError(
                         f"endpoint redirected with {status}; only 307/308 are followed", code=str(status)
@@ -204,6 +208,8 @@ class WebhookProvider:
             ) as resp:
                 status = resp.status
                 if 200 <= status < 300:
+                    # Reading the (small) answer lets the connection go back to the pool.
+                    await resp.content.read(self.config.max_response_bytes)
                     log.debug("webhook.accepted", delivery_id=message.delivery_id, url=mask(str(url)),
                               status=status, ms=round((time.perf_counter() - started) * 1000, 2))
                     return status, SendReceipt(code=str(status)), None

@@ -620,7 +620,7 @@ class SqlStore:
 
         return await self.db.run(op)
 
-    async def save_routed(self, batch: RoutedBatch, *, owner: str, now: float) -> bool:
+    async def save_routed(self, batch: RoutedBatch, *, owner: str, now: float, lease: float = 60.0) -> bool:
         n, d = t.notifications, t.deliveries
         rows = [
             {
@@ -659,7 +659,8 @@ class SqlStore:
                 return False
             if rows:
                 c.execute(self._ins(d).on_conflict_do_nothing(), rows)
-            values: dict[str, Any] = {"recipients_routed": batch.recipients_done}
+            # Each chunk renews the routing lease, so a long fan-out keeps it while alive.
+            values: dict[str, Any] = {"recipients_routed": batch.recipients_done, "lease_until": now + lease}
             if batch.recipients_total is not None:
                 values["recipients_total"] = batch.recipients_total
             if batch.finished:

@@ -1,0 +1,3 @@
+from herald.entrypoints.cli import main
+
+main()
