@@ -22,6 +22,7 @@ from herald.adapters.providers.smtp import SmtpProvider
 from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
+from herald.alerts import Observers, OpsAlerter
 from herald.config import Settings
 from herald.domain.errors import ConfigurationError
 from herald.domain.models import Category
@@ -127,6 +128,7 @@ def build_catalog(settings: Settings) -> Catalog:
         retry=RetrySchedule(delays=tuple(settings.retry.schedule), jitter=settings.retry.jitter),
         default_locale=settings.default_locale,
         idempotency_ttl=settings.idempotency.ttl_seconds,
+        dedup_window=settings.idempotency.dedup_window_seconds,
         public_url=settings.server.public_url,
     )
 
@@ -141,6 +143,7 @@ class Container:
     catalog: Catalog
     hub: InboxHub
     metrics: Metrics
+    alerter: OpsAlerter
     providers: dict[str, Provider]
     accept: AcceptService
     router: RouterService
@@ -176,6 +179,7 @@ class Container:
         for p in self.providers.values():
             with contextlib.suppress(Exception):
                 await p.close()
+        await self.alerter.close()
         await self.cache.close()
         await self.queue.close()
         await self.store.close()
@@ -183,6 +187,18 @@ class Container:
 
 def build_store(settings: Settings) -> SqlStore:
     return SqlStore(Database(settings.database.url, pool_size=settings.database.pool_size))
+
+
+def build_cache(settings: Settings) -> Cache:
+    url = settings.cache.url
+    if url == "memory":
+        return MemoryCache()
+    if url.startswith(("redis://", "rediss://")):
+        # Imported here: the redis package is an optional extra (the module says which).
+        from herald.adapters.cache.redis import RedisCache  # noqa: PLC0415
+
+        return RedisCache(url)
+    raise ConfigurationError(f"cache.url: expected 'memory' or a redis:// URL, got {url.split(':')[0]}:")
 
 
 async def build(
@@ -199,9 +215,7 @@ async def build(
     if settings.queue.url != "sql":
         raise ConfigurationError("queue.url: only 'sql' is available in this build")
     queue: Queue = SqlQueue(store.db)
-    if settings.cache.url != "memory":
-        raise ConfigurationError("cache.url: only 'memory' is available in this build")
-    cache: Cache = MemoryCache()
+    cache: Cache = build_cache(settings)
 
     secret = settings.auth.secret or await store.put_setting_if_absent("auth_secret", secrets.token_hex(32))
     signer = Signer(secret.encode())
@@ -210,6 +224,7 @@ async def build(
 
     hub = InboxHub()
     metrics = Metrics()
+    alerter = OpsAlerter(settings.alerts.webhook_url, min_interval=settings.alerts.min_interval_seconds)
     catalog = build_catalog(settings)
     factories = _provider_factories()
     built: dict[str, Provider] = dict(providers or {})
@@ -253,7 +268,7 @@ async def build(
         pools,
         lease=settings.queue.lease_seconds,
         idle_wait=settings.queue.idle_wait_seconds,
-        observer=metrics,
+        observer=Observers(metrics, alerter),
     )
     scheduler = SchedulerService(store, queue, clock, max_sleep=settings.queue.idle_wait_seconds)
     return Container(
@@ -265,6 +280,7 @@ async def build(
         catalog=catalog,
         hub=hub,
         metrics=metrics,
+        alerter=alerter,
         providers=built,
         accept=accept,
         router=router,

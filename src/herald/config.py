@@ -86,6 +86,7 @@ class RetryConfig(_Section):
 
 class IdempotencyConfig(_Section):
     ttl_seconds: float = Field(default=86_400.0, gt=0)
+    dedup_window_seconds: float = Field(default=86_400.0, gt=0)  # for notifications' dedup_key
 
 
 class CategoryConfig(_Section):

@@ -8,13 +8,12 @@ into :class:`herald.domain.errors.ServiceUnavailable` at the boundary.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from herald.domain.models import (
     JSON,
     ApiKey,
-    Attempt,
     Delivery,
     DeliveryResult,
     DeliveryStatus,
@@ -75,7 +74,18 @@ class RoutedBatch:
     recipients_done: int
     finished: bool
     recipients_total: int | None = None
-    attempts: dict[str, Attempt] = field(default_factory=dict)
+    dedup_key: str | None = None
+    dedup_window: float = 86_400.0
+
+
+@dataclass(slots=True)
+class RecipientContext:
+    """Everything routing needs to know of a set of stored users, read in one go."""
+
+    users: dict[str, User]
+    preferences: dict[str, Preferences]
+    devices: dict[str, list[Device]]
+    suppressed: dict[str, set[str]]  # channel -> addresses of these users that are suppressed
 
 
 class Store(Protocol):
@@ -171,6 +181,16 @@ class Store(Protocol):
 
         Returns False when ``owner`` no longer holds the routing lease.
         """
+        ...
+
+    async def save_routed_many(
+        self, batches: Sequence[RoutedBatch], *, owner: str, now: float, lease: float = 60.0
+    ) -> list[bool]:
+        """:meth:`save_routed` for several notifications in one transaction."""
+        ...
+
+    async def recipient_context(self, user_ids: Sequence[str], *, with_devices: bool) -> RecipientContext:
+        """Users, their preferences, active devices (when asked) and suppressed addresses."""
         ...
 
     async def fail_routing(self, notification_id: str, error: str, *, now: float) -> None: ...

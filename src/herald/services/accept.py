@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -55,6 +55,14 @@ class SendRequest:
     expires_at: float | None = None
     dedup_key: str | None = None
     event_type: str | None = None
+
+
+@dataclass(slots=True)
+class PrepareMemo:
+    """Lookups shared by the items of one batch: templates and users already seen."""
+
+    templates: dict[str, Template] = field(default_factory=dict)
+    known_users: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -174,13 +182,21 @@ class AcceptService:
             self._on_accepted()
 
     async def prepare(
-        self, req: SendRequest, *, api_key_id: str | None, field_prefix: str = ""
+        self,
+        req: SendRequest,
+        *,
+        api_key_id: str | None,
+        field_prefix: str = "",
+        memo: PrepareMemo | None = None,
     ) -> Notification:
         """Validate one send and build its notification (not yet stored)."""
         f = field_prefix
+        memo = memo or PrepareMemo()
         template: Template | None = None
         if req.template is not None:
-            template = await self.store.get_template(req.template)
+            template = memo.templates.get(req.template) or await self.store.get_template(req.template)
+            if template is not None:
+                memo.templates[req.template] = template
             if template is None:
                 raise ValidationError(f"unknown template {req.template!r}", field=f + "template")
         elif req.content is None:
@@ -216,7 +232,7 @@ class AcceptService:
         if req.data is not None and not isinstance(req.data, dict):
             raise ValidationError("data must be an object", field=f + "data")
 
-        recipients = await self._recipients(req.to, f + "to")
+        recipients = await self._recipients(req.to, f + "to", memo)
         return Notification(
             id=new_id("ntf"),
             status=NotificationStatus.ACCEPTED,
@@ -259,7 +275,7 @@ class AcceptService:
             return list(req.content)
         raise ValidationError("channels are required with flat inline content", field=f + "channels")
 
-    async def _recipients(self, to: Any, f: str) -> list[Recipient]:
+    async def _recipients(self, to: Any, f: str, memo: PrepareMemo) -> list[Recipient]:
         if isinstance(to, dict) and "topic" in to:
             raise ValidationError("topic recipients are not supported by this server yet", field=f)
         items: list[Any] = to if isinstance(to, list) else [to]
@@ -291,9 +307,11 @@ class AcceptService:
                 raise ValidationError(
                     "a recipient is a user id or an object with id and addresses", field=sub
                 )
-        if stored_ids:
-            found = await self.store.get_users(stored_ids)
-            missing = [u for u in stored_ids if u not in found]
+        unknown = [u for u in stored_ids if u not in memo.known_users]
+        if unknown:
+            found = await self.store.get_users(unknown)
+            memo.known_users.update(found)
+            missing = [u for u in unknown if u not in found]
             if missing:
                 shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
                 raise ValidationError(f"unknown user(s): {shown}", field=f)

@@ -19,6 +19,7 @@ class Catalog:
     idempotency_ttl: float = 86_400.0
     public_url: str = "http://127.0.0.1:8025"
     config_hold_seconds: float = 60.0
+    dedup_window: float = 86_400.0
 
     def category(self, name: str | None, field_name: str = "category") -> Category:
         key = name or self.default_category

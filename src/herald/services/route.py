@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import structlog
 
@@ -27,11 +26,12 @@ from herald.domain.models import (
     Notification,
     Preferences,
     Reason,
+    Recipient,
     Template,
     User,
     new_id,
 )
-from herald.ports import Clock, RoutedBatch, Store
+from herald.ports import Clock, RecipientContext, RoutedBatch, Store
 from herald.services.catalog import Catalog
 from herald.services.rendering import render_variant
 from herald.services.signing import UnsubscribeSigner
@@ -70,6 +70,12 @@ def address_for(channel: str, user: User, devices: Sequence[Device]) -> str | No
     return None
 
 
+class _TemplateGone(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
 class RouterService:
     def __init__(
         self,
@@ -91,6 +97,7 @@ class RouterService:
         self.lease = lease
         self.owner = f"router-{os.getpid()}-{new_id('r')[-8:]}"
         self._signal = asyncio.Event()
+        self._templates: dict[tuple[str, int | None], Template] = {}
 
     def wake(self) -> None:
         self._signal.set()
@@ -112,71 +119,133 @@ class RouterService:
         claimed = await self.store.claim_unrouted(
             owner=self.owner, limit=self.batch, lease=self.lease, now=self.clock.now()
         )
+        small = [n for n in claimed if len(n.recipients) - n.recipients_routed <= CHUNK]
+        if small:
+            await self._route_together(small)
         for n in claimed:
-            try:
+            if len(n.recipients) - n.recipients_routed > CHUNK:
                 await self.route(n)
-            except TemplateError as exc:
-                await self.store.fail_routing(n.id, exc.detail, now=self.clock.now())
-                log.warning("notification.routing_failed", notification_id=n.id, error=exc.detail)
         return len(claimed)
 
-    async def route(self, n: Notification) -> None:
-        template: Template | None = None
-        if n.template is not None:
-            template = await self.store.get_template(n.template, n.template_version)
-            if template is None:
+    async def _template(self, n: Notification) -> Template | None:
+        """The notification's template version (cached: versions never change), or None if gone."""
+        if n.template is None:
+            return None
+        key = (n.template, n.template_version)
+        cached = self._templates.get(key)
+        if cached is None:
+            cached = await self.store.get_template(n.template, n.template_version)
+            if cached is None:
+                raise _TemplateGone(n.template)
+            if len(self._templates) > 512:
+                self._templates.clear()
+            self._templates[key] = cached
+        return cached
+
+    async def _route_together(self, notes: Sequence[Notification]) -> None:
+        """Route many small notifications with one read and one write transaction."""
+        ready: list[tuple[Notification, Template | None]] = []
+        for n in notes:
+            try:
+                ready.append((n, await self._template(n)))
+            except _TemplateGone as gone:
                 await self.store.fail_routing(
-                    n.id, f"template {n.template!r} no longer exists", now=self.clock.now()
+                    n.id, f"template {gone.name!r} no longer exists", now=self.clock.now()
                 )
-                return
-        category = self.catalog.category(n.category)
-        start = n.recipients_routed
-        total = len(n.recipients)
-        for offset in range(start, max(total, start) + 1, CHUNK):
-            chunk = n.recipients[offset : offset + CHUNK]
-            deliveries = await self._chunk(n, template, category, chunk)
-            done = min(offset + CHUNK, total)
-            ok = await self.store.save_routed(
-                RoutedBatch(
-                    notification_id=n.id, deliveries=deliveries, recipients_done=done, finished=done >= total
-                ),
-                owner=self.owner,
-                now=self.clock.now(),
-                lease=self.lease,
+        if not ready:
+            return
+        recipients = {n.id: n.recipients[n.recipients_routed :] for n, _ in ready}
+        ctx = await self._context(
+            [r for rs in recipients.values() for r in rs],
+            push=any("push" in (n.channels or []) for n, _ in ready),
+        )
+        batches = [
+            RoutedBatch(
+                notification_id=n.id,
+                deliveries=self._build(n, template, recipients[n.id], ctx),
+                recipients_done=len(n.recipients),
+                finished=True,
+                dedup_key=n.dedup_key,
+                dedup_window=self.catalog.dedup_window,
             )
+            for n, template in ready
+        ]
+        oks = await self.store.save_routed_many(
+            batches, owner=self.owner, now=self.clock.now(), lease=self.lease
+        )
+        self._after_save(batches, oks)
+
+    def _after_save(self, batches: Sequence[RoutedBatch], oks: Sequence[bool]) -> None:
+        channels: set[str] = set()
+        for batch, ok in zip(batches, oks, strict=True):
             if not ok:
-                log.info("notification.routing_lease_lost", notification_id=n.id)
-                return
-            for ch in {d.channel for d in deliveries if d.status == DeliveryStatus.QUEUED}:
-                self._wake_channel(ch)
-            if done >= total:
-                break
-        log.info("notification.routed", notification_id=n.id, recipients=total)
-
-    async def _chunk(
-        self, n: Notification, template: Template | None, category: Category, chunk: Sequence[Any]
-    ) -> list[Delivery]:
-        stored_ids = [r.user_id for r in chunk if r.inline is None]
-        users = await self.store.get_users(stored_ids) if stored_ids else {}
-        for r in chunk:
-            if r.inline is not None:
-                users[r.user_id] = r.inline
-        prefs = await self.store.get_preferences_many(stored_ids) if stored_ids else {}
-        channels = n.channels or []
-        devices: dict[str, list[Device]] = {}
-        if "push" in channels and stored_ids:
-            for dev in await self.store.list_devices(stored_ids):
-                devices.setdefault(dev.user_id, []).append(dev)
-        suppressed: dict[str, set[str]] = {}
+                log.info("notification.routing_lease_lost", notification_id=batch.notification_id)
+                continue
+            channels.update(d.channel for d in batch.deliveries if d.status == DeliveryStatus.QUEUED)
+            if batch.finished:
+                log.info(
+                    "notification.routed",
+                    notification_id=batch.notification_id,
+                    deliveries=len(batch.deliveries),
+                )
         for ch in channels:
-            if ch in ("email", "sms", "webhook"):
-                addrs = [a for u in users.values() if (a := address_for(ch, u, ())) is not None]
-                suppressed[ch] = await self.store.suppressed(ch, addrs) if addrs else set()
+            self._wake_channel(ch)
 
+    async def route(self, n: Notification) -> None:
+        """Route one notification chunk by chunk, resuming where a previous router stopped."""
+        try:
+            template = await self._template(n)
+        except _TemplateGone as gone:
+            await self.store.fail_routing(
+                n.id, f"template {gone.name!r} no longer exists", now=self.clock.now()
+            )
+            return
+        total = len(n.recipients)
+        for offset in range(n.recipients_routed, total, CHUNK):
+            chunk = n.recipients[offset : offset + CHUNK]
+            ctx = await self._context(chunk, push="push" in (n.channels or []))
+            done = min(offset + CHUNK, total)
+            batch = RoutedBatch(
+                notification_id=n.id,
+                deliveries=self._build(n, template, chunk, ctx),
+                recipients_done=done,
+                finished=done >= total,
+                dedup_key=n.dedup_key,
+                dedup_window=self.catalog.dedup_window,
+            )
+            ok = await self.store.save_routed(batch, owner=self.owner, now=self.clock.now(), lease=self.lease)
+            self._after_save([batch], [ok])
+            if not ok:
+                return
+
+    async def _context(self, recipients: Sequence[Recipient], *, push: bool) -> RecipientContext:
+        stored = [r.user_id for r in recipients if r.inline is None]
+        ctx = await self.store.recipient_context(stored, with_devices=push)
+        inline = [r.inline for r in recipients if r.inline is not None]
+        for user in inline:
+            ctx.users[user.id] = user
+        # Stored users' suppressions come with the context; inline addresses are checked here.
+        for ch in ("email", "sms", "webhook"):
+            addrs = [a for u in inline if (a := address_for(ch, u, ())) is not None]
+            if addrs:
+                ctx.suppressed.setdefault(ch, set()).update(await self.store.suppressed(ch, addrs))
+        return ctx
+
+    def _build(
+        self,
+        n: Notification,
+        template: Template | None,
+        recipients: Sequence[Recipient],
+        ctx: RecipientContext,
+    ) -> list[Delivery]:
+        category = self.catalog.category(n.category)
         now = self.clock.now()
+        channels = n.channels or []
         out: list[Delivery] = []
-        for r in chunk:
-            user = users.get(r.user_id)
+        for r in recipients:
+            user = ctx.users.get(r.user_id)
+            prefs = ctx.preferences.get(r.user_id)
+            devices = ctx.devices.get(r.user_id, [])
             for ch in channels:
                 out.append(
                     self._delivery(
@@ -186,9 +255,9 @@ class RouterService:
                         ch,
                         r.user_id,
                         user,
-                        prefs.get(r.user_id),
-                        devices.get(r.user_id, []),
-                        suppressed.get(ch, set()),
+                        prefs,
+                        devices,
+                        ctx.suppressed.get(ch, set()),
                         now,
                     )
                 )

@@ -211,3 +211,14 @@ suppressions = Table(
     Column("created_at", Float, nullable=False),
     PrimaryKeyConstraint("channel", "address"),
 )
+
+# Notification-level dedup: a (dedup_key, user) sent within the window is skipped as duplicate.
+dedup_keys = Table(
+    "dedup_keys",
+    metadata,
+    Column("key", String(255), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("notification_id", String(40), nullable=False),
+    Column("expires_at", Float, nullable=False),
+    PrimaryKeyConstraint("key", "user_id"),
+)

@@ -30,7 +30,13 @@ from herald.domain.models import (
     User,
 )
 from herald.domain.states import CANCELLABLE, check_transition, sources_of
-from herald.ports import DeadLetterFilter, IdempotencyRecord, NotificationFilter, RoutedBatch
+from herald.ports import (
+    DeadLetterFilter,
+    IdempotencyRecord,
+    NotificationFilter,
+    RecipientContext,
+    RoutedBatch,
+)
 
 S = DeliveryStatus
 
@@ -186,6 +192,33 @@ def _attempt(row: Row[Any]) -> Attempt:
     )
 
 
+def _delivery_rows(deliveries: Sequence[Delivery], now: float) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": x.id,
+            "notification_id": x.notification_id,
+            "user_id": x.user_id,
+            "channel": x.channel,
+            "status": x.status.value,
+            "reason": x.reason,
+            "priority": x.priority.rank,
+            "category": x.category,
+            "address": x.address,
+            "content": _dumps(x.content),
+            "provider": x.provider,
+            "retry_count": x.attempts_made,
+            "budget_used": x.budget_used,
+            "due_at": x.due_at,
+            "expires_at": x.expires_at,
+            "created_at": now,
+            "queued_at": now if x.status == S.QUEUED else None,
+            "failed_at": now if x.status == S.FAILED else None,
+            "updated_at": now,
+        }
+        for x in deliveries
+    ]
+
+
 class SqlStore:
     """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue."""
 
@@ -246,7 +279,6 @@ class SqlStore:
     # Users -----------------------------------------------------------------------------------
     async def put_user(self, user: User) -> User:
         def op(c: Connection) -> User:
-            existing = c.execute(select(t.users.c.created_at).where(t.users.c.id == user.id)).scalar()
             values = {
                 "email": user.email,
                 "phone": user.phone,
@@ -257,12 +289,11 @@ class SqlStore:
                 "chat": _dumps(user.chat),
                 "updated_at": user.updated_at,
             }
-            if existing is None:
-                c.execute(insert(t.users).values(id=user.id, created_at=user.updated_at, **values))
-                user.created_at = user.updated_at
-            else:
-                c.execute(update(t.users).where(t.users.c.id == user.id).values(**values))
-                user.created_at = existing
+            # One upsert: two concurrent PUTs of a new user must not both try to INSERT
+            # (PostgreSQL runs them in parallel; SQLite's single writer hid the race).
+            stmt = self._ins(t.users).values(id=user.id, created_at=user.updated_at, **values)
+            stmt = stmt.on_conflict_do_update(index_elements=[t.users.c.id], set_=values)
+            user.created_at = c.execute(stmt.returning(t.users.c.created_at)).scalar_one()
             return user
 
         return await self.db.run(op)
@@ -389,6 +420,18 @@ class SqlStore:
 
     async def put_preferences(self, prefs: Preferences) -> None:
         def op(c: Connection) -> None:
+            # The settings row is upserted first: its row lock orders concurrent writers for
+            # one user on PostgreSQL, so the delete below sees the previous writer's rows
+            # instead of both inserting the same keys.
+            settings = {
+                "quiet_hours": _dumps(prefs.quiet_hours) if prefs.quiet_hours else None,
+                "digests": _dumps(prefs.digests),
+            }
+            c.execute(
+                self._ins(t.user_settings)
+                .values(user_id=prefs.user_id, **settings)
+                .on_conflict_do_update(index_elements=[t.user_settings.c.user_id], set_=settings)
+            )
             c.execute(delete(t.user_preferences).where(t.user_preferences.c.user_id == prefs.user_id))
             rows = [
                 {"user_id": prefs.user_id, "channel": ch, "category": "*", "enabled": on}
@@ -401,37 +444,36 @@ class SqlStore:
             ]
             if rows:
                 c.execute(insert(t.user_preferences), rows)
-            c.execute(delete(t.user_settings).where(t.user_settings.c.user_id == prefs.user_id))
-            c.execute(
-                insert(t.user_settings).values(
-                    user_id=prefs.user_id,
-                    quiet_hours=_dumps(prefs.quiet_hours) if prefs.quiet_hours else None,
-                    digests=_dumps(prefs.digests),
-                )
-            )
 
         await self.db.run(op)
 
     # Templates -----------------------------------------------------------------------------
     async def put_template(self, template: Template) -> Template:
         def op(c: Connection) -> Template:
-            latest = c.execute(
-                select(func.max(t.templates.c.version)).where(t.templates.c.name == template.name)
-            ).scalar()
-            template.version = (latest or 0) + 1
-            c.execute(
-                insert(t.templates).values(
-                    name=template.name,
-                    version=template.version,
-                    category=template.category,
-                    channels=_dumps(template.channels),
-                    locales=_dumps(template.locales),
-                    default_locale=template.default_locale,
-                    deleted=False,
-                    created_at=template.created_at,
-                )
-            )
-            return template
+            while True:
+                latest = c.execute(
+                    select(func.max(t.templates.c.version)).where(t.templates.c.name == template.name)
+                ).scalar()
+                template.version = (latest or 0) + 1
+                # A concurrent writer may take the same version first (PostgreSQL): the insert
+                # then does nothing (after waiting for that writer's commit) and we read again.
+                inserted = c.execute(
+                    self._ins(t.templates)
+                    .values(
+                        name=template.name,
+                        version=template.version,
+                        category=template.category,
+                        channels=_dumps(template.channels),
+                        locales=_dumps(template.locales),
+                        default_locale=template.default_locale,
+                        deleted=False,
+                        created_at=template.created_at,
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(t.templates.c.version)
+                ).first()
+                if inserted is not None:
+                    return template
 
         return await self.db.run(op)
 
@@ -473,21 +515,29 @@ class SqlStore:
 
         def op(c: Connection) -> IdempotencyRecord | None:
             c.execute(delete(tbl).where(tbl.c.scope == scope, tbl.c.key == key, tbl.c.expires_at < now))
-            inserted = c.execute(
-                self._ins(tbl)
-                .values(
-                    scope=scope,
-                    key=key,
-                    request_hash=request_hash,
-                    state="pending",
-                    created_at=now,
-                    expires_at=now + ttl,
-                )
-                .on_conflict_do_nothing()
-            ).rowcount
-            if inserted:
-                return None
-            row = c.execute(select(tbl).where(tbl.c.scope == scope, tbl.c.key == key)).one()
+            while True:
+                # RETURNING, not rowcount: SQLAlchemy reports -1 as the rowcount of an INSERT on
+                # psycopg, which reads as "inserted".
+                inserted = c.execute(
+                    self._ins(tbl)
+                    .values(
+                        scope=scope,
+                        key=key,
+                        request_hash=request_hash,
+                        state="pending",
+                        created_at=now,
+                        expires_at=now + ttl,
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(tbl.c.key)
+                ).first()
+                if inserted is not None:
+                    return None
+                row = c.execute(select(tbl).where(tbl.c.scope == scope, tbl.c.key == key)).first()
+                if row is not None:
+                    break
+                # The holder abandoned the key between our insert and read (PostgreSQL, read
+                # committed): try to take it again.
             return IdempotencyRecord(
                 request_hash=row.request_hash,
                 state=row.state,
@@ -621,56 +671,139 @@ class SqlStore:
         return await self.db.run(op)
 
     async def save_routed(self, batch: RoutedBatch, *, owner: str, now: float, lease: float = 60.0) -> bool:
-        n, d = t.notifications, t.deliveries
-        rows = [
-            {
-                "id": x.id,
-                "notification_id": x.notification_id,
-                "user_id": x.user_id,
-                "channel": x.channel,
-                "status": x.status.value,
-                "reason": x.reason,
-                "priority": x.priority.rank,
-                "category": x.category,
-                "address": x.address,
-                "content": _dumps(x.content),
-                "provider": x.provider,
-                "retry_count": x.attempts_made,
-                "budget_used": x.budget_used,
-                "due_at": x.due_at,
-                "expires_at": x.expires_at,
-                "created_at": now,
-                "queued_at": now if x.status == S.QUEUED else None,
-                "failed_at": now if x.status == S.FAILED else None,
-                "updated_at": now,
-            }
-            for x in batch.deliveries
-        ]
+        (ok,) = await self.save_routed_many([batch], owner=owner, now=now, lease=lease)
+        return ok
 
-        def op(c: Connection) -> bool:
-            held = c.execute(
-                select(n.c.id).where(
-                    n.c.id == batch.notification_id,
-                    n.c.status == NotificationStatus.ROUTING.value,
-                    n.c.lease_owner == owner,
+    async def save_routed_many(
+        self, batches: Sequence[RoutedBatch], *, owner: str, now: float, lease: float = 60.0
+    ) -> list[bool]:
+        n, d = t.notifications, t.deliveries
+
+        def op(c: Connection) -> list[bool]:
+            ids = [b.notification_id for b in batches]
+            held = {
+                r.id
+                for r in c.execute(
+                    select(n.c.id).where(
+                        n.c.id.in_(ids),
+                        n.c.status == NotificationStatus.ROUTING.value,
+                        n.c.lease_owner == owner,
+                    )
                 )
-            ).first()
-            if held is None:
-                return False
+            }
+            rows: list[dict[str, Any]] = []
+            for batch in batches:
+                if batch.notification_id in held:
+                    if batch.dedup_key:
+                        self._dedup(c, batch, now)
+                    rows.extend(_delivery_rows(batch.deliveries, now))
             if rows:
                 c.execute(self._ins(d).on_conflict_do_nothing(), rows)
-            # Each chunk renews the routing lease, so a long fan-out keeps it while alive.
-            values: dict[str, Any] = {"recipients_routed": batch.recipients_done, "lease_until": now + lease}
-            if batch.recipients_total is not None:
-                values["recipients_total"] = batch.recipients_total
-            if batch.finished:
-                values.update(
-                    status=NotificationStatus.ROUTED.value, routed_at=now, lease_owner=None, lease_until=None
+            finished = [b.notification_id for b in batches if b.finished and b.notification_id in held]
+            if finished:
+                c.execute(
+                    update(n)
+                    .where(n.c.id.in_(finished))
+                    .values(
+                        status=NotificationStatus.ROUTED.value,
+                        routed_at=now,
+                        lease_owner=None,
+                        lease_until=None,
+                        recipients_routed=n.c.recipients_total,
+                    )
                 )
-            c.execute(update(n).where(n.c.id == batch.notification_id).values(**values))
-            return True
+            for b in batches:
+                if b.notification_id in held and not b.finished:
+                    # Each chunk renews the routing lease, so a long fan-out keeps it while alive.
+                    values: dict[str, Any] = {
+                        "recipients_routed": b.recipients_done,
+                        "lease_until": now + lease,
+                    }
+                    if b.recipients_total is not None:
+                        values["recipients_total"] = b.recipients_total
+                    c.execute(update(n).where(n.c.id == b.notification_id).values(**values))
+            return [b.notification_id in held for b in batches]
 
         return await self.db.run(op)
+
+    async def recipient_context(self, user_ids: Sequence[str], *, with_devices: bool) -> RecipientContext:
+        ids = list(dict.fromkeys(user_ids))
+        u, p, st, dv, sp = t.users, t.user_preferences, t.user_settings, t.devices, t.suppressions
+        columns = {"email": u.c.email, "sms": u.c.phone, "webhook": u.c.webhook_url}
+
+        def op(c: Connection) -> RecipientContext:
+            ctx = RecipientContext(users={}, preferences={}, devices={}, suppressed={})
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                for row in c.execute(select(u).where(u.c.id.in_(chunk))):
+                    ctx.users[row.id] = _user(row)
+                for row in c.execute(select(p).where(p.c.user_id.in_(chunk))):
+                    prefs = ctx.preferences.setdefault(row.user_id, Preferences(user_id=row.user_id))
+                    if row.category == "*":
+                        prefs.channels[row.channel] = bool(row.enabled)
+                    else:
+                        prefs.categories.setdefault(row.category, {})[row.channel] = bool(row.enabled)
+                for row in c.execute(select(st).where(st.c.user_id.in_(chunk))):
+                    prefs = ctx.preferences.setdefault(row.user_id, Preferences(user_id=row.user_id))
+                    prefs.quiet_hours = _loads(row.quiet_hours)
+                    prefs.digests = _loads(row.digests) or {}
+                if with_devices:
+                    q = (
+                        select(dv)
+                        .where(dv.c.user_id.in_(chunk), dv.c.active.is_(True))
+                        .order_by(dv.c.created_at)
+                    )
+                    for row in c.execute(q):
+                        ctx.devices.setdefault(row.user_id, []).append(_device(row))
+                for channel, column in columns.items():
+                    found = c.execute(
+                        select(sp.c.address)
+                        .select_from(sp.join(u, sp.c.address == column))
+                        .where(sp.c.channel == channel, u.c.id.in_(chunk))
+                    ).scalars()
+                    addresses = set(found)
+                    if addresses:
+                        ctx.suppressed.setdefault(channel, set()).update(addresses)
+            return ctx
+
+        return await self.db.run(op)
+
+    def _dedup(self, c: Connection, batch: RoutedBatch, now: float) -> None:
+        """Claim (dedup_key, user) for this notification; users held by another live claim are
+        skipped as duplicates. Insert-or-ignore then read makes it safe under concurrency."""
+        k = t.dedup_keys
+        key = batch.dedup_key or ""
+        users = sorted({x.user_id for x in batch.deliveries if x.status in (S.QUEUED, S.SCHEDULED)})
+        if not users:
+            return
+        c.execute(
+            self._ins(k).on_conflict_do_nothing(),
+            [
+                {
+                    "key": key,
+                    "user_id": u,
+                    "notification_id": batch.notification_id,
+                    "expires_at": now + batch.dedup_window,
+                }
+                for u in users
+            ],
+        )
+        c.execute(
+            update(k)
+            .where(k.c.key == key, k.c.user_id.in_(users), k.c.expires_at <= now)
+            .values(notification_id=batch.notification_id, expires_at=now + batch.dedup_window)
+        )
+        held = {
+            r.user_id
+            for r in c.execute(
+                select(k.c.user_id, k.c.notification_id).where(k.c.key == key, k.c.user_id.in_(users))
+            )
+            if r.notification_id != batch.notification_id
+        }
+        for x in batch.deliveries:
+            if x.user_id in held and x.status in (S.QUEUED, S.SCHEDULED):
+                x.status = S.SKIPPED
+                x.reason = "duplicate"
 
     async def fail_routing(self, notification_id: str, error: str, *, now: float) -> None:
         n = t.notifications
@@ -798,7 +931,9 @@ class SqlStore:
                         "at": at.at,
                         "provider": at.provider,
                         "outcome": at.outcome.value,
-                        "code": at.code,
+                        # PostgreSQL enforces VARCHAR(64) (SQLite does not): a provider's long
+                        # error name must not make the whole batch fail, forever.
+                        "code": at.code[:64] if at.code else at.code,
                         "detail": at.detail,
                         "latency_ms": at.latency_ms,
                         "ambiguous": at.ambiguous,

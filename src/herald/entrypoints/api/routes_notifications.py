@@ -15,7 +15,7 @@ from herald.entrypoints.api.deps import Caller, ContainerDep, require
 from herald.entrypoints.api.schemas import BatchBody, SendBody, epoch
 from herald.entrypoints.api.views import accepted_view, notification_view
 from herald.ports import NotificationFilter
-from herald.services.accept import Accepted, SendRequest
+from herald.services.accept import Accepted, PrepareMemo, SendRequest
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 _send_adapter = pydantic.TypeAdapter(SendBody)
@@ -74,11 +74,12 @@ async def send_batch(
     async def build() -> tuple[list[Notification], Accepted]:
         notes: list[Notification] = []
         results: list[dict[str, Any]] = []
+        memo = PrepareMemo()
         for i, raw in enumerate(body.notifications):
             try:
                 item = _send_adapter.validate_python(raw)
                 n = await c.accept.prepare(
-                    to_request(item), api_key_id=who.scope_id, field_prefix=f"notifications[{i}]."
+                    to_request(item), api_key_id=who.scope_id, field_prefix=f"notifications[{i}].", memo=memo
                 )
             except pydantic.ValidationError as exc:
                 err = exc.errors()[0]

@@ -1,0 +1,187 @@
+"""The processes of a benchmark: herald and the provider emulator, each in its own process.
+
+Resource figures come from ``/proc`` (Linux): CPU seconds are ``utime + stime`` of the whole
+process (every thread), peak RSS is ``VmHWM``. No psutil needed.
+
+Every child gets ``PR_SET_PDEATHSIG = SIGTERM``: if the harness dies, however it dies, the
+kernel stops its children, so a benchmark never leaves a server behind. The harness also stops
+them itself (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU of a whole process, all threads."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Usage:
+    cpu_s: float
+    peak_rss_mb: float
+
+    def as_json(self) -> dict[str, float]:
+        return {"cpu_s": round(self.cpu_s, 2), "peak_rss_mb": self.peak_rss_mb}
+
+
+class Service:
+    """A child process with a log file, a readiness probe and a bounded stop."""
+
+    def __init__(self, name: str, argv: list[str], *, cwd: Path, log: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.cwd = cwd
+        self.log = log
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._cpu_mark = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> Service:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509  (the harness is single-threaded here)
+            )
+        return self
+
+    def tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    async def wait_ready(self, url: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.proc is None or self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited at start:\n{self.tail()}")
+                try:
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                        if r.status < 500:
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"{self.name} was not ready within {timeout:.0f}s:\n{self.tail()}")
+
+    def mark(self) -> None:
+        """Start counting CPU from now (setup work is left out of the figures)."""
+        self._cpu_mark = cpu_seconds(self.pid)
+
+    def usage(self) -> Usage:
+        return Usage(cpu_seconds(self.pid) - self._cpu_mark, peak_rss_mb(self.pid))
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("HERALD_CONFIG", None)
+    for key in list(env):  # the generated herald.toml is the whole configuration
+        if key.startswith("HERALD_") and key != "HERALD_PROVIDER_SPECS":
+            env.pop(key)
+    return env
+
+
+def emulator_service(
+    workdir: Path,
+    *,
+    latency: float,
+    fail_503: float = 0.0,
+    fail_429: float = 0.0,
+    retry_after: float = 1.0,
+    max_seconds: float = 1800.0,
+) -> tuple[Service, str]:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.emulator",
+        "--port",
+        str(port),
+        "--latency",
+        str(latency),
+        "--fail-503",
+        str(fail_503),
+        "--fail-429",
+        str(fail_429),
+        "--retry-after",
+        str(retry_after),
+        "--seed",
+        "7",
+        "--max-seconds",
+        str(max_seconds),
+    ]
+    service = Service("emulator", argv, cwd=REPO, log=workdir / "emulator.log", env=python_env())
+    return service, f"http://127.0.0.1:{port}"

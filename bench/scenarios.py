@@ -1,0 +1,442 @@
+"""The scenarios. Each starts a fresh emulator and a fresh herald, drives load, and returns one
+result (a JSON-able dict; see BENCHMARKS.md for every field).
+
+Times: accept times are taken in this process (``time.time()``), provider receipts in the
+emulator's process (``time.time()`` when the request arrived); same machine, same clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.load import HeraldClient, Payloads, Receipts, settle
+from bench.procs import Service, Usage, emulator_service, loadavg, peak_rss_mb, self_cpu_seconds
+from bench.server import HeraldServer, HeraldTuning
+
+BATCH = 1000
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    mode: str = "embedded"
+    payload: str = "template"
+    count: int | None = None  # overrides the scenario's notification count
+    rates: list[float] = field(default_factory=list)  # accept: offered loads
+    duration: float | None = None  # accept / flood_critical: seconds of offered load
+    producers: int = 2  # concurrent batch requests
+    latency: float = 0.001  # emulator answer latency, seconds
+    tuning: HeraldTuning = field(default_factory=HeraldTuning)
+    keep: bool = False
+    max_seconds: float = 1800.0  # hard bound on one scenario (the emulator exits after it too)
+
+
+def note(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def percentiles(values: Iterable[float]) -> dict[str, float | None]:
+    data = sorted(values)
+    if not data:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
+
+    def rank(q: float) -> float:
+        # nearest rank
+        index = max(0, min(len(data) - 1, round(q * len(data) + 0.5) - 1))
+        return round(data[index] * 1000, 2)
+
+    return {
+        "p50": rank(0.50),
+        "p95": rank(0.95),
+        "p99": rank(0.99),
+        "max": round(data[-1] * 1000, 2),
+        "n": len(data),
+    }
+
+
+@dataclass
+class Env:
+    name: str
+    opts: Options
+    workdir: Path
+    herald: HeraldServer
+    emulator: Service
+    client: HeraldClient
+    receipts: Receipts
+    payloads: Payloads
+    _loadgen_cpu: float = 0.0
+    _load_start: float = 0.0
+
+    def mark(self) -> None:
+        self.herald.service.mark()
+        self.emulator.mark()
+        self._loadgen_cpu = self_cpu_seconds()
+        self._load_start = loadavg()
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "herald": self.herald.service.usage().as_json(),
+            "emulator": self.emulator.usage().as_json(),
+            "loadgen": Usage(self_cpu_seconds() - self._loadgen_cpu, peak_rss_mb()).as_json(),
+        }
+
+    def check_alive(self) -> None:
+        for service in (self.herald.service, self.emulator):
+            if not service.alive():
+                raise RuntimeError(f"{service.name} died during the run:\n{service.tail()}")
+
+    def base(self, count: int) -> dict[str, Any]:
+        return {
+            "scenario": self.name,
+            "mode": self.opts.mode,
+            "quick": self.opts.quick,
+            "payload": self.opts.payload,
+            "count": count,
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+    def outcome(self, accepted: dict[str, float]) -> dict[str, int]:
+        got = self.receipts.first
+        return {
+            "accepted": len(accepted),
+            "received": sum(1 for n in accepted if n in got),
+            "lost": sum(1 for n in accepted if n not in got),
+            "dup": self.receipts.duplicates(),
+            "unexpected": sum(1 for n in got if n not in accepted),
+        }
+
+    async def finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        result["processes"] = self.usage()
+        result["emulator_answers"] = (await self.receipts.emulator_stats())["answered"]
+        stats = await self.client.stats()
+        result["herald_statuses"] = stats["by_status"]
+        result["ambiguous_sends"] = stats.get("ambiguous_sends")
+        result["loadavg"] = {"start": self._load_start, "end": loadavg()}
+        result["tuning"] = self.opts.tuning.as_json()
+        result["emulator_latency_s"] = self.opts.latency
+        if result.get("lost"):
+            result["throughput"] = None  # a run that loses notifications has no throughput
+        return result
+
+
+@asynccontextmanager
+async def environment(
+    name: str, opts: Options, *, users: int, tuning: HeraldTuning | None = None, **emulator_kw: Any
+) -> AsyncIterator[Env]:
+    if opts.mode != "embedded":
+        raise SystemExit(
+            f"--mode {opts.mode}: only 'embedded' is available; this build's bootstrap accepts only "
+            "queue.url = 'sql' and cache.url = 'memory' (no RabbitMQ/Redis adapters yet)"
+        )
+    workdir = Path(tempfile.mkdtemp(prefix=f"herald-bench-{name}-"))
+    emulator, emulator_url = emulator_service(
+        workdir, latency=opts.latency, max_seconds=opts.max_seconds, **emulator_kw
+    )
+    herald = HeraldServer(workdir, emulator_url, tuning or opts.tuning)
+    client: HeraldClient | None = None
+    receipts: Receipts | None = None
+    payloads = Payloads(opts.payload, users)
+    failed = False
+    try:
+        emulator.start()
+        await emulator.wait_ready(emulator_url + "/_bench/stats")
+        await herald.start()
+        client = HeraldClient(herald.url, herald.key)
+        await client.setup(payloads)
+        receipts = Receipts(emulator_url)
+        await receipts.start()
+        env = Env(name, opts, workdir, herald, emulator, client, receipts, payloads)
+        note(f"{name}: herald pid {herald.service.pid}, emulator pid {emulator.pid}, workdir {workdir}")
+        env.mark()
+        yield env
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if receipts is not None:
+            with suppress(aiohttp.ClientError, TimeoutError, OSError):
+                await receipts.stop()
+        if client is not None:
+            await client.close()
+        herald.service.stop()
+        emulator.stop()
+        if failed:
+            note(f"{name}: herald log tail:\n{herald.service.tail(3000)}")
+        if opts.keep or failed:
+            note(f"{name}: kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def push_batches(
+    env: Env, indices: range, starts: dict[str, float], *, priority: str | None = None
+) -> list[float]:
+    """Send ``indices`` as batches of 1,000 from ``opts.producers`` concurrent requests.
+
+    Records each accepted notification's start time (when its batch was sent) in ``starts``;
+    returns each batch's round-trip time."""
+    pending = [indices[i : i + BATCH] for i in range(0, len(indices), BATCH)]
+    pending.reverse()
+    round_trips: list[float] = []
+
+    async def producer() -> None:
+        while pending:
+            chunk = pending.pop()
+            items = [env.payloads.item(i, priority) for i in chunk]
+            sent = time.time()
+            ids = await env.client.send_batch(items)
+            round_trips.append(time.time() - sent)
+            for nid in ids:
+                starts[nid] = sent
+
+    await asyncio.gather(*(producer() for _ in range(max(1, env.opts.producers))))
+    return round_trips
+
+
+async def open_loop(rate: float, total: int, send: Callable[[int, float], Awaitable[None]]) -> list[float]:
+    """Start ``send(i, scheduled_wall_time)`` at ``rate`` per second regardless of how long the
+    earlier ones take (open loop: a slow server cannot slow the offered load down). Returns
+    each start's lag behind its schedule (the load generator's own delay)."""
+    loop = asyncio.get_running_loop()
+    t0_loop = loop.time() + 0.05
+    t0_wall = time.time() + 0.05
+    tasks: list[asyncio.Task[None]] = []
+    lags: list[float] = []
+    i = 0
+    while i < total:
+        elapsed = loop.time() - t0_loop
+        due = min(total, int(elapsed * rate) + 1)
+        while i < due:
+            lags.append(max(0.0, elapsed - i / rate))
+            tasks.append(asyncio.create_task(send(i, t0_wall + i / rate)))
+            i += 1
+        if i < total:
+            await asyncio.sleep(max(0.0, t0_loop + i / rate - loop.time()))
+    await asyncio.gather(*tasks)
+    return lags
+
+
+def _deadline(opts: Options) -> float:
+    return time.monotonic() + opts.max_seconds
+
+
+# Scenarios ------------------------------------------------------------------------------------
+
+
+async def drain(opts: Options) -> list[dict[str, Any]]:
+    """N single-recipient email notifications by batches of 1,000; the provider answers in
+    ~1 ms. Throughput: notifications from the first batch sent to the last provider receipt.
+    Latency: batch sent → provider receipt, per notification."""
+    count = opts.count or (3_000 if opts.quick else 50_000)
+    users = 200 if opts.quick else 1_000
+    async with environment("drain", opts, users=users) as env:
+        starts: dict[str, float] = {}
+        begin = time.time()
+        round_trips = await push_batches(env, range(count), starts)
+        accepted_at = time.time()
+        note(f"drain: {len(starts)} accepted in {accepted_at - begin:.1f}s; waiting for delivery")
+        why = await settle(env.client, env.receipts, count, deadline=_deadline(opts), stall=60)
+        env.check_alive()
+        result = env.base(count) | env.outcome(starts)
+        got = env.receipts.first
+        received = [got[n] for n in starts if n in got]
+        last = max(received) if received else begin
+        result |= {
+            "throughput": round(len(received) / (last - begin), 1) if received else None,
+            "latency_of": "batch sent -> provider receipt",
+            "latency_ms": percentiles(got[n] - t for n, t in starts.items() if n in got),
+            "duration_s": round(last - begin, 2),
+            "accept_rate": round(len(starts) / (accepted_at - begin), 1),
+            "batch_round_trip_ms": percentiles(round_trips),
+            "settled": why,
+        }
+        return [await env.finish(result)]
+
+
+async def accept(opts: Options) -> list[dict[str, Any]]:
+    """``POST /v1/notifications`` at fixed offered loads (open loop), deliveries running in the
+    same herald. Latency: scheduled send time → 202 (a late start counts against herald's
+    figure only in ``start_lag_ms``, reported apart). Throughput: 202s per second."""
+    rates = opts.rates or ([500.0] if opts.quick else [500.0, 2000.0])
+    duration = opts.duration or (2.0 if opts.quick else 30.0)
+    results = []
+    for rate in rates:
+        results.append(await _accept_at(opts, rate, duration))
+    return results
+
+
+async def _accept_at(opts: Options, rate: float, duration: float) -> dict[str, Any]:
+    total = opts.count or int(rate * duration)
+    users = 200 if opts.quick else 1_000
+    async with environment("accept", opts, users=users) as env:
+        starts: dict[str, float] = {}
+        latencies: list[float] = []
+        done_at: list[float] = []
+        errors: dict[str, int] = {}
+
+        async def send(i: int, scheduled: float) -> None:
+            try:
+                status, body = await env.client.request("POST", "/v1/notifications", env.payloads.item(i))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, body = -1, type(exc).__name__
+            now = time.time()
+            if status == 202:
+                starts[body["id"]] = scheduled
+                latencies.append(now - scheduled)
+                done_at.append(now)
+            else:
+                key = str(status) if status > 0 else str(body)
+                errors[key] = errors.get(key, 0) + 1
+
+        begin = time.time()
+        lags = await open_loop(rate, total, send)
+        note(f"accept@{rate:g}: {len(starts)}/{total} accepted; waiting for delivery")
+        why = await settle(env.client, env.receipts, len(starts), deadline=_deadline(opts), stall=60)
+        env.check_alive()
+        got = env.receipts.first
+        window = (max(done_at) - begin) if done_at else 0.0
+        result = env.base(total) | env.outcome(starts)
+        result |= {
+            "offered_rps": rate,
+            "offered_s": duration,
+            "throughput": round(len(starts) / window, 1) if window else None,
+            "latency_of": "scheduled send -> 202 (open loop)",
+            "latency_ms": percentiles(latencies),
+            "errors": errors,
+            "start_lag_ms": percentiles(lags),
+            "e2e_latency_ms": percentiles(got[n] - t for n, t in starts.items() if n in got),
+            "settled": why,
+        }
+        return await env.finish(result)
+
+
+async def flood_critical(opts: Options) -> list[dict[str, Any]]:
+    """A flood of ``low`` notifications is accepted (batches), then ``critical`` ones arrive at
+    10/s (open loop, single POSTs) while the flood drains. Latency: critical scheduled send →
+    provider receipt. ``low_backlog_*``: low notifications not yet at the provider when the
+    critical phase started / ended (the queue the critical ones had to overtake)."""
+    low = opts.count or (3_000 if opts.quick else 100_000)
+    rate = 10.0
+    duration = opts.duration or (3.0 if opts.quick else 60.0)
+    users = 200 if opts.quick else 1_000
+    async with environment("flood_critical", opts, users=users) as env:
+        low_starts: dict[str, float] = {}
+        crit_starts: dict[str, float] = {}
+        errors: dict[str, int] = {}
+        begin = time.time()
+        await push_batches(env, range(low), low_starts, priority="low")
+        flood_accepted = time.time()
+        await env.receipts.poll()
+        backlog_start = sum(1 for n in low_starts if n not in env.receipts.first)
+        note(
+            f"flood_critical: {len(low_starts)} low accepted in {flood_accepted - begin:.1f}s, "
+            f"backlog {backlog_start}; sending critical"
+        )
+
+        async def send(i: int, scheduled: float) -> None:
+            try:
+                status, body = await env.client.request(
+                    "POST", "/v1/notifications", env.payloads.item(low + i, "critical")
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, body = -1, type(exc).__name__
+            if status == 202:
+                crit_starts[body["id"]] = scheduled
+            else:
+                key = str(status) if status > 0 else str(body)
+                errors[key] = errors.get(key, 0) + 1
+
+        crit_total = int(rate * duration)
+        await open_loop(rate, crit_total, send)
+        await env.receipts.poll()
+        backlog_end = sum(1 for n in low_starts if n not in env.receipts.first)
+        everything = low_starts | crit_starts
+        why = await settle(env.client, env.receipts, len(everything), deadline=_deadline(opts), stall=60)
+        env.check_alive()
+        got = env.receipts.first
+        low_received = [got[n] for n in low_starts if n in got]
+        last_low = max(low_received) if low_received else begin
+        result = env.base(low + crit_total) | env.outcome(everything)
+        result |= {
+            "low": len(low_starts),
+            "critical": len(crit_starts),
+            "critical_rps": rate,
+            "critical_s": duration,
+            "throughput": round(len(low_received) / (last_low - begin), 1) if low_received else None,
+            "throughput_of": "low notifications/s, first batch sent -> last low receipt",
+            "latency_of": "critical scheduled send -> provider receipt",
+            "latency_ms": percentiles(got[n] - t for n, t in crit_starts.items() if n in got),
+            "critical_lost": sum(1 for n in crit_starts if n not in got),
+            "low_latency_ms": percentiles(got[n] - t for n, t in low_starts.items() if n in got),
+            "low_backlog_start": backlog_start,
+            "low_backlog_end": backlog_end,
+            "errors": errors,
+            "settled": why,
+        }
+        return [await env.finish(result)]
+
+
+async def flaky(opts: Options) -> list[dict[str, Any]]:
+    """The drain against a provider that answers 20% of sends 503 and 2% 429 with
+    ``Retry-After: 1``, retry schedule [0, 1, 2, 5] s. What the schedule exhausts goes to the
+    dead-letter queue; the harness then replays it, as an operator would, until everything is
+    delivered (``dead_lettered`` and ``replay_rounds`` say how often that was needed)."""
+    count = opts.count or (1_000 if opts.quick else 20_000)
+    users = 200 if opts.quick else 1_000
+    tuning = HeraldTuning(**{**opts.tuning.as_json(), "retry_schedule": [0.0, 1.0, 2.0, 5.0]})
+    async with environment(
+        "flaky", opts, users=users, tuning=tuning, fail_503=0.2, fail_429=0.02, retry_after=1.0
+    ) as env:
+        starts: dict[str, float] = {}
+        begin = time.time()
+        await push_batches(env, range(count), starts)
+        note(f"flaky: {len(starts)} accepted; waiting for delivery")
+        deadline = _deadline(opts)
+        why = await settle(env.client, env.receipts, count, deadline=deadline, stall=60)
+        dead_lettered = 0
+        rounds = 0
+        while len(env.receipts.first) < count and rounds < 5 and time.monotonic() < deadline:
+            dead = int((await env.client.stats())["by_status"].get("dead", 0))
+            if not dead:
+                break
+            rounds += 1
+            dead_lettered += dead
+            replayed = await env.client.replay_dead_letters()
+            note(f"flaky: {dead} dead-lettered; replayed {replayed} (round {rounds})")
+            why = await settle(env.client, env.receipts, count, deadline=deadline, stall=60)
+        env.check_alive()
+        got = env.receipts.first
+        received = [got[n] for n in starts if n in got]
+        last = max(received) if received else begin
+        result = env.base(count) | env.outcome(starts)
+        result |= {
+            "throughput": round(len(received) / (last - begin), 1) if received else None,
+            "latency_of": "batch sent -> provider receipt (retries included)",
+            "latency_ms": percentiles(got[n] - t for n, t in starts.items() if n in got),
+            "duration_s": round(last - begin, 2),
+            "fault_rates": {"503": 0.2, "429": 0.02, "retry_after_s": 1.0},
+            "dead_lettered": dead_lettered,
+            "replay_rounds": rounds,
+            "settled": why,
+        }
+        return [await env.finish(result)]
+
+
+SCENARIOS: dict[str, Callable[[Options], Awaitable[list[dict[str, Any]]]]] = {
+    "drain": drain,
+    "accept": accept,
+    "flood_critical": flood_critical,
+    "flaky": flaky,
+}
