@@ -22,7 +22,15 @@ from typing import Any
 import aiohttp
 
 from bench.load import HeraldClient, Payloads, Receipts, settle
-from bench.procs import Service, Usage, emulator_service, loadavg, peak_rss_mb, self_cpu_seconds
+from bench.procs import (
+    Service,
+    Usage,
+    emulator_service,
+    loadavg,
+    peak_rss_mb,
+    self_cpu_seconds,
+    source_version,
+)
 from bench.server import HeraldServer, HeraldTuning
 
 BATCH = 1000
@@ -76,6 +84,7 @@ class Env:
     client: HeraldClient
     receipts: Receipts
     payloads: Payloads
+    version: str = ""
     _loadgen_cpu: float = 0.0
     _load_start: float = 0.0
 
@@ -105,6 +114,7 @@ class Env:
             "payload": self.opts.payload,
             "count": count,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "herald_version": self.version,
         }
 
     def outcome(self, accepted: dict[str, float]) -> dict[str, int]:
@@ -157,7 +167,7 @@ async def environment(
         await client.setup(payloads)
         receipts = Receipts(emulator_url)
         await receipts.start()
-        env = Env(name, opts, workdir, herald, emulator, client, receipts, payloads)
+        env = Env(name, opts, workdir, herald, emulator, client, receipts, payloads, source_version())
         note(f"{name}: herald pid {herald.service.pid}, emulator pid {emulator.pid}, workdir {workdir}")
         env.mark()
         yield env

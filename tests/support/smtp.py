@@ -33,7 +33,8 @@ class SmtpHandler:
     rcpt_replies: deque[str] = field(default_factory=deque)  # e.g. "550 5.1.1 no such user"
     dead_mailboxes: set[str] = field(default_factory=set)
     delay: float = 0.0
-    hold: threading.Event | None = None  # when set, DATA waits for it (a stuck server)
+    hold: threading.Event | None = None  # DATA waits until it is set (a stuck server)
+    record_before_hold: bool = False  # True: the message is taken, then the reply is held
     rcpt_calls: int = 0
     data_calls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -53,17 +54,22 @@ class SmtpHandler:
         self.data_calls += 1
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self.hold is not None:
-            while not self.hold.is_set():
-                await asyncio.sleep(0.01)
         if self.data_replies:
             return self.data_replies.popleft()
-        msg = email.message_from_bytes(
-            envelope.original_content or envelope.content, policy=email.policy.default
-        )
+        if self.record_before_hold:
+            self._record(envelope)
+        # aiosmtpd cancels this coroutine when the client's connection drops.
+        while self.hold is not None and not self.hold.is_set():
+            await asyncio.sleep(0.01)
+        if not self.record_before_hold:
+            self._record(envelope)
+        return "250 2.0.0 Ok: queued"
+
+    def _record(self, envelope: Any) -> None:
+        raw = envelope.original_content or envelope.content
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
         with self.lock:
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), msg, time.time()))
-        return "250 2.0.0 Ok: queued"
 
     def delivery_ids(self) -> list[str]:
         with self.lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import FastAPI
 
 from herald import __version__
@@ -18,6 +19,8 @@ from herald.entrypoints.api import (
     routes_users,
 )
 from herald.entrypoints.api.limits import BodyLimit
+
+log = structlog.get_logger("herald.api")
 
 
 def create_app(
@@ -33,10 +36,12 @@ def create_app(
         container = await make_container()
         app.state.container = container
         container.start_roles(roles or set())
+        log.info("herald.started", roles=sorted(roles or ()))
         try:
             yield
         finally:
             await container.stop()
+            log.warning("herald.stopped", detail="graceful shutdown complete")
 
     app = FastAPI(
         title="herald",
