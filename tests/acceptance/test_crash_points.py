@@ -86,7 +86,8 @@ def test_kill_9_at_each_point_of_a_send(tmp_path: Path, smtp_server: SmtpTestSer
     lost, dup = _figures(smtp_server, total)
     ambiguous = db_query(db, "SELECT count(*) FROM attempts WHERE ambiguous = 1")[0][0]
     print(
-        f"\nkill -9 {point}: accepted={total} in_flight_at_kill={in_flight} received_at_kill={received_at_kill} "
+        f"\nkill -9 {point}: accepted={total} in_flight_at_kill={in_flight} "
+        f"received_at_kill={received_at_kill} "
         f"lost={lost} duplicates={dup} ambiguous_attempts={ambiguous}"
     )
     assert lost == 0
