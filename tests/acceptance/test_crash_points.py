@@ -81,8 +81,11 @@ def test_kill_9_at_each_point_of_a_send(tmp_path: Path, smtp_server: SmtpTestSer
     h2 = HeraldProcess(tmp_path, key).start()
     try:
         _wait(lambda: _final(db) == total, timeout=60)
+        with h2.client() as c:
+            stats = c.get("/v1/stats").json()
     finally:
         h2.stop()
+    assert stats["ambiguous_sends"] == in_flight
     lost, dup = _figures(smtp_server, total)
     ambiguous = db_query(db, "SELECT count(*) FROM attempts WHERE ambiguous = 1")[0][0]
     print(

@@ -156,6 +156,15 @@ async def test_marketing_opt_out_skips_but_security_still_arrives(
         assert m.status_code == 202 and s.status_code == 202
         mb = await h.wait_final(m.json()["id"])
         sb = await h.wait_final(s.json()["id"])
+        # The state machine refuses an impossible tracking event instead of overwriting.
+        skipped_id = mb["deliveries"][0]["id"]
+        r = await h.client.post(f"/v1/deliveries/{skipped_id}/events", json={"event": "delivered"})
+        assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json"
+        sent_id = sb["deliveries"][0]["id"]
+        r = await h.client.post(f"/v1/deliveries/{sent_id}/events", json={"event": "delivered"})
+        assert r.status_code == 200 and r.json()["status"] == "delivered"
+        r = await h.client.post(f"/v1/deliveries/{sent_id}/events", json={"event": "opened"})
+        assert r.json()["status"] == "read"
     assert mb["deliveries"][0]["status"] == "skipped" and mb["deliveries"][0]["reason"] == "opted_out"
     assert mb["deliveries"][0]["attempts"] == []
     assert sb["deliveries"][0]["status"] == "sent"

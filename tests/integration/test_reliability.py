@@ -352,3 +352,38 @@ async def test_critical_is_not_stuck_behind_twenty_thousand_low(tmp_path: Path) 
         low_before = position - before
         print(f"\npriority: {low_before} low deliveries were sent between the critical accept and its send")
         assert low_before < 100
+
+
+async def test_bad_credentials_hold_the_delivery_and_tell_ops_without_blaming_the_user(
+    tmp_path: Path, sendgrid: SendGridEmulator
+) -> None:
+    sink = AlertSink()
+    await sink.start()
+    clock = FakeClock()
+    settings = sendgrid_settings(tmp_path, sendgrid, alerts={"webhook_url": sink.url})
+    settings.providers.model_extra["sendgrid"]["api_key"] = "SG.wrong"  # type: ignore[index]
+    try:
+        async with running_herald(settings, clock=clock) as h:
+            await add_user(h)
+            nid = await send(h)
+            d = await wait_status(h, nid, "retrying", attempts=1)
+            assert d["attempts"][0]["outcome"] == "config_error" and d["reason"] == "provider_config_error"
+            ready = (await h.client.get("/readyz")).json()
+            assert ready["unhealthy_providers"]["sendgrid"]["reason"] == "config_error"
+            await eventually(lambda: asyncio.sleep(0, result=len(sink.received) == 1))
+            assert sink.received[0]["alert"] == "provider_config_error"
+            # Held far longer than the schedule would retry, and without spending the retry budget:
+            # four more config errors still leave the delivery alive.
+            for n in range(2, 6):
+                tick(h, clock, 61)
+                await wait_status(h, nid, "retrying", attempts=n)
+            assert (await h.client.get("/v1/dead-letters")).json()["items"] == []
+            # The address is not suppressed: the user is not blamed.
+            assert await h.container.store.suppressed("email", ["u1@example.com"]) == set()
+            # Credentials fixed (the emulator now accepts the key herald sends): delivered.
+            sendgrid.api_key = "SG.wrong"
+            tick(h, clock, 61)
+            d = await wait_status(h, nid, "sent")
+            assert (await h.client.get("/readyz")).json()["unhealthy_providers"] == {}
+    finally:
+        await sink.stop()

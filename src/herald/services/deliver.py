@@ -155,6 +155,8 @@ class DeliveryService:
         self.owner = f"worker-{os.getpid()}-{new_id('w')[-8:]}"
         self.observer = observer or DeliveryObserver()
         self.writer = ResultWriter(store, clock, self.observer.recorded)
+        # Providers whose last outcome was a configuration error, until one of their sends succeeds.
+        self.unhealthy: dict[str, dict[str, object]] = {}
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -278,14 +280,17 @@ class DeliveryService:
             raise
         except Exception as exc:
             latency = (time.perf_counter() - started) * 1000
-            return self._failure(d, n, provider.name, exc, latency)
+            used = (exc.provider if isinstance(exc, DeliveryError) else None) or provider.name
+            return self._failure(d, n, used, exc, latency)
         latency = (time.perf_counter() - started) * 1000
         at = self.clock.now()
+        used = receipt.provider or provider.name
+        self.unhealthy.pop(used, None)
         log.info(
             "delivery.sent",
             delivery_id=d.id,
             channel=d.channel,
-            provider=provider.name,
+            provider=used,
             code=receipt.code,
             latency_ms=round(latency, 2),
         )
@@ -297,7 +302,7 @@ class DeliveryService:
             attempt=Attempt(
                 n=n,
                 at=at,
-                provider=provider.name,
+                provider=used,
                 outcome=Outcome.OK,
                 code=receipt.code,
                 detail=receipt.detail,
@@ -357,6 +362,9 @@ class DeliveryService:
             # Never the user's fault: hold the delivery without spending its retry budget.
             log.error("provider.config_error", **ctx, detail=detail)
             self.observer.config_error(d.channel, provider, detail)
+            self.unhealthy[provider] = {
+                "channel": d.channel, "reason": "config_error", "detail": detail, "since": now,
+            }
             hold = max(self.catalog.config_hold_seconds, retry_after or 0.0)
             return result(
                 S.RETRYING,

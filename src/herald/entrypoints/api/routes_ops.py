@@ -29,7 +29,7 @@ async def readyz(c: ContainerDep) -> dict[str, Any] | Response:
         await c.store.ping()
     except HeraldError as exc:
         return problem(503, "Not ready", exc.detail)
-    return {"status": "ready", "database": "ok"}
+    return {"status": "ready", "database": "ok", "unhealthy_providers": c.delivery.unhealthy}
 
 
 @router.get("/metrics")
