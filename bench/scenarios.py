@@ -249,7 +249,7 @@ async def drain(opts: Options) -> list[dict[str, Any]]:
     """N single-recipient email notifications by batches of 1,000; the provider answers in
     ~1 ms. Throughput: notifications from the first batch sent to the last provider receipt.
     Latency: batch sent → provider receipt, per notification."""
-    count = opts.count or (3_000 if opts.quick else 50_000)
+    count = opts.count or (2_000 if opts.quick else 50_000)
     users = 200 if opts.quick else 1_000
     async with environment("drain", opts, users=users) as env:
         starts: dict[str, float] = {}
@@ -337,7 +337,7 @@ async def flood_critical(opts: Options) -> list[dict[str, Any]]:
     10/s (open loop, single POSTs) while the flood drains. Latency: critical scheduled send →
     provider receipt. ``low_backlog_*``: low notifications not yet at the provider when the
     critical phase started / ended (the queue the critical ones had to overtake)."""
-    low = opts.count or (3_000 if opts.quick else 100_000)
+    low = opts.count or (2_000 if opts.quick else 100_000)
     rate = 10.0
     duration = opts.duration or (3.0 if opts.quick else 60.0)
     users = 200 if opts.quick else 1_000
@@ -403,7 +403,7 @@ async def flaky(opts: Options) -> list[dict[str, Any]]:
     ``Retry-After: 1``, retry schedule [0, 1, 2, 5] s. What the schedule exhausts goes to the
     dead-letter queue; the harness then replays it, as an operator would, until everything is
     delivered (``dead_lettered`` and ``replay_rounds`` say how often that was needed)."""
-    count = opts.count or (1_000 if opts.quick else 20_000)
+    count = opts.count or (600 if opts.quick else 20_000)
     users = 200 if opts.quick else 1_000
     tuning = HeraldTuning(**{**opts.tuning.as_json(), "retry_schedule": [0.0, 1.0, 2.0, 5.0]})
     async with environment(

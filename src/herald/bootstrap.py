@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from herald.adapters.cache.memory import MemoryCache
+from herald.adapters.providers.composite import FailoverProvider, PushDispatcher, RateLimit
 from herald.adapters.providers.console import ConsoleProvider
 from herald.adapters.providers.in_app import InAppProvider
 from herald.adapters.providers.smtp import SmtpProvider
@@ -23,7 +24,7 @@ from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
 from herald.alerts import Observers, OpsAlerter
-from herald.config import Settings
+from herald.config import ChannelConfig, Settings
 from herald.domain.errors import ConfigurationError
 from herald.domain.models import Category
 from herald.domain.policies import RetrySchedule
@@ -36,6 +37,7 @@ from herald.services.deliver import ChannelPool, DeliveryService
 from herald.services.route import RouterService
 from herald.services.schedule import SchedulerService
 from herald.services.signing import Signer, UnsubscribeSigner, UserTokens
+from herald.services.track import TrackService
 
 log = structlog.get_logger("herald.bootstrap")
 
@@ -109,6 +111,23 @@ def _provider_factories() -> dict[str, ProviderFactory]:
     return factories
 
 
+_PUSH_KINDS = ("apns", "fcm", "webpush")
+
+
+def _channel_provider(channel: str, ch: ChannelConfig, chosen: list[Provider], cache: Cache) -> Provider:
+    """One provider per channel: push dispatches by device kind; others fail over in order."""
+    if channel == "push" and any(p.name in _PUSH_KINDS for p in chosen):
+        by_kind = {p.name: p for p in chosen if p.name in _PUSH_KINDS}
+        others = [p for p in chosen if p.name not in _PUSH_KINDS]
+        return PushDispatcher(by_kind, fallback=others[0] if others else None)
+    if len(chosen) == 1 and not ch.rate_limits:
+        return chosen[0]
+    rates = {name: RateLimit.parse(rate) for name, rate in ch.rate_limits.items()}
+    return FailoverProvider(
+        chosen, cache=cache, rates=rates, threshold=ch.breaker_threshold, open_seconds=ch.breaker_open_seconds
+    )
+
+
 def build_catalog(settings: Settings) -> Catalog:
     categories = {
         name: Category(
@@ -151,6 +170,7 @@ class Container:
     scheduler: SchedulerService
     user_tokens: UserTokens
     unsubscribe: UnsubscribeSigner
+    tracker: TrackService
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -245,7 +265,7 @@ async def build(
             chosen.append(built[name])
         pools[channel] = ChannelPool(
             channel=channel,
-            providers=chosen,
+            providers=[_channel_provider(channel, ch, chosen, cache)],
             concurrency=ch.concurrency,
             reserved_high=min(ch.reserved_high, ch.concurrency - 1),
         )
@@ -288,4 +308,5 @@ async def build(
         scheduler=scheduler,
         user_tokens=user_tokens,
         unsubscribe=unsubscribe,
+        tracker=TrackService(store, clock),
     )

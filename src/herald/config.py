@@ -111,6 +111,18 @@ class ChannelConfig(_Section):
     concurrency: int = Field(default=32, ge=1, le=4096)
     reserved_high: int = Field(default=4, ge=0)  # slots only critical/high may use
     enabled: bool = True
+    rate_limits: dict[str, str] = Field(default_factory=dict)  # provider -> "100/s", shared via the cache
+    breaker_threshold: int = Field(default=5, ge=1)  # consecutive failures that open a provider's circuit
+    breaker_open_seconds: float = Field(default=30.0, gt=0)  # then one half-open probe
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rates(cls, value: dict[str, str]) -> dict[str, str]:
+        from herald.adapters.providers.composite import RateLimit  # noqa: PLC0415 - parse check only
+
+        for rate in value.values():
+            RateLimit.parse(rate)
+        return value
 
 
 def _default_channels() -> dict[str, ChannelConfig]:

@@ -242,6 +242,15 @@ class Store(Protocol):
         """Requeue dead deliveries with a fresh attempt budget, keeping their history."""
         ...
 
+    async def find_delivery(self, provider_message_id: str) -> Delivery | None:
+        """The delivery a provider knows by its own message id."""
+        ...
+
+    async def first_seen(self, key: str, *, ttl: float, now: float) -> bool:
+        """True the first time ``key`` is seen within ``ttl`` (durable: callbacks replayed after a
+        restart are still recognised)."""
+        ...
+
     # Suppressions (dead addresses) ------------------------------------------------------------
     async def suppress_address(self, channel: str, address: str, reason: str, *, now: float) -> None: ...
 

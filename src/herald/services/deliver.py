@@ -271,6 +271,7 @@ class DeliveryService:
             attempt=n,
             expires_at=d.expires_at,
             unsubscribe_url=d.content.get("unsubscribe_url"),
+            metadata=d.content.get("_meta") or {},
         )
         started = time.perf_counter()
         try:

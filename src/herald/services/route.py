@@ -324,7 +324,10 @@ class RouterService:
             log.warning("delivery.render_failed", delivery_id=d.id, notification_id=n.id, error=exc.detail)
             return d
         if channel == "push":
-            d.content["devices"] = [{"id": x.id, "kind": x.kind, "token": x.token} for x in devices]
+            device = devices[-1]  # the most recently registered active device
+            d.content["_meta"] = {
+                "device_id": device.id, "device_kind": device.kind, "device_registered_at": device.created_at,
+            }
         if channel == "email" and category.opt_out:
             d.content["unsubscribe_url"] = self.unsubscribe.url(user_id, category.name, channel)
         if n.send_at is not None and n.send_at > now:

@@ -36,7 +36,7 @@ class ConsoleProvider:
             "category": message.category,
             "priority": message.priority.value,
             "attempt": message.attempt,
-            "content": {k: v for k, v in message.content.items() if k != "devices"},
+            "content": {k: v for k, v in message.content.items() if k != "_meta"},
         }
         if self.path is not None:
             line = orjson.dumps(record) + b"\n"

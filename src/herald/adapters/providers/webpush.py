@@ -183,7 +183,7 @@ def parse_subscription(message: OutboundMessage) -> Subscription:
 
 
 def build_payload(message: OutboundMessage) -> bytes:
-    body = {k: v for k, v in message.content.items() if k != "devices"}
+    body = {k: v for k, v in message.content.items() if k != "devices" and not k.startswith("_")}
     body["herald"] = {
         "delivery_id": message.delivery_id,
         "notification_id": message.notification_id,

@@ -1126,6 +1126,29 @@ class SqlStore:
 
         return await self.db.run(op)
 
+    async def find_delivery(self, provider_message_id: str) -> Delivery | None:
+        d = t.deliveries
+
+        def op(c: Connection) -> Delivery | None:
+            row = c.execute(select(d).where(d.c.provider_message_id == provider_message_id).limit(1)).first()
+            return _delivery(row) if row else None
+
+        return await self.db.run(op)
+
+    async def first_seen(self, key: str, *, ttl: float, now: float) -> bool:
+        k = t.dedup_keys
+
+        def op(c: Connection) -> bool:
+            c.execute(delete(k).where(k.c.key == key, k.c.user_id == "-", k.c.expires_at <= now))
+            inserted = c.execute(
+                self._ins(k)
+                .values(key=key, user_id="-", notification_id="-", expires_at=now + ttl)
+                .on_conflict_do_nothing()
+            ).rowcount
+            return bool(inserted)
+
+        return await self.db.run(op)
+
     # Suppressions -----------------------------------------------------------------------------
     async def suppress_address(self, channel: str, address: str, reason: str, *, now: float) -> None:
         await self.db.run(lambda c: self._suppress(c, channel, address, reason, now))

@@ -17,6 +17,7 @@ from herald.entrypoints.api import (
     routes_ops,
     routes_templates,
     routes_users,
+    routes_webhooks,
 )
 from herald.entrypoints.api.limits import BodyLimit
 
@@ -50,7 +51,14 @@ def create_app(
         lifespan=lifespan,
     )
     problems.install(app)
-    for module in (routes_notifications, routes_users, routes_templates, routes_inbox, routes_ops):
+    for module in (
+        routes_notifications,
+        routes_users,
+        routes_templates,
+        routes_inbox,
+        routes_ops,
+        routes_webhooks,
+    ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app

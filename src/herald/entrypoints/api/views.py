@@ -50,7 +50,7 @@ def delivery_view(d: Delivery, *, with_content: bool = False) -> dict[str, Any]:
         "provider_message_id": d.provider_message_id,
     }
     if with_content:
-        out["content"] = {k: v for k, v in d.content.items() if k not in ("devices", "unsubscribe_url")}
+        out["content"] = {k: v for k, v in d.content.items() if k not in ("_meta", "unsubscribe_url")}
     return out
 
 
