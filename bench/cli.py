@@ -44,6 +44,11 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
     parser.add_argument("--max-connections", type=int, help="herald keep-alive connections to the provider")
     parser.add_argument("--router-batch", type=int, help="herald [worker] router_batch")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="hard bound per scenario")
+    parser.add_argument(
+        "--herald-patches",
+        default="",
+        help="experiment: run herald with these bench/patched.py patches (comma-separated)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep each run's folder (config, db, logs)")
     parser.add_argument("--output", type=Path, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
@@ -63,6 +68,7 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
         latency=args.latency,
         tuning=tuning,
         keep=args.keep,
+        patches=[p for p in args.herald_patches.split(",") if p],
         max_seconds=args.max_seconds,
     )
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]

@@ -71,7 +71,7 @@ class Payloads:
 
 
 class HeraldClient:
-    def __init__(self, base_url: str, key: str, *, connections: int = 256, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, key: str, *, connections: int = 256, timeout: float = 300.0) -> None:
         self.base_url = base_url
         self.session = aiohttp.ClientSession(
             base_url=base_url,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,15 @@ level = "{tuning.log_level}"
     return path
 
 
+def herald_module(patches: Sequence[str]) -> list[str]:
+    """``herald``, or herald with experimental patches applied (see bench/patched.py)."""
+    return ["bench.patched", ",".join(patches)] if patches else ["herald"]
+
+
 class HeraldServer:
-    def __init__(self, workdir: Path, provider_url: str, tuning: HeraldTuning) -> None:
+    def __init__(
+        self, workdir: Path, provider_url: str, tuning: HeraldTuning, patches: Sequence[str] = ()
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -91,7 +99,7 @@ class HeraldServer:
         self.key = ""
         self.service = Service(
             "herald",
-            [sys.executable, "-m", "herald", "serve", "--config", str(self.config)],
+            [sys.executable, "-m", *herald_module(patches), "serve", "--config", str(self.config)],
             cwd=workdir,
             log=workdir / "herald.log",
             env=python_env(),

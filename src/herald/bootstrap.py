@@ -97,6 +97,7 @@ _MODULES = {
     "apns": ("apns", "ApnsConfig", "ApnsProvider"),
     "webpush": ("webpush", "WebPushConfig", "WebPushProvider"),
     "webhook": ("webhook", "WebhookConfig", "WebhookProvider"),
+    "chat": ("chat", "ChatConfig", "ChatProvider"),
 }
 
 
@@ -235,6 +236,7 @@ async def build(
     if settings.queue.url != "sql":
         raise ConfigurationError("queue.url: only 'sql' is available in this build")
     queue: Queue = SqlQueue(store.db)
+    await queue.start()  # on PostgreSQL: LISTEN for wake-ups from the other processes
     cache: Cache = build_cache(settings)
 
     secret = settings.auth.secret or await store.put_setting_if_absent("auth_secret", secrets.token_hex(32))

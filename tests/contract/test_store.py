@@ -7,7 +7,10 @@ engines shows up here as a failing case.
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -931,6 +934,22 @@ async def test_delivery_counts_and_queue_depth(store: SqlStore, queue: SqlQueue)
     assert await store.ambiguous_count() == 0
 
 
+_START = """
+import asyncio, sys, time
+from herald.adapters.store.database import Database
+from herald.adapters.store.sql import SqlStore
+
+async def main() -> None:
+    store = SqlStore(Database(sys.argv[1]))
+    await asyncio.sleep(float(sys.argv[3]) - time.time())  # all start at the same instant
+    await store.start()
+    await store.put_setting_if_absent("started", sys.argv[2])
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
 async def test_many_processes_starting_at_once_migrate_once(backend: SqlBackend, tmp_path: Path) -> None:
     """Every herald process runs the migration at start; on a fresh database they race."""
     if backend.name == "memory":
@@ -942,13 +961,62 @@ async def test_many_processes_starting_at_once_migrate_once(backend: SqlBackend,
         schema = f"herald_test_{uuid.uuid4().hex[:16]}"
         pg_execute(f'CREATE SCHEMA "{schema}"')
         url = pg_url_for(schema)
-    stores = [SqlStore(Database(url)) for _ in range(4)]
     try:
-        await asyncio.gather(*(s.start() for s in stores))
-        await stores[0].put_user(_user())
-        assert await stores[3].get_user("u1") is not None
+        at = str(time.time() + 2.0)
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _START, url, str(i), at, stderr=asyncio.subprocess.PIPE
+            )
+            for i in range(4)
+        ]
+        for p in procs:
+            _, err = await asyncio.wait_for(p.communicate(), 60)
+            assert p.returncode == 0, err.decode()[-2000:]
+        # and threads of one process starting stores at once
+        stores = [SqlStore(Database(url)) for _ in range(3)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(s.start() for s in stores)), 60)
+            assert await stores[2].get_setting("started") in {"0", "1", "2", "3"}
+        finally:
+            for s in stores:
+                await s.close()
     finally:
-        for s in stores:
-            await s.close()
         if schema is not None:
             pg_execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+async def test_deadlocked_transaction_is_run_again(backend: SqlBackend) -> None:
+    if backend.name != "postgres":
+        pytest.skip("SQLite has one writer: no deadlocks")
+    import threading
+
+    from sqlalchemy import Connection, text
+
+    store = backend.store
+    await store.put_setting_if_absent("a", "0")
+    await store.put_setting_if_absent("b", "0")
+    barrier = threading.Barrier(2, timeout=10)
+    runs = {"ab": 0, "ba": 0}
+
+    def locker(first: str, second: str) -> Callable[[Connection], str]:
+        def op(c: Connection) -> str:
+            runs[first + second] += 1
+            c.execute(
+                text("UPDATE settings SET value = value || :v WHERE name = :n"), {"v": first, "n": first}
+            )
+            if runs[first + second] == 1:
+                barrier.wait()  # both hold their first row: each now waits for the other's
+            c.execute(
+                text("UPDATE settings SET value = value || :v WHERE name = :n"), {"v": first, "n": second}
+            )
+            return first
+
+        return op
+
+    # deadlock_timeout (1 s by default) passes, PostgreSQL aborts one; it runs again and both finish.
+    done = await asyncio.wait_for(
+        asyncio.gather(store.db.run(locker("a", "b")), store.db.run(locker("b", "a"))), 30
+    )
+    assert sorted(done) == ["a", "b"]
+    assert sorted(runs.values()) == [1, 2]
+    assert len(await store.get_setting("a") or "") == len(await store.get_setting("b") or "") == 3

@@ -86,6 +86,7 @@ def test_validation_and_masking() -> None:
         check_timezone("Mars/Olympus")
     assert mask("ana@example.com") == "a***@example.com"
     assert mask("+33612345678") == "+33***78"
+    assert mask("https://user:pw@hooks.example.com/T0/secret?token=x@y") == "https://hooks.example.com/***"
 
 
 def test_ids_sort_by_time() -> None:

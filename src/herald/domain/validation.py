@@ -59,6 +59,10 @@ def mask(value: str | None) -> str | None:
     """For logs: keep enough to recognise an address, never the whole of it."""
     if value is None:
         return None
+    if "://" in value:  # a URL (webhook, chat): scheme and host only, never paths, queries or secrets
+        scheme, _, rest = value.partition("://")
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        return f"{scheme}://{host}/***"
     if "@" in value:
         local, _, domain = value.partition("@")
         return (local[:1] + "***@" + domain) if local else "***@" + domain

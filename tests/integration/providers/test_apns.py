@@ -296,9 +296,13 @@ async def test_provider_token_lifecycle_over_three_hours(provider: ApnsProvider,
     assert sum(s.uses for s in seen) == len(emulator.pushes)
 
 
-async def test_a_burst_of_1000_sends_uses_one_http2_connection(provider: ApnsProvider,
-                                                               emulator: ApnsEmulator) -> None:
-    results = await asyncio.gather(*(provider.send(message()) for _ in range(1000)))
+async def test_a_burst_of_1000_sends_uses_one_http2_connection(emulator: ApnsEmulator, clock: ManualClock) -> None:
+    # A generous timeout: on a loaded two-core CI machine 1,000 streams can take seconds.
+    provider = make_provider(emulator, clock, timeout=60.0)
+    try:
+        results = await asyncio.gather(*(provider.send(message()) for _ in range(1000)))
+    finally:
+        await provider.close()
     assert len({r.provider_message_id for r in results}) == 1000
     assert len(emulator.pushes) == 1000
     assert emulator.connection_count == 1

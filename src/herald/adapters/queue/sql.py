@@ -5,11 +5,15 @@ a time from the highest, so a backlog in a low lane never sits in front of a hig
 candidate query walks the ``(channel, status, priority, due_at)`` index in order and stops at
 the limit. PostgreSQL adds ``FOR UPDATE SKIP LOCKED`` so that concurrent workers claim disjoint
 rows; on SQLite the single writer serialises claims.
+
+On PostgreSQL, :meth:`SqlQueue.wake` also reaches the other herald processes through
+``LISTEN``/``NOTIFY`` (:mod:`herald.adapters.queue.pg_notify`), started by :meth:`start`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, select, update
 
@@ -19,19 +23,31 @@ from herald.adapters.store.database import Database
 from herald.adapters.store.sql import _delivery
 from herald.domain.models import Delivery, DeliveryStatus
 
+if TYPE_CHECKING:
+    from herald.adapters.queue.pg_notify import PgWakeups
+
 _CLAIMABLE = (DeliveryStatus.QUEUED.value, DeliveryStatus.RETRYING.value)
 
 
 class SqlQueue:
-    def __init__(self, db: Database, signals: Signals | None = None) -> None:
+    def __init__(self, db: Database, signals: Signals | None = None, *, notify: bool = True) -> None:
         self.db = db
         self.signals = signals or Signals()
+        self._notify = notify and db.dialect == "postgresql"
+        self._wakeups: PgWakeups | None = None
 
     async def start(self) -> None:
-        return None
+        if self._notify and self._wakeups is None:
+            from herald.adapters.queue.pg_notify import PgWakeups  # noqa: PLC0415 - needs psycopg
+
+            dsn = self.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._wakeups = PgWakeups(dsn, self.signals)
+            await self._wakeups.start()
 
     async def close(self) -> None:
-        return None
+        if self._wakeups is not None:
+            await self._wakeups.close()
+            self._wakeups = None
 
     async def claim(
         self, channel: str, *, owner: str, limit: int, max_rank: int, lease: float, now: float
@@ -102,6 +118,8 @@ class SqlQueue:
 
     def wake(self, channel: str | None = None) -> None:
         self.signals.wake(channel)
+        if self._wakeups is not None:
+            self._wakeups.notify(channel)
 
     async def wait(self, channel: str, timeout: float) -> None:
         await self.signals.wait(channel, timeout)

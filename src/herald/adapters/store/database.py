@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,13 +20,17 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.pool import StaticPool
 
 from herald.domain.errors import ConfigurationError, ServiceUnavailable
 
 T = TypeVar("T")
 _MIGRATIONS = Path(__file__).parent / "migrations"
+_UPGRADE_LOCK = threading.Lock()
+_RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_TX_ATTEMPTS = 5
+_MIGRATION_LOCK_KEY = 0x68_65_72_61_6C_64  # "herald": the advisory lock held while migrating
 
 
 def _normalise_url(url: str) -> str:
@@ -78,28 +85,50 @@ class Database:
         return self.engine.dialect.name
 
     def _tx(self, fn: Callable[[Connection], T]) -> T:
-        try:
-            with self.engine.begin() as conn:
-                return fn(conn)
-        except (exc.OperationalError, exc.InterfaceError) as err:
-            if self.is_sqlite and "locked" not in str(err):
+        """Run ``fn`` in one transaction; translate driver errors at this boundary.
+
+        A deadlock or serialisation failure (PostgreSQL rolls the transaction back) is run
+        again: every ``fn`` is a function of its connection only. Lost or refused connections
+        become ServiceUnavailable; the pool replaces a dead connection on next checkout.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            except exc.DBAPIError as err:
+                if attempt < _TX_ATTEMPTS and getattr(err.orig, "sqlstate", None) in _RETRY_SQLSTATES:
+                    time.sleep(random.uniform(0.001, 0.01 * attempt))  # noqa: S311 - jitter, not crypto
+                    continue
+                if isinstance(err, exc.OperationalError | exc.InterfaceError):
+                    if self.is_sqlite and "locked" not in str(err):
+                        raise  # SQLite reports SQL mistakes as OperationalError too
+                    raise ServiceUnavailable(f"database unavailable: {type(err.orig).__name__}") from err
+                if err.connection_invalidated:
+                    raise ServiceUnavailable("database connection lost") from err
                 raise
-            raise ServiceUnavailable(f"database unavailable: {type(err.orig).__name__}") from err
-        except exc.DBAPIError as err:
-            if err.connection_invalidated:
-                raise ServiceUnavailable("database connection lost") from err
-            raise
+            except exc.TimeoutError as err:  # no pooled connection came free in time
+                raise ServiceUnavailable("database busy: no connection free in the pool") from err
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(self._tx, fn))
 
     def upgrade(self) -> None:
-        """Bring the schema to the newest alembic revision."""
+        """Bring the schema to the newest alembic revision.
+
+        Every herald process upgrades at start, so starts race: on PostgreSQL a transaction-
+        scoped advisory lock lets one process migrate while the others wait and then find the
+        schema current; SQLite's ``BEGIN IMMEDIATE`` does the same. Alembic keeps its context
+        in module globals, so upgrades inside one process are serialised as well.
+        """
         cfg = Config()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
         cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
-        with self.engine.begin() as conn:
+        with _UPGRADE_LOCK, self.engine.begin() as conn:
+            if not self.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
