@@ -296,7 +296,9 @@ async def test_provider_token_lifecycle_over_three_hours(provider: ApnsProvider,
     assert sum(s.uses for s in seen) == len(emulator.pushes)
 
 
-async def test_a_burst_of_1000_sends_uses_one_http2_connection(emulator: ApnsEmulator, clock: ManualClock) -> None:
+async def test_a_burst_of_1000_sends_uses_one_http2_connection(
+    emulator: ApnsEmulator, clock: ManualClock
+) -> None:
     # A generous timeout: on a loaded two-core CI machine 1,000 streams can take seconds.
     provider = make_provider(emulator, clock, timeout=60.0)
     try:
