@@ -154,8 +154,13 @@ def store(backend: SqlBackend) -> SqlStore:
 
 
 @pytest.fixture
-def queue(backend: SqlBackend) -> SqlQueue:
-    return SqlQueue(backend.store.db)
+async def queue(backend: SqlBackend) -> AsyncIterator[SqlQueue]:
+    q = SqlQueue(backend.store.db)
+    await q.start()  # PostgreSQL: LISTEN/NOTIFY wake-ups
+    try:
+        yield q
+    finally:
+        await q.close()
 
 
 # Builders --------------------------------------------------------------------------------------

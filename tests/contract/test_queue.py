@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.sql import SqlStore
 from herald.domain.models import Attempt, DeliveryResult, Outcome, Priority
-from tests.contract.conftest import NOW, S, SqlBackend, result, seed, settle
+from tests.contract.conftest import NOW, S, SqlBackend, pg_execute, result, seed, settle
 
 P = Priority
 
@@ -205,3 +207,40 @@ async def test_wake_and_wait(queue: SqlQueue) -> None:
     started = time.monotonic()
     await queue.wait("push", 10)
     assert time.monotonic() - started < 1
+
+
+async def test_wake_reaches_the_other_processes(backend: SqlBackend) -> None:
+    """PostgreSQL: a wake in one process (a router, the scheduler) wakes every process's
+    workers through LISTEN/NOTIFY, and the listener survives losing its connection."""
+    if backend.name != "postgres":
+        pytest.skip("SQLite runs in one process: its wake-ups are in-process signals")
+    sender = SqlQueue(backend.store.db)
+    receiver = SqlQueue((await backend.connect()).db)  # its own pool and signals
+    await sender.start()
+    await receiver.start()
+
+    async def woken(channel: str | None, listen_on: str, within: float) -> bool:
+        await receiver.wait(listen_on, 0.01)  # forget earlier wakes
+        waiter = asyncio.create_task(receiver.wait(listen_on, within))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        sender.wake(channel)
+        await waiter
+        return time.monotonic() - started < within * 0.8
+
+    try:
+        assert await woken("email", "email", 3)
+        assert await woken(None, "sms", 3)  # every channel
+        assert not await woken("push", "email", 0.5)  # another channel's wake is not this one's
+
+        # kill every connection of this test, the listeners' among them
+        pg_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE application_name = '{backend.schema}'"
+        )
+        deadline = time.monotonic() + 15
+        while not await woken("email", "email", 0.5):
+            assert time.monotonic() < deadline, "the listener did not come back"
+    finally:
+        await sender.close()
+        await receiver.close()

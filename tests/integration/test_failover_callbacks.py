@@ -331,3 +331,57 @@ async def test_push_goes_through_the_provider_of_the_device_kind_end_to_end(tmp_
         )
     finally:
         await emu.stop()
+
+
+async def test_webhook_deliveries_to_internal_addresses_fail_blocked_and_reach_nothing(
+    tmp_path: Path,
+) -> None:
+    from aiohttp import web
+
+    hits: list[str] = []
+
+    async def canary_handler(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", canary_handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    settings = make_settings(
+        tmp_path,
+        providers={"webhook": {"signing_secret": "s" * 32, "timeout": 2}},
+        channels={"webhook": {"providers": ["webhook"]}},
+    )
+    urls = [
+        f"http://127.0.0.1:{port}/hook",
+        f"http://[::1]:{port}/hook",
+        f"http://[::ffff:127.0.0.1]:{port}/hook",
+        f"http://2130706433:{port}/hook",
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data/",
+    ]
+    try:
+        async with running_herald(settings) as h:
+            for i, url in enumerate(urls):
+                assert (await h.client.put(f"/v1/users/w{i}", json={"webhook_url": url})).status_code == 200
+            r = await h.client.put("/v1/users/wf", json={"webhook_url": "file:///etc/passwd"})
+            assert r.status_code == 422  # not even stored
+            r = await h.client.post(
+                "/v1/notifications",
+                json={
+                    "to": [f"w{i}" for i in range(len(urls))],
+                    "content": {"body": "x"},
+                    "channels": ["webhook"],
+                },
+            )
+            body = await h.wait_final(r.json()["id"])
+        for d in body["deliveries"]:
+            assert d["status"] == "failed" and d["reason"] == "blocked_address", d
+            assert d["attempts"][0]["code"] == "blocked_address"
+        assert hits == []
+    finally:
+        await runner.cleanup()

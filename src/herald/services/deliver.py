@@ -358,7 +358,9 @@ class DeliveryService:
             return result(S.FAILED, reason=Reason.INVALID_ADDRESS.value, dead=d.address)
         if isinstance(exc, PermanentDeliveryError):
             log.warning("delivery.failed", **ctx, detail=detail)
-            return result(S.FAILED, reason=Reason.PERMANENT_ERROR.value)
+            # A refused destination (SSRF guard) says so; other permanent errors are generic.
+            reason = "blocked_address" if code == "blocked_address" else Reason.PERMANENT_ERROR.value
+            return result(S.FAILED, reason=reason)
         if isinstance(exc, ProviderConfigError):
             # Never the user's fault: hold the delivery without spending its retry budget.
             log.error("provider.config_error", **ctx, detail=detail)

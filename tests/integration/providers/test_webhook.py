@@ -203,6 +203,28 @@ async def test_delivery_is_signed_and_verifiable(provider: WebhookProvider, rece
     assert not verify_signature(SECRET, signature, body, now=time.time() + 3600)
 
 
+async def test_secret_rotation_signs_with_the_new_and_the_previous_secrets(receiver: Server) -> None:
+    new = "rotated-secret-abcdef0123456789"
+    p = WebhookProvider(
+        WebhookConfig(
+            signing_secret=new,
+            previous_signing_secrets=[SECRET],
+            timeout=1.0,
+            allowed_hosts=[f"127.0.0.1:{receiver.port}"],
+        )
+    )
+    try:
+        await p.send(_message(receiver.url("/hook")))
+    finally:
+        await p.close()
+    _, headers, body = receiver.requests[-1]
+    signature = headers[SIGNATURE_HEADER]
+    assert signature.count(",v1=") == 2
+    assert verify_signature(new, signature, body)  # receivers already on the new secret
+    assert verify_signature(SECRET, signature, body)  # receivers still on the old one
+    assert not verify_signature("never-used-secret-0123456789", signature, body)
+
+
 async def test_connections_are_kept_alive(provider: WebhookProvider, receiver: Server) -> None:
     for _ in range(3):
         await provider.send(_message(receiver.url("/hook")))

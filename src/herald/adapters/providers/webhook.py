@@ -55,6 +55,9 @@ class WebhookConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # secrets never echo
 
     signing_secret: SecretStr
+    # Rotation: deliveries also carry a v1 signature under each previous secret until removed,
+    # so receivers can switch to the new secret at their own pace.
+    previous_signing_secrets: list[SecretStr] = Field(default_factory=list)
     timeout: float = Field(default=10.0, gt=0)
     connect_timeout: float = Field(default=5.0, gt=0)
     allow_private: bool = False
@@ -79,6 +82,14 @@ def sign(secret: bytes, timestamp: int, body: bytes) -> str:
     """The ``Herald-Signature`` header value for ``body`` sent at ``timestamp``."""
     digest = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"
+
+
+def sign_rotating(secret: bytes, previous: list[bytes], timestamp: int, body: bytes) -> str:
+    """``t=..,v1=<current>[,v1=<previous>...]``: one signature per secret in rotation."""
+    header = sign(secret, timestamp, body)
+    for old in previous:
+        header += ",v1=" + sign(old, timestamp, body).partition(",v1=")[2]
+    return header
 
 
 def verify_signature(
@@ -135,6 +146,7 @@ class WebhookProvider:
         self.config = config
         self._clock = clock
         self._secret = config.signing_secret.get_secret_value().encode()
+        self._previous = [x.get_secret_value().encode() for x in config.previous_signing_secrets]
         self.guard = SsrfGuard(
             allow_private=config.allow_private,
             allowed_hosts=config.allowed_hosts,
@@ -198,7 +210,7 @@ class WebhookProvider:
         headers = {
             "Content-Type": "application/json",
             DELIVERY_ID_HEADER: message.delivery_id,
-            SIGNATURE_HEADER: sign(self._secret, int(self._clock()), body),
+            SIGNATURE_HEADER: sign_rotating(self._secret, self._previous, int(self._clock()), body),
         }
         progress = SimpleNamespace(sent=False)
         started = time.perf_counter()
