@@ -76,7 +76,9 @@ class HeraldClient:
         self.session = aiohttp.ClientSession(
             base_url=base_url,
             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-            connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=60),
+            # Idle connections are dropped after 2 s, before uvicorn's 5 s keep-alive timeout: a
+            # request sent on a connection the server is closing fails as "Server disconnected".
+            connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=2.0),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
 

@@ -280,6 +280,7 @@ async def build(
         unsubscribe,
         batch=settings.worker.router_batch,
         lease=settings.queue.lease_seconds,
+        cache=cache,
     )
     accept = AcceptService(store, clock, catalog, router.wake)
     delivery = DeliveryService(

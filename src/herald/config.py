@@ -94,7 +94,16 @@ class CategoryConfig(_Section):
     priority: Priority = Priority.NORMAL
     quiet_hours: bool = True
     digest: bool = False
-    budget: str | None = None
+    budget: str | None = None  # per user, e.g. "3/day", "10/week", "5/1h"
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: str | None) -> str | None:
+        from herald.domain.quiet_hours import parse_budget  # noqa: PLC0415 - parse check only
+
+        if value is not None:
+            parse_budget(value)  # ValueError names the field: categories.<name>.budget
+        return value
 
 
 def _default_categories() -> dict[str, CategoryConfig]:

@@ -196,7 +196,8 @@ class Store(Protocol):
     async def fail_routing(self, notification_id: str, error: str, *, now: float) -> None: ...
 
     async def cancel_notification(self, notification_id: str, *, now: float) -> tuple[int, int]:
-        """Cancel every delivery not yet sent. Returns (cancelled, already_final)."""
+        """Cancel every delivery not yet handed to a worker (pending, scheduled, queued,
+        retrying). Returns (cancelled by this call, left unchanged: sent, in flight or final)."""
         ...
 
     # Deliveries -----------------------------------------------------------------------------------
@@ -287,7 +288,10 @@ class Queue(Protocol):
     """Per-channel work queues with priority lanes.
 
     ``claim`` hands out deliveries due now, highest lane first, under a lease held by
-    ``owner``; an expired lease makes the delivery claimable again.
+    ``owner``; concurrent claimers (in any process) never get the same delivery. A claimed
+    delivery is not handed out again while its lease runs; once the lease has expired,
+    ``Store.reclaim_expired_leases`` records the ambiguous ``lost`` attempt and makes it
+    claimable again.
     """
 
     async def start(self) -> None: ...

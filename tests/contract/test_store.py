@@ -58,6 +58,8 @@ async def test_unreachable_postgres_is_service_unavailable() -> None:
     store = SqlStore(Database("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2"))
     try:
         with pytest.raises(ServiceUnavailable):
+            await store.start()
+        with pytest.raises(ServiceUnavailable):
             await store.ping()
         with pytest.raises(ServiceUnavailable):
             await store.get_user("u1")
@@ -1020,3 +1022,110 @@ async def test_deadlocked_transaction_is_run_again(backend: SqlBackend) -> None:
     assert sorted(done) == ["a", "b"]
     assert sorted(runs.values()) == [1, 2]
     assert len(await store.get_setting("a") or "") == len(await store.get_setting("b") or "") == 3
+
+
+# Routing in bulk, dedup, recipient context, callbacks ---------------------------------------------
+
+
+async def test_save_routed_many_applies_only_the_batches_whose_lease_is_held(store: SqlStore) -> None:
+    mine, theirs, done_now = (make_notification(user_ids=("a",)) for _ in range(3))
+    await store.create_notifications([mine, done_now])
+    assert len(await store.claim_unrouted(owner="me", limit=10, lease=30, now=NOW)) == 2
+    await store.create_notifications([theirs])
+    assert len(await store.claim_unrouted(owner="other", limit=10, lease=30, now=NOW)) == 1
+    ok = await store.save_routed_many(
+        [
+            RoutedBatch(mine.id, [make_delivery(mine.id, user_id="a")], recipients_done=1, finished=False),
+            RoutedBatch(theirs.id, [make_delivery(theirs.id, user_id="a")], recipients_done=1, finished=True),
+            RoutedBatch(
+                done_now.id, [make_delivery(done_now.id, user_id="a")], recipients_done=1, finished=True
+            ),
+        ],
+        owner="me",
+        now=NOW + 1,
+    )
+    assert ok == [True, False, True]
+    assert len(await store.get_deliveries(mine.id)) == 1
+    assert await store.get_deliveries(theirs.id) == []
+    got = {x.id: await store.get_notification(x.id) for x in (mine, theirs, done_now)}
+    assert got[mine.id] is not None and got[mine.id].status == NotificationStatus.ROUTING  # type: ignore[union-attr]
+    assert got[done_now.id] is not None and got[done_now.id].status == NotificationStatus.ROUTED  # type: ignore[union-attr]
+    assert got[theirs.id] is not None and got[theirs.id].status == NotificationStatus.ROUTING  # type: ignore[union-attr]
+
+
+async def test_dedup_key_skips_the_same_user_within_the_window(store: SqlStore) -> None:
+    async def route(user_ids: tuple[str, ...], now: float) -> dict[str, tuple[S, str | None]]:
+        n = make_notification(user_ids=user_ids, dedup_key="order-42")
+        await store.create_notifications([n])
+        await store.claim_unrouted(owner="r", limit=10, lease=30, now=now)
+        ds = [make_delivery(n.id, user_id=u) for u in user_ids]
+        batch = RoutedBatch(
+            n.id, ds, recipients_done=len(ds), finished=True, dedup_key="order-42", dedup_window=600
+        )
+        assert await store.save_routed(batch, owner="r", now=now)
+        return {d.user_id: (d.status, d.reason) for d in await store.get_deliveries(n.id)}
+
+    assert await route(("a", "b"), NOW) == {"a": (S.QUEUED, None), "b": (S.QUEUED, None)}
+    assert await route(("b", "c"), NOW + 10) == {"b": (S.SKIPPED, "duplicate"), "c": (S.QUEUED, None)}
+    assert await route(("a",), NOW + 601) == {"a": (S.QUEUED, None)}  # the window has passed
+
+
+async def test_dedup_key_has_one_winner_under_concurrency(backend: SqlBackend) -> None:
+    stores = [backend.store, await backend.connect()]
+    notes = [make_notification(user_ids=("u",), dedup_key="k") for _ in range(6)]
+    await backend.store.create_notifications(notes)
+    await backend.store.claim_unrouted(owner="r", limit=10, lease=30, now=NOW)
+    await asyncio.gather(
+        *(
+            stores[i % 2].save_routed(
+                RoutedBatch(
+                    n.id, [make_delivery(n.id, user_id="u")], recipients_done=1, finished=True, dedup_key="k"
+                ),
+                owner="r",
+                now=NOW,
+            )
+            for i, n in enumerate(notes)
+        )
+    )
+    statuses = [d.status for n in notes for d in await backend.store.get_deliveries(n.id)]
+    assert sorted(statuses) == [S.QUEUED] + [S.SKIPPED] * 5
+
+
+async def test_recipient_context(store: SqlStore) -> None:
+    await store.put_user(_user("a"))
+    await store.put_user(User(id="b", phone="+33699999999", updated_at=NOW))
+    await store.put_preferences(Preferences(user_id="a", channels={"sms": False}))
+    dev = await store.add_device(
+        Device(id=new_id("dev"), user_id="a", kind="fcm", token="t1", created_at=NOW)
+    )
+    await store.suppress_address("email", "a@example.com", "bounced", now=NOW)
+    await store.suppress_address("sms", "+33699999999", "unsubscribed", now=NOW)
+    await store.suppress_address("email", "stranger@example.com", "bounced", now=NOW)
+    ctx = await store.recipient_context(["a", "b", "missing", "a"], with_devices=True)
+    assert set(ctx.users) == {"a", "b"}
+    assert ctx.preferences["a"].channels == {"sms": False} and "b" not in ctx.preferences
+    assert [d.id for d in ctx.devices["a"]] == [dev.id]
+    assert ctx.suppressed == {"email": {"a@example.com"}, "sms": {"+33699999999"}}
+    without = await store.recipient_context(["a"], with_devices=False)
+    assert without.devices == {}
+
+
+async def test_find_delivery_by_provider_message_id(store: SqlStore, queue: SqlQueue) -> None:
+    (a,) = await seed(store, {})
+    await settle(store, queue, (a, S.SENT), provider_message_id="sg-123")
+    found = await store.find_delivery("sg-123")
+    assert found is not None and found.id == a.id
+    assert await store.find_delivery("unknown") is None
+
+
+async def test_first_seen(store: SqlStore) -> None:
+    assert await store.first_seen("twilio:SM1:delivered", ttl=600, now=NOW) is True
+    assert await store.first_seen("twilio:SM1:delivered", ttl=600, now=NOW + 1) is False
+    assert await store.first_seen("twilio:SM1:read", ttl=600, now=NOW + 1) is True
+    assert await store.first_seen("twilio:SM1:delivered", ttl=600, now=NOW + 601) is True  # expired
+
+
+async def test_first_seen_has_one_winner_under_concurrency(backend: SqlBackend) -> None:
+    stores = [backend.store, await backend.connect()]
+    got = await asyncio.gather(*(stores[i % 2].first_seen("evt", ttl=60, now=NOW) for i in range(10)))
+    assert got.count(True) == 1

@@ -25,13 +25,15 @@ from herald.domain.models import (
     Device,
     Notification,
     Preferences,
+    Priority,
     Reason,
     Recipient,
     Template,
     User,
     new_id,
 )
-from herald.ports import Clock, RecipientContext, RoutedBatch, Store
+from herald.domain.quiet_hours import parse_budget, quiet_until
+from herald.ports import Cache, Clock, RecipientContext, RoutedBatch, Store
 from herald.services.catalog import Catalog
 from herald.services.rendering import render_variant
 from herald.services.signing import UnsubscribeSigner
@@ -87,8 +89,10 @@ class RouterService:
         *,
         batch: int = 50,
         lease: float = 60.0,
+        cache: Cache | None = None,
     ) -> None:
         self.store = store
+        self.cache = cache
         self.clock = clock
         self.catalog = catalog
         self._wake_channel = wake_channel
@@ -170,6 +174,8 @@ class RouterService:
             )
             for n, template in ready
         ]
+        for b in batches:
+            await self._apply_budgets(b.deliveries)
         oks = await self.store.save_routed_many(
             batches, owner=self.owner, now=self.clock.now(), lease=self.lease
         )
@@ -213,10 +219,63 @@ class RouterService:
                 dedup_key=n.dedup_key,
                 dedup_window=self.catalog.dedup_window,
             )
+            await self._apply_budgets(batch.deliveries)
             ok = await self.store.save_routed(batch, owner=self.owner, now=self.clock.now(), lease=self.lease)
             self._after_save([batch], [ok])
             if not ok:
                 return
+
+    async def _apply_budgets(self, deliveries: Sequence[Delivery]) -> None:
+        """Enforce per-(user, category) budgets on deliveries about to be queued or scheduled.
+
+        One notification counts once per user whatever its number of channels; all of that
+        user's channels share the verdict. Critical priority and categories without a budget
+        never consume or are blocked. The count is one atomic ``hit_window`` in the shared cache,
+        so concurrent routers cannot overshoot.
+
+        A re-run after a crash (same notification, same user) must not count twice: a marker
+        ``budget-hit:{notification}:{user}`` is set first; when it already exists, a previous run
+        counted this message and it is let through uncounted (already-saved deliveries are not
+        re-inserted anyway). When the window is full the marker is removed again so a re-run
+        re-checks instead of letting it through. A crash between the two cache calls can at
+        worst count one message without delivering it.
+        """
+        if self.cache is None:
+            return
+        groups: dict[tuple[str, str, str], list[Delivery]] = {}
+        for d in deliveries:
+            if d.status not in (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED):
+                continue
+            if d.priority == Priority.CRITICAL:
+                continue
+            category = self.catalog.categories.get(d.category or "")
+            if category is None or not category.budget:
+                continue
+            groups.setdefault((d.notification_id, d.user_id, category.name), []).append(d)
+        now = self.clock.now()
+        for (notification_id, user_id, cat_name), group in groups.items():
+            budget_str = self.catalog.categories[cat_name].budget
+            assert budget_str is not None
+            budget = parse_budget(budget_str)
+            marker = f"budget-hit:{notification_id}:{user_id}"
+            if not await self.cache.add_if_absent(marker, ttl=budget.window):
+                continue  # counted by an earlier, interrupted routing run
+            key = f"budget:{cat_name}:{user_id}"
+            if await self.cache.hit_window(key, limit=budget.limit, window=budget.window, now=now):
+                continue
+            await self.cache.delete(marker)
+            for d in group:
+                d.status = DeliveryStatus.SKIPPED
+                d.reason = Reason.RATE_LIMITED.value
+                d.due_at = now
+                log.info(
+                    "delivery.skipped",
+                    delivery_id=d.id,
+                    notification_id=notification_id,
+                    channel=d.channel,
+                    reason=Reason.RATE_LIMITED.value,
+                    budget=budget_str,
+                )
 
     async def _context(self, recipients: Sequence[Recipient], *, push: bool) -> RecipientContext:
         stored = [r.user_id for r in recipients if r.inline is None]
@@ -335,6 +394,14 @@ class RouterService:
             d.due_at = n.send_at
         else:
             d.status = DeliveryStatus.QUEUED
+        quiet = prefs.quiet_hours if prefs is not None else None
+        if quiet and category.quiet_hours and n.priority != Priority.CRITICAL:
+            # Deferred to the end of the user's quiet hours, never dropped.
+            until = quiet_until(quiet, user.timezone, d.due_at)
+            if until is not None:
+                d.status = DeliveryStatus.SCHEDULED
+                d.due_at = until
+                log.info("delivery.quiet_hours", delivery_id=d.id, notification_id=n.id, until=until)
         return d
 
     def _render(self, n: Notification, template: Template | None, channel: str, user: User) -> JSON:

@@ -12,10 +12,11 @@ On PostgreSQL, :meth:`SqlQueue.wake` also reaches the other herald processes thr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from herald.adapters.queue.signals import Signals
 from herald.adapters.store import schema as t
@@ -41,7 +42,12 @@ class SqlQueue:
             from herald.adapters.queue.pg_notify import PgWakeups  # noqa: PLC0415 - needs psycopg
 
             dsn = self.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._wakeups = PgWakeups(dsn, self.signals)
+            # One NOTIFY channel per schema: deployments sharing a database do not wake each other.
+            schema = await self.db.run(lambda c: c.execute(select(func.current_schema())).scalar())
+            channel = "herald_queue"
+            if schema and schema != "public":
+                channel = (channel + "_" + re.sub(r"[^a-z0-9_]", "_", str(schema).lower()))[:63]
+            self._wakeups = PgWakeups(dsn, self.signals, channel=channel)
             await self._wakeups.start()
 
     async def close(self) -> None:

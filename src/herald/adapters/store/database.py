@@ -126,11 +126,16 @@ class Database:
         cfg = Config()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
         cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
-        with _UPGRADE_LOCK, self.engine.begin() as conn:
-            if not self.is_sqlite:
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        try:
+            with _UPGRADE_LOCK, self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except (exc.OperationalError, exc.InterfaceError) as err:
+            if self.is_sqlite:
+                raise
+            raise ServiceUnavailable(f"database unavailable: {type(err.orig).__name__}") from err
 
     async def upgrade_async(self) -> None:
         loop = asyncio.get_running_loop()

@@ -681,14 +681,19 @@ class SqlStore:
 
         def op(c: Connection) -> list[bool]:
             ids = [b.notification_id for b in batches]
+            # FOR UPDATE (PostgreSQL; SQLite's single writer needs none) keeps the leases ours
+            # until commit: claim_unrouted (SKIP LOCKED) cannot take a row over meanwhile.
             held = {
                 r.id
                 for r in c.execute(
-                    select(n.c.id).where(
+                    select(n.c.id)
+                    .where(
                         n.c.id.in_(ids),
                         n.c.status == NotificationStatus.ROUTING.value,
                         n.c.lease_owner == owner,
                     )
+                    .order_by(n.c.id)
+                    .with_for_update()
                 )
             }
             rows: list[dict[str, Any]] = []
@@ -1140,12 +1145,14 @@ class SqlStore:
 
         def op(c: Connection) -> bool:
             c.execute(delete(k).where(k.c.key == key, k.c.user_id == "-", k.c.expires_at <= now))
+            # RETURNING, not rowcount: an INSERT's rowcount is -1 on psycopg (reads as "new").
             inserted = c.execute(
                 self._ins(k)
                 .values(key=key, user_id="-", notification_id="-", expires_at=now + ttl)
                 .on_conflict_do_nothing()
-            ).rowcount
-            return bool(inserted)
+                .returning(k.c.key)
+            ).first()
+            return inserted is not None
 
         return await self.db.run(op)
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 
 from herald.domain.errors import NotFound, ValidationError
 from herald.domain.models import ALL_CHANNELS, Device, Preferences, User, new_id
+from herald.domain.quiet_hours import check_digest_schedule
 from herald.domain.validation import check_id, check_locale, check_timezone, normalize_email, normalize_phone
 from herald.entrypoints.api.deps import Caller, CallerDep, ContainerDep, check_user_access, require
 from herald.entrypoints.api.schemas import DeviceBody, PreferencesBody, TokenBody, UserBody
@@ -144,12 +145,24 @@ async def put_preferences(
         for ch in chans:
             if ch not in _CHANNELS:
                 raise ValidationError(f"unknown channel {ch!r}", field=f"categories.{cat}.{ch}")
+    digests: dict[str, str] = {}
+    for cat, schedule in body.digests.items():
+        category = c.catalog.categories.get(cat)
+        if category is None:
+            raise ValidationError(f"unknown category {cat!r}", field=f"digests.{cat}")
+        try:
+            digests[cat] = check_digest_schedule(schedule)
+        except ValueError as exc:
+            raise ValidationError(str(exc), field=f"digests.{cat}") from None
+        if digests[cat] != "off" and not category.digest:
+            raise ValidationError(f"category {cat!r} cannot be digested", field=f"digests.{cat}")
+    # Everything is checked before anything is stored.
     prefs = Preferences(
         user_id=user_id,
         channels=body.channels,
         categories=body.categories,
         quiet_hours=body.quiet_hours.model_dump() if body.quiet_hours else None,
-        digests=body.digests,
+        digests=digests,
     )
     await c.store.put_preferences(prefs)
     return {"user_id": user_id, **_effective(c, prefs)}
