@@ -97,7 +97,7 @@ async def run(names: list[str], opts: Options, output: Path | None) -> int:
             status = 1
             continue
         for result in results:
-            result["wall_s"] = round(time.monotonic() - started, 1)
+            result["scenario_wall_s"] = round(time.monotonic() - started, 1)
             emit(result, output)
             if result.get("lost") or result.get("dup") or result.get("unexpected"):
                 status = 1

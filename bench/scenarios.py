@@ -368,6 +368,7 @@ async def flood_critical(opts: Options) -> list[dict[str, Any]]:
     async with environment("flood_critical", opts, users=users) as env:
         low_starts: dict[str, float] = {}
         crit_starts: dict[str, float] = {}
+        crit_accept: list[float] = []
         errors: dict[str, int] = {}
         begin = time.time()
         # Accepting runs at 1,000-3,000/s here: 800/s leaves a margin before the release.
@@ -392,6 +393,7 @@ async def flood_critical(opts: Options) -> list[dict[str, Any]]:
                 status, body = -1, type(exc).__name__
             if status == 202:
                 crit_starts[body["id"]] = scheduled
+                crit_accept.append(time.time() - scheduled)
             else:
                 key = str(status) if status > 0 else str(body)
                 errors[key] = errors.get(key, 0) + 1
@@ -418,6 +420,7 @@ async def flood_critical(opts: Options) -> list[dict[str, Any]]:
             "latency_of": "critical scheduled send -> provider receipt",
             "latency_ms": percentiles(got[n] - t for n, t in crit_starts.items() if n in got),
             "critical_lost": sum(1 for n in crit_starts if n not in got),
+            "critical_accept_ms": percentiles(crit_accept),
             "low_latency_ms": percentiles(got[n] - release for n in low_starts if n in got),
             "low_backlog_start": backlog_start,
             "low_backlog_end": backlog_end,
