@@ -6,7 +6,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    Row,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from herald.adapters.store import schema as t
@@ -190,6 +203,31 @@ def _attempt(row: Row[Any]) -> Attempt:
         latency_ms=row.latency_ms,
         ambiguous=bool(row.ambiguous),
     )
+
+
+# One prepared statement for every result (building an update() per row cost ~25 % of the
+# SQLite thread in the drain profile). Optional columns keep their value when the parameter is NULL.
+_D = t.deliveries
+_RECORD_RESULT = (
+    update(_D)
+    .where(
+        _D.c.id == bindparam("b_id"), _D.c.status == S.SENDING.value, _D.c.lease_owner == bindparam("b_owner")
+    )
+    .values(
+        status=bindparam("b_status"),
+        reason=bindparam("b_reason"),
+        provider=bindparam("b_provider"),
+        retry_count=bindparam("b_n"),
+        budget_used=_D.c.budget_used + bindparam("b_budget"),
+        lease_owner=None,
+        lease_until=None,
+        updated_at=bindparam("b_now"),
+        sent_at=func.coalesce(bindparam("b_sent_at", type_=Float), _D.c.sent_at),
+        provider_message_id=func.coalesce(bindparam("b_message_id", type_=String), _D.c.provider_message_id),
+        failed_at=func.coalesce(bindparam("b_failed_at", type_=Float), _D.c.failed_at),
+        due_at=func.coalesce(bindparam("b_due_at", type_=Float), _D.c.due_at),
+    )
+)
 
 
 def _delivery_rows(deliveries: Sequence[Delivery], now: float) -> list[dict[str, Any]]:
@@ -898,32 +936,23 @@ class SqlStore:
             attempts: list[dict[str, Any]] = []
             for r in results:
                 check_transition(S.SENDING, r.new_status)
-                values: dict[str, Any] = {
-                    "status": r.new_status.value,
-                    "reason": r.reason,
-                    "provider": r.attempt.provider,
-                    "retry_count": r.attempt.n,
-                    "lease_owner": None,
-                    "lease_until": None,
-                    "updated_at": now,
-                }
-                if r.counts_against_budget:
-                    values["budget_used"] = d.c.budget_used + 1
-                if r.new_status == S.SENT:
-                    values["sent_at"] = r.attempt.at
-                    values["provider_message_id"] = r.provider_message_id
-                elif r.new_status in (S.FAILED, S.DEAD):
-                    values["failed_at"] = now
-                if r.due_at is not None:
-                    values["due_at"] = r.due_at
+                sent = r.new_status == S.SENT
                 changed = c.execute(
-                    update(d)
-                    .where(
-                        d.c.id == r.delivery_id,
-                        d.c.status == S.SENDING.value,
-                        d.c.lease_owner == r.lease_owner,
-                    )
-                    .values(**values)
+                    _RECORD_RESULT,
+                    {
+                        "b_id": r.delivery_id,
+                        "b_owner": r.lease_owner,
+                        "b_status": r.new_status.value,
+                        "b_reason": r.reason,
+                        "b_provider": r.attempt.provider,
+                        "b_n": r.attempt.n,
+                        "b_budget": 1 if r.counts_against_budget else 0,
+                        "b_now": now,
+                        "b_sent_at": r.attempt.at if sent else None,
+                        "b_message_id": r.provider_message_id if sent else None,
+                        "b_failed_at": now if r.new_status in (S.FAILED, S.DEAD) else None,
+                        "b_due_at": r.due_at,
+                    },
                 ).rowcount
                 if not changed:
                     rejected.append(r.delivery_id)

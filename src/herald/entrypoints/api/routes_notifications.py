@@ -75,6 +75,15 @@ async def send_batch(
         notes: list[Notification] = []
         results: list[dict[str, Any]] = []
         memo = PrepareMemo()
+        # One lookup for every stored user the batch names, instead of one per item.
+        named: list[str] = []
+        for raw in body.notifications:
+            to = raw.get("to")
+            for item in to if isinstance(to, list) else [to]:
+                if isinstance(item, str) and 0 < len(item) <= 128:
+                    named.append(item)
+        if named:
+            memo.known_users.update(await c.store.get_users(named))
         for i, raw in enumerate(body.notifications):
             try:
                 item = _send_adapter.validate_python(raw)
