@@ -19,6 +19,8 @@ Patches:
 * ``prefetch_users``: a batch looks up its stored users one item at a time (one database
   round trip per distinct user); here they are fetched in one query before the items.
 * ``api_key_cache``: every request reads its API key row; here a hit is cached for 5 s.
+* ``tx_census`` (not a fix): counts database transactions by operation, printed to herald's
+  working folder's ``tx_census.txt`` (run with ``--keep`` to read it).
 """
 
 from __future__ import annotations
@@ -271,6 +273,36 @@ def _api_key_cache() -> None:
         return key
 
     sql.SqlStore.get_api_key = get_api_key  # type: ignore[method-assign]
+
+
+@patch("tx_census")
+def _tx_census() -> None:
+    """Not a fix: counts the transactions herald runs, by operation, into ``tx_census.txt`` in
+    its working folder (rewritten every second: uvicorn re-raises SIGTERM after a graceful
+    stop, so an ``atexit`` hook would never run)."""
+    import threading
+    from collections import Counter
+    from pathlib import Path
+
+    from herald.adapters.store.database import Database
+
+    counts: Counter[str] = Counter()
+    original = Database.run
+
+    async def run(self: Any, fn: Any) -> Any:
+        name = getattr(fn, "__qualname__", type(fn).__name__).replace(".<locals>.op", "")
+        counts[name] += 1
+        return await original(self, fn)
+
+    def writer() -> None:
+        out = Path("tx_census.txt")
+        while True:
+            time.sleep(1.0)
+            lines = [f"{n:8d} {name}" for name, n in counts.copy().most_common()]
+            out.write_text(f"{sum(counts.values()):8d} total\n" + "\n".join(lines) + "\n")
+
+    Database.run = run  # type: ignore[method-assign]
+    threading.Thread(target=writer, name="bench-tx-census", daemon=True).start()
 
 
 def apply(names: Sequence[str]) -> None:

@@ -11,6 +11,7 @@ them itself (SIGTERM, then SIGKILL after a grace period).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import resource
@@ -49,6 +50,13 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     return 0.0
 
 
+def reset_peak_rss() -> None:
+    """Restart this process's VmHWM from its current RSS (Linux ``clear_refs`` 5), so that
+    one scenario's peak is not the previous scenario's in a multi-scenario run."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def self_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -65,9 +73,12 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+# Loaded here, in the parent: the child between fork and exec should only make the call.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass

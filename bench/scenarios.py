@@ -29,6 +29,7 @@ from bench.procs import (
     loadavg,
     machine_busy_seconds,
     peak_rss_mb,
+    reset_peak_rss,
     self_cpu_seconds,
     source_version,
 )
@@ -95,6 +96,7 @@ class Env:
         self.herald.service.mark()
         self.emulator.mark()
         self._loadgen_cpu = self_cpu_seconds()
+        reset_peak_rss()
         self._load_start = loadavg()
         self._machine_busy = machine_busy_seconds()
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = ["drain", "accept", "flood_critical", "flaky"]
 PERCENTILES = ("p50", "p95", "p99", "max")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -56,9 +57,18 @@ class Database:
             @event.listens_for(self.engine, "connect")
             def _pragmas(dbapi_conn: Any, _record: Any) -> None:
                 cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute(f"PRAGMA synchronous={sync}")
                 cur.execute("PRAGMA busy_timeout=30000")
+                # Switching a fresh file to WAL needs an exclusive lock, and SQLite may answer
+                # "locked" at once (without its busy handler) when processes start together.
+                for attempt in range(200):
+                    try:
+                        cur.execute("PRAGMA journal_mode=WAL")
+                        break
+                    except sqlite3.OperationalError as err:
+                        if "locked" not in str(err) or attempt == 199:
+                            raise
+                        time.sleep(0.05)
+                cur.execute(f"PRAGMA synchronous={sync}")
                 cur.execute("PRAGMA foreign_keys=OFF")
                 cur.close()
 
