@@ -158,29 +158,39 @@ class DeliveryService:
         # Providers whose last outcome was a configuration error, until one of their sends succeeds.
         self.unhealthy: dict[str, dict[str, object]] = {}
         self._stopping = asyncio.Event()
+        self._pool_tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> None:
         self.writer.start()
-        tasks = [
+        self._pool_tasks = [
             asyncio.create_task(self._pool_loop(p), name=f"herald-pool-{p.channel}")
             for p in self.pools.values()
         ]
-        tasks.append(asyncio.create_task(self._heartbeat(), name="herald-lease-heartbeat"))
+        heartbeat = asyncio.create_task(self._heartbeat(), name="herald-lease-heartbeat")
         try:
             await self._stopping.wait()
+            # Pool loops finish their current claim (and start what it returned) before exiting.
+            await asyncio.gather(*self._pool_tasks, return_exceptions=True)
         finally:
-            for tk in tasks:
+            for tk in [*self._pool_tasks, heartbeat]:
                 tk.cancel()
-            for tk in tasks:
+            for tk in [*self._pool_tasks, heartbeat]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await tk
 
     async def stop(self, grace: float) -> None:
         """Stop claiming, let sends in flight finish (up to ``grace`` s), commit their results."""
         self._stopping.set()
+        self.queue.wake(None)
+        deadline = asyncio.get_running_loop().time() + grace
+        if self._pool_tasks:
+            # A claim under way when the stop came still hands its deliveries to send tasks,
+            # which are then waited for below: nothing claimed is left behind in `sending`.
+            await asyncio.wait(self._pool_tasks, timeout=grace)
         in_flight = [tk for p in self.pools.values() for tk in p.in_flight.values()]
         if in_flight:
-            _, pending = await asyncio.wait(in_flight, timeout=grace)
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, pending = await asyncio.wait(in_flight, timeout=remaining)
             for tk in pending:
                 tk.cancel()  # their leases expire and the deliveries are retried, counted as ambiguous
         await self.writer.close()
