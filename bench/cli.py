@@ -1,4 +1,4 @@
-"""``python -m bench SCENARIO [--quick] [--mode embedded]``: one JSON line per result on stdout.
+"""``python -m bench SCENARIO [--quick] [--mode embedded|scaleout]``: one JSON line per result on stdout.
 
 Progress goes to stderr. The exit status is non-zero when a scenario failed to run or lost or
 duplicated a notification.
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import SCENARIOS, Options, note
+from bench.scenarios import MODES, SCENARIOS, Options, note
 from bench.server import HeraldTuning
 
 
@@ -25,8 +25,9 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
     parser.add_argument(
         "--mode",
         default="embedded",
-        choices=["embedded"],
-        help="embedded: one `herald serve` on SQLite (the only mode this build offers)",
+        choices=list(MODES),
+        help="embedded: one `herald serve` on SQLite; scaleout: one `herald serve` on PostgreSQL + "
+        "Redis + RabbitMQ (a fresh schema and prefixes per run, removed afterwards)",
     )
     parser.add_argument(
         "--payload",

@@ -3,8 +3,8 @@
 ``tests.emulators.sendgrid.SendGridEmulator`` speaks the real protocol; this wrapper adds what a
 benchmark needs and the stock CLI lacks:
 
-* a compact receipt per accepted send (notification id, delivery id, time received), for
-  every send of the run, served incrementally at ``GET /_bench/receipts?since=N`` (the stock
+* a compact receipt per accepted send (notification id, delivery id, time received, recipient
+  address), for every send of the run, served incrementally at ``GET /_bench/receipts?since=N`` (the stock
   recorder keeps only the latest 10,000 requests, with their bodies);
 * answer counts by status at ``GET /_bench/stats``;
 * random faults at fixed rates (``--fail-503 0.2 --fail-429 0.02``), where the stock control
@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import os
 import random
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -46,7 +47,8 @@ class BenchSendGridEmulator(SendGridEmulator):
         self.fail_429 = fail_429
         self.retry_after = retry_after
         self.rng = random.Random(seed)
-        # [notification id, delivery id, time received] for every send answered 2xx.
+        # [notification id, delivery id, time received, "to" address] for every send answered 2xx.
+        # (A broadcast's receipts are told apart by address: one notification, many users.)
         self.receipts: list[list[Any]] = []
         self.answered: Counter[int] = Counter()
 
@@ -63,8 +65,14 @@ class BenchSendGridEmulator(SendGridEmulator):
         self.answered[status] += 1
         if 200 <= status < 300:
             args = _custom_args(record.json)
+            nid = args.get("herald_notification_id")
             self.receipts.append(
-                [args.get("herald_notification_id"), args.get("herald_delivery_id"), record.at]
+                [
+                    sys.intern(nid) if isinstance(nid, str) else nid,  # one copy per broadcast
+                    args.get("herald_delivery_id"),
+                    record.at,
+                    _to_address(record.json),
+                ]
             )
         return response
 
@@ -93,6 +101,14 @@ class BenchSendGridEmulator(SendGridEmulator):
         return web.json_response(
             {"answered": {str(k): v for k, v in sorted(self.answered.items())}, "pid": os.getpid()}
         )
+
+
+def _to_address(data: Any) -> str | None:
+    try:
+        address = data["personalizations"][0]["to"][0]["email"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return address if isinstance(address, str) else None
 
 
 def _custom_args(data: Any) -> dict[str, Any]:

@@ -143,31 +143,56 @@ class HeraldClient:
 
 
 class Receipts:
-    """Polls the emulator for the sends it accepted, incrementally, in the background."""
+    """Polls the emulator for the sends it accepted, incrementally, in the background.
 
-    def __init__(self, emulator_url: str, interval: float = 0.2) -> None:
+    ``key="notification"``: ``first`` is keyed by notification id and a duplicate is a delivery
+    id received more than once (single-recipient notifications). ``key="user"``: keyed by the
+    recipient's address, and a duplicate is a user who received the message more than once,
+    whatever the delivery id (a broadcast: one notification, one delivery per user)."""
+
+    def __init__(self, emulator_url: str, interval: float = 0.2, *, key: str = "notification") -> None:
+        if key not in ("notification", "user"):
+            raise ValueError(f"unknown receipt key {key!r}")
         self.url = emulator_url
         self.interval = interval
-        self.first: dict[str, float] = {}  # notification id -> first accepted send
+        self.key = key
+        self.first: dict[str, float] = {}  # notification id (or address) -> first accepted send
         self.per_delivery: Counter[str] = Counter()
+        self.user_dups = 0
         self.total = 0
         self.last_change = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        # One poll at a time: the background poll and a scenario's own poll() asking with the
+        # same ``since`` counted the same receipts twice (a false dup) and then skipped as many
+        # (a false loss): seen as "lost 119, dup 119" under heavy machine load.
+        self._polling = asyncio.Lock()
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         self._task = asyncio.create_task(self._run())
 
     async def poll(self) -> int:
+        async with self._polling:
+            return await self._poll()
+
+    async def _poll(self) -> int:
         assert self._session is not None
         async with self._session.get(f"{self.url}/_bench/receipts", params={"since": str(self.total)}) as r:
             answer = orjson.loads(await r.read())
         items = answer["items"]
-        for nid, did, at in items:
-            self.per_delivery[did] += 1
-            if nid not in self.first:
-                self.first[nid] = at
+        if self.key == "user":
+            first = self.first
+            for _nid, _did, at, address in items:
+                if address in first:
+                    self.user_dups += 1
+                else:
+                    first[address] = at
+        else:
+            for nid, did, at, _address in items:
+                self.per_delivery[did] += 1
+                if nid not in self.first:
+                    self.first[nid] = at
         if items:
             self.total += len(items)
             self.last_change = time.monotonic()
@@ -193,7 +218,7 @@ class Receipts:
             self._session = None
 
     def duplicates(self) -> int:
-        return sum(n - 1 for n in self.per_delivery.values() if n > 1)
+        return self.user_dups + sum(n - 1 for n in self.per_delivery.values() if n > 1)
 
     async def emulator_stats(self) -> dict[str, Any]:
         assert self._session is not None

@@ -1,32 +1,34 @@
-"""Run herald with candidate performance fixes patched in at run time, to measure them.
+"""Run herald with diagnostic patches applied at run time, to look inside a benchmark run.
 
-This is an experiment tool, not part of herald: ``src/`` is left untouched, and the figures in
-BENCHMARKS.md are for the unpatched code unless a line says otherwise. Each patch is the
-smallest change that tests one hypothesis from the profile; the real fix belongs in ``src/``.
+This is an experiment tool, not part of herald: ``src/`` is left untouched. (It held run-time
+prototypes of the fixes the first benchmark session recommended; those are in ``src/`` now:
+prepared claim statements, one executemany for results, batch user lookups, cached API keys,
+an async container dependency.)
 
     python -m bench.patched PATCH[,PATCH...] serve --config herald.toml
-    python -m bench drain --herald-patches record_results,prefetch_users
+    python -m bench drain --herald-patches tx_census --keep
 
 Patches:
 
-* ``async_container``: the FastAPI dependency ``deps.container`` is a plain ``def``, which
-  FastAPI runs in its thread pool on every request; an ``async def`` runs inline.
-* ``record_results``: ``SqlStore.record_results`` builds and compiles one SQLAlchemy UPDATE per
-  result; here one pre-written statement runs through ``executemany`` after one SELECT that
-  finds the results whose lease is still held.
-* ``claim``: ``SqlQueue.claim`` builds up to eight SELECTs and an UPDATE per claim with
-  SQLAlchemy Core; here the same statements are pre-written SQL strings.
-* ``prefetch_users``: a batch looks up its stored users one item at a time (one database
-  round trip per distinct user); here they are fetched in one query before the items.
-* ``api_key_cache``: every request reads its API key row; here a hit is cached for 5 s.
-* ``tx_census`` (not a fix): counts database transactions by operation, printed to herald's
-  working folder's ``tx_census.txt`` (run with ``--keep`` to read it).
+* ``tx_census``: counts database transactions by operation, into ``tx_census.txt`` in herald's
+  working folder (run with ``--keep`` to read it).
+* ``latency_probe``: how long urgent (API) transactions wait for the database thread and run,
+  how long batch transactions run, and the event loop's lag, into ``latency_probe.txt``.
+* ``claim_pk`` (SQLite; a candidate fix): the claim's ``UPDATE ... WHERE id IN (...) AND
+  status IN ('queued', 'retrying')`` written ``+status``, so that SQLite looks the ids up by
+  primary key instead of walking ``ix_deliveries_lease`` over every queued delivery (its
+  choice without ``ANALYZE`` statistics: 135 ms per claim of 64 with 77,000 queued).
+* ``expiry_index`` (SQLite; a candidate fix): a partial index on ``deliveries(expires_at)``
+  and the scheduler's expiry sweep written ``+status``, so that each tick reads the deliveries
+  that have an expiry instead of every queued one (55 ms per tick with 77,000 queued).
+* ``outbox_priority`` (broker queue; a candidate fix): the outbox relay takes due rows by
+  priority first (``ORDER BY priority, due_at, id``, with an index to match) instead of
+  ``due_at, id``, so that a critical delivery's message is published ahead of a released
+  backlog of low ones instead of behind all of them.
 """
 
 from __future__ import annotations
 
-import contextvars
-import functools
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -43,236 +45,78 @@ def patch(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
     return register
 
 
-@patch("async_container")
-def _async_container() -> None:
-    from fastapi import FastAPI, Request
+@patch("latency_probe")
+def _latency_probe() -> None:
+    """Experiment: where an urgent (API) transaction's time goes: queue wait vs run, and the
+    longest transactions ahead of it; plus event-loop lag. Written to latency_probe.txt."""
+    import asyncio
+    import threading
+    from pathlib import Path
 
-    from herald.entrypoints import cli
-    from herald.entrypoints.api import deps
+    from herald.adapters.store import database
+    from herald.domain import urgency
 
-    async def container(request: Request) -> Any:
-        return request.app.state.container
+    stats: dict[str, list[float]] = {"urgent_wait": [], "urgent_run": [], "normal_run": [], "loop_lag": []}
+    original = database.Database._tx
 
-    def walk(dependant: Any) -> None:
-        for sub in dependant.dependencies:
-            if sub.call is deps.container:
-                object.__setattr__(sub, "call", container)
-                for name, attr in type(sub).__dict__.items():
-                    if isinstance(attr, functools.cached_property):
-                        sub.__dict__.pop(name, None)
-            walk(sub)
-
-    original = cli.create_app
-
-    def create_app(*args: Any, **kwargs: Any) -> FastAPI:
-        app = original(*args, **kwargs)
-        for route in app.routes:
-            dependant = getattr(route, "dependant", None)
-            if dependant is not None:
-                walk(dependant)
-        return app
-
-    cli.create_app = create_app
-
-
-_UPDATE = (
-    "UPDATE deliveries SET status = ?, reason = ?, provider = ?, retry_count = ?, lease_owner = NULL, "
-    "lease_until = NULL, updated_at = ?, budget_used = budget_used + ?, sent_at = COALESCE(?, sent_at), "
-    "provider_message_id = CASE WHEN ? THEN ? ELSE provider_message_id END, "
-    "failed_at = COALESCE(?, failed_at), due_at = COALESCE(?, due_at) "
-    "WHERE id = ? AND status = 'sending' AND lease_owner = ?"
-)
-
-
-@patch("record_results")
-def _record_results() -> None:
-    from sqlalchemy import Connection, insert
-
-    from herald.adapters.store import sql
-    from herald.domain.models import DeliveryResult
-
-    S = sql.S
-    a = sql.t.attempts
-
-    async def record_results(self: Any, results: Sequence[DeliveryResult], *, now: float) -> list[str]:
-        def op(c: Connection) -> list[str]:
-            ids = [r.delivery_id for r in results]
-            held: set[tuple[str, str]] = set()
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = c.exec_driver_sql(
-                    f"SELECT id, lease_owner FROM deliveries WHERE status = 'sending' AND id IN ({marks})",
-                    tuple(chunk),
-                )
-                held.update((row[0], row[1]) for row in rows)
-            rejected: list[str] = []
-            params: list[tuple[Any, ...]] = []
-            attempts: list[dict[str, Any]] = []
-            dead: list[Any] = []
-            for r in results:
-                sql.check_transition(S.SENDING, r.new_status)
-                if (r.delivery_id, r.lease_owner) not in held:
-                    rejected.append(r.delivery_id)
-                    continue
-                sent = r.new_status == S.SENT
-                params.append(
-                    (
-                        r.new_status.value,
-                        r.reason,
-                        r.attempt.provider,
-                        r.attempt.n,
-                        now,
-                        1 if r.counts_against_budget else 0,
-                        r.attempt.at if sent else None,
-                        1 if sent else 0,
-                        r.provider_message_id,
-                        now if r.new_status in (S.FAILED, S.DEAD) else None,
-                        r.due_at,
-                        r.delivery_id,
-                        r.lease_owner,
-                    )
-                )
-                at = r.attempt
-                attempts.append(
-                    {
-                        "delivery_id": r.delivery_id,
-                        "n": at.n,
-                        "at": at.at,
-                        "provider": at.provider,
-                        "outcome": at.outcome.value,
-                        "code": at.code[:64] if at.code else at.code,
-                        "detail": at.detail,
-                        "latency_ms": at.latency_ms,
-                        "ambiguous": at.ambiguous,
-                    }
-                )
-                if r.dead_address:
-                    dead.append(r)
-            if params:
-                c.exec_driver_sql(_UPDATE, params)
-            for r in dead:
-                channel = c.exec_driver_sql(
-                    "SELECT channel FROM deliveries WHERE id = ?", (r.delivery_id,)
-                ).scalar_one()
-                self._suppress(c, channel, r.dead_address, r.reason or "invalid_address", now)
-            if attempts:
-                c.execute(insert(a), attempts)
-            return rejected
-
-        result: list[str] = await self.db.run(op)
-        return result
-
-    sql.SqlStore.record_results = record_results  # type: ignore[method-assign]
-
-
-_CLAIM_SELECT = (
-    "SELECT id FROM deliveries WHERE channel = ? AND status = ? AND priority = ? AND due_at <= ? "
-    "ORDER BY due_at LIMIT ?"
-)
-
-
-@patch("claim")
-def _claim() -> None:
-    from sqlalchemy import Connection
-
-    from herald.adapters.queue import sql as queue_sql
-    from herald.domain.models import Delivery
-
-    claimable = queue_sql._CLAIMABLE
-
-    async def claim(
-        self: Any, channel: str, *, owner: str, limit: int, max_rank: int, lease: float, now: float
-    ) -> list[Delivery]:
-        def op(c: Connection) -> list[Delivery]:
-            ids: list[str] = []
-            for rank in range(max_rank + 1):
-                for status in claimable:
-                    want = limit - len(ids)
-                    if want <= 0:
-                        break
-                    ids.extend(
-                        row[0] for row in c.exec_driver_sql(_CLAIM_SELECT, (channel, status, rank, now, want))
-                    )
-            if not ids:
-                return []
-            marks = ",".join("?" * len(ids))
-            rows = c.exec_driver_sql(
-                "UPDATE deliveries SET status = 'sending', lease_owner = ?, lease_until = ?, sending_at = ?, "
-                f"updated_at = ? WHERE id IN ({marks}) AND status IN ('queued', 'retrying') RETURNING *",
-                (owner, now + lease, now, now, *ids),
-            ).all()
-            out = [queue_sql._delivery(r) for r in rows]
-            out.sort(key=lambda x: (x.priority.rank, x.due_at))
-            return out
-
-        if self.db.dialect != "sqlite":
-            raise RuntimeError("the claim patch is written for SQLite")
-        result: list[Delivery] = await self.db.run(op)
-        return result
-
-    queue_sql.SqlQueue.claim = claim  # type: ignore[method-assign]
-
-
-_PREFETCHED: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "bench_prefetched_users", default=None
-)
-
-
-@patch("prefetch_users")
-def _prefetch_users() -> None:
-    from herald.adapters.store import sql
-    from herald.services import accept
-
-    original_idempotent = accept.AcceptService.idempotent
-    original_get_users = sql.SqlStore.get_users
-
-    async def idempotent(self: Any, scope: str, key: str | None, payload: Any, build: Any) -> Any:
-        items = payload.get("notifications") if isinstance(payload, dict) else None
-        token = None
-        if isinstance(items, list):
-            wanted: list[str] = []
-            for item in items:
-                to = item.get("to") if isinstance(item, dict) else None
-                for one in to if isinstance(to, list) else [to]:
-                    if isinstance(one, str):
-                        wanted.append(one)
-            if wanted:
-                token = _PREFETCHED.set(await original_get_users(self.store, wanted))
+    def _tx(self: Any, fn: Any) -> Any:
+        t0 = time.perf_counter()
         try:
-            return await original_idempotent(self, scope, key, payload, build)
+            return original(self, fn)
         finally:
-            if token is not None:
-                _PREFETCHED.reset(token)
+            kind = getattr(fn, "_probe_kind", "normal")
+            stats[f"{kind}_run"].append(time.perf_counter() - t0)
 
-    async def get_users(self: Any, user_ids: Sequence[str]) -> dict[str, Any]:
-        cache = _PREFETCHED.get()
-        if cache is not None:
-            return {u: cache[u] for u in user_ids if u in cache}
-        result: dict[str, Any] = await original_get_users(self, user_ids)
-        return result
+    original_run = database.Database.run
 
-    accept.AcceptService.idempotent = idempotent  # type: ignore[method-assign]
-    sql.SqlStore.get_users = get_users  # type: ignore[method-assign]
+    async def run(self: Any, fn: Any) -> Any:
+        kind = "urgent" if urgency.current() == urgency.URGENT else "normal"
+        submitted = time.perf_counter()
 
+        def wrapped(c: Any) -> Any:
+            if kind == "urgent":
+                stats["urgent_wait"].append(time.perf_counter() - submitted)
+            return fn(c)
 
-@patch("api_key_cache")
-def _api_key_cache() -> None:
-    from herald.adapters.store import sql
+        wrapped._probe_kind = kind  # type: ignore[attr-defined]
+        return await original_run(self, wrapped)
 
-    original = sql.SqlStore.get_api_key
-    cache: dict[str, tuple[float, Any]] = {}
+    database.Database._tx = _tx  # type: ignore[method-assign]
+    database.Database.run = run  # type: ignore[method-assign]
 
-    async def get_api_key(self: Any, key_hash: str) -> Any:
-        hit = cache.get(key_hash)
-        if hit is not None and time.monotonic() - hit[0] < 5.0:
-            return hit[1]
-        key = await original(self, key_hash)
-        if key is not None:
-            cache[key_hash] = (time.monotonic(), key)
-        return key
+    async def lag() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.005)
+            stats["loop_lag"].append(loop.time() - t - 0.005)
 
-    sql.SqlStore.get_api_key = get_api_key  # type: ignore[method-assign]
+    from herald import bootstrap
+
+    original_start = bootstrap.Container.start_roles
+
+    def start_roles(self: Any, roles: Any) -> None:
+        original_start(self, roles)
+        self._tasks.append(asyncio.get_running_loop().create_task(lag()))
+
+    bootstrap.Container.start_roles = start_roles  # type: ignore[method-assign]
+
+    def writer() -> None:
+        out = Path("latency_probe.txt")
+        while True:
+            time.sleep(1.0)
+            lines = []
+            for name, values in list(stats.items()):
+                v = sorted(values[-20000:])
+                if v:
+                    p50, p95, p99 = (
+                        round(1000 * v[min(len(v) - 1, int(q * len(v)))], 2) for q in (0.5, 0.95, 0.99)
+                    )
+                    top = round(1000 * v[-1], 2)
+                    lines.append(f"{name}: n={len(values)} p50={p50} p95={p95} p99={p99} max={top} ms")
+            out.write_text("\n".join(lines) + "\n")
+
+    threading.Thread(target=writer, name="bench-latency-probe", daemon=True).start()
 
 
 @patch("tx_census")
@@ -303,6 +147,97 @@ def _tx_census() -> None:
 
     Database.run = run  # type: ignore[method-assign]
     threading.Thread(target=writer, name="bench-tx-census", daemon=True).start()
+
+
+@patch("claim_pk")
+def _claim_pk() -> None:
+    from herald.adapters.queue import sql as queue_sql
+
+    before = queue_sql._SQLITE_TAKE
+    after = before.replace("AND status IN ('queued', 'retrying')", "AND +status IN ('queued', 'retrying')")
+    if after == before:
+        raise SystemExit("claim_pk: the claim statement changed; the patch no longer applies")
+    queue_sql._SQLITE_TAKE = after
+
+
+@patch("expiry_index")
+def _expiry_index() -> None:
+    from sqlalchemy import text
+
+    from herald.adapters.store import sql as store_sql
+    from herald.domain.models import DeliveryStatus as S
+    from herald.domain.states import sources_of
+
+    waiting = sorted(s.value for s in sources_of(S.SKIPPED) - {S.SENDING, S.PENDING})
+    marks = ", ".join(f"'{w}'" for w in waiting)  # enum values, not input
+    sweep = text(
+        f"UPDATE deliveries SET status = 'skipped', reason = 'expired', updated_at = :now "
+        f"WHERE +status IN ({marks}) AND expires_at IS NOT NULL AND expires_at <= :now"
+    )
+    original_start = store_sql.SqlStore.start
+    original_expire = store_sql.SqlStore.expire_deliveries
+
+    async def start(self: Any) -> None:
+        await original_start(self)
+        if self.db.is_sqlite:
+            await self.db.run(
+                lambda c: c.execute(
+                    text(
+                        "CREATE INDEX IF NOT EXISTS bench_ix_deliveries_expiry "
+                        "ON deliveries (expires_at) WHERE expires_at IS NOT NULL"
+                    )
+                )
+            )
+
+    async def expire_deliveries(self: Any, *, now: float) -> int:
+        if not self.db.is_sqlite:
+            return int(await original_expire(self, now=now))
+        return int(await self.db.run(lambda c: c.execute(sweep, {"now": now}).rowcount))
+
+    store_sql.SqlStore.start = start  # type: ignore[method-assign]
+    store_sql.SqlStore.expire_deliveries = expire_deliveries  # type: ignore[method-assign]
+
+
+@patch("outbox_priority")
+def _outbox_priority() -> None:
+    from sqlalchemy import select, text, update
+
+    from herald.adapters.store import schema as t
+    from herald.adapters.store import sql as store_sql
+    from herald.ports import OutboxItem
+
+    original_start = store_sql.SqlStore.start
+
+    async def start(self: Any) -> None:
+        await original_start(self)
+        await self.db.run(
+            lambda c: c.execute(
+                text("CREATE INDEX IF NOT EXISTS bench_ix_outbox_priority ON outbox (priority, due_at, id)")
+            )
+        )
+
+    async def claim_outbox(self: Any, *, limit: int, now: float, lease: float) -> list[OutboxItem]:
+        o = t.outbox
+        pg = self.db.dialect == "postgresql"
+
+        def op(c: Any) -> list[OutboxItem]:
+            q = (
+                select(o.c.id, o.c.delivery_id, o.c.channel, o.c.priority, o.c.due_at)
+                .where(o.c.due_at <= now)
+                .order_by(o.c.priority, o.c.due_at, o.c.id)
+                .limit(limit)
+            )
+            if pg:
+                q = q.with_for_update(skip_locked=True)
+            rows = c.execute(q).all()
+            if rows:
+                c.execute(update(o).where(o.c.id.in_([r.id for r in rows])).values(due_at=now + lease))
+            return [OutboxItem(r.id, r.delivery_id, r.channel, r.priority, r.due_at) for r in rows]
+
+        return list(await self.db.run(op))
+
+    store_sql.SqlStore.start = start  # type: ignore[method-assign]
+    store_sql.SqlStore.claim_outbox = claim_outbox  # type: ignore[method-assign]
 
 
 def apply(names: Sequence[str]) -> None:

@@ -21,7 +21,9 @@ from typing import Any
 
 import aiohttp
 
-from bench.load import HeraldClient, Payloads, Receipts, settle
+from bench.backends import BackendMonitor, ScaleoutStack
+from bench.load import TEMPLATE, HeraldClient, HttpError, Payloads, Receipts, settle
+from bench.population import generate_postgres, generate_sqlite, index_of
 from bench.procs import (
     Service,
     Usage,
@@ -36,6 +38,8 @@ from bench.procs import (
 from bench.server import HeraldServer, HeraldTuning
 
 BATCH = 1000
+HERALD_PROCESSES = "one `herald serve` (api, router, workers, scheduler, outbox relay in one process)"
+MODES = ("embedded", "scaleout")
 
 
 @dataclass
@@ -88,6 +92,8 @@ class Env:
     receipts: Receipts
     payloads: Payloads
     version: str = ""
+    stack: ScaleoutStack | None = None  # --mode scaleout: this run's schema and prefixes
+    backends: BackendMonitor | None = None
     _loadgen_cpu: float = 0.0
     _load_start: float = 0.0
     _machine_busy: float = 0.0
@@ -99,6 +105,8 @@ class Env:
         reset_peak_rss()
         self._load_start = loadavg()
         self._machine_busy = machine_busy_seconds()
+        if self.backends is not None:
+            self.backends.mark()
 
     def usage(self) -> dict[str, Any]:
         ours = {
@@ -107,9 +115,15 @@ class Env:
             "loadgen": Usage(self_cpu_seconds() - self._loadgen_cpu, peak_rss_mb()),
         }
         out: dict[str, Any] = {name: u.as_json() for name, u in ours.items()}
+        ours_cpu = sum(u.cpu_s for u in ours.values())
+        if self.backends is not None:
+            # PostgreSQL (herald's backends; the server's background processes), Redis, RabbitMQ.
+            backends = self.backends.usage()
+            out["backends"] = backends
+            ours_cpu += self.backends.cpu_total(backends)
         # Everything else the machine ran meanwhile (other engineers' tests): the contention.
         busy = machine_busy_seconds() - self._machine_busy
-        out["others_cpu_s"] = round(max(0.0, busy - sum(u.cpu_s for u in ours.values())), 2)
+        out["others_cpu_s"] = round(max(0.0, busy - ours_cpu), 2)
         return out
 
     def check_alive(self) -> None:
@@ -126,6 +140,8 @@ class Env:
             "count": count,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "herald_version": self.version,
+            "herald_processes": HERALD_PROCESSES,
+            **({"scaleout": self.stack.describe()} if self.stack is not None else {}),
             **({"herald_patches": self.opts.patches} if self.opts.patches else {}),
         }
 
@@ -159,31 +175,60 @@ class Env:
 
 @asynccontextmanager
 async def environment(
-    name: str, opts: Options, *, users: int, tuning: HeraldTuning | None = None, **emulator_kw: Any
+    name: str,
+    opts: Options,
+    *,
+    users: int,
+    tuning: HeraldTuning | None = None,
+    receipt_key: str = "notification",
+    **emulator_kw: Any,
 ) -> AsyncIterator[Env]:
-    if opts.mode != "embedded":
-        raise SystemExit(
-            f"--mode {opts.mode}: only 'embedded' is available; this build's bootstrap accepts only "
-            "queue.url = 'sql' and cache.url = 'memory' (no RabbitMQ/Redis adapters yet)"
-        )
+    if opts.mode not in MODES:
+        raise SystemExit(f"--mode {opts.mode}: expected one of {', '.join(MODES)}")
     workdir = Path(tempfile.mkdtemp(prefix=f"herald-bench-{name}-"))
     emulator, emulator_url = emulator_service(
         workdir, latency=opts.latency, max_seconds=opts.max_seconds, **emulator_kw
     )
-    herald = HeraldServer(workdir, emulator_url, tuning or opts.tuning, opts.patches)
+    stack = ScaleoutStack() if opts.mode == "scaleout" else None
+    herald = HeraldServer(
+        workdir, emulator_url, tuning or opts.tuning, opts.patches, stack.sections() if stack else None
+    )
     client: HeraldClient | None = None
     receipts: Receipts | None = None
+    backends: BackendMonitor | None = None
     payloads = Payloads(opts.payload, users)
     failed = False
+    stack_created = False
     try:
+        if stack is not None:
+            await stack.create()
+            stack_created = True
+            backends = BackendMonitor(stack)
+            note(
+                f"{name}: scaleout: schema {stack.schema}, cache prefix {stack.cache_prefix!r}, "
+                f"queue prefix {stack.prefix!r}; redis pid {backends.redis_pid}, "
+                f"rabbitmq pid {backends.rabbitmq_pid}"
+            )
         emulator.start()
         await emulator.wait_ready(emulator_url + "/_bench/stats")
         await herald.start()
         client = HeraldClient(herald.url, herald.key)
         await client.setup(payloads)
-        receipts = Receipts(emulator_url)
+        receipts = Receipts(emulator_url, key=receipt_key)
         await receipts.start()
-        env = Env(name, opts, workdir, herald, emulator, client, receipts, payloads, source_version())
+        env = Env(
+            name,
+            opts,
+            workdir,
+            herald,
+            emulator,
+            client,
+            receipts,
+            payloads,
+            source_version(),
+            stack=stack,
+            backends=backends,
+        )
         note(f"{name}: herald pid {herald.service.pid}, emulator pid {emulator.pid}, workdir {workdir}")
         env.mark()
         yield env
@@ -198,6 +243,14 @@ async def environment(
             await client.close()
         herald.service.stop()
         emulator.stop()
+        if backends is not None:
+            await backends.close()
+        if stack is not None and stack_created:
+            if opts.keep:
+                note(f"{name}: kept schema {stack.schema} and prefix {stack.prefix} (--keep)")
+            else:
+                for problem in await stack.drop():
+                    note(f"{name}: cleanup: {problem}")
         if failed:
             note(f"{name}: herald log tail:\n{herald.service.tail(3000)}")
         if opts.keep or failed:
@@ -481,9 +534,144 @@ async def flaky(opts: Options) -> list[dict[str, Any]]:
         return [await env.finish(result)]
 
 
+BROADCAST_TOPIC = "bench-broadcast"
+
+
+def _vm_kib(pid: int, field_name: str) -> int | None:
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    return None
+
+
+async def broadcast(opts: Options) -> list[dict[str, Any]]:
+    """One notification to a topic of N subscribers (1,000,000; 5,000 with ``--quick``), to
+    completion. The subscribers (users with an email address and ``data.name``) are written
+    straight into herald's database before the measured window (bench/population.py); the
+    notification uses the stored template, category ``system`` (preferences are checked for
+    every recipient), email only.
+
+    Receipts are keyed by recipient address: ``lost`` = subscribers the provider never
+    received a message for, ``dup`` = messages beyond the first for the same subscriber,
+    ``unexpected`` = messages to anyone else. Time: ``POST`` sent → last provider receipt;
+    ``throughput``: deliveries/s over that time; ``latency_ms``: ``POST`` sent → each
+    subscriber's receipt. ``routed_s``: when herald reported every recipient routed (polled
+    every 2 s through ``GET /v1/notifications?limit=1``, which does not load the deliveries).
+    herald's peak RSS is ``processes.herald.peak_rss_mb`` (VmHWM, the whole process life)."""
+    count = opts.count or (5_000 if opts.quick else 1_000_000)
+    async with environment("broadcast", opts, users=0, receipt_key="user") as env:
+        await env.client.must("PUT", f"/v1/topics/{BROADCAST_TOPIC}", {"name": "bench broadcast"})
+        generated = time.monotonic()
+        if env.stack is not None:
+            await asyncio.to_thread(generate_postgres, env.stack.database_url, BROADCAST_TOPIC, count)
+        else:
+            await asyncio.to_thread(generate_sqlite, env.workdir / "herald.db", BROADCAST_TOPIC, count)
+        topic = await env.client.must("GET", f"/v1/topics/{BROADCAST_TOPIC}")
+        if topic["subscribers"] != count:
+            raise RuntimeError(f"topic has {topic['subscribers']} subscribers, expected {count}")
+        note(f"broadcast: {count} subscribers generated in {time.monotonic() - generated:.1f}s")
+        pid = env.herald.service.pid
+        rss_before = _vm_kib(pid, "VmRSS")
+        env.mark()  # also restarts the window's CPU figures after the generation
+        body = {
+            "to": {"topic": BROADCAST_TOPIC},
+            "template": TEMPLATE,
+            "data": {"code": "000000"},
+            "channels": ["email"],
+            "category": "system",
+        }
+        begin = time.time()
+        answer = await env.client.must("POST", "/v1/notifications", body, ok=(202,))
+        accepted_ms = round((time.time() - begin) * 1000, 2)
+        nid = answer["id"]
+        progress: dict[str, Any] = {"routed_at": None, "samples": []}
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(2.0)
+                with suppress(aiohttp.ClientError, TimeoutError, HttpError):
+                    page = await env.client.must("GET", "/v1/notifications?limit=1")
+                    n = next((x for x in page["items"] if x["id"] == nid), None)
+                    if n is None:
+                        continue
+                    now = time.time()
+                    received = len(env.receipts.first)
+                    rss = _vm_kib(pid, "VmRSS")
+                    rss_mb = round(rss / 1024, 1) if rss else None
+                    progress["samples"].append(
+                        [round(now - begin, 1), n["recipients_routed"], received, rss_mb]
+                    )
+                    if len(progress["samples"]) % 15 == 1:
+                        note(
+                            f"broadcast: {now - begin:.0f}s routed {n['recipients_routed']}/{count}, "
+                            f"received {received}, herald RSS {rss and rss // 1024} MB"
+                        )
+                    routed = n["status"] != "routing" and n["recipients_routed"] >= count
+                    if progress["routed_at"] is None and routed:
+                        progress["routed_at"] = now
+                        progress["status"] = n["status"]
+
+        watcher = asyncio.create_task(watch())
+        try:
+            # settle() judges "idle" by deliveries in progress: none exist before routing starts,
+            # so wait for routing to finish first (or to stop moving for a minute).
+            deadline = _deadline(opts)
+            moved_at, last_routed = time.monotonic(), -1
+            while progress["routed_at"] is None and time.monotonic() < deadline:
+                env.check_alive()
+                routed_now = progress["samples"][-1][1] if progress["samples"] else 0
+                if routed_now != last_routed:
+                    moved_at, last_routed = time.monotonic(), routed_now
+                elif time.monotonic() - moved_at > 60:
+                    break
+                await asyncio.sleep(0.5)
+            env.receipts.last_change = time.monotonic()
+            why = await settle(env.client, env.receipts, count, deadline=deadline, stall=60)
+        finally:
+            watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await watcher
+        env.check_alive()
+        got = env.receipts.first
+        expected_received = [at for addr, at in got.items() if index_of(addr, count) is not None]
+        last = max(expected_received) if expected_received else begin
+        result = env.base(count) | {
+            "notifications": 1,
+            "accepted_of": "recipients of the one topic notification (deliveries expected)",
+            "accepted": count,
+            "received": len(expected_received),
+            "lost": count - len(expected_received),
+            "dup": env.receipts.duplicates(),
+            "unexpected": len(got) - len(expected_received),
+            "lost_and_dup_of": "per subscriber (receipts keyed by recipient address), not per notification",
+        }
+        duration = last - begin
+        result |= {
+            "notification_id": nid,
+            "subscribers": count,
+            "throughput": round(len(expected_received) / duration, 1) if expected_received else None,
+            "throughput_of": "deliveries/s, POST sent -> last provider receipt",
+            "duration_s": round(duration, 2),
+            "latency_of": "POST sent -> provider receipt, per subscriber",
+            "latency_ms": percentiles(at - begin for at in expected_received),
+            "post_202_ms": accepted_ms,
+            "routed_s": round(progress["routed_at"] - begin, 1) if progress["routed_at"] else None,
+            "herald_rss_before_mb": round(rss_before / 1024, 1) if rss_before else None,
+            "progress_of": "[s since POST, recipients routed, subscribers received, herald RSS MB]",
+            "progress": progress["samples"][:: max(1, len(progress["samples"]) // 60)],
+            "targets": {"duration_s": 600, "herald_peak_rss_mb": 300, "subscribers": 1_000_000},
+            "settled": why,
+        }
+        result = await env.finish(result)
+        result["herald_cpu_ms_per_delivery"] = result.pop("herald_cpu_ms_per_notification", None)
+        return [result]
+
+
 SCENARIOS: dict[str, Callable[[Options], Awaitable[list[dict[str, Any]]]]] = {
     "drain": drain,
     "accept": accept,
     "flood_critical": flood_critical,
     "flaky": flaky,
+    "broadcast": broadcast,
 }

@@ -1,13 +1,38 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.support import stack as stack_mod
 from tests.support.smtp import SmtpTestServer
 
 REQUIRE_SERVICES = os.environ.get("HERALD_REQUIRE_SERVICES") == "1"
+
+
+@pytest.fixture(params=[stack_mod.EMBEDDED, stack_mod.SCALEOUT])
+async def stack(request: pytest.FixtureRequest) -> AsyncIterator[stack_mod.Stack]:
+    """Run the test once embedded (SQLite) and once scaled out (PostgreSQL + Redis + RabbitMQ)."""
+    if request.param == stack_mod.EMBEDDED:
+        yield stack_mod.CURRENT
+        return
+    from tests.contract.conftest import pg_execute, require_postgres
+    from tests.support.rabbitmq import delete_everything, require_rabbitmq, unique_prefix
+
+    require_postgres()
+    await require_rabbitmq()
+    current = stack_mod.CURRENT  # changed in place: helpers hold a reference to it
+    schema, prefix = f"herald_test_{uuid.uuid4().hex[:16]}", unique_prefix()
+    pg_execute(f'CREATE SCHEMA "{schema}"')
+    current.name, current.pg_schema, current.queue_prefix = stack_mod.SCALEOUT, schema, prefix
+    try:
+        yield current
+    finally:
+        current.name, current.pg_schema, current.queue_prefix = stack_mod.EMBEDDED, None, None
+        pg_execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await delete_everything(prefix)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import BaseModel
@@ -20,6 +20,7 @@ from herald.adapters.providers.composite import FailoverProvider, PushDispatcher
 from herald.adapters.providers.console import ConsoleProvider
 from herald.adapters.providers.in_app import InAppProvider
 from herald.adapters.providers.smtp import SmtpProvider
+from herald.adapters.queue.outbox_relay import OutboxRelay
 from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
@@ -28,16 +29,24 @@ from herald.config import ChannelConfig, Settings
 from herald.domain.errors import ConfigurationError
 from herald.domain.models import Category
 from herald.domain.policies import RetrySchedule
+from herald.domain.rules import parse_rule
 from herald.inbox import InboxHub
 from herald.metrics import Metrics
 from herald.ports import Cache, Clock, Provider, Queue, Store
 from herald.services.accept import AcceptService
 from herald.services.catalog import Catalog
 from herald.services.deliver import ChannelPool, DeliveryService
+from herald.services.digest import DigestService
+from herald.services.events import EventService
+from herald.services.leader import LeaderLease
+from herald.services.lookups import Lookups
 from herald.services.route import RouterService
 from herald.services.schedule import SchedulerService
 from herald.services.signing import Signer, UnsubscribeSigner, UserTokens
 from herald.services.track import TrackService
+
+if TYPE_CHECKING:
+    from herald.adapters.events_amqp import AmqpEventConsumer
 
 log = structlog.get_logger("herald.bootstrap")
 
@@ -138,6 +147,8 @@ def build_catalog(settings: Settings) -> Catalog:
             quiet_hours=c.quiet_hours,
             digest=c.digest,
             budget=c.budget,
+            digest_template=c.digest_template,
+            digest_items=c.digest_items,
         )
         for name, c in settings.categories.items()
     }
@@ -172,6 +183,12 @@ class Container:
     user_tokens: UserTokens
     unsubscribe: UnsubscribeSigner
     tracker: TrackService
+    lookups: Lookups
+    events: EventService
+    # Scale-out (issue 5): the outbox relay (amqp queue), events from the broker, the scheduler lease.
+    relay: OutboxRelay | None = None
+    broker_events: AmqpEventConsumer | None = None
+    leader: LeaderLease | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -182,8 +199,17 @@ class Container:
         if "worker" in roles:
             self._tasks.append(asyncio.create_task(self.delivery.run(), name="herald-workers"))
         if "scheduler" in roles:
+            if self.leader is not None:
+                self._tasks.append(asyncio.create_task(self.leader.run(self._stopping), name="herald-leader"))
             self._tasks.append(
-                asyncio.create_task(self.scheduler.run(self._stopping), name="herald-scheduler")
+                asyncio.create_task(self.scheduler.run(self._stopping, self.leader), name="herald-scheduler")
+            )
+        if self.relay is not None and roles & {"worker", "scheduler"}:
+            relay = self.relay.run(self._stopping)
+            self._tasks.append(asyncio.create_task(relay, name="herald-outbox-relay"))
+        if self.broker_events is not None and "worker" in roles:
+            self._tasks.append(
+                asyncio.create_task(self.broker_events.run(self._stopping), name="herald-broker-events")
             )
 
     async def stop(self) -> None:
@@ -191,6 +217,11 @@ class Container:
         self.router.wake()
         self.scheduler.wake()
         await self.delivery.stop(self.settings.worker.shutdown_grace_seconds)
+        await self.accept.writer.close()  # accepts under way commit before the store closes
+        # The lease, relay and broker consumer watch _stopping: let them release and close.
+        closing = [tk for tk in self._tasks if tk.get_name() in _GRACEFUL_TASKS]
+        if closing:
+            await asyncio.wait(closing, timeout=2.0)
         for tk in self._tasks:
             tk.cancel()
         for tk in self._tasks:
@@ -206,8 +237,58 @@ class Container:
         await self.store.close()
 
 
+async def apply_config_rules(settings: Settings, store: Store, catalog: Catalog, clock: Clock) -> None:
+    """Rules from the configuration file are (re)written at every start, so every process
+    sees them; a rule changed through the API keeps its change until the next start."""
+    for event_type, body in settings.rules.items():
+        rule = parse_rule(event_type, body, source="config", prefix=f"rules.{event_type}.")
+        if rule.category is not None:
+            catalog.category(rule.category, f"rules.{event_type}.category")
+        await store.put_rule(rule, now=clock.now())
+
+
 def build_store(settings: Settings) -> SqlStore:
-    return SqlStore(Database(settings.database.url, pool_size=settings.database.pool_size))
+    # A broker queue needs the outbox: rows written with every change that makes a delivery claimable.
+    return SqlStore(
+        Database(settings.database.url, pool_size=settings.database.pool_size),
+        outbox=settings.queue.url != "sql",
+    )
+
+
+_GRACEFUL_TASKS = frozenset({"herald-leader", "herald-outbox-relay", "herald-broker-events"})
+
+
+def build_queue(settings: Settings, store: SqlStore, clock: Clock) -> tuple[Queue, OutboxRelay | None]:
+    """``sql``: the deliveries table. ``amqp://``: RabbitMQ, fed by the outbox through a relay."""
+    q = settings.queue
+    if q.url == "sql":
+        return SqlQueue(store.db), None
+    try:
+        from herald.adapters.queue.amqp import AmqpQueue  # noqa: PLC0415 - the rabbitmq extra
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(
+            f"queue.url is amqp:// but {exc.name} is not installed: pip install 'herald[rabbitmq]'"
+        ) from None
+    store.outbox = True
+    queue = AmqpQueue(
+        q.url, store, clock, prefix=q.prefix, prefetch=q.prefetch, delivery_limit=q.delivery_limit
+    )
+    relay = OutboxRelay(store, queue.publish, clock, batch=q.relay_batch, max_sleep=q.idle_wait_seconds)
+    queue.add_wake_listener(relay.wake)
+    return queue, relay
+
+
+def build_broker_events(settings: Settings, events: EventService) -> AmqpEventConsumer | None:
+    """Worker processes consume events published to the ``{prefix}.events`` exchange."""
+    q = settings.queue
+    if q.url == "sql" or not q.consume_events:
+        return None
+    from herald.adapters.events_amqp import AmqpEventConsumer  # noqa: PLC0415 - the rabbitmq extra
+
+    async def handle(payload: dict[str, Any], *, idempotency_key: str | None) -> None:
+        await events.ingest(payload, source="amqp", idempotency_key=idempotency_key)
+
+    return AmqpEventConsumer(q.url, handle, prefix=q.prefix, delivery_limit=q.delivery_limit)
 
 
 def build_cache(settings: Settings) -> Cache:
@@ -218,7 +299,7 @@ def build_cache(settings: Settings) -> Cache:
         # Imported here: the redis package is an optional extra (the module says which).
         from herald.adapters.cache.redis import RedisCache  # noqa: PLC0415
 
-        return RedisCache(url)
+        return RedisCache(url, prefix=settings.cache.prefix)
     raise ConfigurationError(f"cache.url: expected 'memory' or a redis:// URL, got {url.split(':')[0]}:")
 
 
@@ -233,10 +314,8 @@ async def build(
     clock = clock or SystemClock()
     store = store or build_store(settings)
     await store.start()
-    if settings.queue.url != "sql":
-        raise ConfigurationError("queue.url: only 'sql' is available in this build")
-    queue: Queue = SqlQueue(store.db)
-    await queue.start()  # on PostgreSQL: LISTEN for wake-ups from the other processes
+    queue, relay = build_queue(settings, store, clock)
+    await queue.start()  # sql on PostgreSQL: LISTEN for wake-ups; amqp: connect
     cache: Cache = build_cache(settings)
 
     secret = settings.auth.secret or await store.put_setting_if_absent("auth_secret", secrets.token_hex(32))
@@ -282,7 +361,16 @@ async def build(
         lease=settings.queue.lease_seconds,
         cache=cache,
     )
-    accept = AcceptService(store, clock, catalog, router.wake)
+    lookups = Lookups(store)
+    accept = AcceptService(store, clock, catalog, router.wake, lookups=lookups)
+    events = EventService(
+        store,
+        clock,
+        accept,
+        unrouted=settings.events.unrouted,
+        rule_cache_seconds=settings.events.rule_cache_seconds,
+    )
+    await apply_config_rules(settings, store, catalog, clock)
     delivery = DeliveryService(
         store,
         queue,
@@ -292,8 +380,15 @@ async def build(
         lease=settings.queue.lease_seconds,
         idle_wait=settings.queue.idle_wait_seconds,
         observer=Observers(metrics, alerter),
+        claim_batch=settings.queue.claim_batch,
     )
-    scheduler = SchedulerService(store, queue, clock, max_sleep=settings.queue.idle_wait_seconds)
+    scheduler = SchedulerService(
+        store,
+        queue,
+        clock,
+        max_sleep=settings.queue.idle_wait_seconds,
+        digests=DigestService(store, clock, catalog, unsubscribe),
+    )
     return Container(
         settings=settings,
         store=store,
@@ -312,4 +407,9 @@ async def build(
         user_tokens=user_tokens,
         unsubscribe=unsubscribe,
         tracker=TrackService(store, clock),
+        lookups=lookups,
+        events=events,
+        relay=relay,
+        broker_events=build_broker_events(settings, events),
+        leader=LeaderLease(store, clock, ttl=settings.scheduler.leader_ttl_seconds),
     )

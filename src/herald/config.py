@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from herald.domain.errors import ConfigurationError
+from herald.domain.errors import ConfigurationError, ValidationError
 from herald.domain.models import ALL_CHANNELS, Priority
+from herald.domain.rules import parse_rule
 
 
 class _Section(BaseModel):
@@ -47,6 +48,12 @@ class QueueConfig(_Section):
     lease_seconds: float = Field(default=30.0, gt=0)
     claim_batch: int = Field(default=64, ge=1, le=1000)
     idle_wait_seconds: float = Field(default=1.0, gt=0)
+    # amqp:// only. Names: {prefix}.q.{channel}.{lane}, {prefix}.dlq.{channel}, {prefix}.events
+    prefix: str = Field(default="herald", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    prefetch: int = Field(default=64, ge=1, le=10_000)  # unacked messages per lane consumer
+    delivery_limit: int = Field(default=20, ge=1)  # redeliveries before the dead-letter queue
+    relay_batch: int = Field(default=500, ge=1, le=10_000)  # outbox rows per publish
+    consume_events: bool = True  # worker processes consume the {prefix}.events exchange
 
     @field_validator("url")
     @classmethod
@@ -56,8 +63,15 @@ class QueueConfig(_Section):
         return value
 
 
+class SchedulerConfig(_Section):
+    # One active scheduler among many: the lease's time to live; a dead holder is replaced
+    # within about this long, a live one renews every third of it.
+    leader_ttl_seconds: float = Field(default=5.0, ge=0.5)
+
+
 class CacheConfig(_Section):
     url: str = "memory"
+    prefix: str = Field(default="herald:", max_length=100)  # Redis key prefix (deployments sharing one Redis)
 
     @field_validator("url")
     @classmethod
@@ -95,6 +109,14 @@ class CategoryConfig(_Section):
     quiet_hours: bool = True
     digest: bool = False
     budget: str | None = None  # per user, e.g. "3/day", "10/week", "5/1h"
+    digest_template: str | None = None  # a stored template rendered for digests; built-in when None
+    digest_items: int = Field(default=10, ge=1, le=100)  # items listed per digest, the rest "and N more"
+
+    @model_validator(mode="after")
+    def _digest_options(self) -> CategoryConfig:
+        if self.digest_template is not None and not self.digest:
+            raise ValueError("digest_template is set but digest is false for this category")
+        return self
 
     @field_validator("budget")
     @classmethod
@@ -177,8 +199,14 @@ class AlertsConfig(_Section):
 
 
 class WorkerConfig(_Section):
-    router_batch: int = Field(default=50, ge=1)
+    router_batch: int = Field(default=200, ge=1)  # notifications per routing pass (one claim, one write)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+
+class EventsConfig(_Section):
+    # An event type without a rule: "reject" answers 422; "store" keeps it as unrouted.
+    unrouted: Literal["reject", "store"] = "reject"
+    rule_cache_seconds: float = Field(default=2.0, ge=0)
 
 
 class Settings(BaseSettings):
@@ -200,7 +228,11 @@ class Settings(BaseSettings):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     default_locale: str = "en"
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    # Routing rules by event type, as the body of PUT /v1/rules/{event_type}; applied at start.
+    rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -209,6 +241,13 @@ class Settings(BaseSettings):
         for name in self.channels:
             if name not in {c.value for c in ALL_CHANNELS}:
                 raise ValueError(f"channels.{name}: unknown channel")
+        for event_type, body in self.rules.items():
+            try:
+                rule = parse_rule(event_type, body, source="config", prefix=f"rules.{event_type}.")
+            except ValidationError as exc:
+                raise ValueError(exc.detail) from None
+            if rule.category is not None and rule.category not in self.categories:
+                raise ValueError(f"rules.{event_type}.category: unknown category {rule.category!r}")
         return self
 
     @classmethod

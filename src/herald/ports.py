@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from herald.domain.models import (
     JSON,
@@ -18,13 +18,16 @@ from herald.domain.models import (
     DeliveryResult,
     DeliveryStatus,
     Device,
+    EventRecord,
     Notification,
     OutboundMessage,
     Preferences,
     SendReceipt,
     Template,
+    Topic,
     User,
 )
+from herald.domain.rules import Rule
 
 
 class Clock(Protocol):
@@ -74,6 +77,7 @@ class RoutedBatch:
     recipients_done: int
     finished: bool
     recipients_total: int | None = None
+    cursor: str | None = None  # topic fan-out: the last subscriber in this chunk
     dedup_key: str | None = None
     dedup_window: float = 86_400.0
 
@@ -86,6 +90,51 @@ class RecipientContext:
     preferences: dict[str, Preferences]
     devices: dict[str, list[Device]]
     suppressed: dict[str, set[str]]  # channel -> addresses of these users that are suppressed
+
+
+# Digests (issue 4) -------------------------------------------------------------------------------
+@dataclass(slots=True, frozen=True)
+class DigestGroup:
+    """Held items of one user, category and channel, some of which are due."""
+
+    user_id: str
+    category: str
+    channel: str
+
+
+@dataclass(slots=True)
+class DigestPlan:
+    """One digest, written in one transaction: the digest notification and its delivery, and
+    the held items it replaces (marked ``skipped``/``digested`` with ``item_contents``)."""
+
+    notification: Notification
+    delivery: Delivery
+    item_contents: dict[str, JSON]  # held delivery id -> its content, with the pointer to the digest
+
+
+DigestSaved = Literal["saved", "exists", "changed"]
+
+
+# Broker queue and leader election (issue 5) --------------------------------------------------------
+@dataclass(slots=True, frozen=True)
+class OutboxItem:
+    """A delivery to publish to the broker once ``due_at`` has come (transactional outbox)."""
+
+    id: int
+    delivery_id: str
+    channel: str
+    priority: int  # rank: 0 critical .. 3 low
+    due_at: float
+
+
+@dataclass(slots=True, frozen=True)
+class NamedLease:
+    """Who holds a named lease (for example the active scheduler) and until when."""
+
+    name: str
+    owner: str
+    until: float
+    acquired_at: float
 
 
 class Store(Protocol):
@@ -161,10 +210,15 @@ class Store(Protocol):
 
     # Notifications -----------------------------------------------------------------------------
     async def create_notifications(
-        self, notifications: Sequence[Notification], *, idempotency: Sequence[tuple[str, str, int, JSON]] = ()
+        self,
+        notifications: Sequence[Notification],
+        *,
+        idempotency: Sequence[tuple[str, str, int, JSON]] = (),
+        events: Sequence[EventRecord] = (),
     ) -> None:
         """Commit notifications (status accepted); with ``idempotency`` (scope, key, code,
-        response) the key's record is completed in the same transaction."""
+        response) the key's record is completed in the same transaction, and so are the
+        ``events`` the notifications were made from."""
         ...
 
     async def get_notification(self, notification_id: str) -> Notification | None: ...
@@ -266,6 +320,116 @@ class Store(Protocol):
 
     async def mark_all_read(self, user_id: str, *, now: float) -> int: ...
 
+    # Rules, events, topics ----------------------------------------------------------------------
+    async def put_rule(self, rule: Rule, *, now: float) -> None: ...
+
+    async def get_rule(self, event_type: str) -> Rule | None: ...
+
+    async def list_rules(self) -> list[Rule]: ...
+
+    async def delete_rule(self, event_type: str) -> bool: ...
+
+    async def get_event(self, event_id: str) -> EventRecord | None: ...
+
+    async def put_topic(self, topic: Topic) -> Topic: ...
+
+    async def get_topic(self, key: str) -> Topic | None:
+        """The topic with its current subscriber count."""
+        ...
+
+    async def delete_topic(self, key: str) -> bool: ...
+
+    async def has_topic(self, key: str) -> bool: ...
+
+    async def add_subscribers(self, key: str, user_ids: Sequence[str], *, now: float) -> int: ...
+
+    async def remove_subscribers(self, key: str, user_ids: Sequence[str]) -> int: ...
+
+    async def subscriber_page(self, key: str, *, after: str | None, limit: int) -> list[str]:
+        """Subscribers in user id order after ``after`` (fan-out streams through these)."""
+        ...
+
+    async def count_subscribers(self, key: str) -> int: ...
+
+    async def fallback_candidates(self, notification_id: str) -> list[Delivery]:
+        """Every delivery of the recipients of ``notification_id`` that have a failed or dead one."""
+        ...
+
+    # Digests (issue 4; SqlDigestsMixin) -----------------------------------------------------------
+    # A held item is a delivery with status ``scheduled`` and reason ``digest``; its due_at is the
+    # digest time. promote_scheduled never queues one: only save_digest (or rehold) moves it.
+    async def due_digest_groups(self, *, now: float, limit: int) -> list[DigestGroup]:
+        """(user, category, channel) groups with held items due at ``now`` (oldest first)."""
+        ...
+
+    async def held_digest_items(
+        self, user_id: str, category: str, channel: str, *, now: float
+    ) -> list[Delivery]:
+        """The group's held items that are due and not expired, oldest first."""
+        ...
+
+    async def save_digest(self, plan: DigestPlan, *, now: float) -> DigestSaved:
+        """In one transaction: insert the digest notification and delivery and mark every item
+        ``skipped``/``digested``. ``changed`` (nothing written) when an item is no longer held
+        (cancelled, expired or digested meanwhile); ``exists`` (nothing written) when the
+        digest notification's id is already taken (that digest went out already)."""
+        ...
+
+    async def rehold_digest_items(
+        self, delivery_ids: Sequence[str], *, due_at: float | None, now: float
+    ) -> int:
+        """Move still-held items to a later digest time, or (``due_at`` None) release them as
+        ordinary scheduled deliveries due now. Returns how many changed."""
+        ...
+
+    # Broker queue: outbox, claims by id (issue 5; SqlOutboxMixin) ---------------------------------
+    # With the outbox on (``SqlStore(outbox=True)``, set when queue.url is amqp://), every
+    # transaction that makes a delivery claimable (queued or retrying) also writes an outbox row.
+    async def claim_outbox(self, *, limit: int, now: float, lease: float) -> list[OutboxItem]:
+        """Take up to ``limit`` due outbox rows (oldest due first) for publishing; they are
+        hidden from other relays for ``lease`` seconds (PostgreSQL: SKIP LOCKED)."""
+        ...
+
+    async def release_outbox(self, items: Sequence[OutboxItem]) -> None:
+        """Give rows whose publish failed back, due as before."""
+        ...
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        """Forget rows the broker confirmed."""
+        ...
+
+    async def outbox_next_due(self) -> float | None:
+        """The earliest due time in the outbox (None when empty)."""
+        ...
+
+    async def claim_ids(
+        self, delivery_ids: Sequence[str], *, owner: str, lease: float, now: float, early: float = 0.0
+    ) -> list[Delivery]:
+        """Claim these deliveries (queued or retrying, due by ``now + early``) for ``owner``,
+        exactly like a queue claim; others are left alone. A claimable delivery not due yet gets
+        a fresh outbox row (its message came early: clock skew, or a stale duplicate)."""
+        ...
+
+    async def requeue_ids(self, delivery_ids: Sequence[str], *, due_at: float, now: float) -> int:
+        """Write outbox rows due at ``due_at`` for those of these deliveries still claimable."""
+        ...
+
+    async def extend_leases(self, delivery_ids: Sequence[str], *, owner: str, until: float) -> None:
+        """Extend the send lease of ``owner``'s deliveries."""
+        ...
+
+    # Named leases (leader election) ------------------------------------------------------------------
+    async def acquire_or_renew(self, name: str, owner: str, *, ttl: float, now: float) -> bool:
+        """Take lease ``name`` for ``ttl`` seconds if it is free or expired, or renew it if
+        ``owner`` holds it. Atomic: of concurrent contenders exactly one wins."""
+        ...
+
+    async def get_lease(self, name: str) -> NamedLease | None: ...
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up (a graceful stop): the next contender takes it at once."""
+        ...
+
     # Stats and metrics ------------------------------------------------------------------------------
     async def delivery_counts(self, *, since: float | None = None) -> list[tuple[str, str, str | None, int]]:
         """(channel, status, provider, count)."""
@@ -326,6 +490,10 @@ class Cache(Protocol):
 
     async def hit_window(self, key: str, *, limit: int, window: float, now: float) -> bool:
         """Count one event in a sliding window; False (and nothing counted) when over ``limit``."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ServiceUnavailable when the cache cannot answer."""
         ...
 
     async def close(self) -> None: ...

@@ -14,7 +14,7 @@ import pytest
 from tests.support.process import HeraldProcess, db_query, herald_cli, write_config
 from tests.support.smtp import SmtpTestServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stack")]
 
 FINAL = ("sent", "delivered", "read", "failed", "dead", "skipped", "cancelled")
 
@@ -87,7 +87,7 @@ def test_kill_9_at_each_point_of_a_send(tmp_path: Path, smtp_server: SmtpTestSer
         h2.stop()
     assert stats["ambiguous_sends"] == in_flight
     lost, dup = _figures(smtp_server, total)
-    ambiguous = db_query(db, "SELECT count(*) FROM attempts WHERE ambiguous = 1")[0][0]
+    ambiguous = db_query(db, "SELECT count(*) FROM attempts WHERE ambiguous = TRUE")[0][0]
     print(
         f"\nkill -9 {point}: accepted={total} in_flight_at_kill={in_flight} "
         f"received_at_kill={received_at_kill} "

@@ -11,7 +11,7 @@ import pytest
 from tests.support.process import HeraldProcess, db_query, herald_cli, write_config
 from tests.support.smtp import SmtpTestServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stack")]
 
 FINAL = ("sent", "delivered", "read", "failed", "dead", "skipped", "cancelled")
 
@@ -83,5 +83,5 @@ def test_kill_9_mid_delivery_then_restart(tmp_path: Path, smtp_server: SmtpTestS
     assert by_status.get("sent") == total, by_status
     assert lost == 0
     assert duplicates <= in_flight
-    ambiguous = db_query(db, "SELECT count(*) FROM attempts WHERE ambiguous = 1")[0][0]
+    ambiguous = db_query(db, "SELECT count(*) FROM attempts WHERE ambiguous = TRUE")[0][0]
     assert ambiguous == in_flight  # each reclaimed in-flight send is recorded as ambiguous

@@ -12,6 +12,10 @@ from herald.domain.errors import ConfigurationError, ServiceUnavailable
 from tests.contract.conftest import NOW, CacheBackend
 
 
+async def test_ping_answers_when_reachable(cache_backend: CacheBackend) -> None:
+    await cache_backend.cache.ping()
+
+
 async def test_add_if_absent_sets_once(cache_backend: CacheBackend) -> None:
     cache = cache_backend.cache
     assert await cache.add_if_absent("dedup:a", 30) is True
@@ -103,6 +107,8 @@ async def test_unreachable_redis_is_service_unavailable() -> None:
             await cache.hit_window("k", limit=1, window=1, now=NOW)
         with pytest.raises(ServiceUnavailable):
             await cache.delete("k")
+        with pytest.raises(ServiceUnavailable):
+            await cache.ping()
     finally:
         await cache.close()
 

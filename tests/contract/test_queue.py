@@ -1,21 +1,73 @@
-"""The Queue port's contract, on every adapter (memory, sqlite, postgres ``sql`` queues).
+"""The Queue port's contract, on every adapter: the ``sql`` queue and the ``amqp`` queue
+(RabbitMQ, fed by the store's outbox), each over memory, sqlite and postgres stores.
 
-The ``sql`` queue is the deliveries table, so deliveries are written through the Store port.
+Deliveries are written through the Store port: for ``sql`` the deliveries table is the queue;
+for ``amqp`` the store writes outbox rows, which the harness relays to a per-test set of
+RabbitMQ queues (unique name prefix) before each claim (see ``tests/support/rabbitmq.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.sql import SqlStore
 from herald.domain.models import Attempt, DeliveryResult, Outcome, Priority
+from herald.ports import Queue
 from tests.contract.conftest import NOW, S, SqlBackend, pg_execute, result, seed, settle
+from tests.support.rabbitmq import AmqpHarness, SyncedAmqpQueue, require_rabbitmq, unique_prefix
 
 P = Priority
+MakeQueue = Callable[[SqlStore], Awaitable[Queue]]
+
+
+@pytest.fixture(params=["sql", "amqp"])
+def queue_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def make_queue(queue_kind: str, backend: SqlBackend) -> AsyncIterator[MakeQueue]:
+    """Queues onto the backend's data, one per simulated process (its own pool, connection)."""
+    if queue_kind == "sql":
+        made: list[SqlQueue] = []
+
+        async def make_sql(store: SqlStore) -> Queue:
+            made.append(SqlQueue(store.db))
+            return made[-1]
+
+        yield make_sql
+        for q in made:
+            await q.close()
+        return
+    await require_rabbitmq()
+    harness = AmqpHarness(backend.store, unique_prefix())
+    backend.store.outbox = True  # before the test writes anything
+
+    async def make_amqp(store: SqlStore) -> Queue:
+        return SyncedAmqpQueue(await harness.new_queue(store), harness)
+
+    try:
+        yield make_amqp
+    finally:
+        await harness.aclose()
+
+
+@pytest.fixture
+async def queue(queue_kind: str, backend: SqlBackend, make_queue: MakeQueue) -> AsyncIterator[Queue]:
+    if queue_kind == "amqp":
+        yield await make_queue(backend.store)
+        return
+    q = SqlQueue(backend.store.db)
+    await q.start()  # PostgreSQL: LISTEN/NOTIFY wake-ups
+    try:
+        yield q
+    finally:
+        await q.close()
 
 
 def result_for(delivery_id: str, owner: str) -> DeliveryResult:
@@ -27,12 +79,12 @@ def result_for(delivery_id: str, owner: str) -> DeliveryResult:
     )
 
 
-async def claim_ids(queue: SqlQueue, channel: str = "email", **kw: object) -> list[str]:
+async def claim_ids(queue: Queue, channel: str = "email", **kw: object) -> list[str]:
     args: dict[str, object] = {"owner": "w", "limit": 100, "max_rank": 3, "lease": 30, "now": NOW} | kw
     return [d.id for d in await queue.claim(channel, **args)]  # type: ignore[arg-type]
 
 
-async def test_claim_takes_the_highest_lane_first(store: SqlStore, queue: SqlQueue) -> None:
+async def test_claim_takes_the_highest_lane_first(store: SqlStore, queue: Queue) -> None:
     low, normal, crit, high = await seed(
         store,
         {"priority": P.LOW, "due_at": NOW - 100},  # waited longest, still last
@@ -46,16 +98,14 @@ async def test_claim_takes_the_highest_lane_first(store: SqlStore, queue: SqlQue
     assert await claim_ids(queue) == []
 
 
-async def test_claim_orders_a_lane_by_due_time_and_respects_the_limit(
-    store: SqlStore, queue: SqlQueue
-) -> None:
+async def test_claim_orders_a_lane_by_due_time_and_respects_the_limit(store: SqlStore, queue: Queue) -> None:
     ds = await seed(store, *({"due_at": NOW - i} for i in range(5)))
     first = await claim_ids(queue, limit=3)
     assert first == [ds[4].id, ds[3].id, ds[2].id]
     assert await claim_ids(queue, limit=3) == [ds[1].id, ds[0].id]
 
 
-async def test_claim_respects_max_rank(store: SqlStore, queue: SqlQueue) -> None:
+async def test_claim_respects_max_rank(store: SqlStore, queue: Queue) -> None:
     crit, high, normal, low = await seed(
         store, {"priority": P.CRITICAL}, {"priority": P.HIGH}, {"priority": P.NORMAL}, {"priority": P.LOW}
     )
@@ -66,7 +116,7 @@ async def test_claim_respects_max_rank(store: SqlStore, queue: SqlQueue) -> None
     assert await claim_ids(queue, max_rank=3) == [normal.id, low.id]
 
 
-async def test_claim_takes_only_due_deliveries_of_its_channel(store: SqlStore, queue: SqlQueue) -> None:
+async def test_claim_takes_only_due_deliveries_of_its_channel(store: SqlStore, queue: Queue) -> None:
     now_, later, sms = await seed(
         store,
         {"due_at": NOW},
@@ -80,7 +130,7 @@ async def test_claim_takes_only_due_deliveries_of_its_channel(store: SqlStore, q
     assert await claim_ids(queue, "push") == []
 
 
-async def test_claim_takes_due_retries_but_not_scheduled_or_final(store: SqlStore, queue: SqlQueue) -> None:
+async def test_claim_takes_due_retries_but_not_scheduled_or_final(store: SqlStore, queue: Queue) -> None:
     (retry,) = await seed(store, {})
     await settle(store, queue, (retry, S.RETRYING), due_at=NOW + 60)
     await seed(store, {"status": S.SCHEDULED, "due_at": NOW}, {"status": S.SKIPPED, "reason": "opted_out"})
@@ -90,7 +140,7 @@ async def test_claim_takes_due_retries_but_not_scheduled_or_final(store: SqlStor
     assert await claim_ids(queue, now=NOW + 1000) == []
 
 
-async def test_claimed_delivery_is_leased_and_not_claimed_again(store: SqlStore, queue: SqlQueue) -> None:
+async def test_claimed_delivery_is_leased_and_not_claimed_again(store: SqlStore, queue: Queue) -> None:
     (a,) = await seed(store, {})
     (got,) = await queue.claim("email", owner="w1", limit=10, max_rank=3, lease=30, now=NOW)
     assert got.id == a.id and got.status == S.SENDING
@@ -102,7 +152,7 @@ async def test_claimed_delivery_is_leased_and_not_claimed_again(store: SqlStore,
 
 
 async def test_expired_lease_is_reclaimed_with_a_lost_attempt_then_claimable(
-    store: SqlStore, queue: SqlQueue
+    store: SqlStore, queue: Queue
 ) -> None:
     (a,) = await seed(store, {})
     await queue.claim("email", owner="w1", limit=10, max_rank=3, lease=30, now=NOW)
@@ -119,7 +169,7 @@ async def test_expired_lease_is_reclaimed_with_a_lost_attempt_then_claimable(
     assert await store.record_results([result(a, "w2", S.SENT, n=2)], now=NOW + 33) == []
 
 
-async def test_extend_keeps_the_lease_of_its_owner_only(store: SqlStore, queue: SqlQueue) -> None:
+async def test_extend_keeps_the_lease_of_its_owner_only(store: SqlStore, queue: Queue) -> None:
     a, b = await seed(store, {}, {})
     await queue.claim("email", owner="w1", limit=10, max_rank=3, lease=30, now=NOW)
     await queue.extend([a.id], owner="w1", until=NOW + 300)
@@ -132,20 +182,22 @@ async def test_extend_keeps_the_lease_of_its_owner_only(store: SqlStore, queue: 
     assert await store.record_results([result(a, "w1", S.SENT)], now=NOW + 100) == []
 
 
-async def test_claim_skips_cancelled_deliveries(store: SqlStore, queue: SqlQueue) -> None:
+async def test_claim_skips_cancelled_deliveries(store: SqlStore, queue: Queue) -> None:
     (a,) = await seed(store, {})
     await store.cancel_notification(a.notification_id, now=NOW)
     assert await claim_ids(queue, now=NOW + 100) == []
 
 
-async def test_concurrent_claimers_never_get_the_same_delivery(backend: SqlBackend) -> None:
+async def test_concurrent_claimers_never_get_the_same_delivery(
+    backend: SqlBackend, make_queue: MakeQueue
+) -> None:
     """Many workers (several connection pools, as several processes have) claim at once."""
     store = backend.store
     specs = [{"priority": list(P)[i % 4], "due_at": NOW - (i % 7)} for i in range(240)]
     for i in range(0, len(specs), 60):
         await seed(store, *specs[i : i + 60])
     stores = [store] + [await backend.connect() for _ in range(2)]
-    queues = [SqlQueue(s.db) for s in stores]
+    queues = [await make_queue(s) for s in stores]
     claimed: dict[str, list[str]] = {}
 
     async def worker(i: int) -> None:
@@ -169,12 +221,14 @@ async def test_concurrent_claimers_never_get_the_same_delivery(backend: SqlBacke
             assert got is not None and got.status == S.SENDING
 
 
-async def test_concurrent_claimers_on_the_same_rows_get_disjoint_batches(backend: SqlBackend) -> None:
+async def test_concurrent_claimers_on_the_same_rows_get_disjoint_batches(
+    backend: SqlBackend, make_queue: MakeQueue
+) -> None:
     """All claimers ask for the same few rows at the same instant: SKIP LOCKED on PostgreSQL,
     the single writer on SQLite; either way every delivery goes to exactly one claimer."""
     await seed(backend.store, *({"priority": P.HIGH} for _ in range(10)))
     stores = [backend.store] + [await backend.connect() for _ in range(3)]
-    queues = [SqlQueue(s.db) for s in stores]
+    queues = [await make_queue(s) for s in stores]
     batches = await asyncio.gather(
         *(
             queues[i % len(queues)].claim("email", owner=f"c{i}", limit=4, max_rank=3, lease=60, now=NOW)
@@ -188,7 +242,7 @@ async def test_concurrent_claimers_on_the_same_rows_get_disjoint_batches(backend
         assert await backend.store.record_results([result_for(d_id, owner)], now=NOW) == []
 
 
-async def test_wake_and_wait(queue: SqlQueue) -> None:
+async def test_wake_and_wait(queue: Queue) -> None:
     started = time.monotonic()
     await queue.wait("email", 0.05)  # nothing to wake it: the timeout
     assert time.monotonic() - started >= 0.04

@@ -12,6 +12,8 @@ from tests.conftest import WELCOME
 from tests.support.herald import make_settings, running_herald
 from tests.support.smtp import SmtpTestServer
 
+pytestmark = pytest.mark.usefixtures("stack")  # embedded and scale-out (tests/support/stack.py)
+
 
 async def _setup_users(client: httpx.AsyncClient) -> None:
     r = await client.put("/v1/templates/welcome", json=WELCOME)

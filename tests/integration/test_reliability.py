@@ -16,6 +16,8 @@ from tests.emulators.sendgrid import DEFAULT_API_KEY, SendGridEmulator
 from tests.support.herald import Running, make_settings, running_herald
 from tests.support.smtp import SmtpTestServer
 
+pytestmark = pytest.mark.usefixtures("stack")  # embedded and scale-out (tests/support/stack.py)
+
 MAIL = {"subject": "Hi", "text": "hello"}
 
 

@@ -19,6 +19,7 @@ from herald.entrypoints.api.app import create_app
 from herald.entrypoints.api.deps import generate_key, hash_key
 from herald.ports import Clock, Provider
 from tests.support.net import free_port
+from tests.support.stack import CURRENT
 
 ALL_ROLES = frozenset({"router", "worker", "scheduler"})
 
@@ -26,11 +27,13 @@ ALL_ROLES = frozenset({"router", "worker", "scheduler"})
 def make_settings(tmp: Path, *, smtp_port: int | None = None, **overrides: Any) -> Settings:
     """Settings for a test herald: SQLite in ``tmp``, console recording in ``tmp``."""
     raw: dict[str, Any] = {
-        "database": {"url": f"sqlite:///{tmp / 'herald.db'}"},
+        "database": {"url": CURRENT.database_url(tmp)},
         "providers": {"console": {"path": str(tmp / "console.jsonl")}},
         "queue": {"lease_seconds": 5, "idle_wait_seconds": 0.2},
         "logging": {"level": "warning"},
     }
+    for section, values in CURRENT.overrides().items():
+        raw[section] = {**raw.get(section, {}), **values}
     if smtp_port is not None:
         raw["providers"]["smtp"] = {
             "host": "127.0.0.1",

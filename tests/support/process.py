@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from tests.support.net import free_port
+from tests.support.stack import CURRENT
 
 
 def herald_cli(
@@ -30,23 +31,33 @@ def herald_cli(
 
 
 class HeraldProcess:
-    """``herald serve`` in ``cwd`` (its herald.toml and SQLite file live there)."""
+    """``herald serve`` (or another role: ``api``, ``worker``, ``scheduler``) in ``cwd``, where its
+    herald.toml (and the SQLite file) live."""
 
-    def __init__(self, cwd: Path, key: str | None = None) -> None:
+    def __init__(
+        self, cwd: Path, key: str | None = None, *, role: str = "serve", name: str | None = None
+    ) -> None:
         self.cwd = cwd
+        self.role = role
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.key = key
-        self.log = cwd / "serve.log"
+        self.log = cwd / f"{name or role}.log"
 
     def start(self) -> HeraldProcess:
+        args = ["--port", str(self.port)] if self.role in ("serve", "api") else []
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "herald", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "herald", self.role, *args],
                 cwd=self.cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+        if self.role not in ("serve", "api"):
+            time.sleep(1.0)  # no HTTP port: give it a moment and make sure it did not exit
+            if self.proc.poll() is not None:
+                raise AssertionError(f"herald {self.role} exited: {self.log.read_text()[-2000:]}")
+            return self
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -82,6 +93,16 @@ class HeraldProcess:
 
 
 def db_query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Query the test herald's database: the SQLite file ``db``, or on the scale-out stack the
+    test's PostgreSQL schema (``?`` placeholders either way)."""
+    if CURRENT.pg_schema is not None:
+        import psycopg
+
+        from tests.contract.conftest import PG_URL
+
+        with psycopg.connect(PG_URL, autocommit=True) as pg:
+            pg.execute(f'SET search_path TO "{CURRENT.pg_schema}"')
+            return list(pg.execute(sql.replace("?", "%s"), args).fetchall())
     conn = sqlite3.connect(db, timeout=30)
     try:
         return conn.execute(sql, args).fetchall()
@@ -92,14 +113,20 @@ def db_query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 def write_config(
     cwd: Path, smtp_port: int, *, lease: float = 2.0, concurrency: int = 16, extra: str = ""
 ) -> None:
+    stack = CURRENT.overrides()
+    queue = "".join(f'{k} = "{v}"\n' for k, v in stack.get("queue", {}).items())
+    cache = "".join(f'{k} = "{v}"\n' for k, v in stack.get("cache", {}).items())
     (cwd / "herald.toml").write_text(
         f"""
 [database]
-url = "sqlite:///{cwd / "herald.db"}"
+url = "{CURRENT.database_url(cwd)}"
 
+[cache]
+{cache}
 [queue]
 lease_seconds = {lease}
 idle_wait_seconds = 0.2
+{queue}
 
 [providers.console]
 path = "{cwd / "console.jsonl"}"

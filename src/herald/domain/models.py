@@ -90,6 +90,8 @@ class Reason(enum.StrEnum):
     CANCELLED = "cancelled"
     RENDER_ERROR = "render_error"
     USER_DELETED = "user_deleted"
+    DIGEST = "digest"  # scheduled: held for the user's digest of its category
+    DIGESTED = "digested"  # skipped: went out inside a digest (content["digest"] names it)
 
 
 def now() -> float:
@@ -166,6 +168,8 @@ class Category:
     quiet_hours: bool = True
     digest: bool = False
     budget: str | None = None
+    digest_template: str | None = None  # stored template for digests; None: the built-in one
+    digest_items: int = 10  # items listed in a digest; the rest are counted as "more"
 
 
 @dataclass(slots=True)
@@ -233,6 +237,8 @@ class Notification:
     error: str | None = None
     created_at: float = 0.0
     routed_at: float | None = None
+    fallback: bool = False  # channels are a chain: the first reachable one, the next on failure
+    route_cursor: str | None = None  # topic fan-out: the last subscriber routed
 
 
 @dataclass(slots=True)
@@ -325,6 +331,8 @@ class DeliveryResult:
     dead_address: str | None = None
     counts_against_budget: bool = True
     channel: str = ""
+    notification_id: str = ""
+    fallback: bool = False  # a failure hands over to the next channel of the notification's chain
 
 
 @dataclass(slots=True)
@@ -346,3 +354,29 @@ class CallbackEvent:
     code: str | None = None
     detail: str | None = None
     at: float | None = None
+
+
+@dataclass(slots=True)
+class Topic:
+    key: str
+    name: str | None = None
+    data: JSON = field(default_factory=dict)
+    subscribers: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(slots=True)
+class EventRecord:
+    """An event as received and what became of it: ``accepted`` (a notification was made),
+    ``skipped`` (the rule's condition was false) or ``unrouted`` (no rule; kept by configuration)."""
+
+    id: str
+    type: str
+    status: str
+    body: JSON
+    source: str = "http"
+    reason: str | None = None
+    detail: str | None = None
+    notification_id: str | None = None
+    created_at: float = 0.0

@@ -108,4 +108,46 @@ def check_digest_schedule(value: str) -> str:
     return m.group(0)
 
 
-__all__ = ["Budget", "check_digest_schedule", "parse_budget", "parse_hhmm", "quiet_until", "zone"]
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def next_digest_time(schedule: str, timezone: str | None, after: float) -> float | None:
+    """The first digest time strictly after ``after`` for ``schedule`` in the user's zone.
+
+    ``hourly`` is the next full hour of local time; ``daily@HH:MM`` and ``weekly@<day> HH:MM``
+    are local wall times, so ``daily@09:00`` is 09:00 local on both sides of a DST change (the
+    interval between two digests is then 23 or 25 hours). A wall time skipped by a spring-forward
+    gap resolves to the instant the same distance past the gap; one repeated in autumn to its
+    first occurrence (one digest that day, not two). None for ``off``; ValueError when
+    ``schedule`` is not a valid digest schedule.
+    """
+    m = _DIGEST.match(check_digest_schedule(schedule))
+    assert m is not None  # checked above
+    if m.group(1) == "off":
+        return None
+    tz = zone(timezone)
+    local = datetime.fromtimestamp(after, UTC).astimezone(tz)
+    if m.group(1) == "hourly":
+        top = local.replace(minute=0, second=0, microsecond=0).timestamp()
+        return top + 3600.0
+    if m.group(2) is not None:  # daily@HH:MM
+        at, step, day = parse_hhmm(m.group(2)), 1, local.date()
+    else:  # weekly@<day> HH:MM
+        at, step = parse_hhmm(m.group(4)), 7
+        day = local.date() + timedelta(days=(_WEEKDAYS.index(m.group(3)) - local.weekday()) % 7)
+    candidate = _wall_to_epoch(day, at, tz)
+    while candidate <= after:
+        day += timedelta(days=step)
+        candidate = _wall_to_epoch(day, at, tz)
+    return candidate
+
+
+__all__ = [
+    "Budget",
+    "check_digest_schedule",
+    "next_digest_time",
+    "parse_budget",
+    "parse_hhmm",
+    "quiet_until",
+    "zone",
+]

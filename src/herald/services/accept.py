@@ -22,6 +22,7 @@ from herald.domain.errors import (
 from herald.domain.models import (
     ALL_CHANNELS,
     JSON,
+    EventRecord,
     Notification,
     NotificationStatus,
     Priority,
@@ -33,6 +34,8 @@ from herald.domain.models import (
 from herald.domain.validation import check_id, check_locale, check_timezone, normalize_email, normalize_phone
 from herald.ports import Clock, Store
 from herald.services.catalog import Catalog
+from herald.services.group_commit import NotificationWriter
+from herald.services.lookups import Lookups
 from herald.services.rendering import check_variant
 
 log = structlog.get_logger("herald.accept")
@@ -55,6 +58,7 @@ class SendRequest:
     expires_at: float | None = None
     dedup_key: str | None = None
     event_type: str | None = None
+    fallback: bool = False  # channels are a chain (first reachable; next on permanent failure)
 
 
 @dataclass(slots=True)
@@ -69,6 +73,7 @@ class PrepareMemo:
 class Accepted:
     status_code: int
     body: JSON
+    events: list[EventRecord] = field(default_factory=list)  # committed with the notifications
 
 
 def request_hash(payload: Any) -> str:
@@ -125,11 +130,22 @@ def _normalise_content(content: JSON, channels: Sequence[str]) -> dict[str, dict
 
 
 class AcceptService:
-    def __init__(self, store: Store, clock: Clock, catalog: Catalog, on_accepted: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        catalog: Catalog,
+        on_accepted: Callable[[bool], None],
+        *,
+        lookups: Lookups | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.catalog = catalog
         self._on_accepted = on_accepted
+        # Cached reads of templates and user ids (services/lookups.py); uncached without.
+        self.lookups = lookups or Lookups(store, template_ttl=0, user_ttl=0)
+        self.writer = NotificationWriter(store)
 
     async def idempotent(
         self,
@@ -141,7 +157,7 @@ class AcceptService:
         """Run ``build`` once per (scope, key); commit its notifications with the key's record."""
         if key is None:
             notifications, result = await build()
-            await self.store.create_notifications(notifications)
+            await self._commit(notifications, result, ())
             self._accepted(notifications)
             return result
         if not key or len(key) > 255:
@@ -160,14 +176,22 @@ class AcceptService:
             return Accepted(existing.status_code, existing.response)
         try:
             notifications, result = await build()
-            await self.store.create_notifications(
-                notifications, idempotency=[(scope, key, result.status_code, result.body)]
-            )
+            await self._commit(notifications, result, [(scope, key, result.status_code, result.body)])
         except BaseException:
             await self.store.abandon_idempotent(scope, key)
             raise
         self._accepted(notifications)
         return result
+
+    async def _commit(
+        self,
+        notifications: Sequence[Notification],
+        result: Accepted,
+        idem: Sequence[tuple[str, str, int, JSON]],
+    ) -> None:
+        # Group commit: concurrent accepts share a transaction; this returns once ours is in. An
+        # event that made no notification (condition false, no rule) commits its record alone.
+        await self.writer.commit(notifications, idempotency=idem, events=result.events)
 
     def _accepted(self, notifications: Sequence[Notification]) -> None:
         for n in notifications:
@@ -179,7 +203,8 @@ class AcceptService:
                 priority=n.priority.value,
             )
         if notifications:
-            self._on_accepted()
+            # Critical: the router routes it at once instead of gathering a few ms of company.
+            self._on_accepted(any(n.priority == Priority.CRITICAL for n in notifications))
 
     async def prepare(
         self,
@@ -194,7 +219,7 @@ class AcceptService:
         memo = memo or PrepareMemo()
         template: Template | None = None
         if req.template is not None:
-            template = memo.templates.get(req.template) or await self.store.get_template(req.template)
+            template = memo.templates.get(req.template) or await self.lookups.template(req.template)
             if template is not None:
                 memo.templates[req.template] = template
             if template is None:
@@ -232,7 +257,14 @@ class AcceptService:
         if req.data is not None and not isinstance(req.data, dict):
             raise ValidationError("data must be an object", field=f + "data")
 
-        recipients = await self._recipients(req.to, f + "to", memo)
+        topic: str | None = None
+        if isinstance(req.to, dict) and "topic" in req.to:
+            topic = await self._topic(req.to, f + "to")
+            recipients: list[Recipient] = []
+        else:
+            recipients = await self._recipients(req.to, f + "to", memo)
+        if req.fallback and len(channels) < 2:
+            raise ValidationError("a fallback chain needs at least two channels", field=f + "channels")
         return Notification(
             id=new_id("ntf"),
             status=NotificationStatus.ACCEPTED,
@@ -251,7 +283,17 @@ class AcceptService:
             event_type=req.event_type,
             recipients_total=len(recipients),
             created_at=now,
+            topic=topic,
+            fallback=req.fallback,
         )
+
+    async def _topic(self, to: JSON, f: str) -> str:
+        if set(to) != {"topic"} or not isinstance(to["topic"], str):
+            raise ValidationError('a topic recipient is {"topic": "<key>"}', field=f)
+        key = check_id(to["topic"], f + ".topic")
+        if not await self.store.has_topic(key):
+            raise ValidationError(f"unknown topic {key!r}", field=f + ".topic")
+        return key
 
     def _channels(self, req: SendRequest, template: Template | None, f: str) -> list[str]:
         if req.channels is not None:
@@ -276,8 +318,6 @@ class AcceptService:
         raise ValidationError("channels are required with flat inline content", field=f + "channels")
 
     async def _recipients(self, to: Any, f: str, memo: PrepareMemo) -> list[Recipient]:
-        if isinstance(to, dict) and "topic" in to:
-            raise ValidationError("topic recipients are not supported by this server yet", field=f)
         items: list[Any] = to if isinstance(to, list) else [to]
         if not items:
             raise ValidationError("to must name at least one recipient", field=f)
@@ -309,7 +349,7 @@ class AcceptService:
                 )
         unknown = [u for u in stored_ids if u not in memo.known_users]
         if unknown:
-            found = await self.store.get_users(unknown)
+            found = await self.lookups.existing_users(unknown)
             memo.known_users.update(found)
             missing = [u for u in unknown if u not in found]
             if missing:

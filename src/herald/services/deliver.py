@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from herald.domain import urgency
 from herald.domain.errors import (
     DeadAddressError,
     DeliveryError,
@@ -143,6 +144,7 @@ class DeliveryService:
         idle_wait: float = 1.0,
         send_timeout: float = 60.0,
         observer: DeliveryObserver | None = None,
+        claim_batch: int = 64,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -152,6 +154,7 @@ class DeliveryService:
         self.lease = lease
         self.idle_wait = idle_wait
         self.send_timeout = send_timeout
+        self.claim_batch = claim_batch  # the most deliveries one claim takes (queue.claim_batch)
         self.owner = f"worker-{os.getpid()}-{new_id('w')[-8:]}"
         self.observer = observer or DeliveryObserver()
         self.writer = ResultWriter(store, clock, self.observer.recorded)
@@ -203,22 +206,28 @@ class DeliveryService:
                 # The last `reserved_high` slots only go to critical and high.
                 general_free = free - max(0, pool.reserved_high - pool.high_in_flight)
                 max_rank = 3 if general_free > 0 else 1
-                limit = general_free if general_free > 0 else free
+                limit = min(general_free if general_free > 0 else free, self.claim_batch)
                 try:
-                    claimed = await self.queue.claim(
-                        pool.channel,
-                        owner=self.owner,
-                        limit=limit,
-                        max_rank=max_rank,
-                        lease=self.lease,
-                        now=self.clock.now(),
-                    )
+                    # A claim is short and the step between queued and sent for every lane
+                    # (critical first): it goes before batch work on the database.
+                    with urgency.urgent():
+                        claimed = await self.queue.claim(
+                            pool.channel,
+                            owner=self.owner,
+                            limit=limit,
+                            max_rank=max_rank,
+                            lease=self.lease,
+                            now=self.clock.now(),
+                        )
                 except HeraldError as exc:
                     log.warning("deliver.claim_failed", channel=pool.channel, error=exc.detail)
+                except Exception:  # a bug in a queue adapter must not stop this channel for good
+                    log.exception("deliver.claim_crashed", channel=pool.channel)
+                    await asyncio.sleep(self.idle_wait)
                 for d in claimed:
                     self._start(pool, d)
-            if claimed and len(claimed) >= (free if free > 0 else 1):
-                continue  # there may be more right now
+                if claimed and len(claimed) >= limit:
+                    continue  # there may be more right now
             await self.queue.wait(pool.channel, self.idle_wait)
 
     def _start(self, pool: ChannelPool, d: Delivery) -> None:
@@ -354,6 +363,8 @@ class DeliveryService:
                 due_at=due_at,
                 dead_address=dead,
                 counts_against_budget=counts,
+                notification_id=d.notification_id,
+                fallback=bool((d.content.get("_meta") or {}).get("fallback")),
             )
 
         ctx = {

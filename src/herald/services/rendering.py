@@ -22,7 +22,7 @@ from typing import Any
 
 from jinja2 import TemplateSyntaxError, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
-from jinja2.runtime import Undefined
+from jinja2.runtime import Undefined, new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
@@ -169,6 +169,8 @@ class _Rewriter(NodeTransformer):
 
 _TEXT_ENV = HeraldSandbox(autoescape=False)
 _HTML_ENV = HeraldSandbox(autoescape=True)
+_TEXT_GLOBALS = dict(_TEXT_ENV.globals)  # compiled templates' globals (make_globals(None))
+_HTML_GLOBALS = dict(_HTML_ENV.globals)
 
 
 def _compile(source: str, html: bool) -> Any:
@@ -187,18 +189,51 @@ def _compiled(source: str, html: bool) -> Any:
     return _compile(source, html)
 
 
+def _is_plain(source: str) -> bool:
+    """No Jinja syntax at all (subjects, plain bodies): rendering is the identity, see _plain."""
+    return "{{" not in source and "{%" not in source and "{#" not in source
+
+
+def _plain(source: str) -> str:
+    """What Jinja renders for text without syntax: newlines normalised to ``\n`` and one
+    trailing newline dropped (``keep_trailing_newline`` is off); autoescape touches only
+    expressions. Skipping Jinja here saves a context and a generator per field."""
+    if "\r" in source:
+        source = source.replace("\r\n", "\n").replace("\r", "\n")
+    if source.endswith("\n"):
+        source = source[:-1]
+    if len(source) > MAX_OUTPUT:
+        raise TemplateError("template output exceeds the size limit")
+    return source
+
+
 def compile_check(source: str, *, html: bool = False) -> None:
     """Raise TemplateError when ``source`` does not compile."""
-    _compiled(source, html)
+    if not _is_plain(source):
+        _compiled(source, html)
+
+
+def _parent(html: bool, context: dict[str, Any]) -> dict[str, Any]:
+    """The variables a render sees: the environment's globals, then ``context`` over them
+    (what ``Template.generate`` merges for every call; merged once per variant here)."""
+    return {**(_HTML_GLOBALS if html else _TEXT_GLOBALS), **context}
 
 
 def render_string(source: str, context: dict[str, Any], *, html: bool = False) -> str:
-    template = _compiled(source, html)
+    if _is_plain(source):
+        return _plain(source)
+    return _render(_compiled(source, html), _parent(html, context))
+
+
+def _render(template: Any, parent: dict[str, Any]) -> str:
     token = _budget.set([MAX_ITERATIONS])
     try:
         out: list[str] = []
         size = 0
-        for chunk in template.generate(context):
+        # Template.generate, without copying the variables (``parent`` is read-only to a
+        # template: assignments go to the context's own dict) nor iterating the globals.
+        ctx = new_context(template.environment, template.name, template.blocks, parent, shared=True)
+        for chunk in template.root_render_func(ctx):
             size += len(chunk)
             if size > MAX_OUTPUT:
                 raise TemplateError("template output exceeds the size limit")
@@ -231,12 +266,22 @@ HTML_FIELDS = frozenset({"html"})
 
 def render_variant(variant: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     """Render every string field of a channel variant; ``data`` maps render value by value."""
+    parents: dict[bool, dict[str, Any]] = {}
+
+    def render(source: str, html: bool) -> str:
+        if _is_plain(source):
+            return _plain(source)
+        parent = parents.get(html)
+        if parent is None:
+            parent = parents[html] = _parent(html, context)
+        return _render(_compiled(source, html), parent)
+
     out: dict[str, Any] = {}
     for field, value in variant.items():
         if isinstance(value, str):
-            out[field] = render_string(value, context, html=field in HTML_FIELDS)
+            out[field] = render(value, field in HTML_FIELDS)
         elif isinstance(value, dict):
-            out[field] = {k: render_string(v, context) if isinstance(v, str) else v for k, v in value.items()}
+            out[field] = {k: render(v, False) if isinstance(v, str) else v for k, v in value.items()}
         else:
             out[field] = value
     return out

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
+from herald.domain import urgency
 from herald.domain.errors import HeraldError, TemplateError
 from herald.domain.models import (
     JSON,
@@ -32,7 +33,7 @@ from herald.domain.models import (
     User,
     new_id,
 )
-from herald.domain.quiet_hours import parse_budget, quiet_until
+from herald.domain.quiet_hours import next_digest_time, parse_budget, quiet_until
 from herald.ports import Cache, Clock, RecipientContext, RoutedBatch, Store
 from herald.services.catalog import Catalog
 from herald.services.rendering import render_variant
@@ -41,6 +42,8 @@ from herald.services.signing import UnsubscribeSigner
 log = structlog.get_logger("herald.route")
 
 CHUNK = 500
+ROUTE_GATHER = 0.01  # seconds a partial routing pass waits for more normal/low work
+ROUTE_SLICE = 50  # normal/low notifications written per routing transaction
 
 
 def channel_enabled(prefs: Preferences | None, category: Category, channel: str) -> tuple[bool, str]:
@@ -72,6 +75,23 @@ def address_for(channel: str, user: User, devices: Sequence[Device]) -> str | No
     return None
 
 
+# A delivery that ends like this hands a fallback chain over to its next channel.
+_UNREACHABLE = frozenset(
+    {
+        Reason.NO_ADDRESS.value,
+        Reason.OPTED_OUT.value,
+        Reason.CHANNEL_DISABLED.value,
+        Reason.INVALID_ADDRESS.value,
+    }
+)
+
+
+def _moves_on(d: Delivery) -> bool:
+    if d.status in (DeliveryStatus.FAILED, DeliveryStatus.DEAD):
+        return True
+    return d.status == DeliveryStatus.SKIPPED and d.reason in _UNREACHABLE
+
+
 class _TemplateGone(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -101,10 +121,15 @@ class RouterService:
         self.lease = lease
         self.owner = f"router-{os.getpid()}-{new_id('r')[-8:]}"
         self._signal = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._nested = False  # a pass run between two slices of another (see route_pending)
         self._templates: dict[tuple[str, int | None], Template] = {}
 
-    def wake(self) -> None:
+    def wake(self, urgent: bool = True) -> None:
+        """New work. ``urgent=False`` (no critical among it) may wait for company, see run."""
         self._signal.set()
+        if urgent:
+            self._urgent.set()
 
     async def run(self, stopping: asyncio.Event, idle: float = 1.0) -> None:
         while not stopping.is_set():
@@ -113,22 +138,57 @@ class RouterService:
             except HeraldError as exc:
                 log.warning("route.backend_error", error=exc.detail)
                 routed = 0
+            if routed >= self.batch:
+                continue  # there is more right now
             if routed:
+                # A partial pass under steady load: let the next few ms of arrivals join the
+                # next pass (each pass is three transactions whatever its size). A critical
+                # accept wakes it at once.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), ROUTE_GATHER)
+                self._urgent.clear()
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._signal.wait(), idle)
             self._signal.clear()
 
+    async def _between_slices(self) -> None:
+        """Long routing work (a pass of normal/low notifications, a big recipient list, a topic
+        fan-out) is written in slices; a critical notification accepted meanwhile is claimed and
+        routed between two slices, not after the whole of it."""
+        if self._urgent.is_set() and not self._nested:
+            self._urgent.clear()
+            self._nested = True
+            try:
+                await self.route_pending()
+            finally:
+                self._nested = False
+
     async def route_pending(self) -> int:
-        claimed = await self.store.claim_unrouted(
-            owner=self.owner, limit=self.batch, lease=self.lease, now=self.clock.now()
-        )
-        small = [n for n in claimed if len(n.recipients) - n.recipients_routed <= CHUNK]
-        if small:
-            await self._route_together(small)
-        for n in claimed:
+        with urgency.urgent():  # short, and critical notifications come first in it
+            claimed = await self.store.claim_unrouted(
+                owner=self.owner, limit=self.batch, lease=self.lease, now=self.clock.now()
+            )
+        listed = [n for n in claimed if n.topic is None]
+        small = [n for n in listed if len(n.recipients) - n.recipients_routed <= CHUNK]
+        # Critical and high first, and ahead of batch work on the database (domain/urgency.py):
+        # a critical notification must not wait for the low ones claimed with it.
+        first = [n for n in small if n.priority.rank <= 1]
+        if first:
+            with urgency.urgent():
+                await self._route_together(first)
+        small = [n for n in small if n.priority.rank > 1]
+        for i in range(0, len(small), ROUTE_SLICE):
+            # A pass of normal/low work is written in slices; a critical notification accepted
+            # meanwhile is claimed and routed between two slices, not after the whole pass.
+            await self._between_slices()
+            await self._route_together(small[i : i + ROUTE_SLICE])
+        for n in listed:
             if len(n.recipients) - n.recipients_routed > CHUNK:
                 await self.route(n)
+        for n in claimed:
+            if n.topic is not None:
+                await self.route_topic(n)
         return len(claimed)
 
     async def _template(self, n: Notification) -> Template | None:
@@ -174,6 +234,10 @@ class RouterService:
             )
             for n, template in ready
         ]
+        for (n, template), b in zip(ready, batches, strict=True):
+            if n.fallback:
+                routed_now = {r.user_id for r in recipients[n.id]}
+                b.deliveries += await self._fallback_pass(n, template, routed_now)
         for b in batches:
             await self._apply_budgets(b.deliveries)
         oks = await self.store.save_routed_many(
@@ -208,6 +272,7 @@ class RouterService:
             return
         total = len(n.recipients)
         for offset in range(n.recipients_routed, total, CHUNK):
+            await self._between_slices()
             chunk = n.recipients[offset : offset + CHUNK]
             ctx = await self._context(chunk, push="push" in (n.channels or []))
             done = min(offset + CHUNK, total)
@@ -219,11 +284,131 @@ class RouterService:
                 dedup_key=n.dedup_key,
                 dedup_window=self.catalog.dedup_window,
             )
+            if batch.finished and n.fallback:
+                batch.deliveries += await self._fallback_pass(n, template, {r.user_id for r in chunk})
             await self._apply_budgets(batch.deliveries)
             ok = await self.store.save_routed(batch, owner=self.owner, now=self.clock.now(), lease=self.lease)
             self._after_save([batch], [ok])
             if not ok:
                 return
+
+    async def route_topic(self, n: Notification) -> None:
+        """Fan a topic notification out, one page of subscribers per transaction.
+
+        Subscribers are walked in user id order; each chunk's deliveries are written together
+        with the last subscriber routed (``route_cursor``) and the progress counters, so memory
+        holds one page at a time and a router that takes over after a crash resumes at the
+        cursor: nobody skipped, nobody twice (the delivery key would refuse a double anyway).
+        """
+        assert n.topic is not None
+        try:
+            template = await self._template(n)
+        except _TemplateGone as gone:
+            await self.store.fail_routing(
+                n.id, f"template {gone.name!r} no longer exists", now=self.clock.now()
+            )
+            return
+        total = n.recipients_total
+        if n.route_cursor is None and n.recipients_routed == 0:
+            total = await self.store.count_subscribers(n.topic)
+        cursor, routed = n.route_cursor, n.recipients_routed
+        push = "push" in (n.channels or [])
+        while True:
+            await self._between_slices()
+            page = await self.store.subscriber_page(n.topic, after=cursor, limit=CHUNK)
+            finished = len(page) < CHUNK
+            recipients = [Recipient(user_id=u) for u in page]
+            deliveries: list[Delivery] = []
+            if recipients:
+                ctx = await self._context(recipients, push=push)
+                deliveries = self._build(n, template, recipients, ctx)
+            if finished and n.fallback:
+                deliveries += await self._fallback_pass(n, template, set(page))
+            routed += len(page)
+            batch = RoutedBatch(
+                notification_id=n.id,
+                deliveries=deliveries,
+                recipients_done=routed,
+                finished=finished,
+                recipients_total=routed if finished else max(total, routed),
+                cursor=page[-1] if page else None,
+                dedup_key=n.dedup_key,
+                dedup_window=self.catalog.dedup_window,
+            )
+            await self._apply_budgets(batch.deliveries)
+            ok = await self.store.save_routed(batch, owner=self.owner, now=self.clock.now(), lease=self.lease)
+            self._after_save([batch], [ok])
+            if not ok or finished:
+                return
+            cursor = page[-1]
+
+    async def _fallback_pass(
+        self, n: Notification, template: Template | None, routed_now: set[str]
+    ) -> list[Delivery]:
+        """Move each recipient whose delivery failed for good to the next channel of the chain.
+
+        Runs whenever a fallback notification finishes routing, including when a permanent
+        failure handed it back to the router (``record_results`` reopens it in the same
+        transaction). Only recipients with a failed or dead delivery are read.
+        """
+        existing = await self.store.fallback_candidates(n.id)
+        by_user: dict[str, dict[str, Delivery]] = {}
+        for d in existing:
+            if d.user_id not in routed_now:
+                by_user.setdefault(d.user_id, {})[d.channel] = d
+        if not by_user:
+            return []
+        inline = {r.user_id: r for r in n.recipients}
+        recipients = [inline.get(u) or Recipient(user_id=u) for u in by_user]
+        ctx = await self._context(recipients, push="push" in (n.channels or []))
+        category = self.catalog.category(n.category)
+        now = self.clock.now()
+        out: list[Delivery] = []
+        for r in recipients:
+            out += self._chain(n, template, category, r.user_id, ctx, now, by_user[r.user_id])
+        if out:
+            log.info("notification.fallback", notification_id=n.id, deliveries=len(out))
+        return out
+
+    def _chain(
+        self,
+        n: Notification,
+        template: Template | None,
+        category: Category,
+        user_id: str,
+        ctx: RecipientContext,
+        now: float,
+        existing: dict[str, Delivery],
+    ) -> list[Delivery]:
+        """Walk the fallback chain: the first channel that can take the message gets it; a
+        channel without address, opted out or failed for good hands over to the next one."""
+        out: list[Delivery] = []
+        chain = n.channels or []
+        for i, ch in enumerate(chain):
+            prev = existing.get(ch)
+            if prev is not None:
+                if _moves_on(prev):
+                    continue
+                return out
+            d = self._delivery(
+                n,
+                template,
+                category,
+                ch,
+                user_id,
+                ctx.users.get(user_id),
+                ctx.preferences.get(user_id),
+                ctx.devices.get(user_id, []),
+                ctx.suppressed.get(ch, set()),
+                now,
+            )
+            out.append(d)
+            if _moves_on(d):
+                continue
+            if i < len(chain) - 1 and d.status in (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED):
+                d.content.setdefault("_meta", {})["fallback"] = True
+            return out
+        return out
 
     async def _apply_budgets(self, deliveries: Sequence[Delivery]) -> None:
         """Enforce per-(user, category) budgets on deliveries about to be queued or scheduled.
@@ -246,6 +431,8 @@ class RouterService:
         for d in deliveries:
             if d.status not in (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED):
                 continue
+            if d.reason == Reason.DIGEST.value:
+                continue  # held for a digest: the user gets one message, not this one
             if d.priority == Priority.CRITICAL:
                 continue
             category = self.catalog.categories.get(d.category or "")
@@ -302,6 +489,9 @@ class RouterService:
         channels = n.channels or []
         out: list[Delivery] = []
         for r in recipients:
+            if n.fallback:
+                out += self._chain(n, template, category, r.user_id, ctx, now, {})
+                continue
             user = ctx.users.get(r.user_id)
             prefs = ctx.preferences.get(r.user_id)
             devices = ctx.devices.get(r.user_id, [])
@@ -394,6 +584,19 @@ class RouterService:
             d.due_at = n.send_at
         else:
             d.status = DeliveryStatus.QUEUED
+        digest = prefs.digests.get(category.name) if prefs is not None else None
+        if digest and category.digest and n.priority != Priority.CRITICAL:
+            # Held for the user's digest (services/digest.py); quiet hours apply to the digest.
+            try:
+                due = next_digest_time(digest, user.timezone, d.due_at)
+            except ValueError:  # validated on write; an unreadable stored value holds nothing
+                due = None
+            if due is not None:
+                d.status = DeliveryStatus.SCHEDULED
+                d.reason = Reason.DIGEST.value
+                d.due_at = due
+                log.info("delivery.held_for_digest", delivery_id=d.id, notification_id=n.id, due=due)
+                return d
         quiet = prefs.quiet_hours if prefs is not None else None
         if quiet and category.quiet_hours and n.priority != Priority.CRITICAL:
             # Deferred to the end of the user's quiet hours, never dropped.

@@ -14,12 +14,23 @@ import structlog
 
 from herald.domain.errors import HeraldError
 from herald.ports import Clock, Queue, Store
+from herald.services.digest import DigestService
+from herald.services.leader import LeaderLease
 
 log = structlog.get_logger("herald.schedule")
 
 
 class SchedulerService:
-    def __init__(self, store: Store, queue: Queue, clock: Clock, *, max_sleep: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        queue: Queue,
+        clock: Clock,
+        *,
+        max_sleep: float = 1.0,
+        digests: DigestService | None = None,
+    ) -> None:
+        self.digests = digests  # builds due digests on every tick (held items wake next_due)
         self.store = store
         self.queue = queue
         self.clock = clock
@@ -40,6 +51,8 @@ class SchedulerService:
         if reclaimed:
             log.warning("deliveries.leases_reclaimed", channels=reclaimed)
         channels.update(reclaimed)
+        if self.digests is not None:
+            channels.update(await self.digests.run_due())
         # Retries that became due since the last pass: wake every channel, claims are cheap.
         next_due = await self.store.next_due(now=now)
         if channels:
@@ -48,8 +61,11 @@ class SchedulerService:
         self.queue.wake(None)
         return next_due
 
-    async def run(self, stopping: asyncio.Event) -> None:
+    async def run(self, stopping: asyncio.Event, leader: LeaderLease | None = None) -> None:
+        """Tick until ``stopping``; with ``leader``, only while this process holds the lease."""
         while not stopping.is_set():
+            if leader is not None and not await leader.wait_leader(stopping, self.max_sleep):
+                continue
             try:
                 next_due = await self.tick()
             except HeraldError as exc:

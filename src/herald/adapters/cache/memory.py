@@ -35,5 +35,8 @@ class MemoryCache:
         hits.append(now)
         return True
 
+    async def ping(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None

@@ -51,6 +51,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from herald.adapters.providers.http import transport_failure
 from herald.domain.errors import (
     DeliveryError,
     PermanentDeliveryError,
@@ -292,20 +293,9 @@ class SesProvider:
                     raise error
         except DeliveryError:
             raise
-        except aiohttp.ClientConnectorError as exc:
-            raise TransientDeliveryError(f"cannot connect to SES: {exc.os_error}", code="connect") from None
-        except aiohttp.ConnectionTimeoutError:
-            raise TransientDeliveryError("connect to SES timed out", code="timeout") from None
-        except TimeoutError:
-            raise TransientDeliveryError(
-                f"SES did not answer within {self.config.timeout}s"
-                + (" (it may have accepted the message)" if progress.sent else ""),
-                code="timeout",
-                ambiguous=progress.sent,
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransientDeliveryError(
-                f"{type(exc).__name__}: {exc}", code="connection", ambiguous=progress.sent
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise transport_failure(
+                exc, peer="SES", timeout=self.config.timeout, sent=progress.sent
             ) from None
         try:
             message_id = orjson.loads(raw).get("MessageId")

@@ -34,6 +34,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from yarl import URL
 
+from herald.adapters.providers.http import transport_failure
 from herald.adapters.providers.ssrf import BlockedAddressError, Resolve, SsrfGuard
 from herald.domain.errors import (
     DeadAddressError,
@@ -234,22 +235,9 @@ class WebhookProvider:
                 raise self._classify(status, resp.headers.get("Retry-After"), snippet)
         except DeliveryError:
             raise
-        except aiohttp.ClientConnectorError as exc:
-            raise TransientDeliveryError(
-                f"cannot connect: {type(exc).__name__}: {exc.os_error}", code="connect"
-            ) from None
-        except aiohttp.ConnectionTimeoutError:
-            raise TransientDeliveryError("connect timed out", code="timeout") from None
-        except TimeoutError:
-            raise TransientDeliveryError(
-                f"no response within {self.config.timeout}s"
-                + (" (the receiver may have acted on it)" if progress.sent else ""),
-                code="timeout",
-                ambiguous=progress.sent,
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransientDeliveryError(
-                f"{type(exc).__name__}: {exc}", code="connection", ambiguous=progress.sent
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise transport_failure(
+                exc, peer="the webhook receiver", timeout=self.config.timeout, sent=progress.sent
             ) from None
 
     def _classify(self, status: int, retry_after: str | None, snippet: bytes) -> DeliveryError:

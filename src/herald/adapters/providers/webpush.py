@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from yarl import URL
 
+from herald.adapters.providers.http import transport_failure
 from herald.adapters.providers.ssrf import BlockedAddressError, Resolve, SsrfGuard
 from herald.domain.errors import (
     DeadAddressError,
@@ -331,21 +332,9 @@ class WebPushProvider:
                 raise error
         except DeliveryError:
             raise
-        except aiohttp.ClientConnectorError as exc:
-            raise TransientDeliveryError(f"cannot connect to the push service: {exc.os_error}",
-                                         code="connect") from None
-        except aiohttp.ConnectionTimeoutError:
-            raise TransientDeliveryError("connect to the push service timed out", code="timeout") from None
-        except TimeoutError:
-            raise TransientDeliveryError(
-                f"no answer within {self.config.timeout}s"
-                + (" (the push service may have taken it)" if progress.sent else ""),
-                code="timeout",
-                ambiguous=progress.sent,
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransientDeliveryError(
-                f"{type(exc).__name__}: {exc}", code="connection", ambiguous=progress.sent
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise transport_failure(
+                exc, peer="the push service", timeout=self.config.timeout, sent=progress.sent
             ) from None
 
     def _classify(self, status: int, retry_after: str | None, text: str) -> DeliveryError:

@@ -139,6 +139,7 @@ notifications = Table(
     Column("topic", String(128)),
     Column("recipients_total", Integer, nullable=False),
     Column("recipients_routed", Integer, nullable=False),
+    Column("route_cursor", String(128)),  # topic fan-out: the last subscriber routed
     Column("error", Text),
     Column("lease_owner", String(64)),
     Column("lease_until", Float),
@@ -221,4 +222,77 @@ dedup_keys = Table(
     Column("notification_id", String(40), nullable=False),
     Column("expires_at", Float, nullable=False),
     PrimaryKeyConstraint("key", "user_id"),
+)
+
+# Routing rules per event type (from the API or the configuration file).
+rules = Table(
+    "rules",
+    metadata,
+    Column("event_type", String(128), primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("source", String(16), nullable=False),  # "api" or "config"
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Every event received (HTTP or broker) and what became of it: routed into a notification,
+# skipped because the rule's condition was false, or held as unrouted (no rule).
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("type", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(64)),
+    Column("detail", Text),
+    Column("notification_id", String(40)),
+    Column("body", Text, nullable=False),
+    Column("source", String(16), nullable=False),  # "http" or "amqp"
+    Column("created_at", Float, nullable=False),
+    Index("ix_events_type", "type", "id"),
+    Index("ix_events_status", "status", "id"),
+)
+
+topics = Table(
+    "topics",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("name", Text),
+    Column("data", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Fan-out walks a topic's subscribers in user_id order from the notification's route_cursor.
+topic_subscribers = Table(
+    "topic_subscribers",
+    metadata,
+    Column("topic", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("topic", "user_id"),
+)
+
+# Transactional outbox for broker queues: a row is written in the same transaction that makes
+# a delivery claimable, and relayed to the broker after commit (due_at delays retries).
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("delivery_id", String(40), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("due_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_outbox_due", "due_at", "id"),
+)
+
+# Named leases (for example the active scheduler), taken over when the holder stops renewing.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("until", Float, nullable=False),
+    Column("acquired_at", Float, nullable=False),
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +26,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
+from herald.adapters.store.sql_digests import HELD_REASON, SqlDigestsMixin
+from herald.adapters.store.sql_events import SqlEventsMixin, event_rows, reopen_for_fallback
+from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
 from herald.domain.errors import IllegalTransition, NotFound
 from herald.domain.models import (
     JSON,
@@ -33,6 +38,7 @@ from herald.domain.models import (
     DeliveryResult,
     DeliveryStatus,
     Device,
+    EventRecord,
     Notification,
     NotificationStatus,
     Outcome,
@@ -52,6 +58,7 @@ from herald.ports import (
 )
 
 S = DeliveryStatus
+_CLAIMABLE = frozenset({S.QUEUED.value, S.RETRYING.value})
 
 
 def _dumps(value: Any) -> str:
@@ -66,7 +73,28 @@ def _in(statuses: Sequence[S] | frozenset[S]) -> list[str]:
     return sorted(s.value for s in statuses)
 
 
+@functools.lru_cache(maxsize=128)
+def _row_type(fields: tuple[str, ...]) -> Any:
+    try:
+        return collections.namedtuple("_Row", fields)
+    except ValueError:  # a name a tuple cannot have: keep the Row
+        return None
+
+
+def _plain(row: Row[Any]) -> Row[Any]:
+    """The row as a named tuple: the decoders below read ~20 columns by name each, and a
+    SQLAlchemy Row's attribute access costs ~10x a tuple's (a tenth of a routing pass)."""
+    if not isinstance(row, Row):
+        return row  # already plain (the SQLite claim path builds its own)
+    kind = _row_type(row._fields)
+    if kind is None:
+        return row
+    plain: Row[Any] = kind._make(row)
+    return plain
+
+
 def _user(row: Row[Any]) -> User:
+    row = _plain(row)
     return User(
         id=row.id,
         email=row.email,
@@ -106,6 +134,7 @@ def _template(row: Row[Any]) -> Template:
 
 
 def _notification(row: Row[Any]) -> Notification:
+    row = _plain(row)
     body = _loads(row.content)
     recipients = []
     for r in body.get("recipients", []):
@@ -133,6 +162,8 @@ def _notification(row: Row[Any]) -> Notification:
         error=row.error,
         created_at=row.created_at,
         routed_at=row.routed_at,
+        fallback=bool(body.get("fallback")),
+        route_cursor=row.route_cursor,
     )
 
 
@@ -160,11 +191,13 @@ def _notification_body(n: Notification) -> str:
             "data": n.data,
             "channels": n.channels,
             "event_type": n.event_type,
+            "fallback": n.fallback,
         }
     )
 
 
 def _delivery(row: Row[Any]) -> Delivery:
+    row = _plain(row)
     return Delivery(
         id=row.id,
         notification_id=row.notification_id,
@@ -230,6 +263,66 @@ _RECORD_RESULT = (
 )
 
 
+# Routing reads these for every pass: built once, with the id list as an expanding parameter
+# (building them per pass was most of the pass's time on the SQLite thread).
+_U, _SP = t.users, t.suppressions
+_CTX_USERS = select(_U).where(_U.c.id.in_(bindparam("b_ids", expanding=True)))
+_CTX_PREFERENCES = select(t.user_preferences).where(
+    t.user_preferences.c.user_id.in_(bindparam("b_ids", expanding=True))
+)
+_CTX_SETTINGS = select(t.user_settings).where(
+    t.user_settings.c.user_id.in_(bindparam("b_ids", expanding=True))
+)
+_CTX_DEVICES = (
+    select(t.devices)
+    .where(t.devices.c.user_id.in_(bindparam("b_ids", expanding=True)), t.devices.c.active.is_(True))
+    .order_by(t.devices.c.created_at)
+)
+_CTX_SUPPRESSED = {
+    channel: select(_SP.c.address)
+    .select_from(_SP.join(_U, _SP.c.address == column))
+    .where(_SP.c.channel == channel, _U.c.id.in_(bindparam("b_ids", expanding=True)))
+    for channel, column in (("email", _U.c.email), ("sms", _U.c.phone), ("webhook", _U.c.webhook_url))
+}
+
+# The router's claim, every pass: built once (see _CTX_USERS).
+_N = t.notifications
+_UNROUTED_NEW = (
+    select(_N.c.id)
+    .where(_N.c.status == NotificationStatus.ACCEPTED.value)
+    .order_by(_N.c.priority, _N.c.created_at)
+    .limit(bindparam("b_limit"))
+)
+_UNROUTED_EXPIRED = (
+    select(_N.c.id)
+    .where(_N.c.status == NotificationStatus.ROUTING.value, _N.c.lease_until < bindparam("b_now"))
+    .order_by(_N.c.priority, _N.c.created_at)
+    .limit(bindparam("b_limit"))
+)
+_UNROUTED_NEW_PG = _UNROUTED_NEW.with_for_update(skip_locked=True)
+_UNROUTED_EXPIRED_PG = _UNROUTED_EXPIRED.with_for_update(skip_locked=True)
+_TAKE_UNROUTED = (
+    update(_N)
+    .where(_N.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(
+        status=NotificationStatus.ROUTING.value,
+        lease_owner=bindparam("b_owner"),
+        lease_until=bindparam("b_until"),
+    )
+    .returning(*_N.c)
+)
+
+_HELD_LEASES = (
+    select(_D.c.id, _D.c.lease_owner)
+    .where(_D.c.id.in_(bindparam("b_ids", expanding=True)), _D.c.status == S.SENDING.value)
+    .order_by(_D.c.id)  # PostgreSQL: lock in one order, as every batch writer does
+)
+_HELD_LEASES_PG = _HELD_LEASES.with_for_update()
+
+# With the outbox on, a retry needs the lane and final due time of its delivery for the outbox row.
+_RECORD_RESULT_OUTBOX = _RECORD_RESULT.returning(_D.c.channel, _D.c.priority, _D.c.due_at)
+
+
 def _delivery_rows(deliveries: Sequence[Delivery], now: float) -> list[dict[str, Any]]:
     return [
         {
@@ -257,11 +350,16 @@ def _delivery_rows(deliveries: Sequence[Delivery], now: float) -> list[dict[str,
     ]
 
 
-class SqlStore:
-    """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue."""
+class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
+    """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue.
 
-    def __init__(self, db: Database) -> None:
+    ``outbox``: write an outbox row with every change that makes a delivery claimable, for a
+    broker queue (see :mod:`herald.adapters.store.sql_outbox`). Off for the ``sql`` queue.
+    """
+
+    def __init__(self, db: Database, *, outbox: bool = False) -> None:
         self.db = db
+        self.outbox = outbox
         self._ins = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
 
     async def start(self) -> None:
@@ -361,6 +459,7 @@ class SqlStore:
             c.execute(delete(t.devices).where(t.devices.c.user_id == user_id))
             c.execute(delete(t.user_preferences).where(t.user_preferences.c.user_id == user_id))
             c.execute(delete(t.user_settings).where(t.user_settings.c.user_id == user_id))
+            c.execute(delete(t.topic_subscribers).where(t.topic_subscribers.c.user_id == user_id))
             # Keep the delivery log (counts, outcomes) but erase what identifies the person.
             c.execute(
                 update(t.deliveries)
@@ -606,7 +705,11 @@ class SqlStore:
 
     # Notifications ----------------------------------------------------------------------------
     async def create_notifications(
-        self, notifications: Sequence[Notification], *, idempotency: Sequence[tuple[str, str, int, JSON]] = ()
+        self,
+        notifications: Sequence[Notification],
+        *,
+        idempotency: Sequence[tuple[str, str, int, JSON]] = (),
+        events: Sequence[EventRecord] = (),
     ) -> None:
         rows = [
             {
@@ -635,6 +738,8 @@ class SqlStore:
         def op(c: Connection) -> None:
             if rows:
                 c.execute(insert(t.notifications), rows)
+            if events:
+                c.execute(insert(t.events), event_rows(events))
             for scope, key, code, response in idempotency:
                 self._finish_idem(c, scope, key, code, response)
 
@@ -679,32 +784,23 @@ class SqlStore:
         return await self.db.run(op)
 
     async def claim_unrouted(self, *, owner: str, limit: int, lease: float, now: float) -> list[Notification]:
-        n = t.notifications
+        pg = self.db.dialect == "postgresql"
+        candidates = (_UNROUTED_NEW_PG, _UNROUTED_EXPIRED_PG) if pg else (_UNROUTED_NEW, _UNROUTED_EXPIRED)
 
         def op(c: Connection) -> list[Notification]:
             ids: list[str] = []
-            for status, extra in (
-                (NotificationStatus.ACCEPTED.value, None),
-                (NotificationStatus.ROUTING.value, n.c.lease_until < now),
-            ):
-                q = select(n.c.id).where(n.c.status == status)
-                if extra is not None:
-                    q = q.where(extra)
-                q = q.order_by(n.c.priority, n.c.created_at).limit(limit - len(ids))
-                if self.db.dialect == "postgresql":
-                    q = q.with_for_update(skip_locked=True)
-                ids.extend(c.execute(q).scalars())
+            for stmt in candidates:  # new ones, then those whose router's lease ran out
+                ids.extend(c.execute(stmt, {"b_now": now, "b_limit": limit - len(ids)}).scalars())
                 if len(ids) >= limit:
                     break
             if not ids:
                 return []
-            c.execute(
-                update(n)
-                .where(n.c.id.in_(ids))
-                .values(status=NotificationStatus.ROUTING.value, lease_owner=owner, lease_until=now + lease)
-            )
-            rows = c.execute(select(n).where(n.c.id.in_(ids)).order_by(n.c.priority, n.c.created_at))
-            return [_notification(r) for r in rows]
+            rows = c.execute(
+                _TAKE_UNROUTED, {"b_ids": ids, "b_owner": owner, "b_until": now + lease}
+            ).all()
+            out = [_notification(r) for r in rows]
+            out.sort(key=lambda x: (x.priority.rank, x.created_at))
+            return out
 
         return await self.db.run(op)
 
@@ -740,9 +836,31 @@ class SqlStore:
                     if batch.dedup_key:
                         self._dedup(c, batch, now)
                     rows.extend(_delivery_rows(batch.deliveries, now))
-            if rows:
+            if rows and self.outbox:
+                # Outbox rows only for deliveries this call inserted (a routing pass taken over
+                # after a lost lease writes some again; those have theirs).
+                new = c.execute(
+                    self._ins(d)
+                    .on_conflict_do_nothing()
+                    .returning(d.c.id, d.c.channel, d.c.priority, d.c.due_at, d.c.status),
+                    rows,
+                ).all()
+                claimable = [r for r in new if r.status in _CLAIMABLE]
+                add_outbox(c, [(r.id, r.channel, r.priority, r.due_at) for r in claimable], now)
+            elif rows:
                 c.execute(self._ins(d).on_conflict_do_nothing(), rows)
             finished = [b.notification_id for b in batches if b.finished and b.notification_id in held]
+            for b in batches:
+                if b.finished and b.notification_id in held and b.recipients_total is not None:
+                    # A topic's count is known once its fan-out has walked every subscriber.
+                    c.execute(
+                        update(n)
+                        .where(n.c.id == b.notification_id)
+                        .values(
+                            recipients_total=b.recipients_total,
+                            route_cursor=b.cursor or n.c.route_cursor,
+                        )
+                    )
             if finished:
                 c.execute(
                     update(n)
@@ -764,6 +882,8 @@ class SqlStore:
                     }
                     if b.recipients_total is not None:
                         values["recipients_total"] = b.recipients_total
+                    if b.cursor is not None:
+                        values["route_cursor"] = b.cursor
                     c.execute(update(n).where(n.c.id == b.notification_id).values(**values))
             return [b.notification_id in held for b in batches]
 
@@ -771,40 +891,28 @@ class SqlStore:
 
     async def recipient_context(self, user_ids: Sequence[str], *, with_devices: bool) -> RecipientContext:
         ids = list(dict.fromkeys(user_ids))
-        u, p, st, dv, sp = t.users, t.user_preferences, t.user_settings, t.devices, t.suppressions
-        columns = {"email": u.c.email, "sms": u.c.phone, "webhook": u.c.webhook_url}
 
         def op(c: Connection) -> RecipientContext:
             ctx = RecipientContext(users={}, preferences={}, devices={}, suppressed={})
             for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                for row in c.execute(select(u).where(u.c.id.in_(chunk))):
+                chunk = {"b_ids": ids[i : i + 500]}
+                for row in c.execute(_CTX_USERS, chunk):
                     ctx.users[row.id] = _user(row)
-                for row in c.execute(select(p).where(p.c.user_id.in_(chunk))):
+                for row in c.execute(_CTX_PREFERENCES, chunk):
                     prefs = ctx.preferences.setdefault(row.user_id, Preferences(user_id=row.user_id))
                     if row.category == "*":
                         prefs.channels[row.channel] = bool(row.enabled)
                     else:
                         prefs.categories.setdefault(row.category, {})[row.channel] = bool(row.enabled)
-                for row in c.execute(select(st).where(st.c.user_id.in_(chunk))):
+                for row in c.execute(_CTX_SETTINGS, chunk):
                     prefs = ctx.preferences.setdefault(row.user_id, Preferences(user_id=row.user_id))
                     prefs.quiet_hours = _loads(row.quiet_hours)
                     prefs.digests = _loads(row.digests) or {}
                 if with_devices:
-                    q = (
-                        select(dv)
-                        .where(dv.c.user_id.in_(chunk), dv.c.active.is_(True))
-                        .order_by(dv.c.created_at)
-                    )
-                    for row in c.execute(q):
+                    for row in c.execute(_CTX_DEVICES, chunk):
                         ctx.devices.setdefault(row.user_id, []).append(_device(row))
-                for channel, column in columns.items():
-                    found = c.execute(
-                        select(sp.c.address)
-                        .select_from(sp.join(u, sp.c.address == column))
-                        .where(sp.c.channel == channel, u.c.id.in_(chunk))
-                    ).scalars()
-                    addresses = set(found)
+                for channel, stmt in _CTX_SUPPRESSED.items():
+                    addresses = set(c.execute(stmt, chunk).scalars())
                     if addresses:
                         ctx.suppressed.setdefault(channel, set()).update(addresses)
             return ctx
@@ -934,26 +1042,41 @@ class SqlStore:
         def op(c: Connection) -> list[str]:
             rejected: list[str] = []
             attempts: list[dict[str, Any]] = []
+            requeued: list[tuple[str, str, int, float]] = []  # outbox rows (broker queue only)
+            # Without the outbox: the leases are read once for the batch (the rows stay ours
+            # until commit: SQLite's write lock, FOR UPDATE on PostgreSQL) and the updates run
+            # as one executemany, instead of a statement round per result.
+            held = None if self.outbox else self._held_leases(c, [r.delivery_id for r in results])
+            updates: list[dict[str, Any]] = []
             for r in results:
                 check_transition(S.SENDING, r.new_status)
                 sent = r.new_status == S.SENT
-                changed = c.execute(
-                    _RECORD_RESULT,
-                    {
-                        "b_id": r.delivery_id,
-                        "b_owner": r.lease_owner,
-                        "b_status": r.new_status.value,
-                        "b_reason": r.reason,
-                        "b_provider": r.attempt.provider,
-                        "b_n": r.attempt.n,
-                        "b_budget": 1 if r.counts_against_budget else 0,
-                        "b_now": now,
-                        "b_sent_at": r.attempt.at if sent else None,
-                        "b_message_id": r.provider_message_id if sent else None,
-                        "b_failed_at": now if r.new_status in (S.FAILED, S.DEAD) else None,
-                        "b_due_at": r.due_at,
-                    },
-                ).rowcount
+                params = {
+                    "b_id": r.delivery_id,
+                    "b_owner": r.lease_owner,
+                    "b_status": r.new_status.value,
+                    "b_reason": r.reason,
+                    "b_provider": r.attempt.provider,
+                    "b_n": r.attempt.n,
+                    "b_budget": 1 if r.counts_against_budget else 0,
+                    "b_now": now,
+                    "b_sent_at": r.attempt.at if sent else None,
+                    "b_message_id": r.provider_message_id if sent else None,
+                    "b_failed_at": now if r.new_status in (S.FAILED, S.DEAD) else None,
+                    "b_due_at": r.due_at,
+                }
+                if held is not None:
+                    owner = held.pop(r.delivery_id, None)  # pop: a result given twice counts once
+                    changed = owner is not None and owner == r.lease_owner
+                    if changed:
+                        updates.append(params)
+                elif self.outbox and r.new_status.value in _CLAIMABLE:
+                    row = c.execute(_RECORD_RESULT_OUTBOX, params).first()
+                    changed = row is not None
+                    if row is not None:
+                        requeued.append((r.delivery_id, row.channel, row.priority, row.due_at))
+                else:
+                    changed = bool(c.execute(_RECORD_RESULT, params).rowcount)
                 if not changed:
                     rejected.append(r.delivery_id)
                     continue
@@ -973,14 +1096,32 @@ class SqlStore:
                         "ambiguous": at.ambiguous,
                     }
                 )
+                if r.fallback and r.new_status in (S.FAILED, S.DEAD):
+                    # Same transaction: the notification goes back to the router, which hands
+                    # this recipient to the next channel of the chain (see RouterService).
+                    reopen_for_fallback(c, r.notification_id)
                 if r.dead_address:
                     channel = c.execute(select(d.c.channel).where(d.c.id == r.delivery_id)).scalar_one()
                     self._suppress(c, channel, r.dead_address, r.reason or "invalid_address", now)
+            if updates:
+                c.execute(_RECORD_RESULT, updates)
             if attempts:
                 c.execute(insert(a), attempts)
+            if requeued:
+                add_outbox(c, requeued, now)
             return rejected
 
         return await self.db.run(op)
+
+    def _held_leases(self, c: Connection, ids: Sequence[str]) -> dict[str, str]:
+        """{delivery id: lease owner} of those of ``ids`` still in ``sending``, locked."""
+        stmt = _HELD_LEASES_PG if self.db.dialect == "postgresql" else _HELD_LEASES
+        held: dict[str, str] = {}
+        for i in range(0, len(ids), 500):
+            for row in c.execute(stmt, {"b_ids": list(ids[i : i + 500])}):
+                if row.lease_owner is not None:
+                    held[row.id] = row.lease_owner
+        return held
 
     def _suppress(self, c: Connection, channel: str, address: str, reason: str, now: float) -> None:
         if channel == "push":
@@ -1023,7 +1164,10 @@ class SqlStore:
             )
             if not changed.rowcount:
                 raise IllegalTransition("the delivery changed concurrently; try again")
-            return _delivery(c.execute(select(d).where(d.c.id == delivery_id)).one())
+            marked = _delivery(c.execute(select(d).where(d.c.id == delivery_id)).one())
+            if status == S.FAILED and (marked.content.get("_meta") or {}).get("fallback"):
+                reopen_for_fallback(c, marked.notification_id)  # a bounce moves the chain on too
+            return marked
 
         return await self.db.run(op)
 
@@ -1033,10 +1177,17 @@ class SqlStore:
         def op(c: Connection) -> list[str]:
             rows = c.execute(
                 update(d)
-                .where(d.c.status == S.SCHEDULED.value, d.c.due_at <= now)
+                .where(
+                    d.c.status == S.SCHEDULED.value,
+                    d.c.due_at <= now,
+                    # Held for a digest (sql_digests.py): only the digest step may move these.
+                    func.coalesce(d.c.reason, "") != HELD_REASON,
+                )
                 .values(status=S.QUEUED.value, queued_at=now, updated_at=now)
-                .returning(d.c.channel)
+                .returning(d.c.id, d.c.channel, d.c.priority, d.c.due_at)
             ).all()
+            if self.outbox:
+                add_outbox(c, [(r.id, r.channel, r.priority, r.due_at) for r in rows], now)
             return sorted({r.channel for r in rows})
 
         return await self.db.run(op)
@@ -1070,8 +1221,10 @@ class SqlStore:
                     budget_used=d.c.budget_used + 1,
                     updated_at=now,
                 )
-                .returning(d.c.id, d.c.channel, d.c.retry_count, d.c.provider)
+                .returning(d.c.id, d.c.channel, d.c.retry_count, d.c.provider, d.c.priority)
             ).all()
+            if rows and self.outbox:
+                add_outbox(c, [(r.id, r.channel, r.priority, now) for r in rows], now)
             if rows:
                 c.execute(
                     insert(a),
@@ -1155,6 +1308,8 @@ class SqlStore:
                     )
                     .returning(*d.c)
                 ).all()
+                if self.outbox:
+                    add_outbox(c, [(r.id, r.channel, r.priority, r.due_at) for r in rows], now)
                 out.extend(_delivery(r) for r in rows)
             return out
 

@@ -12,13 +12,16 @@ from herald import __version__
 from herald.bootstrap import Container
 from herald.entrypoints.api import (
     problems,
+    routes_events,
     routes_inbox,
     routes_notifications,
     routes_ops,
     routes_templates,
+    routes_topics,
     routes_users,
     routes_webhooks,
 )
+from herald.entrypoints.api.fast_send import HeraldApi
 from herald.entrypoints.api.limits import BodyLimit
 
 log = structlog.get_logger("herald.api")
@@ -44,7 +47,7 @@ def create_app(
             await container.stop()
             log.warning("herald.stopped", detail="graceful shutdown complete")
 
-    app = FastAPI(
+    app = HeraldApi(
         title="herald",
         version=__version__,
         description="Self-hosted notification service: accept, route, deliver and prove every message.",
@@ -53,6 +56,8 @@ def create_app(
     problems.install(app)
     for module in (
         routes_notifications,
+        routes_events,
+        routes_topics,
         routes_users,
         routes_templates,
         routes_inbox,
@@ -61,4 +66,5 @@ def create_app(
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.enable_fast_send(max_body_bytes)  # POST /v1/notifications without the stack (fast_send.py)
     return app

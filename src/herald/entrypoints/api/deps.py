@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from herald.bootstrap import Container
+from herald.domain import urgency
 from herald.domain.errors import AuthenticationError, PermissionDenied
 from herald.domain.models import ApiKey, new_id
 
@@ -28,7 +29,11 @@ def generate_key(name: str, scopes: set[str], now: float) -> tuple[str, ApiKey]:
     return raw, ApiKey(id=new_id("key"), name=name, scopes=frozenset(scopes), created_at=now)
 
 
-def container(request: Request) -> Container:
+async def container(request: Request) -> Container:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a hop per request.
+    # Someone waits for this request: its database work goes before batch work (the request
+    # runs in a task of its own, so this ends with it).
+    urgency.mark_urgent()
     c: Container = request.app.state.container
     return c
 
@@ -65,7 +70,7 @@ async def caller(request: Request, c: ContainerDep) -> Caller:
     token = _bearer(request)
     if token.startswith("ut_"):
         return Caller(user_id=c.user_tokens.verify(token, c.clock.now()))
-    key = await c.store.get_api_key(hash_key(token))
+    key = await c.lookups.api_key(hash_key(token))
     if key is None:
         raise AuthenticationError("unknown or revoked API key")
     return Caller(api_key=key)

@@ -44,12 +44,27 @@ def _is_json(raw: bytes) -> bool:
     return True
 
 
+def herald_problem(exc: HeraldError, path: str) -> JSONResponse:
+    if exc.status >= 500:
+        log.error("api.error", path=path, error=exc.detail)
+    return problem(exc.status, exc.title, exc.detail, instance=path, field=exc.field)
+
+
+def unexpected_problem(path: str) -> JSONResponse:
+    """Call from an ``except`` block: the exception is logged with its traceback."""
+    log.exception("api.unhandled", path=path)
+    return problem(
+        500,
+        "Internal error",
+        "the server failed to handle this request; it has been logged",
+        instance=path,
+    )
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(HeraldError)
     async def _herald(request: Request, exc: HeraldError) -> JSONResponse:
-        if exc.status >= 500:
-            log.error("api.error", path=request.url.path, error=exc.detail)
-        return problem(exc.status, exc.title, exc.detail, instance=request.url.path, field=exc.field)
+        return herald_problem(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -79,10 +94,4 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("api.unhandled", path=request.url.path)
-        return problem(
-            500,
-            "Internal error",
-            "the server failed to handle this request; it has been logged",
-            instance=request.url.path,
-        )
+        return unexpected_problem(request.url.path)

@@ -9,6 +9,7 @@ import pydantic
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 
+from herald.bootstrap import Container
 from herald.domain.errors import HeraldError, NotFound, ValidationError
 from herald.domain.models import Notification
 from herald.entrypoints.api.deps import Caller, ContainerDep, require
@@ -33,15 +34,30 @@ def to_request(body: SendBody) -> SendRequest:
         send_at=epoch(body.send_at),
         expires_at=epoch(body.expires_at),
         dedup_key=body.dedup_key,
+        fallback=body.fallback,
     )
 
 
-def _key(header: str | None, body_key: str | None) -> str | None:
+def merge_idempotency_key(header: str | None, body_key: str | None) -> str | None:
     if header is not None and body_key is not None and header != body_key:
         raise ValidationError(
             "Idempotency-Key header and idempotency_key field differ", field="idempotency_key"
         )
     return header if header is not None else body_key
+
+
+async def accept_send(c: Container, who: Caller, body: SendBody, idempotency_key: str | None) -> Accepted:
+    """The whole of ``POST /v1/notifications`` once authenticated and parsed (also run by
+    :mod:`herald.entrypoints.api.fast_send`)."""
+    key = merge_idempotency_key(idempotency_key, body.idempotency_key)
+    # Only an idempotency key needs the request's hash (dumping a body is not free).
+    payload = body.model_dump(mode="json", exclude={"idempotency_key"}) if key is not None else None
+
+    async def build() -> tuple[list[Notification], Accepted]:
+        n = await c.accept.prepare(to_request(body), api_key_id=who.scope_id)
+        return [n], Accepted(202, accepted_view(n))
+
+    return await c.accept.idempotent(who.scope_id, key, payload, build)
 
 
 @router.post("", status_code=202)
@@ -51,14 +67,7 @@ async def send(
     who: Annotated[Caller, require("send")],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> JSONResponse:
-    key = _key(idempotency_key, body.idempotency_key)
-    payload = body.model_dump(mode="json", exclude={"idempotency_key"})
-
-    async def build() -> tuple[list[Notification], Accepted]:
-        n = await c.accept.prepare(to_request(body), api_key_id=who.scope_id)
-        return [n], Accepted(202, accepted_view(n))
-
-    result = await c.accept.idempotent(who.scope_id, key, payload, build)
+    result = await accept_send(c, who, body, idempotency_key)
     return JSONResponse(result.body, status_code=result.status_code)
 
 
@@ -69,7 +78,7 @@ async def send_batch(
     who: Annotated[Caller, require("send")],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> JSONResponse:
-    key = _key(idempotency_key, body.idempotency_key)
+    key = merge_idempotency_key(idempotency_key, body.idempotency_key)
 
     async def build() -> tuple[list[Notification], Accepted]:
         notes: list[Notification] = []
@@ -83,7 +92,7 @@ async def send_batch(
                 if isinstance(item, str) and 0 < len(item) <= 128:
                     named.append(item)
         if named:
-            memo.known_users.update(await c.store.get_users(named))
+            memo.known_users.update(await c.lookups.existing_users(list(dict.fromkeys(named))))
         for i, raw in enumerate(body.notifications):
             try:
                 item = _send_adapter.validate_python(raw)
@@ -112,7 +121,8 @@ async def send_batch(
             },
         )
 
-    payload = body.model_dump(mode="json", exclude={"idempotency_key"})
+    # Only an idempotency key needs the request's hash (1,000 items take a while to dump).
+    payload = body.model_dump(mode="json", exclude={"idempotency_key"}) if key is not None else None
     result = await c.accept.idempotent(who.scope_id, key, payload, build)
     return JSONResponse(result.body, status_code=result.status_code)
 

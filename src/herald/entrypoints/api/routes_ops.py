@@ -28,8 +28,17 @@ async def readyz(c: ContainerDep) -> dict[str, Any] | Response:
     try:
         await c.store.ping()
     except HeraldError as exc:
-        return problem(503, "Not ready", exc.detail)
-    return {"status": "ready", "database": "ok", "unhealthy_providers": c.delivery.unhealthy}
+        return problem(503, "Not ready", f"database: {exc.detail}")
+    try:
+        await c.cache.ping()
+    except HeraldError as exc:
+        return problem(503, "Not ready", f"cache: {exc.detail}")
+    return {
+        "status": "ready",
+        "database": "ok",
+        "cache": "ok",
+        "unhealthy_providers": c.delivery.unhealthy,
+    }
 
 
 @router.get("/metrics")

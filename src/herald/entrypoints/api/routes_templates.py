@@ -58,7 +58,9 @@ async def put_template(
         default_locale=body.default_locale,
         created_at=c.clock.now(),
     )
-    return template_view(await c.store.put_template(template))
+    stored = await c.store.put_template(template)
+    c.lookups.forget_template(name)  # the next send from this process uses the new version
+    return template_view(stored)
 
 
 @router.get("/{name}")
@@ -73,7 +75,9 @@ async def get_template(
 
 @router.delete("/{name}", status_code=204)
 async def delete_template(name: str, c: ContainerDep, who: Annotated[Caller, require("admin")]) -> Response:
-    if not await c.store.delete_template(name):
+    deleted = await c.store.delete_template(name)
+    c.lookups.forget_template(name)
+    if not deleted:
         raise NotFound(f"template {name!r} does not exist")
     return Response(status_code=204)
 

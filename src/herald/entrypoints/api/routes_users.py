@@ -55,7 +55,9 @@ async def get_user(user_id: str, c: ContainerDep, who: CallerDep) -> dict[str, A
 
 @router.delete("/v1/users/{user_id}", status_code=204)
 async def delete_user(user_id: str, c: ContainerDep, who: Annotated[Caller, require("admin")]) -> Response:
-    if not await c.store.delete_user(user_id):
+    deleted = await c.store.delete_user(user_id)
+    c.lookups.forget_user(user_id)  # a send from this process to this user is refused at once
+    if not deleted:
         raise NotFound(f"user {user_id} does not exist")
     return Response(status_code=204)
 

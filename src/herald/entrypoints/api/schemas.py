@@ -32,6 +32,7 @@ class SendBody(_Body):
     expires_at: datetime | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
     dedup_key: str | None = Field(default=None, max_length=255)
+    fallback: bool = False  # channels form a chain: the first reachable, the next on permanent failure
 
 
 class BatchBody(_Body):

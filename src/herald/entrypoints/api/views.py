@@ -76,6 +76,9 @@ def notification_view(n: Notification, deliveries: list[Delivery] | None = None)
         "expires_at": iso(n.expires_at),
         "recipients_total": n.recipients_total,
         "recipients_routed": n.recipients_routed,
+        "topic": n.topic,
+        "event_type": n.event_type,
+        "fallback": n.fallback,
         "error": n.error,
     }
     if deliveries is not None:

@@ -1,0 +1,461 @@
+"""The ``amqp`` queue: RabbitMQ quorum queues per channel and priority lane (aio-pika).
+
+Layout, for ``prefix`` ``herald`` and the channel ``email``::
+
+    herald.q.email.critical   herald.q.email.high   herald.q.email.normal   herald.q.email.low
+        durable quorum queues; x-delivery-limit; dead-lettered (at-least-once) to
+    herald.dlq.email
+
+A message is persistent and its body is one delivery id. The database stays the source of
+truth: messages only say "look at this delivery". They are written by the transactional outbox
+(:mod:`herald.adapters.store.sql_outbox`) in the transaction that made the delivery claimable
+and published after commit, with publisher confirms, by the relay
+(:mod:`herald.adapters.queue.outbox_relay`).
+
+**Claim.** Each worker process consumes the lanes of its channels with manual acks and a bounded
+prefetch (one consumer per lane, so a backlog in ``low`` never fills the window of ``critical``).
+``claim`` takes buffered messages from the highest lane down, claims those ids in the store
+(queued/retrying and due → ``sending`` under the lease, exactly the ``sql`` queue's semantics) and
+acks only after that transaction committed. Ids that are no longer claimable (sent, cancelled,
+already claimed through a duplicate message) are acked away. When the store is down the messages
+stay in this process's buffer (unacked, not requeued: that would spend their delivery limit) and
+the next claim tries again. A worker that dies after the ack and before sending is covered by
+the lease: ``reclaim_expired_leases`` puts the delivery back to ``retrying`` and, the outbox being
+on, writes a new outbox row.
+
+**Delayed retries go through the database's due times, not through per-tier delay queues.**
+A retry is an outbox row whose ``due_at`` is the retry time; the relay publishes only due rows.
+Arguments: (1) the retry schedule is configurable, has jitter and honours ``Retry-After``, so
+delays are arbitrary — TTL delay queues need one queue per distinct delay (or the unsupported
+delayed-message plugin) and per-queue TTLs only expire from the head, so a message with a short
+delay waits behind a long one; (2) the delivery row already holds ``due_at``, and cancel, expiry
+and replay change it in one transaction — a message parked in a delay queue could not be
+revoked and would later be acked away anyway; (3) the broker only holds work that is due now, so
+queue depths mean "waiting to be sent" and the lanes stay short. The cost is one indexed outbox
+query per relay pass.
+
+**Dead letters.** ``x-delivery-limit`` catches a message that keeps coming back because the
+consumers holding it die (a crash loop). Such a message is dead-lettered (at-least-once) to the
+channel's dead-letter queue, which this class also consumes: the event is logged as an error and
+the delivery, if still claimable, gets an outbox row ``dead_letter_delay`` seconds later — the
+database's retry budget, not the broker, decides when a delivery is dead, and the delay turns a
+crash loop into a slow one.
+
+``wake`` is local to the process (a message arriving wakes the waiters of its channel; the
+broker's push is the cross-process wake-up). Broker errors become ``ServiceUnavailable``; the
+robust connection reconnects by itself and restores consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+try:
+    import aio_pika
+    from aio_pika import exceptions as amqp_errors
+    from aio_pika.abc import (
+        AbstractChannel,
+        AbstractIncomingMessage,
+        AbstractQueue,
+        AbstractRobustChannel,
+        AbstractRobustConnection,
+    )
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
+    from herald.domain.errors import ConfigurationError
+
+    raise ConfigurationError(
+        "queue.url is amqp:// but aio-pika is not installed: pip install 'herald[rabbitmq]'"
+    ) from exc
+
+from herald.adapters.queue.signals import Signals
+from herald.domain.errors import ConfigurationError, HeraldError, ServiceUnavailable
+from herald.domain.models import Delivery, Priority
+from herald.ports import Clock, OutboxItem, Store
+
+log = structlog.get_logger("herald.queue.amqp")
+
+RANKS = tuple(sorted(p.rank for p in Priority))
+# What a broker or its connection can throw at us; everything else is a bug and propagates.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    amqp_errors.AMQPError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    RuntimeError,  # aiormq: "writer is None" and friends while the connection is down
+)
+
+_CONSUME_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, HeraldError)
+
+
+def lane_queue(prefix: str, channel: str, rank: int) -> str:
+    return f"{prefix}.q.{channel}.{Priority.from_rank(rank).value}"
+
+
+def dead_letter_queue(prefix: str, channel: str) -> str:
+    return f"{prefix}.dlq.{channel}"
+
+
+def lane_arguments(prefix: str, channel: str, delivery_limit: int) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_queue(prefix, channel),
+        # At-least-once dead-lettering (quorum queues) needs reject-publish overflow.
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+
+
+def broker_error(exc: BaseException, doing: str) -> HeraldError:
+    """Translate an aio-pika/aiormq error at the boundary."""
+    if isinstance(exc, amqp_errors.ProbableAuthenticationError | amqp_errors.AuthenticationError):
+        return ConfigurationError(f"queue.url: RabbitMQ refused the credentials ({doing})")
+    if isinstance(exc, amqp_errors.ChannelPreconditionFailed):
+        return ConfigurationError(f"RabbitMQ refused a declaration ({doing}): {exc}")
+    reason = str(exc) or type(exc).__name__
+    return ServiceUnavailable(f"RabbitMQ unavailable ({doing}): {reason}")
+
+
+async def connect(
+    url: str, *, name: str, timeout: float, reconnect_interval: float
+) -> AbstractRobustConnection:
+    try:
+        return await aio_pika.connect_robust(
+            url,
+            timeout=timeout,
+            reconnect_interval=reconnect_interval,
+            client_properties={"connection_name": name},
+        )
+    except BROKER_ERRORS as exc:
+        raise broker_error(exc, "connecting") from exc
+
+
+@dataclass
+class _Lanes:
+    """The consumers of one channel in this process and what they delivered so far.
+
+    One AMQP channel per lane: delivery tags then follow each lane's buffer, whose front is
+    always taken first, so one ``ack(multiple=True)`` acks exactly the messages a claim took.
+    """
+
+    amqp: list[AbstractChannel]  # per lane, then the dead-letter consumer's
+    buffers: list[deque[AbstractIncomingMessage]] = field(default_factory=lambda: [deque() for _ in RANKS])
+    claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _channel_closed(message: AbstractIncomingMessage) -> bool:
+    """A message whose channel closed (broker restart, lost connection) cannot be acked; the
+    broker has requeued it. aio-pika raises instead of answering once the channel is gone."""
+    try:
+        return bool(message.channel.is_closed)
+    except aio_pika.exceptions.ChannelInvalidStateError:
+        return True
+
+
+class AmqpQueue:
+    def __init__(
+        self,
+        url: str,
+        store: Store,
+        clock: Clock | None = None,
+        *,
+        prefix: str = "herald",
+        prefetch: int = 64,
+        delivery_limit: int = 20,
+        dead_letter_delay: float = 60.0,
+        early: float = 0.5,
+        publish_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        reconnect_interval: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.store = store
+        self.clock = clock
+        self.prefix = prefix
+        self.prefetch = prefetch
+        self.delivery_limit = delivery_limit
+        self.dead_letter_delay = dead_letter_delay
+        self.early = early  # a message up to this much ahead of its due time is claimed anyway
+        self.publish_timeout = publish_timeout
+        self.connect_timeout = connect_timeout
+        self.reconnect_interval = reconnect_interval
+        self.signals = Signals()
+        self.received: Counter[str] = Counter()  # channel -> messages delivered to our consumers
+        self.published: Counter[str] = Counter()  # channel -> messages the broker confirmed
+        self._connection: AbstractRobustConnection | None = None
+        self._connect_lock = asyncio.Lock()
+        self._publisher: AbstractRobustChannel | None = None
+        self._declared: set[str] = set()  # channels whose queues this process declared
+        self._lanes: dict[str, _Lanes] = {}
+        self._lane_locks: dict[str, asyncio.Lock] = {}
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._wake_listeners: list[Callable[[str | None], None]] = []
+        self._closed = False
+
+    def _now(self) -> float:
+        return self.clock.now() if self.clock is not None else time.time()
+
+    # Connection ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect early so that bad credentials fail at start; an unreachable broker does not:
+        the outbox keeps everything until it is back."""
+        try:
+            await self._connect()
+        except ServiceUnavailable as exc:
+            log.warning("queue.broker_unavailable", detail=exc.detail)
+
+    async def _connect(self) -> AbstractRobustConnection:
+        if self._connection is not None:
+            return self._connection
+        async with self._connect_lock:
+            if self._closed:
+                raise ServiceUnavailable("the queue is closed")
+            if self._connection is None:
+                self._connection = await connect(
+                    self.url,
+                    name="herald-queue",
+                    timeout=self.connect_timeout,
+                    reconnect_interval=self.reconnect_interval,
+                )
+            return self._connection
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._starting.values()):
+            task.cancel()
+        conn, self._connection = self._connection, None
+        self._lanes.clear()
+        self._publisher = None
+        if conn is not None:
+            # Unacked messages in our buffers go back to their queues with the connection.
+            with contextlib.suppress(*BROKER_ERRORS):
+                await conn.close()
+
+    async def _declare(
+        self, amqp: AbstractChannel, channel: str
+    ) -> tuple[AbstractQueue, list[AbstractQueue]]:
+        """Declare the channel's dead-letter queue and lanes (idempotent); return them."""
+        try:
+            dlq = await amqp.declare_queue(
+                dead_letter_queue(self.prefix, channel), durable=True, arguments=QUORUM
+            )
+            args = lane_arguments(self.prefix, channel, self.delivery_limit)
+            lanes = [
+                await amqp.declare_queue(lane_queue(self.prefix, channel, rank), durable=True, arguments=args)
+                for rank in RANKS
+            ]
+        except BROKER_ERRORS as exc:
+            raise broker_error(exc, f"declaring the queues of {channel}") from exc
+        return dlq, lanes
+
+    # Publishing (the relay) ------------------------------------------------------------------
+    async def _publisher_channel(self) -> AbstractRobustChannel:
+        if self._publisher is None:
+            conn = await self._connect()
+            try:
+                channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+            except BROKER_ERRORS as exc:
+                raise broker_error(exc, "opening a channel") from exc
+            self._publisher = channel
+        assert self._publisher is not None
+        return self._publisher
+
+    async def publish(self, items: Sequence[OutboxItem]) -> None:
+        """Publish one message per item and return once the broker confirmed every one.
+
+        Raises ServiceUnavailable when any was not confirmed (the caller keeps its rows and
+        publishes again: a duplicate message is harmless, its claim finds nothing to do).
+        """
+        if not items:
+            return
+        amqp = await self._publisher_channel()
+        for channel in sorted({i.channel for i in items} - self._declared):
+            await self._declare(amqp, channel)
+            self._declared.add(channel)
+        exchange = amqp.default_exchange
+
+        async def one(item: OutboxItem) -> None:
+            message = aio_pika.Message(
+                item.delivery_id.encode(),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                content_type="text/plain",
+            )
+            await exchange.publish(
+                message,
+                routing_key=lane_queue(self.prefix, item.channel, item.priority),
+                mandatory=True,
+                timeout=self.publish_timeout,
+            )
+
+        outcomes = await asyncio.gather(*(one(i) for i in items), return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        self.published.update(i.channel for i, o in zip(items, outcomes, strict=True) if o is None)
+        if failed:
+            if any(isinstance(e, amqp_errors.PublishError) for e in failed):
+                self._declared.clear()  # unroutable: a queue was deleted under us; declare again
+            for e in failed:
+                if not isinstance(e, BROKER_ERRORS):
+                    raise e
+            raise broker_error(failed[0], f"publishing {len(failed)} of {len(items)} messages")
+
+    # Consuming -------------------------------------------------------------------------------------
+    def _stale(self, lanes: _Lanes) -> bool:
+        """The connection is back but a lane's channel is not: its restore failed (a broker
+        restart can refuse a queue while its quorum elects a leader). Consume afresh."""
+        conn = self._connection
+        if conn is None or conn.is_closed:
+            return False  # still reconnecting: the robust channels come back with it
+        return any(ch.is_closed for ch in lanes.amqp)
+
+    async def _consume(self, channel: str) -> _Lanes:
+        lanes = self._lanes.get(channel)
+        if lanes is not None and not self._stale(lanes):
+            return lanes
+        lock = self._lane_locks.setdefault(channel, asyncio.Lock())
+        async with lock:
+            lanes = self._lanes.get(channel)
+            if lanes is not None and not self._stale(lanes):
+                return lanes
+            if lanes is not None:
+                log.warning("queue.consumers_restarted", channel=channel)
+                self._lanes.pop(channel, None)
+                for old in lanes.amqp:
+                    with contextlib.suppress(*BROKER_ERRORS):
+                        await old.close()
+            conn = await self._connect()
+            lanes = _Lanes([])
+            try:
+                for rank in [*RANKS, None]:
+                    amqp = await conn.channel()
+                    lanes.amqp.append(amqp)
+                    await amqp.set_qos(prefetch_count=self.prefetch)
+                    # Declared on its (robust) channel, a queue and its consumer are restored
+                    # with the channel after a reconnect.
+                    dlq, queues = await self._declare(amqp, channel)
+                    if rank is None:
+                        await dlq.consume(functools.partial(self._on_dead_letter, channel))
+                    else:
+                        await queues[rank].consume(functools.partial(self._on_message, lanes, channel, rank))
+            except _CONSUME_ERRORS as exc:
+                for opened in lanes.amqp:
+                    with contextlib.suppress(*BROKER_ERRORS):
+                        await opened.close()
+                if isinstance(exc, HeraldError):
+                    raise
+                raise broker_error(exc, f"consuming {channel}") from exc
+            self._lanes[channel] = lanes
+            return lanes
+
+    async def _on_message(
+        self, lanes: _Lanes, channel: str, rank: int, message: AbstractIncomingMessage
+    ) -> None:
+        lanes.buffers[rank].append(message)
+        self.received[channel] += 1
+        self.signals.wake(channel)
+
+    async def _on_dead_letter(self, channel: str, message: AbstractIncomingMessage) -> None:
+        delivery_id = message.body.decode(errors="replace")
+        now = self._now()
+        try:
+            requeued = await self.store.requeue_ids(
+                [delivery_id], due_at=now + self.dead_letter_delay, now=now
+            )
+        except HeraldError as exc:
+            log.warning(
+                "queue.dead_letter_deferred", channel=channel, delivery_id=delivery_id, error=exc.detail
+            )
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(*BROKER_ERRORS):
+                await message.nack(requeue=True)
+            return
+        headers = message.headers or {}
+        log.error(
+            "queue.dead_lettered",
+            channel=channel,
+            delivery_id=delivery_id,
+            reason=str(headers.get("x-first-death-reason", "")),
+            requeued_in_s=self.dead_letter_delay if requeued else None,
+        )
+        with contextlib.suppress(*BROKER_ERRORS):
+            await message.ack()
+
+    # The Queue port ----------------------------------------------------------------------------
+    async def claim(
+        self, channel: str, *, owner: str, limit: int, max_rank: int, lease: float, now: float
+    ) -> list[Delivery]:
+        lanes = await self._consume(channel)
+        async with lanes.claiming:  # one claim per channel at a time: acks cover a buffer's front
+            return await self._claim(lanes, owner=owner, limit=limit, max_rank=max_rank, lease=lease, now=now)
+
+    async def _claim(
+        self, lanes: _Lanes, *, owner: str, limit: int, max_rank: int, lease: float, now: float
+    ) -> list[Delivery]:
+        out: list[Delivery] = []
+        while len(out) < limit:
+            taken: list[tuple[int, AbstractIncomingMessage]] = []
+            for rank in RANKS[: max_rank + 1]:
+                buffer = lanes.buffers[rank]
+                while buffer and len(out) + len(taken) < limit:
+                    message = buffer.popleft()
+                    if _channel_closed(message):
+                        continue  # the broker requeued it with its channel; it comes again
+                    taken.append((rank, message))
+            if not taken:
+                break
+            ids = [m.body.decode(errors="replace") for _, m in taken]
+            try:
+                got = await self.store.claim_ids(ids, owner=owner, lease=lease, now=now, early=self.early)
+            except HeraldError:
+                for rank, message in reversed(taken):  # keep them, in order, for the next claim
+                    lanes.buffers[rank].appendleft(message)
+                raise
+            out.extend(got)
+            # Acked only now that the claim is committed, one multiple-ack per lane. A lost ack
+            # redelivers the message, whose claim then finds the delivery in `sending`.
+            last = {rank: message for rank, message in taken}
+            for message in last.values():
+                with contextlib.suppress(*BROKER_ERRORS):
+                    await message.ack(multiple=True)
+        out.sort(key=lambda x: (x.priority.rank, x.due_at))
+        return out
+
+    async def extend(self, delivery_ids: Sequence[str], *, owner: str, until: float) -> None:
+        await self.store.extend_leases(delivery_ids, owner=owner, until=until)
+
+    def add_wake_listener(self, listener: Callable[[str | None], None]) -> None:
+        """Also call ``listener`` on every wake (the outbox relay: new rows may be due)."""
+        self._wake_listeners.append(listener)
+
+    def wake(self, channel: str | None = None) -> None:
+        self.signals.wake(channel)
+        for listener in self._wake_listeners:
+            listener(channel)
+
+    async def wait(self, channel: str, timeout: float) -> None:
+        if channel not in self._lanes and channel not in self._starting:
+            # Start consuming in the background: a wake that comes meanwhile is not missed.
+            task = asyncio.create_task(self._consume_quietly(channel), name=f"herald-amqp-consume-{channel}")
+            self._starting[channel] = task
+            task.add_done_callback(lambda _: self._starting.pop(channel, None))
+        # Woken by a message arriving (or a local wake), never by messages already buffered:
+        # those may be of lanes the caller cannot take now, and waking on them would spin.
+        await self.signals.wait(channel, timeout)
+
+    async def _consume_quietly(self, channel: str) -> None:
+        try:
+            await self._consume(channel)
+        except HeraldError as exc:
+            log.debug("queue.consume_failed", channel=channel, error=exc.detail)

@@ -1,0 +1,282 @@
+"""The Store port's outbox, claims by id and named leases (issue 5), on memory, sqlite, postgres.
+
+With ``outbox`` on, every transaction that makes a delivery claimable writes an outbox row in the
+same transaction; with it off, nothing is written. Leader election runs on the named leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from sqlalchemy import Connection, select
+from structlog.testing import capture_logs
+
+from herald.adapters.store import schema as t
+from herald.adapters.store.sql import SqlStore
+from herald.bootstrap import SystemClock
+from herald.domain.models import Priority
+from herald.ports import OutboxItem, RoutedBatch
+from herald.services.leader import LeaderLease
+from tests.contract.conftest import NOW, S, SqlBackend, make_delivery, result, seed
+
+P = Priority
+
+
+async def outbox_rows(store: SqlStore) -> list[tuple[str, str, int, float]]:
+    o = t.outbox
+
+    def op(c: Connection) -> list[tuple[str, str, int, float]]:
+        rows = c.execute(select(o.c.delivery_id, o.c.channel, o.c.priority, o.c.due_at).order_by(o.c.id))
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    return await store.db.run(op)
+
+
+async def drain(store: SqlStore) -> list[tuple[str, str, int, float]]:
+    """Read and forget every outbox row (the relay's job), to look at what comes next."""
+    rows = await outbox_rows(store)
+    o = t.outbox
+    await store.db.run(lambda c: c.execute(o.delete()))
+    return rows
+
+
+async def claim(store: SqlStore, *ids: str, now: float = NOW, owner: str = "w") -> list[str]:
+    return [d.id for d in await store.claim_ids(list(ids), owner=owner, lease=30, now=now)]
+
+
+async def test_outbox_off_writes_nothing(store: SqlStore) -> None:
+    assert store.outbox is False
+    a, _ = await seed(store, {}, {"status": S.SCHEDULED, "due_at": NOW + 10})
+    await store.promote_scheduled(now=NOW + 10)
+    assert await claim(store, a.id) == [a.id]
+    await store.record_results([result(a, "w", S.RETRYING, due_at=NOW + 60)], now=NOW)
+    assert await outbox_rows(store) == []
+
+
+async def test_every_change_into_claimable_writes_an_outbox_row(store: SqlStore) -> None:
+    store.outbox = True
+    queued, sched, skipped, crit = await seed(
+        store,
+        {"due_at": NOW - 5},
+        {"status": S.SCHEDULED, "due_at": NOW + 100},
+        {"status": S.SKIPPED, "reason": "opted_out"},
+        {"priority": P.CRITICAL, "channel": "sms", "address": "+33612345678"},
+    )
+    # routing: only the claimable ones, with their lane and due time
+    assert await drain(store) == [(queued.id, "email", 2, NOW - 5), (crit.id, "sms", 0, NOW)]
+
+    # routing again (a router that took over a lost routing lease) writes nothing for rows that
+    # exist already: their outbox rows were written with them
+    n_id = queued.notification_id
+    again = make_delivery(n_id, user_id=queued.user_id, delivery_id=queued.id)
+    await store.db.run(
+        lambda c: c.execute(
+            t.notifications.update()
+            .where(t.notifications.c.id == n_id)
+            .values(status="routing", lease_owner="router2", lease_until=NOW + 60)
+        )
+    )
+    assert await store.save_routed(RoutedBatch(n_id, [again], 1, True), owner="router2", now=NOW)
+    assert await drain(store) == []
+
+    # the scheduler promotes a scheduled delivery
+    await store.promote_scheduled(now=NOW + 100)
+    assert await drain(store) == [(sched.id, "email", 2, NOW + 100)]
+
+    # a worker's transient failure: retrying, due at the retry time; a success writes nothing
+    assert await claim(store, queued.id, sched.id, now=NOW + 100) == [queued.id, sched.id]
+    assert (
+        await store.record_results(
+            [result(queued, "w", S.RETRYING, due_at=NOW + 160), result(sched, "w", S.SENT)], now=NOW + 100
+        )
+        == []
+    )
+    assert await drain(store) == [(queued.id, "email", 2, NOW + 160)]
+
+    # a lost lease: retrying now
+    assert await claim(store, crit.id, now=NOW + 100) == [crit.id]
+    assert await store.reclaim_expired_leases(now=NOW + 131) == ["sms"]
+    assert await drain(store) == [(crit.id, "sms", 0, NOW + 131)]
+
+    # a dead letter replayed
+    assert await claim(store, crit.id, now=NOW + 131) == [crit.id]
+    await store.record_results([result(crit, "w", S.DEAD, n=2)], now=NOW + 132)
+    assert await drain(store) == []
+    assert [d.id for d in await store.replay_dead_letters([crit.id], now=NOW + 200)] == [crit.id]
+    assert await drain(store) == [(crit.id, "sms", 0, NOW + 200)]
+    assert skipped.id not in {r[0] for r in await outbox_rows(store)}
+
+
+async def test_claim_outbox_leases_rows_and_release_gives_them_back(store: SqlStore) -> None:
+    store.outbox = True
+    a, b, c = await seed(store, {"due_at": NOW - 2}, {"due_at": NOW - 1}, {"due_at": NOW + 10})
+    first = await store.claim_outbox(limit=1, now=NOW, lease=30)
+    assert [i.delivery_id for i in first] == [a.id]  # oldest due first
+    second = await store.claim_outbox(limit=10, now=NOW, lease=30)
+    assert [i.delivery_id for i in second] == [b.id]  # a is leased, c is not due
+    assert await store.claim_outbox(limit=10, now=NOW, lease=30) == []
+    assert await store.outbox_next_due() == NOW + 10
+
+    await store.release_outbox(first)  # its publish failed: due as before
+    assert [i.delivery_id for i in await store.claim_outbox(limit=10, now=NOW, lease=30)] == [a.id]
+    await store.delete_outbox([i.id for i in first + second])
+    # a relay that died holding rows: they come back when its lease runs out
+    assert [i.delivery_id for i in await store.claim_outbox(limit=10, now=NOW + 10, lease=30)] == [c.id]
+    assert [i.delivery_id for i in await store.claim_outbox(limit=10, now=NOW + 41, lease=30)] == [c.id]
+
+
+async def test_concurrent_relays_take_disjoint_outbox_rows(backend: SqlBackend) -> None:
+    backend.store.outbox = True
+    for i in range(4):
+        await seed(backend.store, *({"due_at": NOW - j} for j in range(25)), now=NOW + i)
+    stores = [backend.store] + [await backend.connect() for _ in range(3)]
+    taken: list[OutboxItem] = []
+
+    async def relay(s: SqlStore) -> None:
+        while got := await s.claim_outbox(limit=7, now=NOW, lease=30):
+            taken.extend(got)
+
+    await asyncio.gather(*(relay(stores[i % 4]) for i in range(8)))
+    ids = [i.id for i in taken]
+    assert len(ids) == len(set(ids)) == 100
+
+
+async def test_claim_ids_claims_like_a_queue_claim(store: SqlStore) -> None:
+    store.outbox = True
+    due, later, sent = await seed(store, {}, {"due_at": NOW + 60}, {})
+    assert await claim(store, sent.id) == [sent.id]
+    await store.record_results([result(sent, "w", S.SENT)], now=NOW)
+    await drain(store)
+
+    got = await store.claim_ids(
+        [due.id, due.id, later.id, sent.id, "dlv_unknown"], owner="w2", lease=30, now=NOW
+    )
+    assert [(d.id, d.status, d.address) for d in got] == [(due.id, S.SENDING, due.address)]
+    # not due yet: its message came early; it is published again when due
+    assert await drain(store) == [(later.id, "email", 2, NOW + 60)]
+    assert await claim(store, due.id, owner="w3") == []  # leased to w2
+    assert await store.record_results([result(due, "w2", S.SENT)], now=NOW) == []
+    # within `early` of its due time a message is taken as due (clocks differ between hosts)
+    got = await store.claim_ids([later.id], owner="w", lease=30, now=NOW + 59.7, early=0.5)
+    assert [d.id for d in got] == [later.id]
+
+    # extend_leases: only the owner's
+    await store.extend_leases([later.id], owner="intruder", until=NOW + 500)
+    assert await store.reclaim_expired_leases(now=NOW + 100) == ["email"]
+    await store.extend_leases([], owner="w", until=NOW)
+
+
+async def test_requeue_ids_writes_rows_for_claimable_deliveries_only(store: SqlStore) -> None:
+    store.outbox = True
+    a, b = await seed(store, {}, {})
+    assert await claim(store, b.id) == [b.id]
+    await drain(store)
+    assert await store.requeue_ids([a.id, b.id, "nope"], due_at=NOW + 60, now=NOW) == 1
+    assert await drain(store) == [(a.id, "email", 2, NOW + 60)]
+
+
+async def test_named_lease_has_one_holder_at_a_time(backend: SqlBackend) -> None:
+    s = backend.store
+    assert await s.get_lease("scheduler") is None
+    assert await s.acquire_or_renew("scheduler", "a", ttl=5, now=NOW)
+    assert not await s.acquire_or_renew("scheduler", "b", ttl=5, now=NOW + 4.9)
+    assert await s.acquire_or_renew("scheduler", "a", ttl=5, now=NOW + 4)  # renewed: until NOW + 9
+    assert not await s.acquire_or_renew("scheduler", "b", ttl=5, now=NOW + 8.9)
+    lease = await s.get_lease("scheduler")
+    assert lease is not None and (lease.owner, lease.until, lease.acquired_at) == ("a", NOW + 9, NOW)
+    assert await s.acquire_or_renew("scheduler", "b", ttl=5, now=NOW + 9.1)  # expired: taken over
+    lease = await s.get_lease("scheduler")
+    assert lease is not None and (lease.owner, lease.acquired_at) == ("b", NOW + 9.1)
+    assert await s.acquire_or_renew("other", "a", ttl=5, now=NOW + 9.1)  # names are independent
+    await s.release_lease("scheduler", "a")  # not the holder: nothing
+    assert not await s.acquire_or_renew("scheduler", "a", ttl=5, now=NOW + 9.2)
+    await s.release_lease("scheduler", "b")
+    assert await s.acquire_or_renew("scheduler", "a", ttl=5, now=NOW + 9.3)
+
+    # many contenders at the same instant, from several pools: exactly one wins
+    stores = [s] + [await backend.connect() for _ in range(3)]
+    wins = await asyncio.gather(
+        *(stores[i % 4].acquire_or_renew("race", f"c{i}", ttl=5, now=NOW) for i in range(16))
+    )
+    assert sum(wins) == 1
+
+
+async def test_leader_election_takes_over_when_the_holder_stops_renewing(backend: SqlBackend) -> None:
+    """Two schedulers: one leads; it dies (stops renewing, no release); the other takes over
+    within about the lease's ttl; a graceful stop hands over at once."""
+    ttl = 1.0
+    clock = SystemClock()
+    one = LeaderLease(backend.store, clock, ttl=ttl, owner="one")
+    two = LeaderLease(await backend.connect(), clock, ttl=ttl, owner="two")
+    stop_one, stop_two = asyncio.Event(), asyncio.Event()
+    with capture_logs() as logs:
+        run_one = asyncio.create_task(one.run(stop_one))
+        assert await one.wait_leader(stop_one, 5)
+        run_two = asyncio.create_task(two.run(stop_two))
+        await asyncio.sleep(ttl * 1.5)  # several renewals and contention rounds
+        assert one.is_leader and not two.is_leader
+
+        run_one.cancel()  # the holder dies: it neither renews nor releases
+        died = time.monotonic()
+        await asyncio.gather(run_one, return_exceptions=True)
+        assert await two.wait_leader(stop_two, ttl * 3)
+        takeover = time.monotonic() - died
+        assert takeover <= ttl + ttl / 5 + 0.5, takeover  # expiry plus one contention round
+        # the dead holder would not act either: its lease ran out on its own clock
+        await asyncio.sleep(max(0.0, ttl - takeover) + 0.05)
+        assert not one.is_leader
+
+        # graceful stop: released, the next contender takes over at once
+        three = LeaderLease(await backend.connect(), clock, ttl=ttl, owner="three")
+        stop_three = asyncio.Event()
+        run_three = asyncio.create_task(three.run(stop_three))
+        await asyncio.sleep(ttl / 4)
+        assert not three.is_leader
+        stop_two.set()
+        await run_two
+        handed = time.monotonic()
+        assert await three.wait_leader(stop_three, ttl * 3)
+        assert time.monotonic() - handed < ttl / 5 + 0.5
+        stop_three.set()
+        await run_three
+    acquired = [e for e in logs if e["event"] == "scheduler.leader_acquired"]
+    assert [e["owner"] for e in acquired] == ["one", "two", "three"]
+    assert acquired[1]["previous_owner"] == "one" and 0 < acquired[1]["takeover_s"] < ttl * 3
+
+
+@pytest.mark.parametrize("ttl", [1.0])
+async def test_only_the_leader_runs_the_scheduler(backend: SqlBackend, ttl: float) -> None:
+    """The scheduler role's loop ticks only while its process holds the lease."""
+    from herald.adapters.queue.sql import SqlQueue
+    from herald.services.schedule import SchedulerService
+
+    clock = SystemClock()
+    stores = [backend.store, await backend.connect()]
+    ticks = {"a": 0, "b": 0}
+    stops = {name: asyncio.Event() for name in ticks}
+    leaders = {name: LeaderLease(stores[i], clock, ttl=ttl, owner=name) for i, name in enumerate(ticks)}
+
+    class Counting(SchedulerService):
+        def __init__(self, name: str, store: SqlStore) -> None:
+            super().__init__(store, SqlQueue(store.db), clock, max_sleep=0.05)
+            self.name = name
+
+        async def tick(self) -> float | None:
+            ticks[self.name] += 1
+            return await super().tick()
+
+    tasks = []
+    for i, name in enumerate(ticks):
+        tasks.append(asyncio.create_task(leaders[name].run(stops[name])))
+        tasks.append(asyncio.create_task(Counting(name, stores[i]).run(stops[name], leaders[name])))
+        await asyncio.sleep(0.3)
+    await asyncio.sleep(0.5)
+    assert ticks["a"] > 0 and ticks["b"] == 0
+    stops["a"].set()
+    await asyncio.sleep(0.6)
+    assert ticks["b"] > 0
+    stops["b"].set()
+    await asyncio.gather(*tasks)
+    assert await stores[0].get_lease("scheduler") is None  # both released on the way out
