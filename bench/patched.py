@@ -14,17 +14,10 @@ Patches:
   working folder (run with ``--keep`` to read it).
 * ``latency_probe``: how long urgent (API) transactions wait for the database thread and run,
   how long batch transactions run, and the event loop's lag, into ``latency_probe.txt``.
-* ``claim_pk`` (SQLite; a candidate fix): the claim's ``UPDATE ... WHERE id IN (...) AND
-  status IN ('queued', 'retrying')`` written ``+status``, so that SQLite looks the ids up by
-  primary key instead of walking ``ix_deliveries_lease`` over every queued delivery (its
-  choice without ``ANALYZE`` statistics: 135 ms per claim of 64 with 77,000 queued).
-* ``expiry_index`` (SQLite; a candidate fix): a partial index on ``deliveries(expires_at)``
-  and the scheduler's expiry sweep written ``+status``, so that each tick reads the deliveries
-  that have an expiry instead of every queued one (55 ms per tick with 77,000 queued).
-* ``outbox_priority`` (broker queue; a candidate fix): the outbox relay takes due rows by
-  priority first (``ORDER BY priority, due_at, id``, with an index to match) instead of
-  ``due_at, id``, so that a critical delivery's message is published ahead of a released
-  backlog of low ones instead of behind all of them.
+
+The second session's candidate fixes (``claim_pk``, ``expiry_index``, ``outbox_priority``) are in
+``src/`` now as well: the SQLite claim and expiry sweep written ``+status``, a partial index on
+``deliveries(expires_at)``, and the outbox relayed by priority first (migration 0004).
 """
 
 from __future__ import annotations
@@ -147,97 +140,6 @@ def _tx_census() -> None:
 
     Database.run = run  # type: ignore[method-assign]
     threading.Thread(target=writer, name="bench-tx-census", daemon=True).start()
-
-
-@patch("claim_pk")
-def _claim_pk() -> None:
-    from herald.adapters.queue import sql as queue_sql
-
-    before = queue_sql._SQLITE_TAKE
-    after = before.replace("AND status IN ('queued', 'retrying')", "AND +status IN ('queued', 'retrying')")
-    if after == before:
-        raise SystemExit("claim_pk: the claim statement changed; the patch no longer applies")
-    queue_sql._SQLITE_TAKE = after
-
-
-@patch("expiry_index")
-def _expiry_index() -> None:
-    from sqlalchemy import text
-
-    from herald.adapters.store import sql as store_sql
-    from herald.domain.models import DeliveryStatus as S
-    from herald.domain.states import sources_of
-
-    waiting = sorted(s.value for s in sources_of(S.SKIPPED) - {S.SENDING, S.PENDING})
-    marks = ", ".join(f"'{w}'" for w in waiting)  # enum values, not input
-    sweep = text(
-        f"UPDATE deliveries SET status = 'skipped', reason = 'expired', updated_at = :now "
-        f"WHERE +status IN ({marks}) AND expires_at IS NOT NULL AND expires_at <= :now"
-    )
-    original_start = store_sql.SqlStore.start
-    original_expire = store_sql.SqlStore.expire_deliveries
-
-    async def start(self: Any) -> None:
-        await original_start(self)
-        if self.db.is_sqlite:
-            await self.db.run(
-                lambda c: c.execute(
-                    text(
-                        "CREATE INDEX IF NOT EXISTS bench_ix_deliveries_expiry "
-                        "ON deliveries (expires_at) WHERE expires_at IS NOT NULL"
-                    )
-                )
-            )
-
-    async def expire_deliveries(self: Any, *, now: float) -> int:
-        if not self.db.is_sqlite:
-            return int(await original_expire(self, now=now))
-        return int(await self.db.run(lambda c: c.execute(sweep, {"now": now}).rowcount))
-
-    store_sql.SqlStore.start = start  # type: ignore[method-assign]
-    store_sql.SqlStore.expire_deliveries = expire_deliveries  # type: ignore[method-assign]
-
-
-@patch("outbox_priority")
-def _outbox_priority() -> None:
-    from sqlalchemy import select, text, update
-
-    from herald.adapters.store import schema as t
-    from herald.adapters.store import sql as store_sql
-    from herald.ports import OutboxItem
-
-    original_start = store_sql.SqlStore.start
-
-    async def start(self: Any) -> None:
-        await original_start(self)
-        await self.db.run(
-            lambda c: c.execute(
-                text("CREATE INDEX IF NOT EXISTS bench_ix_outbox_priority ON outbox (priority, due_at, id)")
-            )
-        )
-
-    async def claim_outbox(self: Any, *, limit: int, now: float, lease: float) -> list[OutboxItem]:
-        o = t.outbox
-        pg = self.db.dialect == "postgresql"
-
-        def op(c: Any) -> list[OutboxItem]:
-            q = (
-                select(o.c.id, o.c.delivery_id, o.c.channel, o.c.priority, o.c.due_at)
-                .where(o.c.due_at <= now)
-                .order_by(o.c.priority, o.c.due_at, o.c.id)
-                .limit(limit)
-            )
-            if pg:
-                q = q.with_for_update(skip_locked=True)
-            rows = c.execute(q).all()
-            if rows:
-                c.execute(update(o).where(o.c.id.in_([r.id for r in rows])).values(due_at=now + lease))
-            return [OutboxItem(r.id, r.delivery_id, r.channel, r.priority, r.due_at) for r in rows]
-
-        return list(await self.db.run(op))
-
-    store_sql.SqlStore.start = start  # type: ignore[method-assign]
-    store_sql.SqlStore.claim_outbox = claim_outbox  # type: ignore[method-assign]
 
 
 def apply(names: Sequence[str]) -> None:

@@ -12,6 +12,18 @@ from tests.support.smtp import SmtpTestServer
 REQUIRE_SERVICES = os.environ.get("HERALD_REQUIRE_SERVICES") == "1"
 
 
+if os.environ.get("HERALD_TEST_GC") == "1":
+    # Leak hunting: collect garbage after every test, so that an object left open (a database
+    # connection, a socket) warns in the teardown of the test that leaked it rather than in
+    # whichever later test the collector happens to run in.
+    import gc
+
+    @pytest.fixture(autouse=True)
+    def _collect_after_each_test() -> Iterator[None]:
+        yield
+        gc.collect()
+
+
 @pytest.fixture(params=[stack_mod.EMBEDDED, stack_mod.SCALEOUT])
 async def stack(request: pytest.FixtureRequest) -> AsyncIterator[stack_mod.Stack]:
     """Run the test once embedded (SQLite) and once scaled out (PostgreSQL + Redis + RabbitMQ)."""

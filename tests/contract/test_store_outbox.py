@@ -127,6 +127,19 @@ async def test_claim_outbox_leases_rows_and_release_gives_them_back(store: SqlSt
     assert [i.delivery_id for i in await store.claim_outbox(limit=10, now=NOW + 41, lease=30)] == [c.id]
 
 
+async def test_claim_outbox_takes_critical_ahead_of_an_older_low_backlog(store: SqlStore) -> None:
+    store.outbox = True
+    lows = await seed(store, *({"due_at": NOW - 100 + i, "priority": P.LOW} for i in range(5)))
+    sms = {"channel": "sms", "address": "+33612345678"}
+    (crit,) = await seed(store, {"due_at": NOW, "priority": P.CRITICAL, **sms})
+    (normal,) = await seed(store, {"due_at": NOW - 1})
+    first = await store.claim_outbox(limit=2, now=NOW, lease=30)
+    # priority first, then due time: the critical row is published ahead of older low ones
+    assert [i.delivery_id for i in first] == [crit.id, normal.id]
+    rest = await store.claim_outbox(limit=10, now=NOW, lease=30)
+    assert [i.delivery_id for i in rest] == [d.id for d in lows]  # low ones still oldest first
+
+
 async def test_concurrent_relays_take_disjoint_outbox_rows(backend: SqlBackend) -> None:
     backend.store.outbox = True
     for i in range(4):

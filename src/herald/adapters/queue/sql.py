@@ -68,10 +68,13 @@ _SQLITE_LANE = (
     "SELECT id FROM deliveries WHERE channel = ? AND status = ? AND priority = ? AND due_at <= ? "
     "ORDER BY due_at LIMIT ?"
 )
-# Column names come from the schema; every value is a ? parameter.
+# Column names come from the schema; every value is a ? parameter. ``+status`` keeps SQLite
+# from planning the ids' lookup on ix_deliveries_lease (status first), which without ANALYZE
+# statistics it prefers, and which walks every queued delivery: 135 ms a claim with 77,000
+# queued, against well under a millisecond by primary key.
 _SQLITE_TAKE = (
     "UPDATE deliveries SET status = 'sending', lease_owner = ?, lease_until = ?, sending_at = ?, "  # noqa: S608
-    "updated_at = ? WHERE id IN ({marks}) AND status IN ('queued', 'retrying') RETURNING "
+    "updated_at = ? WHERE id IN ({marks}) AND +status IN ('queued', 'retrying') RETURNING "
     + ", ".join(_COLUMNS)
 )
 

@@ -110,6 +110,9 @@ def _normalise_url(url: str) -> str:
     return url
 
 
+_CLOSE_GRACE_SECONDS = 10.0
+
+
 class Database:
     def __init__(self, url: str, *, pool_size: int = 8, sqlite_synchronous: str = "NORMAL") -> None:
         self.url = _normalise_url(url)
@@ -244,6 +247,20 @@ class Database:
         await loop.run_in_executor(self._executor, self.upgrade)
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._dispose)
-        self._executor.shutdown(wait=False)
+        if isinstance(self._executor, SerialExecutor):  # SQLite: disposal queues after the work
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._dispose)
+            self._executor.shutdown(wait=False)
+            return
+        # PostgreSQL: transactions of cancelled callers may still be running on pool threads.
+        # Dispose only once they have returned their connections, or a connection checked in
+        # after the disposal would stay open in a discarded pool until the garbage collector.
+        await asyncio.to_thread(self._drain_then_dispose)
+
+    def _drain_then_dispose(self) -> None:
+        waiter = threading.Thread(
+            target=self._executor.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True
+        )
+        waiter.start()
+        waiter.join(_CLOSE_GRACE_SECONDS)  # bounded: a query on a dead link must not hang a stop
+        self._dispose()

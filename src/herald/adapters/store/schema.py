@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -185,6 +186,13 @@ deliveries = Table(
     Index("ix_deliveries_user", "user_id", "channel", "id"),
     Index("ix_deliveries_notification", "notification_id"),
     Index("ix_deliveries_provider_msg", "provider_message_id"),
+    # The expiry sweep reads only deliveries that have an expiry, not every queued one.
+    Index(
+        "ix_deliveries_expiry",
+        "expires_at",
+        sqlite_where=text("expires_at IS NOT NULL"),
+        postgresql_where=text("expires_at IS NOT NULL"),
+    ),
 )
 
 attempts = Table(
@@ -284,7 +292,9 @@ outbox = Table(
     Column("priority", Integer, nullable=False),
     Column("due_at", Float, nullable=False),
     Column("created_at", Float, nullable=False),
-    Index("ix_outbox_due", "due_at", "id"),
+    # Relays take due rows by priority first: a critical message is published ahead of a
+    # released backlog of low ones, not behind all of them.
+    Index("ix_outbox_due", "priority", "due_at", "id"),
 )
 
 # Named leases (for example the active scheduler), taken over when the holder stops renewing.

@@ -20,6 +20,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -71,6 +72,15 @@ def _loads(value: str | None) -> Any:
 
 def _in(statuses: Sequence[S] | frozenset[S]) -> list[str]:
     return sorted(s.value for s in statuses)
+
+
+# ``+status``: without it SQLite walks ix_deliveries_lease over every queued delivery each
+# scheduler tick (55 ms with 77,000 queued) instead of reading ix_deliveries_expiry.
+SQLITE_EXPIRY_SWEEP = text(
+    "UPDATE deliveries SET status = :skipped, reason = 'expired', updated_at = :now "  # noqa: S608
+    f"WHERE +status IN ({', '.join(repr(w) for w in _in(sources_of(S.SKIPPED) - {S.SENDING, S.PENDING}))}) "
+    "AND expires_at IS NOT NULL AND expires_at <= :now"
+)
 
 
 @functools.lru_cache(maxsize=128)
@@ -1195,6 +1205,9 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
     async def expire_deliveries(self, *, now: float) -> int:
         d = t.deliveries
         waiting = _in(sources_of(S.SKIPPED) - {S.SENDING, S.PENDING})
+        if self.db.is_sqlite:
+            params = {"skipped": S.SKIPPED.value, "now": now}
+            return await self.db.run(lambda c: c.execute(SQLITE_EXPIRY_SWEEP, params).rowcount)
         return await self.db.run(
             lambda c: (
                 c.execute(

@@ -58,7 +58,8 @@ class SqlOutboxMixin:
             q = (
                 select(o.c.id, o.c.delivery_id, o.c.channel, o.c.priority, o.c.due_at)
                 .where(o.c.due_at <= now)
-                .order_by(o.c.due_at, o.c.id)
+                # Priority first (ix_outbox_due): critical ahead of a released low backlog.
+                .order_by(o.c.priority, o.c.due_at, o.c.id)
                 .limit(limit)
             )
             if pg:
