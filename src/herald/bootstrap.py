@@ -271,7 +271,13 @@ def build_queue(settings: Settings, store: SqlStore, clock: Clock) -> tuple[Queu
         ) from None
     store.outbox = True
     queue = AmqpQueue(
-        q.url, store, clock, prefix=q.prefix, prefetch=q.prefetch, delivery_limit=q.delivery_limit
+        q.url,
+        store,
+        clock,
+        prefix=q.prefix,
+        prefetch=q.prefetch,
+        ids_per_message=q.ids_per_message,
+        delivery_limit=q.delivery_limit,
     )
     relay = OutboxRelay(store, queue.publish, clock, batch=q.relay_batch, max_sleep=q.idle_wait_seconds)
     queue.add_wake_listener(relay.wake)

@@ -51,6 +51,7 @@ class QueueConfig(_Section):
     # amqp:// only. Names: {prefix}.q.{channel}.{lane}, {prefix}.dlq.{channel}, {prefix}.events
     prefix: str = Field(default="herald", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     prefetch: int = Field(default=64, ge=1, le=10_000)  # unacked messages per lane consumer
+    ids_per_message: int = Field(default=50, ge=1, le=1000)  # delivery ids in one message
     delivery_limit: int = Field(default=20, ge=1)  # redeliveries before the dead-letter queue
     relay_batch: int = Field(default=500, ge=1, le=10_000)  # outbox rows per publish
     consume_events: bool = True  # worker processes consume the {prefix}.events exchange

@@ -385,3 +385,58 @@ async def test_a_message_that_keeps_coming_back_is_dead_lettered_then_reschedule
     finally:
         await queue.close()
         await store.close()
+
+
+async def test_a_batch_of_ids_is_a_few_messages_acked_only_once_all_their_ids_are_claimed(
+    tmp_path: Path, prefix: str
+) -> None:
+    """The relay publishes a lane's due rows 50 ids a message. A claim may take part of a
+    message; the message is acked only when all its ids are claimed, so a worker that dies
+    holding a half-claimed message hands its unclaimed ids to the next one and nothing twice."""
+    from herald.adapters.queue.amqp import AmqpQueue
+    from herald.adapters.queue.outbox_relay import OutboxRelay
+    from herald.bootstrap import SystemClock
+    from herald.testing import memory_store
+    from tests.contract.conftest import seed
+
+    store = memory_store()
+    store.outbox = True
+    await store.start()
+    lane = f"{prefix}.q.email.normal"
+    first = AmqpQueue(RABBITMQ_URL, store, prefix=prefix, ids_per_message=50, early=0.0)
+    second = AmqpQueue(RABBITMQ_URL, store, prefix=prefix, ids_per_message=50, early=0.0)
+    try:
+        now = time.time()
+        ds = await seed(store, *({"due_at": now - 200 + i} for i in range(120)), now=now)
+        assert await OutboxRelay(store, first.publish, SystemClock()).flush() == 120
+        assert await queue_message_count(lane) == 3  # 50 + 50 + 20 ids
+        assert first.published["email"] == 120
+
+        async def claim(q: AmqpQueue, limit: int, arriving: int) -> list[str]:
+            await q.wait("email", 0)
+            deadline = time.monotonic() + 10
+            while q.received["email"] < arriving:
+                assert time.monotonic() < deadline, "the messages did not reach the consumer"
+                await asyncio.sleep(0.01)
+            got = await q.claim("email", owner="w", limit=limit, max_rank=3, lease=30, now=time.time())
+            return [d.id for d in got]
+
+        taken = await claim(first, 70, 120)  # all of message 1, 20 ids of message 2
+        assert taken == [d.id for d in ds[:70]]
+        await first.close()  # dies: message 1 was acked, messages 2 and 3 go back to the broker
+        deadline = time.monotonic() + 10
+        while await queue_message_count(lane) != 2:
+            assert time.monotonic() < deadline, "the unacked messages did not come back"
+            await asyncio.sleep(0.05)
+
+        rest = await claim(second, 1000, 70)  # message 2 again (its 20 claimed ids are `sending`)
+        assert rest == [d.id for d in ds[70:]]
+        assert len(set(taken) | set(rest)) == 120 and not set(taken) & set(rest)
+        deadline = time.monotonic() + 10
+        while await queue_message_count(lane) != 0:  # all acked
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    finally:
+        await first.close()
+        await second.close()
+        await store.close()
