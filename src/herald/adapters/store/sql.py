@@ -11,6 +11,7 @@ import orjson
 from sqlalchemy import (
     Connection,
     Float,
+    Integer,
     Row,
     String,
     and_,
@@ -358,6 +359,52 @@ def _delivery_rows(deliveries: Sequence[Delivery], now: float) -> list[dict[str,
         }
         for x in deliveries
     ]
+
+
+def _pg_array_type(column: Any) -> str:
+    kind = column.type
+    if isinstance(kind, Integer):
+        return "integer[]"
+    if isinstance(kind, Float):
+        return "double precision[]"
+    return "text[]"
+
+
+# PostgreSQL: deliveries are inserted as one array per column through ``unnest``: the statement
+# text and its parameters are the same whatever the batch size, so psycopg converts it once and
+# the server plans it once. SQLAlchemy's multi-row ``VALUES (...), (...)`` for a routing page
+# was re-parsed by psycopg every time (20% of herald's time when draining on PostgreSQL).
+_PG_DELIVERY_COLUMNS = (
+    "id", "notification_id", "user_id", "channel", "status", "reason", "priority", "category",
+    "address", "content", "provider", "retry_count", "budget_used", "due_at", "expires_at",
+    "created_at", "queued_at", "failed_at", "updated_at",
+)  # fmt: skip
+_PG_INSERT_DELIVERIES = (
+    f"INSERT INTO deliveries ({', '.join(_PG_DELIVERY_COLUMNS)}) SELECT * FROM unnest("  # noqa: S608
+    + ", ".join(f"CAST(:{col} AS {_pg_array_type(t.deliveries.c[col])})" for col in _PG_DELIVERY_COLUMNS)
+    + ") ON CONFLICT DO NOTHING"
+)
+_PG_INSERT_DELIVERIES_PLAIN = text(_PG_INSERT_DELIVERIES)
+_PG_INSERT_DELIVERIES_RETURNING = text(
+    _PG_INSERT_DELIVERIES + " RETURNING id, channel, priority, due_at, status"
+)
+
+
+def _insert_deliveries(c: Connection, rows: list[dict[str, Any]], *, returning: bool) -> list[Any]:
+    """Insert delivery rows, skipping any that exist; with ``returning``, the inserted rows'
+    id, channel, priority, due_at and status."""
+    if c.dialect.name == "postgresql":
+        columns = {col: [r[col] for r in rows] for col in _PG_DELIVERY_COLUMNS}
+        stmt = _PG_INSERT_DELIVERIES_RETURNING if returning else _PG_INSERT_DELIVERIES_PLAIN
+        result = c.execute(stmt, columns)
+        return list(result.all()) if returning else []
+    d = t.deliveries
+    ins = sqlite.insert(d).on_conflict_do_nothing()
+    if returning:
+        cols = (d.c.id, d.c.channel, d.c.priority, d.c.due_at, d.c.status)
+        return list(c.execute(ins.returning(*cols), rows).all())
+    c.execute(ins, rows)
+    return []
 
 
 class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
@@ -821,7 +868,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
     async def save_routed_many(
         self, batches: Sequence[RoutedBatch], *, owner: str, now: float, lease: float = 60.0
     ) -> list[bool]:
-        n, d = t.notifications, t.deliveries
+        n = t.notifications
 
         def op(c: Connection) -> list[bool]:
             ids = [b.notification_id for b in batches]
@@ -849,16 +896,11 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
             if rows and self.outbox:
                 # Outbox rows only for deliveries this call inserted (a routing pass taken over
                 # after a lost lease writes some again; those have theirs).
-                new = c.execute(
-                    self._ins(d)
-                    .on_conflict_do_nothing()
-                    .returning(d.c.id, d.c.channel, d.c.priority, d.c.due_at, d.c.status),
-                    rows,
-                ).all()
+                new = _insert_deliveries(c, rows, returning=True)
                 claimable = [r for r in new if r.status in _CLAIMABLE]
                 add_outbox(c, [(r.id, r.channel, r.priority, r.due_at) for r in claimable], now)
             elif rows:
-                c.execute(self._ins(d).on_conflict_do_nothing(), rows)
+                _insert_deliveries(c, rows, returning=False)
             finished = [b.notification_id for b in batches if b.finished and b.notification_id in held]
             for b in batches:
                 if b.finished and b.notification_id in held and b.recipients_total is not None:

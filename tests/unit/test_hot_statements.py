@@ -1,4 +1,4 @@
-"""SQLite's plans for the hot statements (issue 7).
+"""The hot statements' shape (issue 7): SQLite's plans, and PostgreSQL's batch insert.
 
 Without ``ANALYZE`` statistics SQLite prefers an index that starts with ``status`` for any
 statement that names a status, and walks every queued delivery through it: 135 ms per claim
@@ -49,3 +49,11 @@ def test_expiry_sweep_reads_the_expiry_index_only(tmp_path: Path) -> None:
     assert "ix_deliveries_lease" in _plan(db, sql.replace("+status", "status"), ("skipped", 1.0, 1.0))
     assert "ix_deliveries_lease" not in plan
     assert "ix_deliveries_expiry" in plan, plan
+
+
+def test_postgres_delivery_insert_names_every_column_the_rows_carry() -> None:
+    from herald.adapters.store.sql import _PG_DELIVERY_COLUMNS, _delivery_rows
+    from tests.contract.conftest import make_delivery
+
+    (row,) = _delivery_rows([make_delivery("ntf_1")], 1.0)
+    assert tuple(row) == _PG_DELIVERY_COLUMNS
