@@ -12,6 +12,8 @@ Patches:
 
 * ``tx_census``: counts database transactions by operation, into ``tx_census.txt`` in herald's
   working folder (run with ``--keep`` to read it).
+* ``extra_worker``: ``herald serve`` plus one ``herald worker`` child process on the same
+  configuration; the child's CPU and peak RSS go to ``extra_worker.txt``.
 * ``latency_probe``: how long urgent (API) transactions wait for the database thread and run,
   how long batch transactions run, and the event loop's lag, into ``latency_probe.txt``.
 
@@ -22,6 +24,7 @@ The second session's candidate fixes (``claim_pk``, ``expiry_index``, ``outbox_p
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -140,6 +143,48 @@ def _tx_census() -> None:
 
     Database.run = run  # type: ignore[method-assign]
     threading.Thread(target=writer, name="bench-tx-census", daemon=True).start()
+
+
+@patch("extra_worker")
+def _extra_worker() -> None:
+    """Experiment: one more process for sending. ``herald serve`` starts a ``herald worker``
+    child on the same configuration (so on SQLite: the same database file, claims serialised
+    by SQLite's write lock) and writes the child's CPU seconds and peak RSS to
+    ``extra_worker.txt`` every second (the harness measures only the serve process)."""
+    import atexit
+    import subprocess
+    import threading
+    from pathlib import Path
+
+    args = sys.argv[sys.argv.index("serve") + 1 :] if "serve" in sys.argv else []
+    from bench.procs import _die_with_parent
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "herald", "worker", *args],
+        stdout=open("extra_worker.log", "ab"),  # noqa: SIM115 - lives as long as the child
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - before herald starts its threads
+    )
+    atexit.register(child.terminate)
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def writer() -> None:
+        out = Path("extra_worker.txt")
+        while child.poll() is None:
+            try:
+                fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu = (int(fields[11]) + int(fields[12])) / ticks
+                hwm = next(
+                    line.split()[1]
+                    for line in Path(f"/proc/{child.pid}/status").read_text().splitlines()
+                    if line.startswith("VmHWM")
+                )
+                out.write_text(f"cpu_s={cpu:.2f} peak_rss_kb={hwm}\n")
+            except (OSError, StopIteration, IndexError):
+                pass
+            time.sleep(1.0)
+
+    threading.Thread(target=writer, name="bench-extra-worker", daemon=True).start()
 
 
 def apply(names: Sequence[str]) -> None:

@@ -255,7 +255,20 @@ class Store(Protocol):
         ...
 
     # Deliveries -----------------------------------------------------------------------------------
-    async def get_deliveries(self, notification_id: str, *, with_attempts: bool = True) -> list[Delivery]: ...
+    async def get_deliveries(
+        self,
+        notification_id: str,
+        *,
+        with_attempts: bool = True,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Delivery]:
+        """The notification's deliveries in id order: those after ``after``, at most ``limit``."""
+        ...
+
+    async def status_counts(self, notification_id: str) -> dict[str, int]:
+        """How many of the notification's deliveries are in each status."""
+        ...
 
     async def get_delivery(self, delivery_id: str) -> Delivery | None: ...
 

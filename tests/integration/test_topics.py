@@ -54,6 +54,23 @@ async def test_send_to_a_topic_reaches_each_subscriber_once(tmp_path: Path) -> N
         got = sorted(m.user_id for m in rec.sent)
         assert got == ids[1:]  # everyone subscribed, once; the unsubscribed user not at all
 
+        # The deliveries come a page at a time, with the count of all of them per status.
+        seen: list[str] = []
+        after: str | None = None
+        while True:
+            params = {"deliveries_limit": 10} | ({"deliveries_after": after} if after else {})
+            page = (await h.client.get(f"/v1/notifications/{nid}", params=params)).json()
+            assert page["summary"] == {"sent": 39} and page["status"] == "completed"
+            assert len(page["deliveries"]) <= 10
+            seen += [d["id"] for d in page["deliveries"]]
+            after = page["deliveries_next"]
+            if after is None:
+                break
+        assert len(seen) == 39 and seen == sorted(set(seen))
+        assert body["deliveries_next"] is None and len(body["deliveries"]) == 39  # default: up to 1,000
+        r = await h.client.get(f"/v1/notifications/{nid}", params={"deliveries_limit": 0})
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+
         # Deleting a user removes the subscription.
         assert (await h.client.delete("/v1/users/t001")).status_code in (200, 204)
         assert (await h.client.get("/v1/topics/releases")).json()["subscribers"] == 38

@@ -1049,14 +1049,23 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
         return await self.db.run(op)
 
     # Deliveries -------------------------------------------------------------------------------
-    async def get_deliveries(self, notification_id: str, *, with_attempts: bool = True) -> list[Delivery]:
+    async def get_deliveries(
+        self,
+        notification_id: str,
+        *,
+        with_attempts: bool = True,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Delivery]:
         d, a = t.deliveries, t.attempts
+        q = select(d).where(d.c.notification_id == notification_id).order_by(d.c.id)
+        if after is not None:
+            q = q.where(d.c.id > after)
+        if limit is not None:
+            q = q.limit(limit)
 
         def op(c: Connection) -> list[Delivery]:
-            out = [
-                _delivery(r)
-                for r in c.execute(select(d).where(d.c.notification_id == notification_id).order_by(d.c.id))
-            ]
+            out = [_delivery(r) for r in c.execute(q)]
             if with_attempts and out:
                 by_id = {x.id: x for x in out}
                 ids = list(by_id)
@@ -1071,6 +1080,15 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
             return out
 
         return await self.db.run(op)
+
+    async def status_counts(self, notification_id: str) -> dict[str, int]:
+        d = t.deliveries
+        q = (
+            select(d.c.status, func.count())
+            .where(d.c.notification_id == notification_id)
+            .group_by(d.c.status)
+        )
+        return await self.db.run(lambda c: {str(r[0]): int(r[1]) for r in c.execute(q)})
 
     async def get_delivery(self, delivery_id: str) -> Delivery | None:
         d, a = t.deliveries, t.attempts

@@ -127,15 +127,33 @@ async def send_batch(
     return JSONResponse(result.body, status_code=result.status_code)
 
 
+MAX_DELIVERIES_PAGE = 1_000
+
+
 @router.get("/{notification_id}")
 async def get_notification(
-    notification_id: str, c: ContainerDep, who: Annotated[Caller, require("read")]
+    notification_id: str,
+    c: ContainerDep,
+    who: Annotated[Caller, require("read")],
+    deliveries_limit: Annotated[int, Query(ge=1, le=MAX_DELIVERIES_PAGE)] = MAX_DELIVERIES_PAGE,
+    deliveries_after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
+    """The notification, the count of its deliveries per status, and its deliveries a page at a
+    time (in id order; ``deliveries_next`` is the ``deliveries_after`` of the next page): a
+    broadcast to a million must not be read, or answered, in one piece."""
     n = await c.store.get_notification(notification_id)
     if n is None:
         raise NotFound(f"notification {notification_id} does not exist")
-    deliveries = await c.store.get_deliveries(notification_id)
-    return notification_view(n, deliveries)
+    page = await c.store.get_deliveries(
+        notification_id, after=deliveries_after, limit=deliveries_limit + 1
+    )
+    more = len(page) > deliveries_limit
+    page = page[:deliveries_limit]
+    if not more and deliveries_after is None:
+        counts = None  # all of them are here: counted from the page
+    else:
+        counts = await c.store.status_counts(notification_id)
+    return notification_view(n, page, counts=counts, next_cursor=page[-1].id if more else None)
 
 
 @router.get("")

@@ -54,18 +54,37 @@ def delivery_view(d: Delivery, *, with_content: bool = False) -> dict[str, Any]:
     return out
 
 
-def notification_status(n: Notification, deliveries: list[Delivery] | None) -> str:
+def notification_status(n: Notification, counts: dict[str, int] | None) -> str:
+    """``counts``: the notification's deliveries per status (None: not looked at)."""
     if n.status != NotificationStatus.ROUTED:
         return n.status.value
-    if deliveries is not None and all(d.status in FINAL for d in deliveries):
+    final = {s.value for s in FINAL}
+    if counts is not None and all(status in final for status, k in counts.items() if k):
         return "completed"
     return "in_progress"
 
 
-def notification_view(n: Notification, deliveries: list[Delivery] | None = None) -> dict[str, Any]:
+def _counts(deliveries: list[Delivery]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for d in deliveries:
+        counts[d.status.value] = counts.get(d.status.value, 0) + 1
+    return counts
+
+
+def notification_view(
+    n: Notification,
+    deliveries: list[Delivery] | None = None,
+    *,
+    counts: dict[str, int] | None = None,
+    next_cursor: str | None = None,
+) -> dict[str, Any]:
+    """``deliveries``: all of them, or one page when ``counts`` (of all) is given;
+    ``next_cursor``: where the next page starts, if there is one."""
+    if deliveries is not None and counts is None:
+        counts = _counts(deliveries)
     out: dict[str, Any] = {
         "id": n.id,
-        "status": notification_status(n, deliveries),
+        "status": notification_status(n, counts),
         "template": n.template,
         "template_version": n.template_version,
         "category": n.category,
@@ -82,11 +101,9 @@ def notification_view(n: Notification, deliveries: list[Delivery] | None = None)
         "error": n.error,
     }
     if deliveries is not None:
-        summary: dict[str, int] = {}
-        for d in deliveries:
-            summary[d.status.value] = summary.get(d.status.value, 0) + 1
-        out["summary"] = summary
+        out["summary"] = counts
         out["deliveries"] = [delivery_view(d) for d in deliveries]
+        out["deliveries_next"] = next_cursor
     return out
 
 
