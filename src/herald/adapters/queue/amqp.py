@@ -506,5 +506,7 @@ class AmqpQueue:
     async def _consume_quietly(self, channel: str) -> None:
         try:
             await self._consume(channel)
-        except HeraldError as exc:
+        except HeraldError as exc:  # the broker is away: the next wait tries again
             log.debug("queue.consume_failed", channel=channel, error=exc.detail)
+        except Exception:  # a bug must not go unseen; the next wait tries again
+            log.exception("queue.consume_crashed", channel=channel)

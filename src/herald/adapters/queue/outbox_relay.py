@@ -88,9 +88,13 @@ class OutboxRelay:
             self._signal.clear()
             try:
                 n = await self.relay_once()
-            except HeraldError as exc:
+            except Exception as exc:
                 failures += 1
-                if failures == 1:
+                if not isinstance(exc, HeraldError):
+                    # A bug or an unexpected driver error: say so loudly, but keep relaying
+                    # (a relay task that died would silently stop every broker delivery).
+                    log.exception("outbox.relay_crashed")
+                elif failures == 1:
                     log.warning("outbox.relay_failed", error=exc.detail)
                 # Back off whatever wakes us meanwhile: every accepted notification would.
                 await self._sleep(stopping, min(self.max_backoff, 0.25 * 2 ** min(failures - 1, 10)), None)
