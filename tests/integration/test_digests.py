@@ -8,7 +8,6 @@ The schedule arithmetic itself (hourly, weekly, DST days) is in tests/unit/test_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -276,68 +275,47 @@ async def _three_held_items(h: Running) -> list[str]:
     return ids
 
 
-async def test_crash_after_the_digest_commit_then_rerun_sends_one_digest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("crash", ["after_commit", "before_commit"])
+async def test_a_scheduler_crash_around_the_digest_commit_then_rerun_sends_one_digest(
+    tmp_path: Path, crash: str
+) -> None:
     settings, provider = settings_with(tmp_path)
     clock = FakeClock(ny(2026, 6, 10, 12, 0))
     async with running_herald(settings, clock=clock, providers={"rec": provider}, roles=NO_SCHEDULER) as h:
         ids = await _three_held_items(h)
         store: Any = h.container.store
         original = store.save_digest
-        calls: list[DigestSaved] = []
+        calls: list[str] = []  # what each save_digest call did
 
-        async def commit_then_die(plan: DigestPlan, *, now: float) -> DigestSaved:
-            calls.append(await original(plan, now=now))
-            if len(calls) == 1:
+        async def die_once(plan: DigestPlan, *, now: float) -> DigestSaved:
+            first = not calls
+            if crash == "before_commit" and first:
+                calls.append("crashed")
+                raise ServiceUnavailable("scheduler died before the digest commit")
+            saved: DigestSaved = await original(plan, now=now)
+            calls.append(str(saved))
+            if crash == "after_commit" and first:
                 raise ServiceUnavailable("scheduler died right after the digest commit")
-            return calls[-1]
+            return saved
 
-        store.save_digest = commit_then_die
+        store.save_digest = die_once
         clock.set(ny(2026, 6, 11, 9, 0))
-        try:
+        with pytest.raises(ServiceUnavailable):  # the simulated crash happened
             await h.container.scheduler.tick()
-        except ServiceUnavailable:
-            pass
-        else:
-            raise AssertionError("the simulated crash did not happen")
-        # The restarted scheduler runs the same step again: nothing left to digest.
+        if crash == "before_commit":
+            # Nothing was written: the items are still held, nothing was dropped.
+            assert [(await delivery(h, nid))["reason"] for nid in ids] == ["digest"] * 3
+            assert await digests_of(h) == []
+        # The restarted scheduler runs the same step again.
         await h.container.scheduler.tick()
         await h.container.scheduler.tick()
-        assert calls == ["saved"]
+        # after the commit: nothing left to digest, so no second save; before: one save now
+        assert calls == (["saved"] if crash == "after_commit" else ["crashed", "saved"])
         message = await sent_digest(h, provider)
         assert message.content["subject"] == "Your marketing digest: 3 new messages"
         assert len(await digests_of(h)) == 1
         for nid in ids:
             assert (await delivery(h, nid))["reason"] == "digested"
-
-
-async def test_crash_before_the_digest_commit_then_rerun_sends_one_digest(tmp_path: Path) -> None:
-    settings, provider = settings_with(tmp_path)
-    clock = FakeClock(ny(2026, 6, 10, 12, 0))
-    async with running_herald(settings, clock=clock, providers={"rec": provider}, roles=NO_SCHEDULER) as h:
-        ids = await _three_held_items(h)
-        store: Any = h.container.store
-        original = store.save_digest
-        crashed: list[bool] = []
-
-        async def die_first(plan: DigestPlan, *, now: float) -> DigestSaved:
-            if not crashed:
-                crashed.append(True)
-                raise ServiceUnavailable("scheduler died before the digest commit")
-            saved: DigestSaved = await original(plan, now=now)
-            return saved
-
-        store.save_digest = die_first
-        clock.set(ny(2026, 6, 11, 9, 0))
-        with contextlib.suppress(ServiceUnavailable):
-            await h.container.scheduler.tick()
-        assert crashed == [True]
-        # Nothing was written: the items are still held, nothing was dropped.
-        assert [(await delivery(h, nid))["reason"] for nid in ids] == ["digest"] * 3
-        assert await digests_of(h) == []
-        await h.container.scheduler.tick()
-        message = await sent_digest(h, provider)
-        assert message.content["subject"] == "Your marketing digest: 3 new messages"
-        assert len(await digests_of(h)) == 1
 
 
 async def test_two_schedulers_racing_send_one_digest(tmp_path: Path) -> None:
