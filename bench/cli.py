@@ -44,6 +44,9 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
     parser.add_argument("--reserved-high", type=int, help="herald slots reserved for critical/high")
     parser.add_argument("--max-connections", type=int, help="herald keep-alive connections to the provider")
     parser.add_argument("--router-batch", type=int, help="herald [worker] router_batch")
+    parser.add_argument(
+        "--worker-processes", type=int, help="herald [server] worker_processes (sends in children)"
+    )
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="hard bound per scenario")
     parser.add_argument(
         "--herald-patches",
@@ -54,7 +57,7 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
     parser.add_argument("--output", type=Path, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
     tuning = HeraldTuning()
-    for name in ("concurrency", "reserved_high", "max_connections", "router_batch"):
+    for name in ("concurrency", "reserved_high", "max_connections", "router_batch", "worker_processes"):
         value = getattr(args, name)
         if value is not None:
             setattr(tuning, name, value)

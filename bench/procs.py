@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -41,6 +42,19 @@ def cpu_seconds(pid: int | str = "self") -> float:
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (herald serve's worker children)."""
+    out: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # exited meanwhile
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+            out.append(int(stat.parent.name))
+    return sorted(out)
 
 
 def peak_rss_mb(pid: int | str = "self") -> float:
@@ -73,6 +87,22 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def calibration_ms() -> float:
+    """The machine's speed right now: best of 3 runs of a fixed pure-Python loop (3M additions).
+
+    Machines of the same kind differ (and one machine drifts) by 2x or more between sessions;
+    this figure, recorded in every result line, says which kind of day a run had.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(3_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
 # Loaded here, in the parent: the child between fork and exec should only make the call.
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -83,11 +113,18 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 @dataclass
 class Usage:
-    cpu_s: float
-    peak_rss_mb: float
+    cpu_s: float  # the process and its children
+    peak_rss_mb: float  # the process itself
+    children: list[Usage] | None = None  # herald serve's worker children, each
 
-    def as_json(self) -> dict[str, float]:
-        return {"cpu_s": round(self.cpu_s, 2), "peak_rss_mb": self.peak_rss_mb}
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cpu_s": round(self.cpu_s, 2), "peak_rss_mb": self.peak_rss_mb}
+        if self.children:
+            out["children"] = [c.as_json() for c in self.children]
+            out["peak_rss_mb_with_children"] = round(
+                self.peak_rss_mb + sum(c.peak_rss_mb for c in self.children), 1
+            )
+        return out
 
 
 class Service:
@@ -101,6 +138,7 @@ class Service:
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self._cpu_mark = 0.0
+        self._child_marks: dict[int, float] = {}
 
     @property
     def pid(self) -> int:
@@ -144,9 +182,20 @@ class Service:
     def mark(self) -> None:
         """Start counting CPU from now (setup work is left out of the figures)."""
         self._cpu_mark = cpu_seconds(self.pid)
+        self._child_marks = {}
+        for pid in child_pids(self.pid):
+            with contextlib.suppress(OSError):
+                self._child_marks[pid] = cpu_seconds(pid)
 
     def usage(self) -> Usage:
-        return Usage(cpu_seconds(self.pid) - self._cpu_mark, peak_rss_mb(self.pid))
+        """CPU since :meth:`mark` of the process and its living children (worker processes)."""
+        children: list[Usage] = []
+        for pid in child_pids(self.pid):
+            with contextlib.suppress(OSError):
+                cpu = cpu_seconds(pid) - self._child_marks.get(pid, 0.0)
+                children.append(Usage(cpu, peak_rss_mb(pid)))
+        own = cpu_seconds(self.pid) - self._cpu_mark
+        return Usage(own + sum(c.cpu_s for c in children), peak_rss_mb(self.pid), children or None)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -27,6 +27,7 @@ from bench.population import generate_postgres, generate_sqlite, index_of
 from bench.procs import (
     Service,
     Usage,
+    calibration_ms,
     emulator_service,
     loadavg,
     machine_busy_seconds,
@@ -97,6 +98,7 @@ class Env:
     _loadgen_cpu: float = 0.0
     _load_start: float = 0.0
     _machine_busy: float = 0.0
+    _calibration_start: float = 0.0
 
     def mark(self) -> None:
         self.herald.service.mark()
@@ -104,6 +106,7 @@ class Env:
         self._loadgen_cpu = self_cpu_seconds()
         reset_peak_rss()
         self._load_start = loadavg()
+        self._calibration_start = calibration_ms()
         self._machine_busy = machine_busy_seconds()
         if self.backends is not None:
             self.backends.mark()
@@ -140,7 +143,10 @@ class Env:
             "count": count,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "herald_version": self.version,
-            "herald_processes": HERALD_PROCESSES,
+            "herald_processes": HERALD_PROCESSES
+            if not self.opts.tuning.worker_processes
+            else f"one `herald serve` (api, router, scheduler) + {self.opts.tuning.worker_processes} "
+            "worker children (sends)",
             **({"scaleout": self.stack.describe()} if self.stack is not None else {}),
             **({"herald_patches": self.opts.patches} if self.opts.patches else {}),
         }
@@ -166,6 +172,9 @@ class Env:
         result["herald_statuses"] = stats["by_status"]
         result["ambiguous_sends"] = stats.get("ambiguous_sends")
         result["loadavg"] = {"start": self._load_start, "end": loadavg()}
+        # A fixed Python loop before and after (ms; lower is a faster machine): compare runs
+        # of different days by this, not by the calendar.
+        result["calibration_ms"] = {"start": self._calibration_start, "end": calibration_ms()}
         result["tuning"] = self.opts.tuning.as_json()
         result["emulator_latency_s"] = self.opts.latency
         if result.get("lost"):

@@ -28,6 +28,7 @@ class HeraldTuning:
     retry_schedule: list[float] = field(default_factory=lambda: [0.0, 60.0, 300.0, 1800.0])
     retry_jitter: float = 0.1
     log_level: str = "warning"
+    worker_processes: int = 0  # herald serve: send in this many worker children ([server])
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +59,7 @@ def write_config(
 host = "127.0.0.1"
 port = {port}
 public_url = "http://127.0.0.1:{port}"
+worker_processes = {tuning.worker_processes}
 
 [database]
 {_toml_pairs(backends["database"])}

@@ -7,7 +7,7 @@ import contextlib
 import importlib
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -192,12 +192,15 @@ class Container:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def start_roles(self, roles: set[str]) -> None:
-        """Start the background roles: ``router``, ``worker``, ``scheduler``."""
+    def start_roles(self, roles: set[str], *, channels: Collection[str] | None = None) -> None:
+        """Start the background roles: ``router``, ``worker``, ``scheduler``.
+
+        ``channels``: the channels this process's ``worker`` sends for (default: all enabled).
+        """
         if "router" in roles:
             self._tasks.append(asyncio.create_task(self.router.run(self._stopping), name="herald-router"))
         if "worker" in roles:
-            self._tasks.append(asyncio.create_task(self.delivery.run(), name="herald-workers"))
+            self._tasks.append(asyncio.create_task(self.delivery.run(channels), name="herald-workers"))
         if "scheduler" in roles:
             if self.leader is not None:
                 self._tasks.append(asyncio.create_task(self.leader.run(self._stopping), name="herald-leader"))

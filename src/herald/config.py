@@ -29,6 +29,9 @@ class ServerConfig(_Section):
     port: int = Field(default=8025, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     public_url: str = "http://127.0.0.1:8025"
+    # `herald serve`: send in this many supervised `herald worker` children (every channel but
+    # in_app); 0 sends in the serve process itself. One process uses about one core.
+    worker_processes: int = Field(default=0, ge=0, le=32)
 
 
 class DatabaseConfig(_Section):

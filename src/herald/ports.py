@@ -7,7 +7,7 @@ into :class:`herald.domain.errors.ServiceUnavailable` at the boundary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -485,6 +485,10 @@ class Queue(Protocol):
 
     def wake(self, channel: str | None = None) -> None:
         """Signal that ``channel`` (or every channel) may have new work."""
+        ...
+
+    def add_wake_listener(self, listener: Callable[[str | None], None]) -> None:
+        """Also call ``listener`` with the channel of every :meth:`wake` of this process."""
         ...
 
     async def wait(self, channel: str, timeout: float) -> None:

@@ -111,7 +111,13 @@ def db_query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 def write_config(
-    cwd: Path, smtp_port: int, *, lease: float = 2.0, concurrency: int = 16, extra: str = ""
+    cwd: Path,
+    smtp_port: int,
+    *,
+    lease: float = 2.0,
+    concurrency: int = 16,
+    idle_wait: float = 0.2,
+    extra: str = "",
 ) -> None:
     stack = CURRENT.overrides()
     queue = "".join(f'{k} = "{v}"\n' for k, v in stack.get("queue", {}).items())
@@ -125,7 +131,7 @@ url = "{CURRENT.database_url(cwd)}"
 {cache}
 [queue]
 lease_seconds = {lease}
-idle_wait_seconds = 0.2
+idle_wait_seconds = {idle_wait}
 {queue}
 
 [providers.console]

@@ -23,6 +23,7 @@ from herald.entrypoints.api.app import create_app
 from herald.entrypoints.api.deps import SCOPES, generate_key, hash_key
 from herald.entrypoints.api.schemas import epoch
 from herald.entrypoints.api.views import delivery_view, notification_view
+from herald.entrypoints.children import PARENT_CHANNELS, ParentLink, WorkerChildren
 from herald.logs import configure
 from herald.ports import DeadLetterFilter
 from herald.services.accept import Accepted, SendRequest
@@ -82,9 +83,20 @@ def _with_container(settings: Settings, fn: Callable[[Container], Awaitable[T]])
 SWITCH_INTERVAL = 0.001
 
 
-def _serve(settings: Settings, roles: set[str], host: str | None, port: int | None) -> None:
+def _serve(
+    settings: Settings,
+    roles: set[str],
+    host: str | None,
+    port: int | None,
+    children: WorkerChildren | None = None,
+) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
-    api = create_app(lambda: build(settings), roles=roles, max_body_bytes=settings.server.max_body_bytes)
+    api = create_app(
+        lambda: build(settings),
+        roles=roles,
+        max_body_bytes=settings.server.max_body_bytes,
+        children=children,
+    )
     config = uvicorn.Config(
         api,
         host=host or settings.server.host,
@@ -107,8 +119,18 @@ def serve(
     host: Annotated[str | None, typer.Option(help="listen address")] = None,
     port: Annotated[int | None, typer.Option(help="listen port")] = None,
 ) -> None:
-    """Run everything in one process: API, routing, workers, scheduler."""
-    _serve(_settings(config), {"router", "worker", "scheduler"}, host, port)
+    """Run everything: API, routing, workers, scheduler (sends in children with server.worker_processes)."""
+    settings = _settings(config)
+    children = None
+    delegated = [name for name, ch in settings.channels.items() if ch.enabled and name not in PARENT_CHANNELS]
+    if settings.server.worker_processes and delegated:
+        children = WorkerChildren(
+            settings.server.worker_processes,
+            delegated,
+            config=config,
+            grace=settings.worker.shutdown_grace_seconds,
+        )
+    _serve(settings, {"router", "worker", "scheduler"}, host, port, children)
 
 
 @app.command()
@@ -122,7 +144,7 @@ def api(
     _serve(_settings(config), set(), host, port)
 
 
-def _run_roles(settings: Settings, roles: set[str]) -> None:
+def _run_roles(settings: Settings, roles: set[str], wake_fd: int | None = None) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
 
     async def main() -> None:
@@ -132,8 +154,15 @@ def _run_roles(settings: Settings, roles: set[str]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        link = None
+        if wake_fd is not None:  # a child of `herald serve`: woken by it, stops when it is gone
+            unhealthy = container.delivery.unhealthy
+            link = ParentLink(wake_fd, container.queue.wake, lambda: dict(unhealthy), stop.set)
+            await link.start()
         await stop.wait()
         await container.stop()
+        if link is not None:
+            await link.close()
 
     asyncio.run(main())
 
@@ -144,6 +173,8 @@ def worker(
     config: ConfigOpt = None,
     channels: Annotated[str | None, typer.Option(help="comma-separated channels to serve")] = None,
     concurrency: Annotated[int | None, typer.Option(help="send slots per channel")] = None,
+    router: Annotated[bool, typer.Option(help="also route accepted notifications")] = True,
+    wake_fd: Annotated[int | None, typer.Option(hidden=True, help="set by herald serve")] = None,
 ) -> None:
     """Run routing and delivery workers (scale-out role)."""
     settings = _settings(config)
@@ -159,7 +190,7 @@ def worker(
             raise fail("--concurrency must be at least 1")
         for ch in settings.channels.values():
             ch.concurrency = concurrency
-    _run_roles(settings, {"router", "worker"})
+    _run_roles(settings, {"router", "worker"} if router else {"worker"}, wake_fd)
 
 
 @app.command()

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -163,8 +163,12 @@ class DeliveryService:
         self._stopping = asyncio.Event()
         self._pool_tasks: list[asyncio.Task[None]] = []
 
-    async def run(self) -> None:
+    async def run(self, channels: Collection[str] | None = None) -> None:
+        """Claim and send for ``channels`` (every configured channel when None) until stopped."""
         self.writer.start()
+        if channels is not None:
+            # The others are served by other processes (`herald serve` with worker children).
+            self.pools = {name: p for name, p in self.pools.items() if name in channels}
         self._pool_tasks = [
             asyncio.create_task(self._pool_loop(p), name=f"herald-pool-{p.channel}")
             for p in self.pools.values()
@@ -387,7 +391,10 @@ class DeliveryService:
             log.error("provider.config_error", **ctx, detail=detail)
             self.observer.config_error(d.channel, provider, detail)
             self.unhealthy[provider] = {
-                "channel": d.channel, "reason": "config_error", "detail": detail, "since": now,
+                "channel": d.channel,
+                "reason": "config_error",
+                "detail": detail,
+                "since": now,
             }
             hold = max(self.catalog.config_hold_seconds, retry_after or 0.0)
             return result(

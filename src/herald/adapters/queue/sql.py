@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, Row, bindparam, func, select, update
@@ -85,6 +85,7 @@ class SqlQueue:
         self.signals = signals or Signals()
         self._notify = notify and db.dialect == "postgresql"
         self._wakeups: PgWakeups | None = None
+        self._wake_listeners: list[Callable[[str | None], None]] = []
 
     async def start(self) -> None:
         if self._notify and self._wakeups is None:
@@ -108,9 +109,7 @@ class SqlQueue:
         self, channel: str, *, owner: str, limit: int, max_rank: int, lease: float, now: float
     ) -> list[Delivery]:
         if self.db.is_sqlite:
-            return await self.db.run(
-                lambda c: _claim_sqlite(c, channel, owner, limit, max_rank, lease, now)
-            )
+            return await self.db.run(lambda c: _claim_sqlite(c, channel, owner, limit, max_rank, lease, now))
         select_lane = _CLAIM_LANE_PG if self.db.dialect == "postgresql" else _CLAIM_LANE
 
         def op(c: Connection) -> list[Delivery]:
@@ -153,10 +152,16 @@ class SqlQueue:
 
         await self.db.run(op)
 
+    def add_wake_listener(self, listener: Callable[[str | None], None]) -> None:
+        """Also call ``listener`` on every wake (worker children of ``herald serve``)."""
+        self._wake_listeners.append(listener)
+
     def wake(self, channel: str | None = None) -> None:
         self.signals.wake(channel)
         if self._wakeups is not None:
             self._wakeups.notify(channel)
+        for listener in self._wake_listeners:
+            listener(channel)
 
     async def wait(self, channel: str, timeout: float) -> None:
         await self.signals.wait(channel, timeout)

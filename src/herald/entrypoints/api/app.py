@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,7 @@ from herald.entrypoints.api import (
 )
 from herald.entrypoints.api.fast_send import HeraldApi
 from herald.entrypoints.api.limits import BodyLimit
+from herald.entrypoints.children import WorkerChildren
 
 log = structlog.get_logger("herald.api")
 
@@ -32,19 +34,36 @@ def create_app(
     *,
     roles: set[str] | None = None,
     max_body_bytes: int = 1_048_576,
+    children: WorkerChildren | None = None,
 ) -> FastAPI:
-    """``roles`` are the background roles this process also runs (router, worker, scheduler)."""
+    """``roles`` are the background roles this process also runs (router, worker, scheduler).
+
+    ``children``: delivery for their channels runs in supervised child processes; this
+    process's ``worker`` role then sends only for the channels the children do not serve.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container = await make_container()
         app.state.container = container
-        container.start_roles(roles or set())
-        log.info("herald.started", roles=sorted(roles or ()))
+        app.state.children = children
+        in_process = None
+        if children is not None:
+            in_process = [ch for ch in container.delivery.pools if ch not in children.channels]
+            container.queue.add_wake_listener(children.wake)
+        container.start_roles(roles or set(), channels=in_process)
+        if children is not None:
+            await children.start()
+        processes = len(children.describe()) if children else 0
+        log.info("herald.started", roles=sorted(roles or ()), worker_processes=processes)
         try:
             yield
         finally:
-            await container.stop()
+            if children is not None:
+                # The children finish their sends while this process finishes its own.
+                await asyncio.gather(children.stop(), container.stop())
+            else:
+                await container.stop()
             log.warning("herald.stopped", detail="graceful shutdown complete")
 
     app = HeraldApi(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from herald.domain.errors import Conflict, HeraldError, NotFound
 from herald.domain.models import DeliveryStatus
@@ -13,6 +13,7 @@ from herald.entrypoints.api.deps import Caller, ContainerDep, require
 from herald.entrypoints.api.problems import problem
 from herald.entrypoints.api.schemas import ReplayFilterBody, TrackBody, epoch
 from herald.entrypoints.api.views import delivery_view
+from herald.entrypoints.children import WorkerChildren
 from herald.ports import DeadLetterFilter
 
 router = APIRouter(tags=["operations"])
@@ -24,7 +25,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=None)
-async def readyz(c: ContainerDep) -> dict[str, Any] | Response:
+async def readyz(c: ContainerDep, request: Request) -> dict[str, Any] | Response:
     try:
         await c.store.ping()
     except HeraldError as exc:
@@ -33,11 +34,14 @@ async def readyz(c: ContainerDep) -> dict[str, Any] | Response:
         await c.cache.ping()
     except HeraldError as exc:
         return problem(503, "Not ready", f"cache: {exc.detail}")
-    return {
-        "status": "ready",
-        "database": "ok",
-        "cache": "ok",
-        "unhealthy_providers": c.delivery.unhealthy,
+    ready: dict[str, Any] = {"status": "ready", "database": "ok", "cache": "ok"}
+    children: WorkerChildren | None = getattr(request.app.state, "children", None)
+    if children is None:
+        return ready | {"unhealthy_providers": c.delivery.unhealthy}
+    # Sends run in `herald serve`'s children: their provider health and whether they are up.
+    return ready | {
+        "unhealthy_providers": c.delivery.unhealthy | children.unhealthy(),
+        "worker_processes": children.describe(),
     }
 
 
