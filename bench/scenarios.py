@@ -485,6 +485,11 @@ async def flood_critical(opts: Options) -> list[dict[str, Any]]:
             "latency_ms": percentiles(got[n] - t for n, t in crit_starts.items() if n in got),
             "critical_lost": sum(1 for n in crit_starts if n not in got),
             "critical_accept_ms": percentiles(crit_accept),
+            # Only the critical ones sent while low ones were still queued (before the last low
+            # receipt): a herald that drains the flood fast leaves the rest an empty queue.
+            "critical_behind_backlog_ms": percentiles(
+                got[n] - t for n, t in crit_starts.items() if n in got and t < last_low
+            ),
             "low_latency_ms": percentiles(got[n] - release for n in low_starts if n in got),
             "low_backlog_start": backlog_start,
             "low_backlog_end": backlog_end,

@@ -28,10 +28,10 @@ PERCENTILES = ("p50", "p95", "p99", "max")
 
 
 def _run(
-    scenario: str, mode: str = "embedded"
+    scenario: str, mode: str = "embedded", *extra: str
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
     done = subprocess.run(
-        [sys.executable, "-m", "bench", scenario, "--quick", "--mode", mode, "--max-seconds", "90"],
+        [sys.executable, "-m", "bench", scenario, "--quick", "--mode", mode, "--max-seconds", "90", *extra],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -45,8 +45,8 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
-def _check(scenario: str, mode: str) -> list[dict[str, Any]]:
-    done, results = _run(scenario, mode)
+def _check(scenario: str, mode: str, *extra: str) -> list[dict[str, Any]]:
+    done, results = _run(scenario, mode, *extra)
     context = f"exit {done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
     assert results, context
     for r in results:
@@ -83,6 +83,17 @@ def test_quick_scenario_reports_a_clean_run(scenario: str) -> None:
         assert r["notifications"] == 1 and r["subscribers"] == r["accepted"] == r["received"]
         assert r["lost_and_dup_of"].startswith("per subscriber"), r
         assert r["routed_s"] is not None and r["processes"]["herald"]["peak_rss_mb"] > 0
+
+
+def test_quick_drain_with_worker_children_counts_their_cpu() -> None:
+    """``--worker-processes 1``: herald serve sends from a child; its CPU is in herald's."""
+    (r,) = _check("drain", "embedded", "--worker-processes", "1")
+    herald = r["processes"]["herald"]
+    (child,) = herald["children"]
+    assert child["cpu_s"] > 0 and child["peak_rss_mb"] > 0, herald
+    assert herald["cpu_s"] >= child["cpu_s"], herald
+    assert r["tuning"]["worker_processes"] == 1
+    assert "worker children" in r["herald_processes"]
 
 
 def test_quick_drain_on_the_scaleout_stack_cleans_up() -> None:
