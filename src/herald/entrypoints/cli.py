@@ -22,7 +22,11 @@ from herald.domain.errors import HeraldError
 from herald.entrypoints.api.app import create_app
 from herald.entrypoints.api.deps import SCOPES, generate_key, hash_key
 from herald.entrypoints.api.schemas import epoch
-from herald.entrypoints.api.views import delivery_view, notification_view
+from herald.entrypoints.api.views import (
+    MAX_DELIVERIES_PAGE,
+    delivery_view,
+    notification_page,
+)
 from herald.entrypoints.children import PARENT_CHANNELS, ParentLink, WorkerChildren
 from herald.logs import configure
 from herald.ports import DeadLetterFilter
@@ -300,15 +304,22 @@ def send(
 
 @app.command()
 @guarded
-def status(notification_id: str, config: ConfigOpt = None) -> None:
-    """Show a notification with its deliveries and attempts as JSON."""
+def status(
+    notification_id: str,
+    config: ConfigOpt = None,
+    deliveries_limit: Annotated[
+        int, typer.Option(min=1, max=MAX_DELIVERIES_PAGE, help="deliveries shown (a page)")
+    ] = 100,
+    deliveries_after: Annotated[
+        str | None, typer.Option(help="the page after this delivery id (deliveries_next)")
+    ] = None,
+) -> None:
+    """Show a notification, its counts per status and a page of its deliveries as JSON."""
     settings = _settings(config)
 
     async def run(c: Container) -> dict[str, Any] | None:
-        n = await c.store.get_notification(notification_id)
-        if n is None:
-            return None
-        return notification_view(n, await c.store.get_deliveries(notification_id))
+        store = c.store
+        return await notification_page(store, notification_id, after=deliveries_after, limit=deliveries_limit)
 
     view = _with_container(settings, run)
     if view is None:

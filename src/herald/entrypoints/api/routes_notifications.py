@@ -14,7 +14,12 @@ from herald.domain.errors import HeraldError, NotFound, ValidationError
 from herald.domain.models import Notification
 from herald.entrypoints.api.deps import Caller, ContainerDep, require
 from herald.entrypoints.api.schemas import BatchBody, SendBody, epoch
-from herald.entrypoints.api.views import accepted_view, notification_view
+from herald.entrypoints.api.views import (
+    MAX_DELIVERIES_PAGE,
+    accepted_view,
+    notification_page,
+    notification_view,
+)
 from herald.ports import NotificationFilter
 from herald.services.accept import Accepted, PrepareMemo, SendRequest
 
@@ -127,9 +132,6 @@ async def send_batch(
     return JSONResponse(result.body, status_code=result.status_code)
 
 
-MAX_DELIVERIES_PAGE = 1_000
-
-
 @router.get("/{notification_id}")
 async def get_notification(
     notification_id: str,
@@ -138,22 +140,11 @@ async def get_notification(
     deliveries_limit: Annotated[int, Query(ge=1, le=MAX_DELIVERIES_PAGE)] = MAX_DELIVERIES_PAGE,
     deliveries_after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    """The notification, the count of its deliveries per status, and its deliveries a page at a
-    time (in id order; ``deliveries_next`` is the ``deliveries_after`` of the next page): a
-    broadcast to a million must not be read, or answered, in one piece."""
-    n = await c.store.get_notification(notification_id)
-    if n is None:
+    """The notification with its deliveries a page at a time (``notification_page``)."""
+    view = await notification_page(c.store, notification_id, after=deliveries_after, limit=deliveries_limit)
+    if view is None:
         raise NotFound(f"notification {notification_id} does not exist")
-    page = await c.store.get_deliveries(
-        notification_id, after=deliveries_after, limit=deliveries_limit + 1
-    )
-    more = len(page) > deliveries_limit
-    page = page[:deliveries_limit]
-    if not more and deliveries_after is None:
-        counts = None  # all of them are here: counted from the page
-    else:
-        counts = await c.store.status_counts(notification_id)
-    return notification_view(n, page, counts=counts, next_cursor=page[-1].id if more else None)
+    return view
 
 
 @router.get("")
