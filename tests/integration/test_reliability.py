@@ -345,7 +345,17 @@ async def test_critical_is_not_stuck_behind_twenty_thousand_low(tmp_path: Path) 
             sent = len(provider.sent)
             return sum(n for _, _, n in depth) + sent >= 20_000 and sent > 200
 
-        await eventually(routed, timeout=120)
+        try:
+            await eventually(routed, timeout=120)
+        except AssertionError:
+            # What a timeout shows: how far routing, the queue and the sends got.
+            stats = (await h.client.get("/v1/stats")).json()
+            depth = await h.container.store.queue_depth()
+            relay = h.container.relay
+            raise AssertionError(
+                f"not routed and sending in 120 s: sent={len(provider.sent)} queued={depth} "
+                f"by_status={stats.get('by_status')} relayed={relay.relayed if relay else None}"
+            ) from None
         before = len(provider.sent)
         crit = await send(h, priority="critical", category="security")
         await eventually(

@@ -226,6 +226,7 @@ class AmqpQueue:
         self._lane_locks: dict[str, asyncio.Lock] = {}
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._wake_listeners: list[Callable[[str | None], None]] = []
+        self._consume_failing: set[str] = set()  # channels whose consumer could not start
         self._closed = False
 
     def _now(self) -> float:
@@ -507,6 +508,17 @@ class AmqpQueue:
         try:
             await self._consume(channel)
         except HeraldError as exc:  # the broker is away: the next wait tries again
-            log.debug("queue.consume_failed", channel=channel, error=exc.detail)
+            # Said once per outage (every wait tries again), so that a worker that cannot
+            # consume is never silent about it.
+            if channel not in self._consume_failing:
+                self._consume_failing.add(channel)
+                log.warning("queue.consume_failed", channel=channel, error=exc.detail)
+            else:
+                log.debug("queue.consume_failed", channel=channel, error=exc.detail)
+            return
         except Exception:  # a bug must not go unseen; the next wait tries again
             log.exception("queue.consume_crashed", channel=channel)
+            return
+        if channel in self._consume_failing:
+            self._consume_failing.discard(channel)
+            log.info("queue.consume_recovered", channel=channel)
