@@ -80,6 +80,40 @@ def _latency_probe() -> None:
     database.Database._tx = _tx  # type: ignore[method-assign]
     database.Database.run = run  # type: ignore[method-assign]
 
+    # How long a transaction waits for the lock file (another process writing).
+    import contextlib
+    import fcntl
+
+    @contextlib.contextmanager
+    def writer_lock(self: Any) -> Any:
+        fd = self._lock_fd
+        if fd is None:
+            yield
+            return
+        t0 = time.perf_counter()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        stats["lock_wait"].append(time.perf_counter() - t0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    stats["lock_wait"] = []
+    database.Database._writer_lock = writer_lock  # type: ignore[method-assign]
+
+    # Garbage-collector pauses, by generation: a full collection stops every thread.
+    import gc
+
+    gc_started: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            stats.setdefault(f"gc{info['generation']}", []).append(time.perf_counter() - gc_started[0])
+
+    gc.callbacks.append(on_gc)
+
     async def lag() -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -91,8 +125,8 @@ def _latency_probe() -> None:
 
     original_start = bootstrap.Container.start_roles
 
-    def start_roles(self: Any, roles: Any) -> None:
-        original_start(self, roles)
+    def start_roles(self: Any, roles: Any, **kwargs: Any) -> None:
+        original_start(self, roles, **kwargs)
         self._tasks.append(asyncio.get_running_loop().create_task(lag()))
 
     bootstrap.Container.start_roles = start_roles  # type: ignore[method-assign]
