@@ -118,56 +118,6 @@ def _normalise_url(url: str) -> str:
 
 
 _CLOSE_GRACE_SECONDS = 10.0
-_CHECKPOINT_EVERY = 0.5  # seconds between passive checkpoints of a SQLite file
-
-
-class Checkpointer:
-    """Moves a SQLite file's write-ahead log into the database from a thread of its own.
-
-    SQLite's automatic checkpoint runs inside the commit that crosses 1,000 log pages, so the
-    transaction that happens to cross it (under herald's lock file: every process waits)
-    also copies the pages and syncs the file. Here the herald connections have it off
-    (``wal_autocheckpoint = 0``) and this thread runs a ``PASSIVE`` checkpoint on its own
-    connection every half second: it never takes the write lock, so writers go on meanwhile,
-    and the log stays about half a second of writes long. Every herald process on the file
-    runs one; SQLite lets one at a time work and the others skip.
-    """
-
-    def __init__(self, path: str, every: float = _CHECKPOINT_EVERY) -> None:
-        self.path = path
-        self.every = every
-        self.checkpoints = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="herald-sqlite-checkpoint", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
-        while not self._stop.wait(self.every):
-            try:
-                if conn is None:
-                    if not os.path.exists(self.path):
-                        continue  # not created yet (herald's first connection creates it)
-                    conn = sqlite3.connect(self.path, timeout=1, isolation_level=None)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                self.checkpoints += 1
-            except sqlite3.Error as err:  # busy, or the file is gone: try again next time
-                _log_checkpoint_error(err)
-                if conn is not None:
-                    conn.close()
-                    conn = None
-        if conn is not None:
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
-def _log_checkpoint_error(err: Exception) -> None:
-    import structlog  # noqa: PLC0415 - only on this rare path
-
-    structlog.get_logger("herald.database").warning("database.checkpoint_failed", error=str(err))
 
 
 def _open_lock_file(database: str | None) -> int | None:
@@ -181,7 +131,6 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 8, sqlite_synchronous: str = "NORMAL") -> None:
         self.url = _normalise_url(url)
         self._lock_fd: int | None = None
-        self._checkpointer: Checkpointer | None = None
         self._conn: Connection | None = None  # SQLite: the one connection, used on its thread only
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
@@ -208,8 +157,6 @@ class Database:
                         time.sleep(0.05)
                 cur.execute(f"PRAGMA synchronous={sync}")
                 cur.execute("PRAGMA foreign_keys=OFF")
-                if self._checkpointer is not None:
-                    cur.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
                 cur.close()
 
             @event.listens_for(self.engine, "begin")
@@ -220,8 +167,6 @@ class Database:
 
             self._executor: Executor = SerialExecutor("herald-sqlite")
             self._lock_fd = _open_lock_file(self.engine.url.database)
-            if self._lock_fd is not None:  # a file: its log is checkpointed off the write path
-                self._checkpointer = Checkpointer(str(self.engine.url.database))
         else:
             try:
                 self.engine = create_engine(
@@ -304,9 +249,6 @@ class Database:
             self._conn.close()
             self._conn = None
         self.engine.dispose()
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-            self._checkpointer = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
