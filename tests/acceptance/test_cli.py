@@ -52,6 +52,7 @@ def test_send_then_status_pages_through_the_deliveries(tmp_path: Path, smtp_serv
         (["status", "n_x", "--deliveries-limit", "0"], "deliveries-limit"),
         (["send", "--to", "u1", "--content", "{not json"], "--content"),
         (["worker", "--channels", "pigeon"], "unknown channels"),
+        (["worker", "--wake-fd", "99"], "not an open socket"),
     ],
 )
 def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path: Path, args: list[str], message: str) -> None:

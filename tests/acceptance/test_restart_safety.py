@@ -8,27 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.process import HeraldProcess, db_query, herald_cli, write_config
+from tests.support.process import HeraldProcess, accept_emails, db_query, herald_cli, write_config
 from tests.support.smtp import SmtpTestServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stack")]
 
 FINAL = ("sent", "delivered", "read", "failed", "dead", "skipped", "cancelled")
-
-
-def _accept(h: HeraldProcess, total: int) -> list[str]:
-    ids: list[str] = []
-    with h.client() as c:
-        assert c.put("/v1/users/u1", json={"email": "u1@example.com"}).status_code == 200
-        for start in range(0, total, 1000):
-            items = [
-                {"to": "u1", "content": {"subject": f"n{i}", "text": "body"}, "channels": ["email"]}
-                for i in range(start, min(start + 1000, total))
-            ]
-            r = c.post("/v1/notifications/batch", json={"notifications": items})
-            assert r.status_code == 202, r.text
-            ids += [x["id"] for x in r.json()["results"]]
-    return ids
 
 
 def _wait_all_final(db: Path, expected: int, timeout: float = 120) -> dict[str, int]:
@@ -50,7 +35,7 @@ def test_kill_9_mid_delivery_then_restart(tmp_path: Path, smtp_server: SmtpTestS
     assert key.startswith("hk_")
     h = HeraldProcess(tmp_path, key).start()
     try:
-        ids = _accept(h, total)
+        ids = accept_emails(h, total)
         assert len(ids) == total
         deadline = time.monotonic() + 60
         while len(smtp_server.handler.received) < 300 and time.monotonic() < deadline:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.process import HeraldProcess, db_query, herald_cli, write_config
+from tests.support.net import free_port
+from tests.support.process import HeraldProcess, accept_emails, db_query, herald_cli, write_config
 from tests.support.smtp import SmtpTestServer
 
 pytestmark = pytest.mark.slow
 
 CHILDREN = "\n[server]\nworker_processes = 1\n"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _start(tmp_path: Path, smtp_port: int, *, lease: float = 2.0, idle_wait: float = 0.2) -> HeraldProcess:
@@ -43,21 +47,6 @@ def _workers(h: HeraldProcess, timeout: float = 30) -> list[dict[str, Any]]:
             return list(workers)
         time.sleep(0.05)
     raise AssertionError(f"worker children not up: {body}")
-
-
-def _accept(h: HeraldProcess, total: int) -> list[str]:
-    ids: list[str] = []
-    with h.client() as c:
-        assert c.put("/v1/users/u1", json={"email": "u1@example.com"}).status_code == 200
-        for start in range(0, total, 500):
-            items = [
-                {"to": "u1", "content": {"subject": f"n{i}", "text": "body"}, "channels": ["email"]}
-                for i in range(start, min(start + 500, total))
-            ]
-            r = c.post("/v1/notifications/batch", json={"notifications": items})
-            assert r.status_code == 202, r.text
-            ids += [x["id"] for x in r.json()["results"]]
-    return ids
 
 
 def _wait_sent(db: Path, expected: int, timeout: float = 60) -> dict[str, int]:
@@ -98,7 +87,7 @@ def test_children_send_every_email_once_and_in_app_stays_in_the_parent(
         (child,) = _workers(h)
         assert h.proc is not None and child["pid"] != h.proc.pid
         smtp_server.handler.delay = 0.02  # 16 slots: ~1.3 s of sending to watch
-        ids = _accept(h, 1000)
+        ids = accept_emails(h, 1000, batch=500)
         owners: set[str] = set()  # who holds the leases while the emails go out
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -140,7 +129,7 @@ def test_a_crashed_child_is_restarted_and_nothing_is_lost(
     db = tmp_path / "herald.db"
     try:
         (child,) = _workers(h)
-        _accept(h, 1500)
+        accept_emails(h, 1500, batch=500)
         deadline = time.monotonic() + 60
         while len(smtp_server.handler.received) < 200 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -165,7 +154,7 @@ def test_sigterm_stops_the_children_gracefully(tmp_path: Path, smtp_server: Smtp
     smtp_server.handler.delay = 0.004
     h = _start(tmp_path, smtp_server.port, lease=30.0)
     (child,) = _workers(h)
-    _accept(h, 1500)
+    accept_emails(h, 1500, batch=500)
     deadline = time.monotonic() + 60
     while len(smtp_server.handler.received) < 200 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -188,7 +177,7 @@ def test_a_child_stops_by_itself_when_the_parent_is_killed(
     h = _start(tmp_path, smtp_server.port, lease=30.0)
     try:
         (child,) = _workers(h)
-        _accept(h, 1000)
+        accept_emails(h, 1000, batch=500)
         deadline = time.monotonic() + 60
         while len(smtp_server.handler.received) < 100 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -234,3 +223,70 @@ def test_the_parent_wakes_its_child_at_once(tmp_path: Path, smtp_server: SmtpTes
         h.stop()
     assert len(smtp_server.handler.received) == 5
     assert max(latencies) < 5.0, latencies  # woken, not polled (a poll would take up to 30 s)
+
+
+def test_a_childs_provider_config_error_shows_in_the_parents_readyz(tmp_path: Path) -> None:
+    """The child sends; /readyz of serve must still say that its provider's key is refused."""
+    emulator_port = free_port()
+    emulator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.emulator",
+            "--port",
+            str(emulator_port),
+            "--api-key",
+            "SG.the-real-one",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    (tmp_path / "herald.toml").write_text(
+        f"""
+[server]
+worker_processes = 1
+
+[database]
+url = "sqlite:///{tmp_path / "herald.db"}"
+
+[queue]
+idle_wait_seconds = 0.2
+
+[channels.email]
+providers = ["sendgrid"]
+
+[providers.sendgrid]
+api_key = "SG.wrong"
+from_email = "noreply@herald.example.com"
+base_url = "http://127.0.0.1:{emulator_port}"
+timeout = 5
+
+[logging]
+level = "warning"
+"""
+    )
+    key = herald_cli(tmp_path, "keys", "create", "--scope", "admin").stdout.strip()
+    h = HeraldProcess(tmp_path, key)
+    try:
+        h.start()
+        _workers(h)
+        assert httpx.get(f"{h.url}/readyz", timeout=5).json()["unhealthy_providers"] == {}
+        accept_emails(h, 1)
+        deadline = time.monotonic() + 20
+        ready: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            ready = httpx.get(f"{h.url}/readyz", timeout=5).json()
+            if ready["unhealthy_providers"]:
+                break
+            time.sleep(0.1)
+        assert ready["unhealthy_providers"]["sendgrid"]["reason"] == "config_error", ready
+        # Held, not failed: the retry budget is not spent on a configuration error.
+        statuses = dict(
+            db_query(tmp_path / "herald.db", "SELECT status, count(*) FROM deliveries GROUP BY status")
+        )
+        assert statuses == {"retrying": 1}, statuses
+    finally:
+        h.stop()
+        emulator.terminate()
+        emulator.wait(10)

@@ -92,6 +92,22 @@ class HeraldProcess:
                 self.proc.wait(5)
 
 
+def accept_emails(h: HeraldProcess, total: int, *, batch: int = 1000) -> list[str]:
+    """Store user ``u1`` and accept ``total`` inline emails to them by batches; their ids."""
+    ids: list[str] = []
+    with h.client() as c:
+        assert c.put("/v1/users/u1", json={"email": "u1@example.com"}).status_code == 200
+        for start in range(0, total, batch):
+            items = [
+                {"to": "u1", "content": {"subject": f"n{i}", "text": "body"}, "channels": ["email"]}
+                for i in range(start, min(start + batch, total))
+            ]
+            r = c.post("/v1/notifications/batch", json={"notifications": items})
+            assert r.status_code == 202, r.text
+            ids += [x["id"] for x in r.json()["results"]]
+    return ids
+
+
 def db_query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     """Query the test herald's database: the SQLite file ``db``, or on the scale-out stack the
     test's PostgreSQL schema (``?`` placeholders either way)."""

@@ -184,7 +184,13 @@ class WorkerChildren:
         finally:
             theirs.close()  # the child has its own copy
         child.proc = proc
-        reader, writer = await asyncio.open_connection(sock=ours)
+        try:
+            reader, writer = await asyncio.open_connection(sock=ours)
+        except BaseException:
+            proc.kill()  # never a child this process cannot wake or watch
+            await proc.wait()
+            ours.close()
+            raise
         child.writer = writer
         log.info("worker.child_started", slot=child.slot, pid=proc.pid, channels=self.channels)
         status = asyncio.create_task(self._read_status(child, reader))

@@ -6,7 +6,9 @@ import asyncio
 import functools
 import gc
 import json
+import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -216,6 +218,13 @@ def worker(
             raise fail("--concurrency must be at least 1")
         for ch in settings.channels.values():
             ch.concurrency = concurrency
+    if wake_fd is not None:
+        try:
+            is_socket = stat.S_ISSOCK(os.fstat(wake_fd).st_mode)
+        except OSError:
+            is_socket = False
+        if not is_socket:
+            raise fail(f"--wake-fd {wake_fd}: not an open socket (herald serve sets it for its children)")
     _run_roles(settings, {"router", "worker"} if router else {"worker"}, wake_fd)
 
 
