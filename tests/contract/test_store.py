@@ -672,6 +672,28 @@ async def test_record_results_refuses_a_result_whose_lease_changed(store: SqlSto
     assert got is not None and got.status == S.SENT and [x.n for x in got.attempts] == [1, 2]
 
 
+async def test_record_results_in_one_batch_counts_a_repeated_result_once(
+    store: SqlStore, queue: SqlQueue
+) -> None:
+    a, b, c = await seed(store, {}, {}, {})
+    await queue.claim("email", owner="w1", limit=3, max_rank=3, lease=30, now=NOW)
+    rejected = await store.record_results(
+        [
+            result(a, "w1", S.RETRYING, at=NOW + 1, due_at=NOW + 61, reason="timeout"),
+            result(b, "someone-else", S.SENT, at=NOW + 1),  # not b's lease holder
+            result(a, "w1", S.SENT, at=NOW + 2),  # given again in the same batch
+            result(c, "w1", S.SENT, at=NOW + 1, provider_message_id="pm-c"),
+        ],
+        now=NOW + 2,
+    )
+    assert rejected == [b.id, a.id]
+    got_a, got_b, got_c = [await store.get_delivery(x.id) for x in (a, b, c)]
+    assert got_a is not None and got_b is not None and got_c is not None
+    assert (got_a.status, got_a.due_at, [x.n for x in got_a.attempts]) == (S.RETRYING, NOW + 61, [1])
+    assert (got_b.status, got_b.attempts) == (S.SENDING, [])
+    assert (got_c.status, got_c.provider_message_id, got_c.sent_at) == (S.SENT, "pm-c", NOW + 1)
+
+
 async def test_record_results_rejects_an_illegal_status(store: SqlStore, queue: SqlQueue) -> None:
     (a,) = await seed(store, {})
     await queue.claim("email", owner="w", limit=1, max_rank=3, lease=30, now=NOW)

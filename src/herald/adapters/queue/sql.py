@@ -17,9 +17,10 @@ from collections import namedtuple
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Row, bindparam, func, select, update
+from sqlalchemy import Connection, Row, bindparam, func, literal, select, update
 
 from herald.adapters.queue.signals import Signals
+from herald.adapters.store import pg_batch
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql import _delivery
@@ -48,7 +49,8 @@ _CLAIM_LANE = (
 _CLAIM_LANE_PG = _CLAIM_LANE.with_for_update(skip_locked=True)
 _CLAIM_TAKE = (
     update(_D)
-    .where(_D.c.id.in_(bindparam("b_ids", expanding=True)), _D.c.status.in_(_CLAIMABLE))
+    # ``status || ''``: the primary key, never the status index (see sql_outbox._CLAIM_IDS).
+    .where(pg_batch.ids_in(_D.c.id, pg=True), (_D.c.status + literal("")).in_(_CLAIMABLE))
     .values(
         status=DeliveryStatus.SENDING.value,
         lease_owner=bindparam("b_owner"),
