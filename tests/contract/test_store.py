@@ -694,6 +694,22 @@ async def test_record_results_in_one_batch_counts_a_repeated_result_once(
     assert (got_c.status, got_c.provider_message_id, got_c.sent_at) == (S.SENT, "pm-c", NOW + 1)
 
 
+async def test_times_given_as_whole_numbers_mix_with_fractional_ones(store: SqlStore, queue: SqlQueue) -> None:
+    # PostgreSQL takes a batch's times as one binary array per column, which must be all floats.
+    a, b = await seed(store, {"due_at": 1_800_000_000}, {"due_at": NOW - 0.5})
+    assert len(await queue.claim("email", owner="w", limit=2, max_rank=3, lease=30, now=NOW)) == 2
+    results = [
+        result(a, "w", S.RETRYING, at=NOW, due_at=1_800_000_060),
+        result(b, "w", S.RETRYING, at=NOW, due_at=NOW + 60.5),
+    ]
+    assert await store.record_results(results, now=NOW) == []
+    got = [await store.get_delivery(x.id) for x in (a, b)]
+    assert [(x.status, x.due_at) for x in got if x is not None] == [
+        (S.RETRYING, NOW + 60),
+        (S.RETRYING, NOW + 60.5),
+    ]
+
+
 async def test_record_results_rejects_an_illegal_status(store: SqlStore, queue: SqlQueue) -> None:
     (a,) = await seed(store, {})
     await queue.claim("email", owner="w", limit=1, max_rank=3, lease=30, now=NOW)

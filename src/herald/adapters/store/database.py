@@ -127,6 +127,16 @@ def _open_lock_file(database: str | None) -> int | None:
     return os.open(database + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
+def _send_lists_binary(dbapi_conn: Any) -> None:
+    """Send Python lists (the array parameters of :mod:`pg_batch`) in PostgreSQL's binary
+    format. psycopg's text format quotes and escapes every element in Python: 2.5 ms for the
+    200 JSON contents of one routing page, 16% of the serve process in the scale-out drain;
+    binary is ~25 us for the same list."""
+    from psycopg.types.array import ListBinaryDumper  # noqa: PLC0415 - PostgreSQL only
+
+    dbapi_conn.adapters.register_dumper(list, ListBinaryDumper)
+
+
 class Database:
     def __init__(self, url: str, *, pool_size: int = 8, sqlite_synchronous: str = "NORMAL") -> None:
         self.url = _normalise_url(url)
@@ -176,6 +186,10 @@ class Database:
                 raise ConfigurationError(
                     "database.url is PostgreSQL but psycopg is not installed: pip install 'herald[postgres]'"
                 ) from None
+            @event.listens_for(self.engine, "connect")
+            def _binary_arrays(dbapi_conn: Any, _record: Any) -> None:
+                _send_lists_binary(dbapi_conn)
+
             self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="herald-pg")
 
     @property

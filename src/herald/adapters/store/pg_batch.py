@@ -23,11 +23,11 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     Connection,
+    CursorResult,
     Float,
     Integer,
     String,
     Table,
-    TextClause,
     any_,
     bindparam,
     text,
@@ -52,33 +52,38 @@ def array_type(column: Any) -> str:
     return "text[]"
 
 
-def unnest_insert(table: Table, columns: Sequence[str], suffix: str = "") -> TextClause:
-    """``INSERT INTO table (columns) SELECT * FROM unnest(:col1, :col2, ...) suffix``: bind one
-    list per column (see :func:`columns_of`)."""
-    arrays = ", ".join(f"CAST(:{col} AS {array_type(table.c[col])})" for col in columns)
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608
-    return text(f"{sql} {suffix}".rstrip())
+def _as_float(values: list[Any]) -> list[Any]:
+    # Arrays go in binary (database._send_lists_binary), which refuses a list mixing int and
+    # float: a time given as a whole number would fail the whole batch.
+    return [None if v is None else float(v) for v in values]
 
 
-def columns_of(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
-    """Rows (dicts) as one list per column, for :func:`unnest_insert`."""
-    return {col: [r[col] for r in rows] for col in columns}
+class UnnestInsert:
+    """``INSERT INTO table (columns) SELECT * FROM unnest(:col1, :col2, …) suffix``: the rows
+    of a batch as one array per column."""
+
+    def __init__(self, table: Table, columns: Sequence[str], suffix: str = "") -> None:
+        self.columns = tuple(columns)
+        self._floats = {col for col in columns if isinstance(table.c[col].type, Float)}
+        arrays = ", ".join(f"CAST(:{col} AS {array_type(table.c[col])})" for col in columns)
+        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608
+        self.statement = text(f"{sql} {suffix}".rstrip())
+
+    def params(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+        out = {col: [r[col] for r in rows] for col in self.columns}
+        for col in self._floats:
+            out[col] = _as_float(out[col])
+        return out
+
+    def execute(self, c: Connection, rows: Sequence[Mapping[str, Any]]) -> CursorResult[Any]:
+        return c.execute(self.statement, self.params(rows))
 
 
-ATTEMPT_COLUMNS = (
-    "delivery_id", "n", "at", "provider", "outcome", "code", "detail", "latency_ms", "ambiguous",
-)  # fmt: skip
-INSERT_ATTEMPTS = unnest_insert(t.attempts, ATTEMPT_COLUMNS)
-
-OUTBOX_COLUMNS = ("delivery_id", "channel", "priority", "due_at", "created_at")
-INSERT_OUTBOX = unnest_insert(t.outbox, OUTBOX_COLUMNS)
-
-
-def insert_rows(
-    c: Connection, stmt: TextClause, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
-) -> None:
-    if rows:
-        c.execute(stmt, columns_of(rows, columns))
+INSERT_ATTEMPTS = UnnestInsert(
+    t.attempts,
+    ("delivery_id", "n", "at", "provider", "outcome", "code", "detail", "latency_ms", "ambiguous"),
+)
+INSERT_OUTBOX = UnnestInsert(t.outbox, ("delivery_id", "channel", "priority", "due_at", "created_at"))
 
 
 # Results of sends: one statement per batch. A row changes only while its lease is the
@@ -101,6 +106,16 @@ RECORD_RESULTS = text(
     "WHERE d.id = v.id AND d.status = 'sending' AND d.lease_owner = v.owner "
     "RETURNING d.id, d.channel, d.priority, d.due_at"
 )
+
+
+def result_params(rows: Sequence[Mapping[str, Any]], now: float) -> dict[str, Any]:
+    """Parameters of :data:`RECORD_RESULTS` for rows keyed by the names of ``RESULT_COLUMNS``."""
+    out: dict[str, Any] = {name: [r[name] for r in rows] for name, _ in RESULT_COLUMNS}
+    for name, kind in RESULT_COLUMNS:
+        if kind == "double precision":
+            out[name] = _as_float(out[name])
+    out["now"] = now
+    return out
 
 
 def ids_in(column: ColumnElement[Any], pg: bool, name: str = "b_ids") -> ColumnElement[bool]:

@@ -409,10 +409,10 @@ _PG_DELIVERY_COLUMNS = (
     "address", "content", "provider", "retry_count", "budget_used", "due_at", "expires_at",
     "created_at", "queued_at", "failed_at", "updated_at",
 )  # fmt: skip
-_PG_INSERT_DELIVERIES_PLAIN = pg_batch.unnest_insert(
+_PG_INSERT_DELIVERIES_PLAIN = pg_batch.UnnestInsert(
     t.deliveries, _PG_DELIVERY_COLUMNS, "ON CONFLICT DO NOTHING"
 )
-_PG_INSERT_DELIVERIES_RETURNING = pg_batch.unnest_insert(
+_PG_INSERT_DELIVERIES_RETURNING = pg_batch.UnnestInsert(
     t.deliveries,
     _PG_DELIVERY_COLUMNS,
     "ON CONFLICT DO NOTHING RETURNING id, channel, priority, due_at, status",
@@ -424,7 +424,7 @@ def _insert_deliveries(c: Connection, rows: list[dict[str, Any]], *, returning: 
     id, channel, priority, due_at and status."""
     if c.dialect.name == "postgresql":
         stmt = _PG_INSERT_DELIVERIES_RETURNING if returning else _PG_INSERT_DELIVERIES_PLAIN
-        result = c.execute(stmt, pg_batch.columns_of(rows, _PG_DELIVERY_COLUMNS))
+        result = stmt.execute(c, rows)
         return list(result.all()) if returning else []
     d = t.deliveries
     ins = sqlite.insert(d).on_conflict_do_nothing()
@@ -476,13 +476,9 @@ def _apply_results_pg(
     c: Connection, batch: dict[str, DeliveryResult], now: float
 ) -> dict[str, tuple[str, int, float]]:
     """PostgreSQL: one ``UPDATE … FROM unnest(…)`` for the batch (see :mod:`pg_batch`)."""
-    params: dict[str, Any] = {name: [] for name, _ in pg_batch.RESULT_COLUMNS}
-    for r in sorted(batch.values(), key=lambda x: x.delivery_id):  # lock rows in one order
-        p = _result_params(r, now)
-        for name, _ in pg_batch.RESULT_COLUMNS:
-            params[name].append(p["b_" + name])
-    params["now"] = now
-    rows = c.execute(pg_batch.RECORD_RESULTS, params)
+    ordered = sorted(batch.values(), key=lambda x: x.delivery_id)  # lock rows in one order
+    named = [{k[2:]: v for k, v in _result_params(r, now).items()} for r in ordered]
+    rows = c.execute(pg_batch.RECORD_RESULTS, pg_batch.result_params(named, now))
     return {row.id: (row.channel, row.priority, row.due_at) for row in rows}
 
 
@@ -1211,7 +1207,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                 if r.dead_address:
                     self._suppress(c, channel, r.dead_address, r.reason or "invalid_address", now)
             if attempts and pg:
-                pg_batch.insert_rows(c, pg_batch.INSERT_ATTEMPTS, pg_batch.ATTEMPT_COLUMNS, attempts)
+                pg_batch.INSERT_ATTEMPTS.execute(c, attempts)
             elif attempts:
                 c.execute(insert(t.attempts), attempts)
             if requeued:

@@ -54,7 +54,7 @@ def add_outbox(c: Connection, rows: Iterable[tuple[str, str, int, float]], now: 
         for i, ch, p, due in rows
     ]
     if values and c.dialect.name == "postgresql":
-        pg_batch.insert_rows(c, pg_batch.INSERT_OUTBOX, pg_batch.OUTBOX_COLUMNS, values)
+        pg_batch.INSERT_OUTBOX.execute(c, values)
     elif values:
         c.execute(insert(t.outbox), values)
 
