@@ -487,6 +487,11 @@ class Queue(Protocol):
         """Signal that ``channel`` (or every channel) may have new work."""
         ...
 
+    def wake_local(self, channel: str) -> None:
+        """Wake this process's waiters of ``channel`` only (a send slot came free): not other
+        processes, not the wake listeners."""
+        ...
+
     def add_wake_listener(self, listener: Callable[[str | None], None]) -> None:
         """Also call ``listener`` with the channel of every :meth:`wake` of this process."""
         ...

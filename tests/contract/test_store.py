@@ -694,7 +694,9 @@ async def test_record_results_in_one_batch_counts_a_repeated_result_once(
     assert (got_c.status, got_c.provider_message_id, got_c.sent_at) == (S.SENT, "pm-c", NOW + 1)
 
 
-async def test_times_given_as_whole_numbers_mix_with_fractional_ones(store: SqlStore, queue: SqlQueue) -> None:
+async def test_times_given_as_whole_numbers_mix_with_fractional_ones(
+    store: SqlStore, queue: SqlQueue
+) -> None:
     # PostgreSQL takes a batch's times as one binary array per column, which must be all floats.
     a, b = await seed(store, {"due_at": 1_800_000_000}, {"due_at": NOW - 0.5})
     assert len(await queue.claim("email", owner="w", limit=2, max_rank=3, lease=30, now=NOW)) == 2

@@ -190,5 +190,8 @@ class SyncedAmqpQueue:
     def wake(self, channel: str | None = None) -> None:
         self.inner.wake(channel)
 
+    def wake_local(self, channel: str) -> None:
+        self.inner.wake_local(channel)
+
     async def wait(self, channel: str, timeout: float) -> None:
         await self.inner.wait(channel, timeout)

@@ -157,7 +157,7 @@ class DeliveryService:
         self.claim_batch = claim_batch  # the most deliveries one claim takes (queue.claim_batch)
         self.owner = f"worker-{os.getpid()}-{new_id('w')[-8:]}"
         self.observer = observer or DeliveryObserver()
-        self.writer = ResultWriter(store, clock, self.observer.recorded)
+        self.writer = ResultWriter(store, clock, self._recorded)
         # Providers whose last outcome was a configuration error, until one of their sends succeeds.
         self.unhealthy: dict[str, dict[str, object]] = {}
         self._stopping = asyncio.Event()
@@ -245,9 +245,19 @@ class DeliveryService:
             pool.in_flight.pop(d.id, None)
             if high:
                 pool.high_in_flight -= 1
-            self.queue.wake(pool.channel)
+            # A slot came free: this pool claims again. Only this process: a wake for everyone
+            # (NOTIFY on PostgreSQL, the outbox relay, worker children) per finished send was
+            # an outbox pass per send in every worker of the scale-out drain.
+            self.queue.wake_local(pool.channel)
 
         task.add_done_callback(done)
+
+    def _recorded(self, result: DeliveryResult, applied: bool) -> None:
+        self.observer.recorded(result, applied)
+        if applied and result.new_status == S.RETRYING:
+            # A retry is new work (due now, or later: the scheduler and the relay look at due
+            # times when they wake): for this process and every other.
+            self.queue.wake(result.channel)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -489,6 +489,9 @@ class AmqpQueue:
         """Also call ``listener`` on every wake (the outbox relay: new rows may be due)."""
         self._wake_listeners.append(listener)
 
+    def wake_local(self, channel: str) -> None:
+        self.signals.wake(channel)
+
     def wake(self, channel: str | None = None) -> None:
         self.signals.wake(channel)
         for listener in self._wake_listeners:

@@ -158,6 +158,9 @@ class SqlQueue:
         """Also call ``listener`` on every wake (worker children of ``herald serve``)."""
         self._wake_listeners.append(listener)
 
+    def wake_local(self, channel: str) -> None:
+        self.signals.wake(channel)
+
     def wake(self, channel: str | None = None) -> None:
         self.signals.wake(channel)
         if self._wakeups is not None:
