@@ -186,6 +186,17 @@ deliveries = Table(
     Index("ix_deliveries_user", "user_id", "channel", "id"),
     Index("ix_deliveries_notification", "notification_id"),
     Index("ix_deliveries_provider_msg", "provider_message_id"),
+    # The scheduler's promotion and its next wake-up read only scheduled deliveries, by due time:
+    # with a released backlog of 100,000 the status index alone made each tick read them all
+    # (37 ms a tick on PostgreSQL). Queries name the status as a literal (SCHEDULED below) so
+    # that SQLite and PostgreSQL's cached plans can use this partial index.
+    Index(
+        "ix_deliveries_scheduled",
+        "status",  # for SQLite: equality on status and a range on due_at beats ix_deliveries_lease
+        "due_at",
+        sqlite_where=text("status = 'scheduled'"),
+        postgresql_where=text("status = 'scheduled'"),
+    ),
     # The expiry sweep reads only deliveries that have an expiry, not every queued one.
     Index(
         "ix_deliveries_expiry",

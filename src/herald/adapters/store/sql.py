@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
+    literal_column,
     or_,
     select,
     text,
@@ -319,6 +322,7 @@ _UNROUTED_NEW = (
     .limit(bindparam("b_limit"))
 )
 _RANKS = sorted(p.rank for p in Priority)
+_EXPIRED_ROUTING_EVERY = 1.0  # seconds between two looks for routing leases that ran out
 _UNROUTED_EXPIRED = (
     select(_N.c.id)
     .where(_N.c.status == NotificationStatus.ROUTING.value, _N.c.lease_until < bindparam("b_now"))
@@ -346,7 +350,9 @@ _ROUTING_HELD = _per_dialect(
         select(_N.c.id)
         .where(
             _ids_in(_N.c.id, pg),
-            _N.c.status == NotificationStatus.ROUTING.value,
+            # ``|| ''``: by primary key, never the status index (see sql_outbox._CLAIM_IDS): 2.7
+            # ms a routing pass on PostgreSQL in the scale-out flood, reading routed notifications.
+            (_N.c.status + literal("")) == NotificationStatus.ROUTING.value,
             _N.c.lease_owner == bindparam("b_owner"),
         )
         .order_by(_N.c.id)
@@ -365,6 +371,20 @@ _ROUTING_FINISHED = _per_dialect(
             recipients_routed=_N.c.recipients_total,
         )
     )
+)
+
+# Scheduled deliveries, by ix_deliveries_scheduled: the literal lets every plan use it.
+_SCHEDULED = _D.c.status == literal_column(f"'{S.SCHEDULED.value}'")
+PROMOTE_SCHEDULED = (
+    update(_D)
+    .where(
+        _SCHEDULED,
+        _D.c.due_at <= bindparam("b_now"),
+        # Held for a digest (sql_digests.py): only the digest step may move these.
+        func.coalesce(_D.c.reason, "") != HELD_REASON,
+    )
+    .values(status=S.QUEUED.value, queued_at=bindparam("b_now"), updated_at=bindparam("b_now"))
+    .returning(_D.c.id, _D.c.channel, _D.c.priority, _D.c.due_at)
 )
 
 _HELD_LEASES = (
@@ -492,6 +512,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
     def __init__(self, db: Database, *, outbox: bool = False) -> None:
         self.db = db
         self.outbox = outbox
+        self._expired_routing_checked = -math.inf  # when claim_unrouted last looked for those
         self._ins = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
 
     async def start(self) -> None:
@@ -925,7 +946,10 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                 ids.extend(c.execute(new, {"b_rank": rank, "b_limit": limit - len(ids)}).scalars())
                 if len(ids) >= limit:
                     break
-            if len(ids) < limit:
+            if len(ids) < limit and not 0 <= now - self._expired_routing_checked < _EXPIRED_ROUTING_EVERY:
+                # Taken over from a router that died: rare, and the query reads every
+                # notification being routed, so at most once a second.
+                self._expired_routing_checked = now
                 ids.extend(c.execute(expired, {"b_now": now, "b_limit": limit - len(ids)}).scalars())
             if not ids:
                 return []
@@ -1270,20 +1294,9 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
         return await self.db.run(op)
 
     async def promote_scheduled(self, *, now: float) -> list[str]:
-        d = t.deliveries
 
         def op(c: Connection) -> list[str]:
-            rows = c.execute(
-                update(d)
-                .where(
-                    d.c.status == S.SCHEDULED.value,
-                    d.c.due_at <= now,
-                    # Held for a digest (sql_digests.py): only the digest step may move these.
-                    func.coalesce(d.c.reason, "") != HELD_REASON,
-                )
-                .values(status=S.QUEUED.value, queued_at=now, updated_at=now)
-                .returning(d.c.id, d.c.channel, d.c.priority, d.c.due_at)
-            ).all()
+            rows = c.execute(PROMOTE_SCHEDULED, {"b_now": now}).all()
             if self.outbox:
                 add_outbox(c, [(r.id, r.channel, r.priority, r.due_at) for r in rows], now)
             return sorted({r.channel for r in rows})
@@ -1353,10 +1366,8 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
 
         def op(c: Connection) -> float | None:
             best: float | None = None
-            for status in (S.SCHEDULED, S.RETRYING):
-                v = c.execute(
-                    select(func.min(d.c.due_at)).where(d.c.status == status.value, d.c.due_at > now)
-                ).scalar()
+            for status in (_SCHEDULED, d.c.status == S.RETRYING.value):
+                v = c.execute(select(func.min(d.c.due_at)).where(status, d.c.due_at > now)).scalar()
                 if v is not None and (best is None or v < best):
                     best = float(v)
             lease = c.execute(select(func.min(d.c.lease_until)).where(d.c.status == S.SENDING.value)).scalar()
