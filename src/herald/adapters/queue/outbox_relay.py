@@ -105,10 +105,15 @@ class OutboxRelay:
             if n >= self.batch:
                 continue  # more are due right now
             sleep = self.max_sleep
-            with contextlib.suppress(HeraldError):
-                next_due = await self.store.outbox_next_due()
-                if next_due is not None:
-                    sleep = min(sleep, max(0.0, next_due - self.clock.now()))
+            if n == 0:
+                # Idle: sleep until the earliest row not yet due (a retry). Not after a pass that
+                # published some: more are coming with their wakes, a retry due meanwhile waits
+                # at most max_sleep, and the lookup walks the outbox index past every row
+                # published but not yet vacuumed (1.5 ms a pass in the scale-out flood).
+                with contextlib.suppress(HeraldError):
+                    next_due = await self.store.outbox_next_due()
+                    if next_due is not None:
+                        sleep = min(sleep, max(0.0, next_due - self.clock.now()))
             if sleep > 0 and await self._sleep(stopping, sleep, self._signal):
                 # Woken: let a burst of wakes (a router's chunk, many finished sends) gather.
                 await asyncio.sleep(self.coalesce)

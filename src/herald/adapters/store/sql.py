@@ -20,7 +20,6 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    literal_column,
     or_,
     select,
     text,
@@ -31,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from herald.adapters.store import pg_batch
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
-from herald.adapters.store.sql_digests import HELD_REASON, SqlDigestsMixin
+from herald.adapters.store.sql_digests import HELD_REASON, SCHEDULED, SqlDigestsMixin
 from herald.adapters.store.sql_events import SqlEventsMixin, event_rows, reopen_for_fallback
 from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
 from herald.domain.errors import IllegalTransition, NotFound
@@ -373,8 +372,7 @@ _ROUTING_FINISHED = _per_dialect(
     )
 )
 
-# Scheduled deliveries, by ix_deliveries_scheduled: the literal lets every plan use it.
-_SCHEDULED = _D.c.status == literal_column(f"'{S.SCHEDULED.value}'")
+_SCHEDULED = SCHEDULED  # by ix_deliveries_scheduled (see sql_digests)
 PROMOTE_SCHEDULED = (
     update(_D)
     .where(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, func, or_, select, update
+from sqlalchemy import Connection, bindparam, func, literal_column, or_, select, update
 
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
@@ -35,11 +35,16 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+# Scheduled deliveries, through ix_deliveries_scheduled: a literal, so that every plan (SQLite's,
+# PostgreSQL's cached generic one) can use that partial index.
+SCHEDULED = t.deliveries.c.status == literal_column(f"'{S.SCHEDULED.value}'")
+
+
 def _held(d: Any, now: float) -> list[Any]:
     """WHERE clauses for the held items due at ``now`` and not expired."""
     return [
         d.c.channel.in_(_CHANNELS),
-        d.c.status == S.SCHEDULED.value,
+        SCHEDULED,
         d.c.priority.in_(_RANKS),
         d.c.due_at <= now,
         d.c.reason == HELD_REASON,
