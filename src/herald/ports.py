@@ -454,6 +454,11 @@ class Store(Protocol):
 
     async def ambiguous_count(self) -> int: ...
 
+    async def maintain(self) -> list[str]:
+        """Housekeeping the database may not do in time by itself: on PostgreSQL, vacuum and
+        analyse the queue tables where many rows died. Returns the tables cleaned."""
+        ...
+
 
 @dataclass(slots=True)
 class Claim:

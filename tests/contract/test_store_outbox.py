@@ -19,7 +19,7 @@ from herald.bootstrap import SystemClock
 from herald.domain.models import Priority
 from herald.ports import OutboxItem, RoutedBatch
 from herald.services.leader import LeaderLease
-from tests.contract.conftest import NOW, S, SqlBackend, make_delivery, result, seed
+from tests.contract.conftest import NOW, S, SqlBackend, make_delivery, pg_execute, result, seed
 
 P = Priority
 
@@ -293,3 +293,34 @@ async def test_only_the_leader_runs_the_scheduler(backend: SqlBackend, ttl: floa
     stops["b"].set()
     await asyncio.gather(*tasks)
     assert await stores[0].get_lease("scheduler") is None  # both released on the way out
+
+
+async def test_maintain_vacuums_a_queue_table_full_of_dead_rows(backend: SqlBackend) -> None:
+    store = backend.store
+    if backend.name != "postgres":
+        assert await store.maintain() == []  # SQLite needs no vacuum to keep claims cheap
+        return
+    o = t.outbox
+    rows = [
+        {"delivery_id": f"dlv_{i}", "channel": "email", "priority": 3, "due_at": NOW, "created_at": NOW}
+        for i in range(6000)
+    ]
+    await store.db.run(lambda c: c.execute(o.insert(), rows))
+    await store.db.run(lambda c: c.execute(o.delete()))
+
+    def dead() -> int:
+        got = pg_execute(
+            "SELECT n_dead_tup FROM pg_stat_user_tables "
+            f"WHERE schemaname = '{backend.schema}' AND relname = 'outbox'"
+        )
+        return int(got[0][0])
+
+    deadline = time.monotonic() + 10
+    cleaned: list[str] = []
+    while not cleaned:  # the statistics of a finished transaction arrive within a second or so
+        assert time.monotonic() < deadline, f"never vacuumed; dead rows {dead()}"
+        cleaned = await store.maintain()
+        await asyncio.sleep(0.2)
+    assert cleaned == ["outbox"]
+    assert dead() == 0
+    assert await store.maintain() == []  # nothing left to do

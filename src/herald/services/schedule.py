@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 
 import structlog
 
@@ -29,12 +30,16 @@ class SchedulerService:
         *,
         max_sleep: float = 1.0,
         digests: DigestService | None = None,
+        maintain_every: float = 10.0,
     ) -> None:
         self.digests = digests  # builds due digests on every tick (held items wake next_due)
         self.store = store
         self.queue = queue
         self.clock = clock
         self.max_sleep = max_sleep
+        self.maintain_every = maintain_every  # seconds between two Store.maintain calls
+        self._maintained_at = -math.inf
+        self._maintaining: asyncio.Task[None] | None = None
         self._signal = asyncio.Event()
 
     def wake(self) -> None:
@@ -61,6 +66,28 @@ class SchedulerService:
         self.queue.wake(None)
         return next_due
 
+    def _maybe_maintain(self, now: float) -> None:
+        """Store housekeeping every ``maintain_every`` s, in the background (a vacuum of a big
+        table takes a while; ticks go on meanwhile), one at a time."""
+        if now - self._maintained_at < self.maintain_every and now >= self._maintained_at:
+            return
+        if self._maintaining is not None and not self._maintaining.done():
+            return
+        self._maintained_at = now
+        self._maintaining = asyncio.create_task(self._maintain(), name="herald-store-maintenance")
+
+    async def _maintain(self) -> None:
+        try:
+            cleaned = await self.store.maintain()
+        except HeraldError as exc:
+            log.warning("schedule.maintenance_failed", error=exc.detail)
+            return
+        except Exception:  # housekeeping must never stop the scheduler
+            log.exception("schedule.maintenance_crashed")
+            return
+        if cleaned:
+            log.info("store.vacuumed", tables=cleaned)
+
     async def run(self, stopping: asyncio.Event, leader: LeaderLease | None = None) -> None:
         """Tick until ``stopping``; with ``leader``, only while this process holds the lease."""
         while not stopping.is_set():
@@ -71,9 +98,14 @@ class SchedulerService:
             except HeraldError as exc:
                 log.warning("schedule.backend_error", error=exc.detail)
                 next_due = None
+            self._maybe_maintain(self.clock.now())
             sleep = self.max_sleep
             if next_due is not None:
                 sleep = min(sleep, max(0.0, next_due - self.clock.now()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._signal.wait(), sleep)
             self._signal.clear()
+        if self._maintaining is not None:
+            self._maintaining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintaining

@@ -274,6 +274,18 @@ class Database:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, call)
 
+    async def run_outside_transaction(self, sql: str) -> None:
+        """Run one statement that cannot run in a transaction (``VACUUM``), in autocommit."""
+
+        def op() -> None:
+            try:
+                with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    conn.exec_driver_sql(sql)
+            except (exc.OperationalError, exc.InterfaceError) as err:
+                raise ServiceUnavailable(f"database unavailable: {type(err.orig).__name__}") from err
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, op)
+
     def upgrade(self) -> None:
         """Bring the schema to the newest alembic revision.
 

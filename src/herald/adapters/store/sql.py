@@ -453,6 +453,15 @@ def _insert_deliveries(c: Connection, rows: list[dict[str, Any]], *, returning: 
     return []
 
 
+# Queue tables vacuumed by ``maintain`` once this many rows are dead (and a fifth of the live).
+_MAINTAINED = {"outbox": 5_000, "deliveries": 50_000, "notifications": 50_000}
+_DEAD_FRACTION = 0.2
+_DEAD_ROWS = text(
+    "SELECT relname, n_live_tup, n_dead_tup FROM pg_stat_user_tables "
+    "WHERE schemaname = current_schema() AND relname = ANY(CAST(:tables AS text[]))"
+)
+
+
 def _result_params(r: DeliveryResult, now: float) -> dict[str, Any]:
     sent = r.new_status == S.SENT
     return {
@@ -1541,3 +1550,26 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                 c.execute(select(func.count()).select_from(a).where(a.c.ambiguous.is_(True))).scalar_one()
             )
         )
+
+    # Housekeeping ------------------------------------------------------------------------------
+    async def maintain(self) -> list[str]:
+        """PostgreSQL: ``VACUUM (ANALYZE)`` the queue tables whose dead rows passed a threshold.
+
+        Every delivery leaves two or three dead row versions (routing, claim, result) and every
+        outbox row one or two, and each claim walks the index entries of the dead ones until a
+        vacuum removes them. PostgreSQL's autovacuum looks once a minute at best, and may be off
+        (it was, on the machine of the benchmarks: 200,000 dead outbox rows under nine live ones,
+        1.5 ms a relay pass). The scheduler calls this every few seconds; it costs one look at the
+        table statistics when nothing is due.
+        """
+        if self.db.dialect != "postgresql":
+            return []
+        counts = await self.db.run(lambda c: c.execute(_DEAD_ROWS, {"tables": list(_MAINTAINED)}).all())
+        due = [
+            row.relname
+            for row in counts
+            if row.n_dead_tup >= max(_MAINTAINED[row.relname], _DEAD_FRACTION * row.n_live_tup)
+        ]
+        for table in due:
+            await self.db.run_outside_transaction(f"VACUUM (ANALYZE) {table}")
+        return due
