@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import ClauseElement
 
 from herald.adapters.store import sql as store_sql
+from herald.adapters.store.sql_digests import _held
 from herald.adapters.store.sql_outbox import _CLAIM_IDS
 from tests.contract.conftest import NOW, PG_URL, SqlBackend
 
@@ -113,6 +114,11 @@ def _sqlite_plan(backend: SqlBackend, stmt: ClauseElement, params: dict[str, Any
         conn.close()
 
 
+def _digest_groups() -> Any:
+    d = store_sql._D
+    return select(d.c.user_id, d.c.category, d.c.channel).where(*_held(d, NOW))
+
+
 CLAIM = {
     "b_ids": [f"dlv_q{i:06d}" for i in range(50)],
     "b_due": NOW,
@@ -162,12 +168,16 @@ async def test_postgres_plans_stay_on_the_cheap_index_whatever_the_statistics(ba
 
     for plan in _pg_plans(schema, store_sql.PROMOTE_SCHEDULED, {"b_now": NOW}):
         assert "ix_deliveries_scheduled" in plan, plan
+    for plan in _pg_plans(schema, _digest_groups(), {}):
+        assert "ix_deliveries_scheduled" in plan, plan
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 async def test_sqlite_promotion_reads_the_scheduled_index(backend: SqlBackend) -> None:
     await _seed(backend)
     plan = _sqlite_plan(backend, store_sql.PROMOTE_SCHEDULED, {"b_now": NOW})
+    assert "ix_deliveries_scheduled" in plan, plan
+    plan = _sqlite_plan(backend, _digest_groups(), {})
     assert "ix_deliveries_scheduled" in plan, plan
     plan = _sqlite_plan(backend, store_sql._UNROUTED_NEW, {"b_rank": 2, "b_limit": 200})
     assert "ix_notifications_route" in plan and "TEMP B-TREE" not in plan, plan

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, bindparam, func, literal_column, or_, select,
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql_outbox import add_outbox
-from herald.domain.models import ALL_CHANNELS, Delivery, DeliveryStatus, Priority, Reason
+from herald.domain.models import Delivery, DeliveryStatus, Reason
 from herald.domain.states import check_transition
 from herald.ports import DigestGroup, DigestPlan, DigestSaved
 
@@ -27,8 +27,6 @@ _CHUNK = 500
 
 # The claim index is (channel, status, priority, due_at): naming every channel and priority lets
 # both SQLite and PostgreSQL walk it instead of scanning every scheduled delivery.
-_CHANNELS = sorted(c.value for c in ALL_CHANNELS)
-_RANKS = sorted(p.rank for p in Priority)
 
 
 def _dumps(value: Any) -> str:
@@ -43,9 +41,7 @@ SCHEDULED = t.deliveries.c.status == literal_column(f"'{S.SCHEDULED.value}'")
 def _held(d: Any, now: float) -> list[Any]:
     """WHERE clauses for the held items due at ``now`` and not expired."""
     return [
-        d.c.channel.in_(_CHANNELS),
-        SCHEDULED,
-        d.c.priority.in_(_RANKS),
+        SCHEDULED,  # ix_deliveries_scheduled: (status, due_at) of scheduled deliveries only
         d.c.due_at <= now,
         d.c.reason == HELD_REASON,
         or_(d.c.expires_at.is_(None), d.c.expires_at > now),
