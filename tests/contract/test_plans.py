@@ -170,14 +170,40 @@ async def test_postgres_plans_stay_on_the_cheap_index_whatever_the_statistics(ba
         assert "ix_deliveries_scheduled" in plan, plan
     for plan in _pg_plans(schema, _digest_groups(), {}):
         assert "ix_deliveries_scheduled" in plan, plan
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        _assert_lookups_use_an_index(
+            _pg_plan(schema, *_by_provider_id(), mode), _pg_plan(schema, *_by_notification(), mode)
+        )
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-async def test_sqlite_promotion_reads_the_scheduled_index(backend: SqlBackend) -> None:
+async def test_sqlite_plans_read_the_partial_and_unique_indexes(backend: SqlBackend) -> None:
     await _seed(backend)
     plan = _sqlite_plan(backend, store_sql.PROMOTE_SCHEDULED, {"b_now": NOW})
     assert "ix_deliveries_scheduled" in plan, plan
     plan = _sqlite_plan(backend, _digest_groups(), {})
     assert "ix_deliveries_scheduled" in plan, plan
+    _assert_lookups_use_an_index(
+        _sqlite_plan(backend, *_by_provider_id()), _sqlite_plan(backend, *_by_notification())
+    )
     plan = _sqlite_plan(backend, store_sql._UNROUTED_NEW, {"b_rank": 2, "b_limit": 200})
     assert "ix_notifications_route" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def _by_provider_id() -> tuple[Any, dict[str, Any]]:
+    d = store_sql._D
+    return select(d.c.id).where(d.c.provider_message_id == bindparam("b_pm")).limit(1), {"b_pm": "pm-1"}
+
+
+def _by_notification() -> tuple[Any, dict[str, Any]]:
+    d = store_sql._D
+    return select(d.c.id).where(d.c.notification_id == bindparam("b_n")), {"b_n": "ntf_q000001"}
+
+
+def _assert_lookups_use_an_index(by_provider_id: str, by_notification: str) -> None:
+    """Provider callbacks find a delivery by the provider's id (a partial index: only the rows
+    that have one); everything by notification goes through uq_deliveries_recipient."""
+    assert "ix_deliveries_provider_msg" in by_provider_id, by_provider_id
+    assert "uq_deliveries_recipient" in by_notification or "autoindex_deliveries_2" in by_notification, (
+        by_notification
+    )
