@@ -440,3 +440,37 @@ async def test_a_batch_of_ids_is_a_few_messages_acked_only_once_all_their_ids_ar
         await first.close()
         await second.close()
         await store.close()
+
+
+async def test_a_claim_takes_deliveries_routed_after_it_began(prefix: str) -> None:
+    """Messages keep arriving while a claim runs. Each pass of the claim judges "due" by the
+    time of that pass: judged by the time the call began, a delivery routed after it looked
+    not yet due, went back to the outbox and was published again, round and round while the
+    worker sent nothing."""
+    from herald.adapters.queue.amqp import AmqpQueue
+    from herald.adapters.queue.outbox_relay import OutboxRelay
+    from herald.bootstrap import SystemClock
+    from herald.testing import memory_store
+    from tests.contract.conftest import seed
+
+    store = memory_store()
+    store.outbox = True
+    await store.start()
+    queue = AmqpQueue(RABBITMQ_URL, store, SystemClock(), prefix=prefix, early=0.5)
+    try:
+        now = time.time()
+        ds = await seed(store, *({"due_at": now} for _ in range(10)), now=now)
+        assert await OutboxRelay(store, queue.publish, SystemClock()).flush(now=now) == 10
+        await queue.wait("email", 0)
+        deadline = time.monotonic() + 10
+        while queue.received["email"] < 10:
+            assert time.monotonic() < deadline, "the messages did not reach the consumer"
+            await asyncio.sleep(0.01)
+        # The caller's time is from before these deliveries were due (a claim that began
+        # earlier and is still taking messages).
+        got = await queue.claim("email", owner="w", limit=100, max_rank=3, lease=30, now=now - 5)
+        assert sorted(d.id for d in got) == sorted(d.id for d in ds)
+        assert await store.outbox_next_due() is None  # nothing sent back to the outbox
+    finally:
+        await queue.close()
+        await store.close()

@@ -464,6 +464,12 @@ class AmqpQueue:
                     ids += entry.ids[entry.taken : entry.taken + n]
             if not ids:
                 break
+            # The time of this pass, not of the call: messages keep arriving while a claim
+            # runs, for deliveries routed after it began. With the call's time they looked not
+            # yet due, went back to the outbox, were published again and came back, for as
+            # long as the loop was fed: a worker that sent nothing for minutes while its relay
+            # republished the same 20,000 ids five times (integration test, scale-out).
+            now = max(now, self._now())
             got = await self.store.claim_ids(ids, owner=owner, lease=lease, now=now, early=self.early)
             out.extend(got)
             # Acked only now that the claim is committed, and only messages all of whose ids
