@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import Connection, select
@@ -280,16 +281,23 @@ async def test_only_the_leader_runs_the_scheduler(backend: SqlBackend, ttl: floa
             ticks[self.name] += 1
             return await super().tick()
 
+    async def until(condition: Callable[[], bool]) -> None:
+        # Polled, not slept: on a slow machine the first lease can take a while to take.
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+
     tasks = []
     for i, name in enumerate(ticks):
         tasks.append(asyncio.create_task(leaders[name].run(stops[name])))
         tasks.append(asyncio.create_task(Counting(name, stores[i]).run(stops[name], leaders[name])))
-        await asyncio.sleep(0.3)
-    await asyncio.sleep(0.5)
+        if name == "a":
+            await until(lambda: ticks["a"] > 0)
+    await asyncio.sleep(0.5)  # b's lease loop and scheduler run meanwhile, and wait
     assert ticks["a"] > 0 and ticks["b"] == 0
     stops["a"].set()
-    await asyncio.sleep(0.6)
-    assert ticks["b"] > 0
+    await until(lambda: ticks["b"] > 0)
     stops["b"].set()
     await asyncio.gather(*tasks)
     assert await stores[0].get_lease("scheduler") is None  # both released on the way out
