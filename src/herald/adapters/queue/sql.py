@@ -17,13 +17,13 @@ from collections import namedtuple
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Row, bindparam, func, literal, select, update
+from sqlalchemy import Connection, Row, bindparam, func, select, update
 
 from herald.adapters.queue.signals import Signals
-from herald.adapters.store import pg_batch
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql import _delivery
+from herald.adapters.store.sql_outbox import take_by_ids
 from herald.domain.models import Delivery, DeliveryStatus
 
 if TYPE_CHECKING:
@@ -47,19 +47,7 @@ _CLAIM_LANE = (
     .limit(bindparam("b_limit"))
 )
 _CLAIM_LANE_PG = _CLAIM_LANE.with_for_update(skip_locked=True)
-_CLAIM_TAKE = (
-    update(_D)
-    # ``status || ''``: the primary key, never the status index (see sql_outbox._CLAIM_IDS).
-    .where(pg_batch.ids_in(_D.c.id, pg=True), (_D.c.status + literal("")).in_(_CLAIMABLE))
-    .values(
-        status=DeliveryStatus.SENDING.value,
-        lease_owner=bindparam("b_owner"),
-        lease_until=bindparam("b_until"),
-        sending_at=bindparam("b_now"),
-        updated_at=bindparam("b_now"),
-    )
-    .returning(*_D.c)
-)
+_CLAIM_TAKE = take_by_ids(pg=True)  # by primary key, never the status index (see sql_outbox)
 
 # SQLite runs the same two statements on the driver connection itself: a claim comes every
 # few sends, and SQLAlchemy's execution path (~30 us a statement here) was most of its cost;

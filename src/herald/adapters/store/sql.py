@@ -372,11 +372,10 @@ _ROUTING_FINISHED = _per_dialect(
     )
 )
 
-_SCHEDULED = SCHEDULED  # by ix_deliveries_scheduled (see sql_digests)
 PROMOTE_SCHEDULED = (
     update(_D)
     .where(
-        _SCHEDULED,
+        SCHEDULED,
         _D.c.due_at <= bindparam("b_now"),
         # Held for a digest (sql_digests.py): only the digest step may move these.
         func.coalesce(_D.c.reason, "") != HELD_REASON,
@@ -1373,7 +1372,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
 
         def op(c: Connection) -> float | None:
             best: float | None = None
-            for status in (_SCHEDULED, d.c.status == S.RETRYING.value):
+            for status in (SCHEDULED, d.c.status == S.RETRYING.value):
                 v = c.execute(select(func.min(d.c.due_at)).where(status, d.c.due_at > now)).scalar()
                 if v is not None and (best is None or v < best):
                     best = float(v)

@@ -64,19 +64,20 @@ _LEASE_OUTBOX = pg_batch.per_dialect(
     lambda pg: update(_O).where(pg_batch.ids_in(_O.c.id, pg)).values(due_at=bindparam("b_due"))
 )
 _DELETE_OUTBOX = pg_batch.per_dialect(lambda pg: delete(_O).where(pg_batch.ids_in(_O.c.id, pg)))
+
+
 # One statement: the row lock and the re-checked WHERE (PostgreSQL re-evaluates it on a row a
 # concurrent claimer just committed) give each delivery to one claimer. ``status || ''`` keeps
 # the planner on the primary key: with the status index it visits every queued delivery, and
 # it chose that (statistics of a fresh or calm table say queued rows are rare) in the
 # scale-out drain: 10 ms a claim, 24 s of PostgreSQL's 32.
-_CLAIM_IDS = pg_batch.per_dialect(
-    lambda pg: (
+def take_by_ids(pg: bool, *where: Any) -> Any:
+    """The claim of a list of delivery ids (``b_ids``) still claimable, to ``sending`` under the
+    lease of ``b_owner`` until ``b_until`` at ``b_now``: this store's claim by id and the ``sql``
+    queue's second step on PostgreSQL."""
+    return (
         update(_D)
-        .where(
-            pg_batch.ids_in(_D.c.id, pg),
-            (_D.c.status + literal("")).in_(CLAIMABLE),
-            _D.c.due_at <= bindparam("b_due"),
-        )
+        .where(pg_batch.ids_in(_D.c.id, pg), (_D.c.status + literal("")).in_(CLAIMABLE), *where)
         .values(
             status=S.SENDING.value,
             lease_owner=bindparam("b_owner"),
@@ -86,7 +87,9 @@ _CLAIM_IDS = pg_batch.per_dialect(
         )
         .returning(*_D.c)
     )
-)
+
+
+_CLAIM_IDS = pg_batch.per_dialect(lambda pg: take_by_ids(pg, _D.c.due_at <= bindparam("b_due")))
 _EXTEND_LEASES = pg_batch.per_dialect(
     lambda pg: (
         update(_D)
