@@ -47,6 +47,10 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
     parser.add_argument(
         "--worker-processes", type=int, help="herald [server] worker_processes (sends in children)"
     )
+    parser.add_argument(
+        "--worker-lanes", help="herald [server] worker_lanes, comma-separated (the rest are sent by serve)"
+    )
+    parser.add_argument("--worker-nice", type=int, help="herald [server] worker_nice (children's niceness)")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="hard bound per scenario")
     parser.add_argument(
         "--herald-patches",
@@ -57,10 +61,19 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
     parser.add_argument("--output", type=Path, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
     tuning = HeraldTuning()
-    for name in ("concurrency", "reserved_high", "max_connections", "router_batch", "worker_processes"):
+    for name in (
+        "concurrency",
+        "reserved_high",
+        "max_connections",
+        "router_batch",
+        "worker_processes",
+        "worker_nice",
+    ):
         value = getattr(args, name)
         if value is not None:
             setattr(tuning, name, value)
+    if args.worker_lanes:
+        tuning.worker_lanes = [x.strip() for x in args.worker_lanes.split(",") if x.strip()]
     opts = Options(
         quick=args.quick,
         mode=args.mode,

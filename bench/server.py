@@ -29,6 +29,8 @@ class HeraldTuning:
     retry_jitter: float = 0.1
     log_level: str = "warning"
     worker_processes: int = 0  # herald serve: send in this many worker children ([server])
+    worker_lanes: list[str] = field(default_factory=lambda: ["critical", "high", "normal", "low"])
+    worker_nice: int = 0  # the children's CPU niceness ([server] worker_nice)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +62,8 @@ host = "127.0.0.1"
 port = {port}
 public_url = "http://127.0.0.1:{port}"
 worker_processes = {tuning.worker_processes}
+worker_lanes = {json.dumps(tuning.worker_lanes)}
+worker_nice = {tuning.worker_nice}
 
 [database]
 {_toml_pairs(backends["database"])}

@@ -281,6 +281,8 @@ def build_queue(settings: Settings, store: SqlStore, clock: Clock) -> tuple[Queu
         prefetch=q.prefetch,
         ids_per_message=q.ids_per_message,
         delivery_limit=q.delivery_limit,
+        # Consume only the lanes this process sends (config.check_lanes keeps them sorted).
+        lanes={name: [p.rank for p in ch.lanes] for name, ch in settings.channels.items()},
     )
     relay = OutboxRelay(store, queue.publish, clock, batch=q.relay_batch, max_sleep=q.idle_wait_seconds)
     queue.add_wake_listener(relay.wake)
@@ -358,6 +360,8 @@ async def build(
             providers=[_channel_provider(channel, ch, chosen, cache)],
             concurrency=ch.concurrency,
             reserved_high=min(ch.reserved_high, ch.concurrency - 1),
+            min_rank=ch.lanes[0].rank,
+            max_rank=ch.lanes[-1].rank,
         )
 
     router = RouterService(

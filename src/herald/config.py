@@ -24,6 +24,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+ALL_LANES = (Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW)
+
+
+def check_lanes(value: list[Priority]) -> list[Priority]:
+    """Lanes a sender serves: at least one, each once, adjacent (claims take a range of ranks)."""
+    ranks = sorted({p.rank for p in value})
+    if not ranks:
+        raise ValueError("needs at least one lane")
+    if len(ranks) != len(value):
+        raise ValueError("names a lane twice")
+    if ranks[-1] - ranks[0] != len(ranks) - 1:
+        raise ValueError("lanes must be adjacent, e.g. ['normal', 'low'] or ['critical', 'high']")
+    return sorted(value, key=lambda p: p.rank)
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8025, ge=0, le=65535)
@@ -32,6 +47,16 @@ class ServerConfig(_Section):
     # `herald serve`: send in this many supervised `herald worker` children (every channel but
     # in_app); 0 sends in the serve process itself. One process uses about one core.
     worker_processes: int = Field(default=0, ge=0, le=32)
+    # The priority lanes the children send; this process sends the others of the same channels
+    # itself, so that critical mail does not share a busy bulk sender's event loop and CPU.
+    worker_lanes: list[Priority] = Field(default_factory=lambda: list(ALL_LANES))
+    # CPU priority (nice, 0-19) of the children: bulk senders yield the cores to this process.
+    worker_nice: int = Field(default=0, ge=0, le=19)
+
+    @field_validator("worker_lanes")
+    @classmethod
+    def _worker_lanes(cls, value: list[Priority]) -> list[Priority]:
+        return check_lanes(value)
 
 
 class DatabaseConfig(_Section):
@@ -149,6 +174,14 @@ class ChannelConfig(_Section):
     rate_limits: dict[str, str] = Field(default_factory=dict)  # provider -> "100/s", shared via the cache
     breaker_threshold: int = Field(default=5, ge=1)  # consecutive failures that open a provider's circuit
     breaker_open_seconds: float = Field(default=30.0, gt=0)  # then one half-open probe
+    # The priority lanes this process sends on this channel (scale-out: a worker for the
+    # critical and high lanes alone, others for the bulk). Default: every lane.
+    lanes: list[Priority] = Field(default_factory=lambda: list(ALL_LANES))
+
+    @field_validator("lanes")
+    @classmethod
+    def _lanes(cls, value: list[Priority]) -> list[Priority]:
+        return check_lanes(value)
 
     @field_validator("rate_limits")
     @classmethod

@@ -481,9 +481,18 @@ class Queue(Protocol):
     async def close(self) -> None: ...
 
     async def claim(
-        self, channel: str, *, owner: str, limit: int, max_rank: int, lease: float, now: float
+        self,
+        channel: str,
+        *,
+        owner: str,
+        limit: int,
+        max_rank: int,
+        lease: float,
+        now: float,
+        min_rank: int = 0,
     ) -> list[Delivery]:
-        """Claim up to ``limit`` due deliveries with priority rank <= ``max_rank``."""
+        """Claim up to ``limit`` due deliveries with ``min_rank`` <= priority rank <= ``max_rank``
+        (a sender of some lanes only never takes, nor holds back, those of the others)."""
         ...
 
     async def extend(self, delivery_ids: Sequence[str], *, owner: str, until: float) -> None: ...

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.process import HeraldProcess, herald_cli, write_config
+from tests.support.process import HeraldProcess, db_query, herald_cli, write_config
 from tests.support.smtp import SmtpTestServer
 
 pytestmark = pytest.mark.slow
@@ -53,6 +56,10 @@ def test_send_then_status_pages_through_the_deliveries(tmp_path: Path, smtp_serv
         (["send", "--to", "u1", "--content", "{not json"], "--content"),
         (["worker", "--channels", "pigeon"], "unknown channels"),
         (["worker", "--wake-fd", "99"], "not an open socket"),
+        (["worker", "--lanes", "urgent"], "--lanes"),
+        (["worker", "--lanes", "critical,low"], "adjacent"),
+        (["worker", "--lanes", "high,high"], "twice"),
+        (["worker", "--nice", "40"], "--nice"),
     ],
 )
 def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path: Path, args: list[str], message: str) -> None:
@@ -61,3 +68,69 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path: Path, args: list[st
     assert done.returncode != 0
     assert message in done.stderr
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        ('worker_lanes = ["critical", "low"]', "server.worker_lanes"),
+        ("worker_lanes = []", "server.worker_lanes"),
+        # the children take high and normal: critical and low left to serve are not adjacent
+        ('worker_processes = 1\nworker_lanes = ["high", "normal"]', "server.worker_lanes"),
+        ("worker_nice = 25", "server.worker_nice"),
+    ],
+)
+def test_bad_worker_lanes_fail_at_start_naming_the_key(tmp_path: Path, server: str, message: str) -> None:
+    write_config(tmp_path, 2525, extra=f"\n[server]\n{server}\n")
+    done = herald_cli(tmp_path, "serve", "--port", "0", timeout=30)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    assert not (tmp_path / "herald.db").exists() or not db_query(
+        tmp_path / "herald.db", "SELECT 1 FROM notifications"
+    )
+
+
+def test_a_worker_for_some_channels_still_routes_every_channel(
+    tmp_path: Path, smtp_server: SmtpTestServer
+) -> None:
+    """``herald worker --channels email`` sends email only; the notifications its router takes
+    still get their sms deliveries queued for the workers that send sms (not skipped as
+    ``channel_disabled``)."""
+    write_config(tmp_path, smtp_server.port)
+    key = herald_cli(tmp_path, "keys", "create", "--scope", "admin").stdout.strip()
+    api = HeraldProcess(tmp_path, key, role="api").start()
+    worker = None
+    try:
+        with api.client() as c:
+            user = {"email": "u1@example.com", "phone": "+14155550100"}
+            assert c.put("/v1/users/u1", json=user).status_code == 200
+            body = {"to": "u1", "content": {"subject": "s", "text": "t"}, "channels": ["email", "sms"]}
+            r = c.post("/v1/notifications", json=body)
+            assert r.status_code == 202, r.text
+        with (tmp_path / "worker.log").open("ab") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "herald", "worker", "--channels", "email"],
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        rows: dict[str, tuple[str, str | None]] = {}
+        while time.monotonic() < deadline:
+            rows = {
+                ch: (st, rs)
+                for ch, st, rs in db_query(
+                    tmp_path / "herald.db", "SELECT channel, status, reason FROM deliveries"
+                )
+            }
+            if rows.get("email", ("",))[0] == "sent" and "sms" in rows:
+                break
+            time.sleep(0.05)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(15)
+        api.stop()
+    assert rows["email"] == ("sent", None)
+    assert rows["sms"][0] == "queued", rows  # waiting for an sms sender, not skipped

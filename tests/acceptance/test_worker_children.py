@@ -290,3 +290,66 @@ level = "warning"
         h.stop()
         emulator.terminate()
         emulator.wait(10)
+
+
+def test_worker_lanes_keep_critical_in_the_parent_and_the_bulk_in_a_nice_child(
+    tmp_path: Path, smtp_server: SmtpTestServer, stack: Any
+) -> None:
+    """``worker_lanes = ["normal", "low"]``: the child (at ``worker_nice``) sends the bulk, the
+    parent the critical lane of the same channel; each email once, embedded and scaled out."""
+    smtp_server.handler.delay = 0.05  # 16 slots: ~3 s of bulk sending to watch
+    extra = '\n[server]\nworker_processes = 1\nworker_lanes = ["normal", "low"]\nworker_nice = 5\n'
+    write_config(tmp_path, smtp_server.port, lease=30.0, extra=extra)
+    key = herald_cli(tmp_path, "keys", "create", "--scope", "admin").stdout.strip()
+    h = HeraldProcess(tmp_path, key).start()
+    db = tmp_path / "herald.db"
+    owners: dict[int, set[str]] = collections.defaultdict(set)  # priority rank -> lease holders' pids
+    try:
+        (child,) = _workers(h)
+        assert h.proc is not None
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        deadline = time.monotonic() + 30  # the child lowers its priority as it starts
+        while os.getpriority(os.PRIO_PROCESS, child["pid"]) == ours and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.getpriority(os.PRIO_PROCESS, child["pid"]) == min(19, ours + 5)
+        assert os.getpriority(os.PRIO_PROCESS, h.proc.pid) == ours
+        ids: list[str] = []
+        with h.client() as c:
+            assert c.put("/v1/users/u1", json={"email": "u1@example.com"}).status_code == 200
+            items = [
+                {
+                    "to": "u1",
+                    "content": {"subject": f"b{i}", "text": "x"},
+                    "channels": ["email"],
+                    "priority": "low",
+                }
+                for i in range(1000)
+            ]
+            r = c.post("/v1/notifications/batch", json={"notifications": items})
+            assert r.status_code == 202, r.text
+            ids += [x["id"] for x in r.json()["results"]]
+            for i in range(20):
+                body = {"to": "u1", "content": {"subject": f"c{i}", "text": "x"}, "channels": ["email"]}
+                r = c.post("/v1/notifications", json=body | {"priority": "critical"})
+                assert r.status_code == 202, r.text
+                ids.append(r.json()["id"])
+                rows = db_query(db, "SELECT priority, lease_owner FROM deliveries WHERE status = 'sending'")
+                for rank, owner in rows:
+                    owners[rank].add(owner.split("-")[1])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = db_query(db, "SELECT priority, status, lease_owner FROM deliveries")
+            for rank, status, owner in rows:
+                if status == "sending":
+                    owners[rank].add(owner.split("-")[1])
+            if len(rows) == 1020 and all(status == "sent" for _, status, _ in rows):
+                break
+            time.sleep(0.005)
+        by_status = _wait_sent(db, 1020)
+    finally:
+        h.stop()
+    assert by_status == {"sent": 1020}
+    counts = collections.Counter(smtp_server.handler.delivery_ids())
+    assert len(counts) == 1020 and max(counts.values()) == 1  # lost 0, dup 0
+    assert owners[3] == {str(child["pid"])}  # low: the child only
+    assert owners[0] == {str(h.proc.pid)}  # critical: the parent only

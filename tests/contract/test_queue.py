@@ -116,6 +116,19 @@ async def test_claim_respects_max_rank(store: SqlStore, queue: Queue) -> None:
     assert await claim_ids(queue, max_rank=3) == [normal.id, low.id]
 
 
+async def test_claim_respects_min_rank(store: SqlStore, queue: Queue) -> None:
+    crit, high, normal, low = await seed(
+        store, {"priority": P.CRITICAL}, {"priority": P.HIGH}, {"priority": P.NORMAL}, {"priority": P.LOW}
+    )
+    # a bulk sender (server.worker_lanes = ["normal", "low"]) takes only its lanes...
+    assert await claim_ids(queue, min_rank=2, limit=1) == [normal.id]
+    assert await claim_ids(queue, min_rank=3) == [low.id]
+    assert await claim_ids(queue, min_rank=2) == []
+    # ...and leaves the critical and high ones to the sender of those lanes
+    assert await claim_ids(queue, min_rank=1, max_rank=1) == [high.id]
+    assert await claim_ids(queue, max_rank=1) == [crit.id]
+
+
 async def test_claim_takes_only_due_deliveries_of_its_channel(store: SqlStore, queue: Queue) -> None:
     now_, later, sms = await seed(
         store,

@@ -474,3 +474,53 @@ async def test_a_claim_takes_deliveries_routed_after_it_began(prefix: str) -> No
     finally:
         await queue.close()
         await store.close()
+
+
+async def test_a_process_consumes_only_the_lanes_it_sends(prefix: str) -> None:
+    """``lanes``: a bulk sender (normal, low) never receives a critical or high message, so it
+    cannot hold one unacked behind its backlog; the sender of the critical and high lanes gets
+    those and nothing else. Both claim everything that is theirs, once."""
+    from herald.adapters.queue.amqp import AmqpQueue
+    from herald.adapters.queue.outbox_relay import OutboxRelay
+    from herald.bootstrap import SystemClock
+    from herald.domain.models import Priority
+    from herald.testing import memory_store
+    from tests.contract.conftest import seed
+
+    store = memory_store()
+    store.outbox = True
+    await store.start()
+    bulk = AmqpQueue(RABBITMQ_URL, store, prefix=prefix, early=0.0, lanes={"email": [2, 3]})
+    urgent = AmqpQueue(RABBITMQ_URL, store, prefix=prefix, early=0.0, lanes={"email": [0, 1]})
+    try:
+        now = time.time()
+        lanes = [Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW]
+        ds = await seed(store, *({"priority": lanes[i % 4], "due_at": now - 10} for i in range(40)), now=now)
+        await bulk.wait("email", 0)  # both consume before anything is published
+        await urgent.wait("email", 0)
+        deadline = time.monotonic() + 10
+        while "email" not in bulk._lanes or "email" not in urgent._lanes:
+            assert time.monotonic() < deadline, "consumers did not start"
+            await asyncio.sleep(0.01)
+        assert await OutboxRelay(store, bulk.publish, SystemClock()).flush(now=now) == 40
+        deadline = time.monotonic() + 10
+        while bulk.received["email"] + urgent.received["email"] < 40:
+            assert time.monotonic() < deadline, "the messages did not reach the consumers"
+            await asyncio.sleep(0.01)
+        assert bulk.received["email"] == 20 and urgent.received["email"] == 20
+        args: dict[str, Any] = {"owner": "w", "limit": 100, "lease": 30, "now": time.time()}
+        # Asked for every lane, each still takes only what it consumes.
+        from_bulk = await bulk.claim("email", max_rank=3, **args)
+        from_urgent = await urgent.claim("email", max_rank=3, **args)
+        assert {d.priority for d in from_bulk} == {Priority.NORMAL, Priority.LOW}
+        assert {d.priority for d in from_urgent} == {Priority.CRITICAL, Priority.HIGH}
+        assert sorted(d.id for d in from_bulk + from_urgent) == sorted(d.id for d in ds)
+        for p in lanes:
+            deadline = time.monotonic() + 10
+            while await queue_message_count(f"{prefix}.q.email.{p.value}") != 0:  # all acked
+                assert time.monotonic() < deadline, f"messages left in the {p.value} lane"
+                await asyncio.sleep(0.05)
+    finally:
+        await bulk.close()
+        await urgent.close()
+        await store.close()

@@ -172,7 +172,15 @@ class SyncedAmqpQueue:
         await self.inner.close()
 
     async def claim(
-        self, channel: str, *, owner: str, limit: int, max_rank: int, lease: float, now: float
+        self,
+        channel: str,
+        *,
+        owner: str,
+        limit: int,
+        max_rank: int,
+        lease: float,
+        now: float,
+        min_rank: int = 0,
     ) -> list[Delivery]:
         await self.inner.wait(channel, 0)  # make sure this process consumes the channel
         deadline = time.monotonic() + 10
@@ -181,7 +189,7 @@ class SyncedAmqpQueue:
             await asyncio.sleep(0.005)
         await self.harness.sync(channel, now)
         return await self.inner.claim(
-            channel, owner=owner, limit=limit, max_rank=max_rank, lease=lease, now=now
+            channel, owner=owner, limit=limit, max_rank=max_rank, lease=lease, now=now, min_rank=min_rank
         )
 
     async def extend(self, delivery_ids: Sequence[str], *, owner: str, until: float) -> None:

@@ -15,6 +15,12 @@ other channel, on the same database. It supervises them:
 - at shutdown the children get SIGTERM and the grace every process gets to finish its sends,
   then SIGKILL;
 - a child whose socket closes (its parent died, even by SIGKILL) stops gracefully by itself.
+
+``server.worker_lanes`` narrows what the children send to some priority lanes; ``herald serve``
+then sends the other lanes of those channels itself (``shared``): with ``["normal", "low"]``,
+critical and high mail never waits for a bulk sender's event loop. ``server.worker_nice``
+lowers the children's CPU priority, so that on a saturated machine the API, routing and the
+critical sends of this process get the cores first.
 """
 
 from __future__ import annotations
@@ -63,8 +69,14 @@ class WorkerChildren:
         config: Path | None,
         grace: float,
         argv: list[str] | None = None,
+        lanes: list[str] | None = None,
+        nice: int = 0,
+        shared: frozenset[str] = frozenset(),
     ) -> None:
         self.channels = channels
+        self.lanes = lanes  # the priority lanes the children send (None: every lane)
+        self.nice = nice
+        self.shared = shared  # channels of the children whose other lanes this process sends
         self.grace = grace
         self._config = config
         self._argv = argv  # tests: what to run instead of `python -m herald worker`
@@ -147,6 +159,10 @@ class WorkerChildren:
     def _command(self, fd: int) -> list[str]:
         base = self._argv or [sys.executable, "-m", "herald", "worker"]
         cmd = [*base, "--channels", ",".join(self.channels), "--no-router", "--wake-fd", str(fd)]
+        if self.lanes is not None:
+            cmd += ["--lanes", ",".join(self.lanes)]
+        if self.nice:
+            cmd += ["--nice", str(self.nice)]
         if self._config is not None:
             cmd += ["--config", str(self._config)]
         return cmd

@@ -20,8 +20,9 @@ import typer
 import uvicorn
 
 from herald.bootstrap import Container, build, build_store
-from herald.config import Settings, load_settings
+from herald.config import Settings, check_lanes, load_settings
 from herald.domain.errors import HeraldError
+from herald.domain.models import Priority
 from herald.entrypoints.api.app import create_app
 from herald.entrypoints.api.deps import SCOPES, generate_key, hash_key
 from herald.entrypoints.api.schemas import epoch
@@ -151,13 +152,49 @@ def serve(
     children = None
     delegated = [name for name, ch in settings.channels.items() if ch.enabled and name not in PARENT_CHANNELS]
     if settings.server.worker_processes and delegated:
+        lanes = settings.server.worker_lanes
+        shared = _keep_other_lanes(settings, delegated, lanes)
         children = WorkerChildren(
             settings.server.worker_processes,
             delegated,
             config=config,
             grace=settings.worker.shutdown_grace_seconds,
+            lanes=None if len(lanes) == len(Priority) else [p.value for p in lanes],
+            nice=settings.server.worker_nice,
+            shared=shared,
         )
     _serve(settings, {"router", "worker", "scheduler"}, host, port, children)
+
+
+def _keep_other_lanes(
+    settings: Settings, channels: list[str], children_lanes: list[Priority]
+) -> frozenset[str]:
+    """The channels whose lanes outside ``children_lanes`` this process sends itself (and
+    narrows their ``lanes`` to those)."""
+    shared = set()
+    for name in channels:
+        ch = settings.channels[name]
+        rest = [p for p in ch.lanes if p not in children_lanes]
+        if not rest:
+            continue
+        try:
+            ch.lanes = check_lanes(rest)
+        except ValueError:
+            raise fail(
+                f"server.worker_lanes: the lanes left to herald serve on {name} "
+                f"({', '.join(rest)}) must be adjacent, e.g. worker_lanes = ['normal', 'low']"
+            ) from None
+        shared.add(name)
+    return frozenset(shared)
+
+
+def _parse_lanes(text: str) -> list[Priority]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    try:
+        return check_lanes([Priority(x) for x in names])
+    except ValueError as exc:
+        known = ", ".join(p.value for p in Priority)
+        raise fail(f"--lanes {text!r}: {exc} (lanes: {known})") from None
 
 
 @app.command()
@@ -171,13 +208,15 @@ def api(
     _serve(_settings(config), set(), host, port)
 
 
-def _run_roles(settings: Settings, roles: set[str], wake_fd: int | None = None) -> None:
+def _run_roles(
+    settings: Settings, roles: set[str], wake_fd: int | None = None, channels: list[str] | None = None
+) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
 
     async def main() -> None:
         container = await build(settings)
         freeze_startup_heap()
-        container.start_roles(roles)
+        container.start_roles(roles, channels=channels)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -203,16 +242,24 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="send slots per channel")] = None,
     router: Annotated[bool, typer.Option(help="also route accepted notifications")] = True,
     wake_fd: Annotated[int | None, typer.Option(hidden=True, help="set by herald serve")] = None,
+    lanes: Annotated[
+        str | None, typer.Option(help="comma-separated priority lanes to send, e.g. critical,high")
+    ] = None,
+    nice: Annotated[int, typer.Option(help="lower this process's CPU priority by 0-19")] = 0,
 ) -> None:
     """Run routing and delivery workers (scale-out role)."""
+    if not 0 <= nice <= 19:
+        raise fail("--nice must be between 0 and 19")
     settings = _settings(config)
+    # What this process sends; `enabled` stays as configured, since this process's router
+    # routes every channel (a channel disabled here would route as `channel_disabled`).
+    sends = [name for name, ch in settings.channels.items() if ch.enabled]
     if channels:
         wanted = {c.strip() for c in channels.split(",") if c.strip()}
         unknown = wanted - set(settings.channels)
         if unknown:
             raise fail(f"--channels: unknown channels {sorted(unknown)}")
-        for name, ch in settings.channels.items():
-            ch.enabled = ch.enabled and name in wanted
+        sends = [name for name in sends if name in wanted]
     if concurrency is not None:
         if concurrency < 1:
             raise fail("--concurrency must be at least 1")
@@ -225,7 +272,23 @@ def worker(
             is_socket = False
         if not is_socket:
             raise fail(f"--wake-fd {wake_fd}: not an open socket (herald serve sets it for its children)")
-    _run_roles(settings, {"router", "worker"} if router else {"worker"}, wake_fd)
+    if lanes is not None:
+        serves = _parse_lanes(lanes)
+        for name in list(sends):
+            ch = settings.channels[name]
+            mine = [p for p in ch.lanes if p in serves]
+            if not mine:
+                sends.remove(name)
+                continue
+            try:
+                ch.lanes = check_lanes(mine)
+            except ValueError:
+                raise fail(
+                    f"--lanes {lanes!r}: with channels.{name}.lanes, the lanes left are not adjacent"
+                ) from None
+    if nice:
+        os.nice(nice)  # a bulk sender yields the cores to the API and the critical lanes
+    _run_roles(settings, {"router", "worker"} if router else {"worker"}, wake_fd, channels=sends)
 
 
 @app.command()

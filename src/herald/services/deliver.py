@@ -4,6 +4,9 @@ Each channel has a pool of ``concurrency`` send slots. Claims take only as many 
 there are free slots, so everything claimed is in flight at once and a crash leaves at most
 ``concurrency`` ambiguous sends per channel. ``reserved_high`` slots are kept for the
 critical and high lanes: a flood of normal/low traffic can fill the rest, never those.
+A pool may serve some lanes only (``min_rank``..``max_rank``): the critical and high lanes in
+one process, the bulk in others, so that a critical send never waits for a busy bulk sender's
+event loop or CPU.
 
 Outcomes go through :class:`ResultWriter`, which commits them in batches (group commit): one
 transaction per batch of finished sends instead of one per send.
@@ -110,6 +113,8 @@ class ChannelPool:
     providers: Sequence[Provider]
     concurrency: int
     reserved_high: int
+    min_rank: int = 0  # the lanes this pool sends: ranks min_rank..max_rank
+    max_rank: int = 3
     in_flight: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     high_in_flight: int = 0
 
@@ -207,9 +212,11 @@ class DeliveryService:
             free = pool.concurrency - len(pool.in_flight)
             claimed: list[Delivery] = []
             if free > 0:
-                # The last `reserved_high` slots only go to critical and high.
-                general_free = free - max(0, pool.reserved_high - pool.high_in_flight)
-                max_rank = 3 if general_free > 0 else 1
+                # The last `reserved_high` slots only go to critical and high (when the pool
+                # serves both those and lower lanes).
+                reserved = pool.reserved_high if pool.min_rank <= 1 < pool.max_rank else 0
+                general_free = free - max(0, reserved - pool.high_in_flight)
+                max_rank = pool.max_rank if general_free > 0 else 1
                 limit = min(general_free if general_free > 0 else free, self.claim_batch)
                 try:
                     # A claim is short and the step between queued and sent for every lane
@@ -222,6 +229,7 @@ class DeliveryService:
                             max_rank=max_rank,
                             lease=self.lease,
                             now=self.clock.now(),
+                            min_rank=pool.min_rank,
                         )
                 except HeraldError as exc:
                     log.warning("deliver.claim_failed", channel=pool.channel, error=exc.detail)

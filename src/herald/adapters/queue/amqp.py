@@ -17,6 +17,8 @@ and published after commit, with publisher confirms, by the relay
 
 **Claim.** Each worker process consumes the lanes of its channels with manual acks and a bounded
 prefetch (one consumer per lane, so a backlog in ``low`` never fills the window of ``critical``).
+``lanes`` narrows that per channel: a process that sends only the critical and high lanes never
+receives a bulk message, and a bulk sender never holds a critical one unacked.
 ``claim`` takes buffered ids from the highest lane down, up to its limit (a message's ids may be
 split between claims), claims those ids in the store (queued/retrying and due → ``sending``
 under the lease, exactly the ``sql`` queue's semantics) and acks a message only once all its ids
@@ -57,7 +59,7 @@ import contextlib
 import functools
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,8 +204,11 @@ class AmqpQueue:
         publish_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         reconnect_interval: float = 1.0,
+        lanes: Mapping[str, Collection[int]] | None = None,
     ) -> None:
         self.url = url
+        # channel -> the lane ranks this process consumes (absent: every lane)
+        self.lanes = {ch: tuple(sorted(ranks)) for ch, ranks in (lanes or {}).items()}
         self.store = store
         self.clock = clock
         self.prefix = prefix
@@ -376,7 +381,7 @@ class AmqpQueue:
             conn = await self._connect()
             lanes = _Lanes([])
             try:
-                for rank in [*RANKS, None]:
+                for rank in [*self.lanes.get(channel, RANKS), None]:
                     amqp = await conn.channel()
                     lanes.amqp.append(amqp)
                     await amqp.set_qos(prefetch_count=self.prefetch)
@@ -436,14 +441,23 @@ class AmqpQueue:
 
     # The Queue port ----------------------------------------------------------------------------
     async def claim(
-        self, channel: str, *, owner: str, limit: int, max_rank: int, lease: float, now: float
+        self,
+        channel: str,
+        *,
+        owner: str,
+        limit: int,
+        max_rank: int,
+        lease: float,
+        now: float,
+        min_rank: int = 0,
     ) -> list[Delivery]:
         lanes = await self._consume(channel)
+        ranks = RANKS[min_rank : max_rank + 1]
         async with lanes.claiming:  # one claim per channel at a time: acks cover a buffer's front
-            return await self._claim(lanes, owner=owner, limit=limit, max_rank=max_rank, lease=lease, now=now)
+            return await self._claim(lanes, owner=owner, limit=limit, ranks=ranks, lease=lease, now=now)
 
     async def _claim(
-        self, lanes: _Lanes, *, owner: str, limit: int, max_rank: int, lease: float, now: float
+        self, lanes: _Lanes, *, owner: str, limit: int, ranks: Sequence[int], lease: float, now: float
     ) -> list[Delivery]:
         out: list[Delivery] = []
         while len(out) < limit:
@@ -451,7 +465,7 @@ class AmqpQueue:
             # buffers until the claim committed, so a failed claim leaves them as they were.
             plan: list[tuple[int, _Buffered, int]] = []
             ids: list[str] = []
-            for rank in RANKS[: max_rank + 1]:
+            for rank in ranks:
                 buffer = lanes.buffers[rank]
                 for entry in list(buffer):
                     if len(out) + len(ids) >= limit:

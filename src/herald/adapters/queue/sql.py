@@ -96,15 +96,24 @@ class SqlQueue:
             self._wakeups = None
 
     async def claim(
-        self, channel: str, *, owner: str, limit: int, max_rank: int, lease: float, now: float
+        self,
+        channel: str,
+        *,
+        owner: str,
+        limit: int,
+        max_rank: int,
+        lease: float,
+        now: float,
+        min_rank: int = 0,
     ) -> list[Delivery]:
+        ranks = range(min_rank, max_rank + 1)
         if self.db.is_sqlite:
-            return await self.db.run(lambda c: _claim_sqlite(c, channel, owner, limit, max_rank, lease, now))
+            return await self.db.run(lambda c: _claim_sqlite(c, channel, owner, limit, ranks, lease, now))
         select_lane = _CLAIM_LANE_PG if self.db.dialect == "postgresql" else _CLAIM_LANE
 
         def op(c: Connection) -> list[Delivery]:
             ids: list[str] = []
-            for rank in range(max_rank + 1):
+            for rank in ranks:
                 for status in _CLAIMABLE:
                     want = limit - len(ids)
                     if want <= 0:
@@ -161,13 +170,13 @@ class SqlQueue:
 
 
 def _claim_sqlite(
-    c: Connection, channel: str, owner: str, limit: int, max_rank: int, lease: float, now: float
+    c: Connection, channel: str, owner: str, limit: int, ranks: range, lease: float, now: float
 ) -> list[Delivery]:
     """:meth:`SqlQueue.claim` on SQLite, inside the transaction ``c`` holds (BEGIN IMMEDIATE)."""
     raw = c.connection.driver_connection
     assert raw is not None  # a live connection inside a transaction
     ids: list[str] = []
-    for rank in range(max_rank + 1):
+    for rank in ranks:
         for status in _CLAIMABLE:
             want = limit - len(ids)
             if want <= 0:

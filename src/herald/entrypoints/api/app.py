@@ -49,7 +49,9 @@ def create_app(
         app.state.children = children
         in_process = None
         if children is not None:
-            in_process = [ch for ch in container.delivery.pools if ch not in children.channels]
+            in_process = [
+                ch for ch in container.delivery.pools if ch not in children.channels or ch in children.shared
+            ]
             container.queue.add_wake_listener(children.wake)
         container.start_roles(roles or set(), channels=in_process)
         if children is not None:
