@@ -373,6 +373,7 @@ async def build(
         batch=settings.worker.router_batch,
         lease=settings.queue.lease_seconds,
         cache=cache,
+        hand_over=queue.hand_over,
     )
     lookups = Lookups(store)
     accept = AcceptService(store, clock, catalog, router.wake, lookups=lookups)

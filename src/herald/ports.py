@@ -506,6 +506,13 @@ class Queue(Protocol):
         processes, not the wake listeners."""
         ...
 
+    def hand_over(self, deliveries: Sequence[Delivery]) -> None:
+        """Critical/high deliveries this process just made claimable (committed). A queue that
+        can let this process's own senders of their lanes claim them at once, without waiting
+        for the broker's round trip, does so; whatever the broker brings later for them finds
+        them claimed. Others do nothing (:meth:`wake` is called as well)."""
+        ...
+
     def add_wake_listener(self, listener: Callable[[str | None], None]) -> None:
         """Also call ``listener`` with the channel of every :meth:`wake` of this process."""
         ...

@@ -524,3 +524,56 @@ async def test_a_process_consumes_only_the_lanes_it_sends(prefix: str) -> None:
         await bulk.close()
         await urgent.close()
         await store.close()
+
+
+async def test_critical_deliveries_routed_here_are_claimed_without_the_broker(prefix: str) -> None:
+    """``hand_over``: a critical delivery routed by this process is claimed by its own sender
+    of that lane at once; the broker's message for it (its outbox row stays, in case this
+    process dies first) later finds it claimed and is acked away. A lane this process does not
+    consume, and a delivery not due yet, are left to the broker."""
+    from herald.adapters.queue.amqp import AmqpQueue
+    from herald.adapters.queue.outbox_relay import OutboxRelay
+    from herald.bootstrap import SystemClock
+    from herald.domain.models import Priority
+    from herald.testing import memory_store
+    from tests.contract.conftest import seed
+
+    store = memory_store()
+    store.outbox = True
+    await store.start()
+    urgent = AmqpQueue(RABBITMQ_URL, store, prefix=prefix, early=0.0, lanes={"email": [0, 1]})
+    try:
+        now = time.time()
+        crit, later, low = await seed(
+            store,
+            {"priority": Priority.CRITICAL, "due_at": now - 1},
+            {"priority": Priority.CRITICAL, "due_at": now + 3600},
+            {"priority": Priority.LOW, "due_at": now - 1},
+            now=now,
+        )
+        await urgent.wait("email", 0)
+        deadline = time.monotonic() + 10
+        while "email" not in urgent._lanes:
+            assert time.monotonic() < deadline, "consumers did not start"
+            await asyncio.sleep(0.01)
+        urgent.hand_over([crit, later, low])
+        assert urgent.handed_over["email"] == 1  # not the one due later, not the low one
+        args: dict[str, Any] = {"owner": "w", "limit": 10, "max_rank": 3, "lease": 30}
+        got = await urgent.claim("email", now=time.time(), **args)
+        assert [d.id for d in got] == [crit.id]
+        assert urgent.received["email"] == 0  # nothing came from the broker
+        # The relay still publishes the due rows; the critical one's message finds it taken.
+        assert await OutboxRelay(store, urgent.publish, SystemClock()).flush(now=time.time()) == 2
+        deadline = time.monotonic() + 10
+        while urgent.received["email"] < 1:
+            assert time.monotonic() < deadline, "the critical message did not come"
+            await asyncio.sleep(0.01)
+        assert await urgent.claim("email", now=time.time(), **args) == []
+        assert not urgent._lanes["email"].buffers[0]
+        await urgent.close()  # an unacked message would go back to its queue now
+        await asyncio.sleep(0.2)
+        assert await queue_message_count(f"{prefix}.q.email.critical") == 0  # it was acked
+        assert await queue_message_count(f"{prefix}.q.email.low") == 1  # left for a bulk sender
+    finally:
+        await urgent.close()
+        await store.close()

@@ -201,5 +201,8 @@ class SyncedAmqpQueue:
     def wake_local(self, channel: str) -> None:
         self.inner.wake_local(channel)
 
+    def hand_over(self, deliveries: Sequence[Delivery]) -> None:
+        self.inner.hand_over(deliveries)
+
     async def wait(self, channel: str, timeout: float) -> None:
         await self.inner.wait(channel, timeout)

@@ -110,8 +110,10 @@ class RouterService:
         batch: int = 50,
         lease: float = 60.0,
         cache: Cache | None = None,
+        hand_over: Callable[[Sequence[Delivery]], None] | None = None,
     ) -> None:
         self.store = store
+        self._hand_over = hand_over  # Queue.hand_over: critical/high straight to local senders
         self.cache = cache
         self.clock = clock
         self.catalog = catalog
@@ -247,17 +249,22 @@ class RouterService:
 
     def _after_save(self, batches: Sequence[RoutedBatch], oks: Sequence[bool]) -> None:
         channels: set[str] = set()
+        urgent: list[Delivery] = []
         for batch, ok in zip(batches, oks, strict=True):
             if not ok:
                 log.info("notification.routing_lease_lost", notification_id=batch.notification_id)
                 continue
-            channels.update(d.channel for d in batch.deliveries if d.status == DeliveryStatus.QUEUED)
+            queued = [d for d in batch.deliveries if d.status == DeliveryStatus.QUEUED]
+            channels.update(d.channel for d in queued)
+            urgent += [d for d in queued if d.priority.rank <= 1]
             if batch.finished:
                 log.info(
                     "notification.routed",
                     notification_id=batch.notification_id,
                     deliveries=len(batch.deliveries),
                 )
+        if urgent and self._hand_over is not None:
+            self._hand_over(urgent)
         for ch in channels:
             self._wake_channel(ch)
 

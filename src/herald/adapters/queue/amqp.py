@@ -151,9 +151,10 @@ async def connect(
 
 @dataclass
 class _Buffered:
-    """A delivered message and the ids of it not claimed yet."""
+    """A delivered message and the ids of it not claimed yet; ``message`` is None for ids this
+    process routed itself (:meth:`AmqpQueue.hand_over`: nothing to ack)."""
 
-    message: AbstractIncomingMessage
+    message: AbstractIncomingMessage | None
     ids: list[str]
     taken: int = 0  # ids[:taken] are claimed
 
@@ -223,6 +224,7 @@ class AmqpQueue:
         self.signals = Signals()
         self.received: Counter[str] = Counter()  # channel -> delivery ids our consumers received
         self.published: Counter[str] = Counter()  # channel -> delivery ids the broker confirmed
+        self.handed_over: Counter[str] = Counter()  # channel -> ids routed here, claimed without the broker
         self._connection: AbstractRobustConnection | None = None
         self._connect_lock = asyncio.Lock()
         self._publisher: AbstractRobustChannel | None = None
@@ -470,7 +472,7 @@ class AmqpQueue:
                 for entry in list(buffer):
                     if len(out) + len(ids) >= limit:
                         break
-                    if _channel_closed(entry.message):
+                    if entry.message is not None and _channel_closed(entry.message):
                         buffer.remove(entry)  # the broker requeued it with its channel; it comes again
                         continue
                     n = min(entry.left, limit - len(out) - len(ids))
@@ -495,7 +497,8 @@ class AmqpQueue:
                 if entry.left == 0:
                     front = lanes.buffers[rank].popleft()  # plans take each buffer from its front
                     assert front is entry
-                    finished[rank] = entry.message
+                    if entry.message is not None:
+                        finished[rank] = entry.message
             for message in finished.values():
                 with contextlib.suppress(*BROKER_ERRORS):
                     await message.ack(multiple=True)
@@ -511,6 +514,25 @@ class AmqpQueue:
 
     def wake_local(self, channel: str) -> None:
         self.signals.wake(channel)
+
+    def hand_over(self, deliveries: Sequence[Delivery]) -> None:
+        """Buffer the ids of critical/high deliveries routed by this process for its own
+        consumers of their lanes, as if the broker had delivered them: the next claim takes
+        them (under the same lease) without the relay's pass, the publish and the consumer's
+        round trip. Their outbox rows stay: if this process dies first, the relay publishes
+        them as always; otherwise the broker's message, when it comes, finds them claimed and
+        is acked away."""
+        now = self._now()
+        grouped: dict[tuple[str, int], list[str]] = {}
+        for d in deliveries:
+            rank = d.priority.rank
+            consumed = d.channel in self._lanes and rank in self.lanes.get(d.channel, RANKS)
+            if consumed and d.due_at <= now + self.early:
+                grouped.setdefault((d.channel, rank), []).append(d.id)
+        for (channel, rank), ids in grouped.items():
+            self._lanes[channel].buffers[rank].append(_Buffered(None, ids))
+            self.handed_over[channel] += len(ids)
+            self.signals.wake(channel)
 
     def wake(self, channel: str | None = None) -> None:
         self.signals.wake(channel)

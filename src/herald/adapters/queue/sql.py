@@ -158,6 +158,9 @@ class SqlQueue:
     def wake_local(self, channel: str) -> None:
         self.signals.wake(channel)
 
+    def hand_over(self, deliveries: Sequence[Delivery]) -> None:
+        """Nothing to do: the table is the queue, and the wake that comes with it claims them."""
+
     def wake(self, channel: str | None = None) -> None:
         self.signals.wake(channel)
         if self._wakeups is not None:
