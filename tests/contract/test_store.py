@@ -87,6 +87,23 @@ async def test_connection_lost_mid_transaction_is_service_unavailable_then_recov
     assert await backend.store.get_user("nobody") is None
 
 
+async def test_a_transaction_on_a_connection_cut_while_idle_is_run_again_once(backend: SqlBackend) -> None:
+    """No pre-ping: a pooled connection the server cut while it was idle is found dead by the
+    transaction's first statement; the transaction runs again on a fresh connection and its
+    writes are applied once."""
+    if backend.name != "postgres":
+        pytest.skip("a server connection to lose exists on PostgreSQL only")
+    store = backend.store
+    await asyncio.gather(*(store.ping() for _ in range(4)))  # connections idle in the pool
+    assert pg_execute(
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{backend.schema}'"
+    )
+    await store.put_user(_user())  # no ServiceUnavailable: run again on a new connection
+    got = await store.get_user("u1")
+    assert got is not None and got.email == _user().email
+    assert pg_execute(f'SELECT count(*) FROM "{backend.schema}".users') == [(1,)]
+
+
 # API keys and settings ---------------------------------------------------------------------------
 
 

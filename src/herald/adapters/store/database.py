@@ -43,6 +43,7 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 _UPGRADE_LOCK = threading.Lock()
 _RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 _TX_ATTEMPTS = 5
+_RECONNECT_ATTEMPTS = 3  # a dead pooled connection, then a server not back yet: then give up
 _MIGRATION_LOCK_KEY = 0x68_65_72_61_6C_64  # "herald": the advisory lock held while migrating
 
 
@@ -179,9 +180,11 @@ class Database:
             self._lock_fd = _open_lock_file(self.engine.url.database)
         else:
             try:
-                self.engine = create_engine(
-                    self.url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True, pool_recycle=1800
-                )
+                # No pre-ping: it was one more round trip per transaction (a wait for the server
+                # and then for this thread, on a busy machine, before every claim and commit).
+                # A connection found dead by the transaction's own first statement is retried
+                # instead (see _tx).
+                self.engine = create_engine(self.url, pool_size=pool_size, max_overflow=0, pool_recycle=1800)
             except ModuleNotFoundError:
                 raise ConfigurationError(
                     "database.url is PostgreSQL but psycopg is not installed: pip install 'herald[postgres]'"
@@ -200,22 +203,31 @@ class Database:
         """Run ``fn`` in one transaction; translate driver errors at this boundary.
 
         A deadlock or serialisation failure (PostgreSQL rolls the transaction back) is run
-        again: every ``fn`` is a function of its connection only. Lost or refused connections
-        become ServiceUnavailable; the pool replaces a dead connection on next checkout.
+        again: every ``fn`` is a function of its connection only. So is a transaction whose
+        connection turned out dead before it committed (a server restart, an idle connection
+        cut): nothing of it was committed, and the pool, which then discards every connection
+        older than the failure, gives a fresh one. A connection lost during the commit itself
+        is not retried (the commit may have happened). Lost or refused connections that stay
+        lost become ServiceUnavailable.
         """
         attempt = 0
         while True:
             attempt += 1
+            committing = False
             try:
                 if self.is_sqlite:
                     conn = self._sqlite_connection()
                     with self._writer_lock(), conn.begin():
                         return fn(conn)
                 with self.engine.begin() as conn:
-                    return fn(conn)
+                    result = fn(conn)
+                    committing = True
+                return result
             except exc.DBAPIError as err:
                 if attempt < _TX_ATTEMPTS and getattr(err.orig, "sqlstate", None) in _RETRY_SQLSTATES:
                     time.sleep(random.uniform(0.001, 0.01 * attempt))  # noqa: S311 - jitter, not crypto
+                    continue
+                if err.connection_invalidated and not committing and attempt < _RECONNECT_ATTEMPTS:
                     continue
                 if isinstance(err, exc.OperationalError | exc.InterfaceError):
                     if self.is_sqlite and "locked" not in str(err):
