@@ -105,12 +105,16 @@ def _latency_probe() -> None:
     import gc
 
     gc_started: list[float] = [0.0]
+    full_gcs: list[tuple[float, float]] = []
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             gc_started[0] = time.perf_counter()
         else:
-            stats.setdefault(f"gc{info['generation']}", []).append(time.perf_counter() - gc_started[0])
+            took = time.perf_counter() - gc_started[0]
+            stats.setdefault(f"gc{info['generation']}", []).append(took)
+            if info["generation"] == 2:  # when, to tell the phases of a run apart
+                full_gcs.append((time.time(), took))
 
     gc.callbacks.append(on_gc)
 
@@ -144,6 +148,7 @@ def _latency_probe() -> None:
                     )
                     top = round(1000 * v[-1], 2)
                     lines.append(f"{name}: n={len(values)} p50={p50} p95={p95} p99={p99} max={top} ms")
+            lines += [f"gc2 at {at:.3f}: {1000 * took:.1f} ms" for at, took in full_gcs if took > 0.01]
             out.write_text("\n".join(lines) + "\n")
 
     threading.Thread(target=writer, name="bench-latency-probe", daemon=True).start()

@@ -167,7 +167,9 @@ class Env:
             # Robust to a busy machine, unlike throughput: herald's CPU per notification.
             cpu_ms = 1000 * result["processes"]["herald"]["cpu_s"] / result["accepted"]
             result["herald_cpu_ms_per_notification"] = round(cpu_ms, 3)
-        result["emulator_answers"] = (await self.receipts.emulator_stats())["answered"]
+        emulator_stats = await self.receipts.emulator_stats()
+        result["emulator_answers"] = emulator_stats["answered"]
+        result["emulator_gc"] = emulator_stats.get("gc")
         stats = await self.client.stats()
         result["herald_statuses"] = stats["by_status"]
         result["ambiguous_sends"] = stats.get("ambiguous_sends")
