@@ -198,6 +198,7 @@ class Container:
         ``channels``: the channels this process's ``worker`` sends for (default: all enabled).
         """
         if "router" in roles:
+            self.accept.express = self.router  # critical/high routed as soon as committed
             self._tasks.append(asyncio.create_task(self.router.run(self._stopping), name="herald-router"))
         if "worker" in roles:
             self._tasks.append(asyncio.create_task(self.delivery.run(channels), name="herald-workers"))

@@ -239,6 +239,10 @@ class Notification:
     routed_at: float | None = None
     fallback: bool = False  # channels are a chain: the first reachable one, the next on failure
     route_cursor: str | None = None  # topic fan-out: the last subscriber routed
+    # Accepted already leased to a router of this process (critical/high: routed at once, see
+    # RouterService.route_now); written with the notification, in its transaction.
+    routing_owner: str | None = None
+    routing_until: float | None = None
 
 
 @dataclass(slots=True)

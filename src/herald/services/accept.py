@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -129,6 +129,17 @@ def _normalise_content(content: JSON, channels: Sequence[str]) -> dict[str, dict
     return per
 
 
+class RoutingExpress(Protocol):
+    """A router in this process that routes what it is handed (RouterService.express)."""
+
+    owner: str
+    lease: float
+
+    def takes(self, n: Notification) -> bool: ...
+
+    def route_now(self, notifications: Sequence[Notification]) -> None: ...
+
+
 class AcceptService:
     def __init__(
         self,
@@ -146,6 +157,10 @@ class AcceptService:
         # Cached reads of templates and user ids (services/lookups.py); uncached without.
         self.lookups = lookups or Lookups(store, template_ttl=0, user_ttl=0)
         self.writer = NotificationWriter(store)
+        # Set when this process routes (RouterService.express): critical and high notifications
+        # are then committed already leased to that router and handed to it after the commit,
+        # without its claim transaction or its wait for a wake-up.
+        self.express: RoutingExpress | None = None
 
     async def idempotent(
         self,
@@ -191,6 +206,13 @@ class AcceptService:
     ) -> None:
         # Group commit: concurrent accepts share a transaction; this returns once ours is in. An
         # event that made no notification (condition false, no rule) commits its record alone.
+        express = self.express
+        if express is not None:
+            until = self.clock.now() + express.lease
+            for n in notifications:
+                if express.takes(n):
+                    n.status = NotificationStatus.ROUTING
+                    n.routing_owner, n.routing_until = express.owner, until
         await self.writer.commit(notifications, idempotency=idem, events=result.events)
 
     def _accepted(self, notifications: Sequence[Notification]) -> None:
@@ -202,7 +224,10 @@ class AcceptService:
                 category=n.category,
                 priority=n.priority.value,
             )
-        if notifications:
+        express = [n for n in notifications if n.routing_owner is not None]
+        if express and self.express is not None:
+            self.express.route_now(express)
+        if len(express) < len(notifications):
             # Critical: the router routes it at once instead of gathering a few ms of company.
             self._on_accepted(any(n.priority == Priority.CRITICAL for n in notifications))
 

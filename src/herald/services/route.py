@@ -126,6 +126,7 @@ class RouterService:
         self._urgent = asyncio.Event()
         self._nested = False  # a pass run between two slices of another (see route_pending)
         self._templates: dict[tuple[str, int | None], Template] = {}
+        self._express: set[asyncio.Task[None]] = set()
 
     def wake(self, urgent: bool = True) -> None:
         """New work. ``urgent=False`` (no critical among it) may wait for company, see run."""
@@ -133,7 +134,50 @@ class RouterService:
         if urgent:
             self._urgent.set()
 
+    # Express routing (AcceptService.express) -----------------------------------------------------
+    def takes(self, n: Notification) -> bool:
+        """Whether an accepted notification is routed at once by :meth:`route_now`: critical or
+        high, a short list of stored users (inline recipients and topics go the usual way)."""
+        return (
+            n.priority.rank <= 1
+            and n.topic is None
+            and 0 < len(n.recipients) <= CHUNK
+            and all(r.inline is None for r in n.recipients)
+        )
+
+    def route_now(self, notes: Sequence[Notification]) -> None:
+        """Route notifications committed already leased to this router, now, in a task of their
+        own: no claim transaction, no wait for the loop to wake. Should this process die first,
+        their routing leases run out and any router takes them over."""
+        task = asyncio.create_task(self._route_express(list(notes)), name="herald-route-express")
+        self._express.add(task)
+        task.add_done_callback(self._express.discard)
+
+    async def _route_express(self, notes: list[Notification]) -> None:
+        until = self.clock.now() + self.lease / 2
+        while True:
+            try:
+                with urgency.urgent():
+                    await self._route_together(notes)
+                return
+            except HeraldError as exc:  # the lease is ours: try again while it lasts
+                if self.clock.now() >= until:
+                    log.warning("route.express_given_up", error=exc.detail, notifications=len(notes))
+                    return
+                log.warning("route.backend_error", error=exc.detail)
+                await asyncio.sleep(0.5)
+            except Exception:  # a bug: the leases run out and the usual pass takes them over
+                log.exception("route.express_crashed", notifications=len(notes))
+                return
+
     async def run(self, stopping: asyncio.Event, idle: float = 1.0) -> None:
+        try:
+            await self._run(stopping, idle)
+        finally:
+            if self._express:  # routing handed over before the stop finishes
+                await asyncio.wait(list(self._express), timeout=5.0)
+
+    async def _run(self, stopping: asyncio.Event, idle: float) -> None:
         while not stopping.is_set():
             try:
                 routed = await self.route_pending()

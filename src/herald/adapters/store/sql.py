@@ -890,6 +890,8 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                 "recipients_total": n.recipients_total,
                 "recipients_routed": 0,
                 "created_at": n.created_at,
+                "lease_owner": n.routing_owner,
+                "lease_until": n.routing_until,
             }
             for n in notifications
         ]
