@@ -27,7 +27,7 @@ from herald.adapters.store.sql import SqlStore
 from herald.alerts import Observers, OpsAlerter
 from herald.config import ChannelConfig, Settings
 from herald.domain.errors import ConfigurationError
-from herald.domain.models import Category
+from herald.domain.models import Category, Priority
 from herald.domain.policies import RetrySchedule
 from herald.domain.rules import parse_rule
 from herald.inbox import InboxHub
@@ -285,7 +285,10 @@ def build_queue(settings: Settings, store: SqlStore, clock: Clock) -> tuple[Queu
         # Consume only the lanes this process sends (config.check_lanes keeps them sorted).
         lanes={name: [p.rank for p in ch.lanes] for name, ch in settings.channels.items()},
     )
-    relay = OutboxRelay(store, queue.publish, clock, batch=q.relay_batch, max_sleep=q.idle_wait_seconds)
+    ranks = None if len(q.relay_lanes) == len(Priority) else [p.rank for p in q.relay_lanes]
+    relay = OutboxRelay(
+        store, queue.publish, clock, batch=q.relay_batch, max_sleep=q.idle_wait_seconds, ranks=ranks
+    )
     queue.add_wake_listener(relay.wake)
     return queue, relay
 

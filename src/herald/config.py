@@ -82,7 +82,20 @@ class QueueConfig(_Section):
     ids_per_message: int = Field(default=50, ge=1, le=1000)  # delivery ids in one message
     delivery_limit: int = Field(default=20, ge=1)  # redeliveries before the dead-letter queue
     relay_batch: int = Field(default=500, ge=1, le=10_000)  # outbox rows per publish
+    # The priority lanes this process's outbox relay publishes. `herald serve` with
+    # server.worker_lanes and `herald worker --lanes` set it to the lanes they send, so that a
+    # bulk backlog is relayed by the bulk senders; some process must relay every lane.
+    relay_lanes: list[Priority] = Field(default_factory=lambda: list(ALL_LANES))
     consume_events: bool = True  # worker processes consume the {prefix}.events exchange
+
+    @field_validator("relay_lanes")
+    @classmethod
+    def _relay_lanes(cls, value: list[Priority]) -> list[Priority]:
+        if not value:
+            raise ValueError("needs at least one lane")
+        if len(set(value)) != len(value):
+            raise ValueError("names a lane twice")
+        return sorted(value, key=lambda p: p.rank)
 
     @field_validator("url")
     @classmethod

@@ -398,9 +398,12 @@ class Store(Protocol):
     # Broker queue: outbox, claims by id (issue 5; SqlOutboxMixin) ---------------------------------
     # With the outbox on (``SqlStore(outbox=True)``, set when queue.url is amqp://), every
     # transaction that makes a delivery claimable (queued or retrying) also writes an outbox row.
-    async def claim_outbox(self, *, limit: int, now: float, lease: float) -> list[OutboxItem]:
-        """Take up to ``limit`` due outbox rows (oldest due first) for publishing; they are
-        hidden from other relays for ``lease`` seconds (PostgreSQL: SKIP LOCKED)."""
+    async def claim_outbox(
+        self, *, limit: int, now: float, lease: float, ranks: Sequence[int] | None = None
+    ) -> list[OutboxItem]:
+        """Take up to ``limit`` due outbox rows (highest lane first, then oldest due first) for
+        publishing; they are hidden from other relays for ``lease`` seconds (PostgreSQL: SKIP
+        LOCKED). ``ranks``: only rows of these priority lanes (None: every lane)."""
         ...
 
     async def release_outbox(self, items: Sequence[OutboxItem]) -> None:
@@ -411,8 +414,8 @@ class Store(Protocol):
         """Forget rows the broker confirmed."""
         ...
 
-    async def outbox_next_due(self) -> float | None:
-        """The earliest due time in the outbox (None when empty)."""
+    async def outbox_next_due(self, ranks: Sequence[int] | None = None) -> float | None:
+        """The earliest due time in the outbox, of the lanes ``ranks`` if given (None when empty)."""
         ...
 
     async def claim_ids(

@@ -141,6 +141,29 @@ async def test_claim_outbox_takes_critical_ahead_of_an_older_low_backlog(store: 
     assert [i.delivery_id for i in rest] == [d.id for d in lows]  # low ones still oldest first
 
 
+async def test_claim_outbox_of_some_lanes_takes_only_theirs(store: SqlStore) -> None:
+    """A relay of the critical and high lanes (herald serve beside bulk children) and one of
+    the bulk lanes share the outbox without taking each other's rows."""
+    store.outbox = True
+    lows = await seed(store, *({"due_at": NOW - 100 + i, "priority": P.LOW} for i in range(5)))
+    (normal,) = await seed(store, {"due_at": NOW - 1})
+    (crit,) = await seed(store, {"due_at": NOW, "priority": P.CRITICAL})
+    (high,) = await seed(store, {"due_at": NOW - 5, "priority": P.HIGH})
+    (later,) = await seed(store, {"due_at": NOW + 30, "priority": P.HIGH})
+    urgent = await store.claim_outbox(limit=10, now=NOW, lease=30, ranks=[0, 1])
+    assert [i.delivery_id for i in urgent] == [crit.id, high.id]  # by lane, then due time
+    assert await store.outbox_next_due([0, 1]) == NOW + 30  # its own lanes' next row
+    assert await store.outbox_next_due([3]) == NOW - 100
+    bulk = await store.claim_outbox(limit=4, now=NOW, lease=30, ranks=[2, 3])
+    assert [i.delivery_id for i in bulk] == [normal.id] + [d.id for d in lows[:3]]  # the limit holds
+    bulk += await store.claim_outbox(limit=10, now=NOW, lease=30, ranks=[3, 2])
+    assert [i.delivery_id for i in bulk[4:]] == [d.id for d in lows[3:]]
+    assert await store.claim_outbox(limit=10, now=NOW, lease=30, ranks=[2, 3]) == []
+    await store.delete_outbox([i.id for i in urgent + bulk])
+    assert await store.outbox_next_due([2, 3]) is None
+    assert [i.delivery_id for i in await store.claim_outbox(limit=10, now=NOW + 30, lease=30)] == [later.id]
+
+
 async def test_concurrent_relays_take_disjoint_outbox_rows(backend: SqlBackend) -> None:
     backend.store.outbox = True
     for i in range(4):

@@ -154,6 +154,10 @@ def serve(
     if settings.server.worker_processes and delegated:
         lanes = settings.server.worker_lanes
         shared = _keep_other_lanes(settings, delegated, lanes)
+        if len(lanes) < len(Priority):
+            # The children relay their lanes' outbox rows (`herald worker --lanes`), this
+            # process the others: a bulk backlog is published at the children's CPU priority.
+            settings.queue.relay_lanes = [p for p in Priority if p not in lanes]
         children = WorkerChildren(
             settings.server.worker_processes,
             delegated,
@@ -274,6 +278,7 @@ def worker(
             raise fail(f"--wake-fd {wake_fd}: not an open socket (herald serve sets it for its children)")
     if lanes is not None:
         serves = _parse_lanes(lanes)
+        settings.queue.relay_lanes = serves  # the outbox rows of the lanes it sends
         for name in list(sends):
             ch = settings.channels[name]
             mine = [p for p in ch.lanes if p in serves]

@@ -11,7 +11,8 @@ a duplicate message, which the worker's claim acks away (the delivery is no long
 
 It runs in every process with the worker or scheduler role (bootstrap) and sleeps until the
 earliest due row, at most ``max_sleep``, or until woken (the queue's ``wake``: a router wrote
-deliveries, the scheduler promoted some).
+deliveries, the scheduler promoted some). ``ranks`` narrows it to some priority lanes: every lane
+must then be relayed by some process (``queue.relay_lanes``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class OutboxRelay:
         max_sleep: float = 1.0,
         max_backoff: float = 5.0,
         coalesce: float = 0.005,
+        ranks: Sequence[int] | None = None,
     ) -> None:
         self.store = store
         self.publish = publish
@@ -51,6 +53,10 @@ class OutboxRelay:
         self.max_sleep = max_sleep
         self.max_backoff = max_backoff
         self.coalesce = coalesce
+        # The priority lanes this relay publishes (None: all). A process that sends only some
+        # lanes relays only those (bootstrap, queue.relay_lanes): the bulk's relaying then runs
+        # in the bulk's processes, at their CPU priority, not beside the critical path.
+        self.ranks = None if ranks is None else tuple(sorted(set(ranks)))
         self.relayed = 0
         self._signal = asyncio.Event()
 
@@ -60,7 +66,7 @@ class OutboxRelay:
     async def relay_once(self, *, now: float | None = None) -> int:
         """One batch: publish due rows, delete them once confirmed. Returns how many."""
         now = self.clock.now() if now is None else now
-        items = await self.store.claim_outbox(limit=self.batch, now=now, lease=self.lease)
+        items = await self.store.claim_outbox(limit=self.batch, now=now, lease=self.lease, ranks=self.ranks)
         if not items:
             return 0
         try:
@@ -111,7 +117,7 @@ class OutboxRelay:
                 # at most max_sleep, and the lookup walks the outbox index past every row
                 # published but not yet vacuumed (1.5 ms a pass in the scale-out flood).
                 with contextlib.suppress(HeraldError):
-                    next_due = await self.store.outbox_next_due()
+                    next_due = await self.store.outbox_next_due(self.ranks)
                     if next_due is not None:
                         sleep = min(sleep, max(0.0, next_due - self.clock.now()))
             if sleep > 0 and await self._sleep(stopping, sleep, self._signal):

@@ -120,6 +120,9 @@ _NEXT_DUE_BY_LANE = union_all(
     )
 ).subquery()
 _NEXT_DUE = select(func.min(_NEXT_DUE_BY_LANE.c.due))
+_NEXT_DUE_OF_LANE = (
+    select(_O.c.due_at).where(_O.c.priority == bindparam("b_rank")).order_by(_O.c.due_at).limit(1)
+)
 
 
 class SqlOutboxMixin:
@@ -128,23 +131,41 @@ class SqlOutboxMixin:
     _ins: Any
 
     # Outbox ----------------------------------------------------------------------------------
-    async def claim_outbox(self, *, limit: int, now: float, lease: float) -> list[OutboxItem]:
+    async def claim_outbox(
+        self, *, limit: int, now: float, lease: float, ranks: Sequence[int] | None = None
+    ) -> list[OutboxItem]:
         o = t.outbox
         pg = self.db.dialect == "postgresql"
+        cols = (o.c.id, o.c.delivery_id, o.c.channel, o.c.priority, o.c.due_at)
 
         def op(c: Connection) -> list[OutboxItem]:
-            q = (
-                select(o.c.id, o.c.delivery_id, o.c.channel, o.c.priority, o.c.due_at)
-                .where(o.c.due_at <= now)
+            rows: list[Any]
+            if ranks is None:
                 # Priority first (ix_outbox_due): critical ahead of a released low backlog.
-                .order_by(o.c.priority, o.c.due_at, o.c.id)
-                .limit(limit)
-            )
-            if pg:
-                # Many relays: each takes rows no other relay holds; the lease below then hides
-                # them until published (or until the lease runs out, if this relay dies).
-                q = q.with_for_update(skip_locked=True)
-            rows = c.execute(q).all()
+                q = select(*cols).where(o.c.due_at <= now).order_by(o.c.priority, o.c.due_at, o.c.id)
+                q = q.limit(limit)
+                if pg:
+                    # Many relays: each takes rows no other relay holds; the lease below then
+                    # hides them until published (or until the lease runs out, if it dies).
+                    q = q.with_for_update(skip_locked=True)
+                rows = list(c.execute(q))
+            else:
+                # Some lanes only: one ordered probe of ix_outbox_due per lane. A filter on the
+                # lane in one ordered scan would walk every row of the other lanes (a released
+                # backlog of 100,000 low rows, for a relay of the critical lanes) to find none.
+                q = (
+                    select(*cols)
+                    .where(o.c.priority == bindparam("b_rank"), o.c.due_at <= now)
+                    .order_by(o.c.due_at, o.c.id)
+                    .limit(bindparam("b_limit"))
+                )
+                if pg:
+                    q = q.with_for_update(skip_locked=True)
+                rows = []
+                for rank in sorted(ranks):
+                    rows.extend(c.execute(q, {"b_rank": rank, "b_limit": limit - len(rows)}))
+                    if len(rows) >= limit:
+                        break
             if rows:
                 c.execute(_LEASE_OUTBOX[pg], {"b_ids": [r.id for r in rows], "b_due": now + lease})
             return [OutboxItem(r.id, r.delivery_id, r.channel, r.priority, r.due_at) for r in rows]
@@ -170,9 +191,15 @@ class SqlOutboxMixin:
         if chosen:
             await self.db.run(op)
 
-    async def outbox_next_due(self) -> float | None:
-        value = await self.db.run(lambda c: c.execute(_NEXT_DUE).scalar())
-        return None if value is None else float(value)
+    async def outbox_next_due(self, ranks: Sequence[int] | None = None) -> float | None:
+        def op(c: Connection) -> float | None:
+            if ranks is None:
+                value = c.execute(_NEXT_DUE).scalar()
+                return None if value is None else float(value)
+            dues = [c.execute(_NEXT_DUE_OF_LANE, {"b_rank": r}).scalar() for r in ranks]
+            return min((float(x) for x in dues if x is not None), default=None)
+
+        return await self.db.run(op)
 
     # Claims by id ------------------------------------------------------------------------------
     async def claim_ids(
