@@ -406,6 +406,7 @@ async def build(
         clock,
         max_sleep=settings.queue.idle_wait_seconds,
         digests=DigestService(store, clock, catalog, unsubscribe),
+        promote_ahead=settings.scheduler.promote_ahead or None,
     )
     return Container(
         settings=settings,

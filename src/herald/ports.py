@@ -38,6 +38,14 @@ class Clock(Protocol):
         ...
 
 
+@dataclass(slots=True, frozen=True)
+class Promoted:
+    """What one promotion of scheduled deliveries moved to queued."""
+
+    channels: list[str]  # sorted, each once
+    count: int
+
+
 @dataclass(slots=True)
 class IdempotencyRecord:
     request_hash: str
@@ -286,8 +294,16 @@ class Store(Protocol):
         """A tracking event (delivered, read) from a client or provider callback."""
         ...
 
-    async def promote_scheduled(self, *, now: float) -> list[str]:
-        """Move scheduled deliveries that are due to queued; return their channels."""
+    async def promote_scheduled(
+        self, *, now: float, limit: int | None = None, ranks: Sequence[int] | None = None
+    ) -> Promoted:
+        """Move scheduled deliveries that are due to queued: every one, or with ``limit`` at most
+        that many (highest lane first, then earliest due); ``ranks``: only those lanes."""
+        ...
+
+    async def queued_count(self, *, ranks: Sequence[int], cap: int) -> int:
+        """How many deliveries of these lanes are queued (promoted, not yet claimed), counted up
+        to ``cap`` (a bounded read, whatever the backlog)."""
         ...
 
     async def expire_deliveries(self, *, now: float) -> int:

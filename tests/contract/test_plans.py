@@ -12,6 +12,7 @@ scheduler promotion 37 ms a tick.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any
 
@@ -27,6 +28,7 @@ from herald.adapters.store.sql_outbox import _CLAIM_IDS
 from tests.contract.conftest import NOW, PG_URL, SqlBackend
 
 BACKLOG = 5000
+_SCHEDULED_ONLY = re.compile(r"ix_deliveries_(scheduled|due_lane)\b")
 
 
 async def _seed(backend: SqlBackend) -> None:
@@ -169,7 +171,10 @@ async def test_postgres_plans_stay_on_the_cheap_index_whatever_the_statistics(ba
     for plan in _pg_plans(schema, store_sql.PROMOTE_SCHEDULED, {"b_now": NOW}):
         assert "ix_deliveries_scheduled" in plan, plan
     for plan in _pg_plans(schema, _digest_groups(), {}):
-        assert "ix_deliveries_scheduled" in plan, plan
+        assert _SCHEDULED_ONLY.search(plan), plan  # either partial index of scheduled rows
+    lane = {"b_rank": 2, "b_now": NOW + BACKLOG, "b_limit": 2000}
+    for plan in _pg_plans(schema, store_sql.PICK_DUE_LANE[True], lane):
+        assert "ix_deliveries_due_lane" in plan and "Sort" not in plan, plan
     for mode in ("force_custom_plan", "force_generic_plan"):
         _assert_lookups_use_an_index(
             _pg_plan(schema, *_by_provider_id(), mode), _pg_plan(schema, *_by_notification(), mode)
@@ -182,7 +187,10 @@ async def test_sqlite_plans_read_the_partial_and_unique_indexes(backend: SqlBack
     plan = _sqlite_plan(backend, store_sql.PROMOTE_SCHEDULED, {"b_now": NOW})
     assert "ix_deliveries_scheduled" in plan, plan
     plan = _sqlite_plan(backend, _digest_groups(), {})
-    assert "ix_deliveries_scheduled" in plan, plan
+    assert _SCHEDULED_ONLY.search(plan), plan
+    lane = {"b_rank": 2, "b_now": NOW + BACKLOG, "b_limit": 2000}
+    plan = _sqlite_plan(backend, store_sql.PICK_DUE_LANE[False], lane)
+    assert "ix_deliveries_due_lane" in plan and "TEMP B-TREE" not in plan, plan
     _assert_lookups_use_an_index(
         _sqlite_plan(backend, *_by_provider_id()), _sqlite_plan(backend, *_by_notification())
     )

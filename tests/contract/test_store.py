@@ -583,7 +583,7 @@ async def test_cancel_cancels_only_unsent_deliveries(store: SqlStore, queue: Sql
     # nothing cancelled is ever claimed, promoted or reclaimed
     assert await queue.claim("push", owner="w", limit=5, max_rank=3, lease=30, now=NOW + 1000) == []
     assert await queue.claim("webhook", owner="w", limit=5, max_rank=3, lease=30, now=NOW + 1000) == []
-    assert await store.promote_scheduled(now=NOW + 1000) == []
+    assert (await store.promote_scheduled(now=NOW + 1000)).channels == []
     again = await store.cancel_notification(n.id, now=NOW + 2)
     assert again[0] == 0
     with pytest.raises(NotFound):
@@ -805,6 +805,41 @@ async def test_read_without_delivered_stamps_both(store: SqlStore, queue: SqlQue
 # Scheduler ------------------------------------------------------------------------------------------
 
 
+async def test_promote_scheduled_in_chunks_takes_the_highest_lane_first(store: SqlStore) -> None:
+    specs = [{"status": S.SCHEDULED, "due_at": NOW - 50 + i, "priority": Priority.LOW} for i in range(6)]
+    sms = {"channel": "sms", "address": "+33612345678"}
+    specs += [
+        {"status": S.SCHEDULED, "due_at": NOW, "priority": Priority.CRITICAL, **sms},
+        {"status": S.SCHEDULED, "due_at": NOW - 1, "priority": Priority.NORMAL},
+        {"status": S.SCHEDULED, "due_at": NOW + 60, "priority": Priority.LOW},  # not due
+        {"status": S.SCHEDULED, "due_at": NOW - 99, "priority": Priority.LOW, "reason": "digest"},  # held
+    ]
+    *lows, crit, normal, later, held = await seed(store, *specs)
+    assert await store.queued_count(ranks=[2, 3], cap=100) == 0
+
+    async def statuses() -> dict[str, S]:
+        out = {}
+        for d in (*lows, crit, normal, later, held):
+            got = await store.get_delivery(d.id)
+            assert got is not None
+            out[d.id] = got.status
+        return out
+
+    first = await store.promote_scheduled(now=NOW, limit=3)
+    assert (first.channels, first.count) == (["email", "sms"], 3)
+    now = await statuses()
+    assert [d.id for d in (*lows, crit, normal) if now[d.id] == S.QUEUED] == [lows[0].id, crit.id, normal.id]
+    assert await store.queued_count(ranks=[2, 3], cap=100) == 2  # normal + the first low
+    assert await store.queued_count(ranks=[2, 3], cap=1) == 1  # counted up to the cap
+    assert await store.queued_count(ranks=[0], cap=100) == 1
+    bulk = await store.promote_scheduled(now=NOW, limit=10, ranks=[2, 3])
+    assert bulk.count == 5  # the other lows; neither the one not due nor the held one
+    assert (await store.promote_scheduled(now=NOW, limit=10)).count == 0
+    now = await statuses()
+    assert now[later.id] == S.SCHEDULED and now[held.id] == S.SCHEDULED
+    assert all(now[d.id] == S.QUEUED for d in lows)
+
+
 async def test_promote_scheduled_moves_only_due_ones(store: SqlStore, queue: SqlQueue) -> None:
     soon, later, sms = await seed(
         store,
@@ -813,9 +848,9 @@ async def test_promote_scheduled_moves_only_due_ones(store: SqlStore, queue: Sql
         {"status": S.SCHEDULED, "due_at": NOW + 30, "channel": "sms", "address": "+336"},
     )
     assert await queue.claim("email", owner="w", limit=10, max_rank=3, lease=30, now=NOW + 100) == []
-    assert await store.promote_scheduled(now=NOW + 59) == ["sms"]
-    assert await store.promote_scheduled(now=NOW + 60) == ["email"]
-    assert await store.promote_scheduled(now=NOW + 61) == []
+    assert (await store.promote_scheduled(now=NOW + 59)).channels == ["sms"]
+    assert (await store.promote_scheduled(now=NOW + 60)).channels == ["email"]
+    assert (await store.promote_scheduled(now=NOW + 61)).channels == []
     got = await store.get_delivery(soon.id)
     assert got is not None and (got.status, got.queued_at) == (S.QUEUED, NOW + 60)
     got = await store.get_delivery(later.id)

@@ -78,7 +78,7 @@ async def test_promote_scheduled_never_queues_a_held_item(store: SqlStore) -> No
         {"user_id": "u2", "status": S.SCHEDULED, "due_at": T},  # quiet hours: an ordinary schedule
     )
     assert await store.next_due(now=NOW) == T  # the scheduler wakes at the digest time
-    assert await store.promote_scheduled(now=T + 1) == ["email"]
+    assert (await store.promote_scheduled(now=T + 1)).channels == ["email"]
     assert await statuses(store, [held, quiet]) == [("scheduled", "digest"), ("queued", None)]
 
 
@@ -154,7 +154,7 @@ async def test_rehold_moves_or_releases_held_items(store: SqlStore) -> None:
         T + 86_400,
     )
     assert released is not None and (released.status, released.reason) == (S.SCHEDULED, None)
-    assert await store.promote_scheduled(now=T + 1) == ["email"]  # released: sent on its own
+    assert (await store.promote_scheduled(now=T + 1)).channels == ["email"]  # released: sent on its own
     assert await statuses(store, [a, b]) == [("scheduled", "digest"), ("queued", None)]
 
 

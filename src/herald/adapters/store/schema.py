@@ -204,6 +204,15 @@ deliveries = Table(
         sqlite_where=text("status = 'scheduled'"),
         postgresql_where=text("status = 'scheduled'"),
     ),
+    # Paced promotion (services/schedule.py) takes the due scheduled deliveries one lane at a
+    # time, earliest first: a critical one due behind 100,000 due low ones is found at once.
+    Index(
+        "ix_deliveries_due_lane",
+        "priority",
+        "due_at",
+        sqlite_where=text("status = 'scheduled'"),
+        postgresql_where=text("status = 'scheduled'"),
+    ),
     # The expiry sweep reads only deliveries that have an expiry, not every queued one.
     Index(
         "ix_deliveries_expiry",

@@ -57,6 +57,7 @@ from herald.ports import (
     DeadLetterFilter,
     IdempotencyRecord,
     NotificationFilter,
+    Promoted,
     RecipientContext,
     RoutedBatch,
 )
@@ -321,6 +322,7 @@ _UNROUTED_NEW = (
     .limit(bindparam("b_limit"))
 )
 _RANKS = sorted(p.rank for p in Priority)
+_NO_LIMIT = 2**31 - 1
 _EXPIRED_ROUTING_EVERY = 1.0  # seconds between two looks for routing leases that ran out
 _UNROUTED_EXPIRED = (
     select(_N.c.id)
@@ -382,6 +384,39 @@ PROMOTE_SCHEDULED = (
     )
     .values(status=S.QUEUED.value, queued_at=bindparam("b_now"), updated_at=bindparam("b_now"))
     .returning(_D.c.id, _D.c.channel, _D.c.priority, _D.c.due_at)
+)
+
+
+def _pick_due_lane(pg: bool) -> Any:
+    """A chunk of one lane's due scheduled deliveries, earliest first (ix_deliveries_due_lane).
+    Picked first and updated by id: PostgreSQL may run an ``IN (SELECT … LIMIT … SKIP LOCKED)``
+    subquery again while updating and so move more than the limit (seen in the contract test)."""
+    pick = (
+        select(_D.c.id)
+        .where(
+            SCHEDULED,
+            _D.c.priority == bindparam("b_rank"),
+            _D.c.due_at <= bindparam("b_now"),
+            func.coalesce(_D.c.reason, "") != HELD_REASON,
+        )
+        .order_by(_D.c.due_at)
+        .limit(bindparam("b_limit"))
+    )
+    return pick.with_for_update(skip_locked=True) if pg else pick
+
+
+PICK_DUE_LANE = pg_batch.per_dialect(_pick_due_lane)
+PROMOTE_IDS = pg_batch.per_dialect(
+    lambda pg: update(_D)
+    .where(pg_batch.ids_in(_D.c.id, pg), SCHEDULED)
+    .values(status=S.QUEUED.value, queued_at=bindparam("b_now"), updated_at=bindparam("b_now"))
+    .returning(_D.c.id, _D.c.channel, _D.c.priority, _D.c.due_at)
+)
+_QUEUED_COUNT = select(func.count()).select_from(
+    select(literal(1))
+    .where(_D.c.status == S.QUEUED.value, _D.c.priority.in_(bindparam("b_ranks", expanding=True)))
+    .limit(bindparam("b_cap"))
+    .subquery()
 )
 
 _HELD_LEASES = (
@@ -1301,15 +1336,33 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
 
         return await self.db.run(op)
 
-    async def promote_scheduled(self, *, now: float) -> list[str]:
+    async def promote_scheduled(
+        self, *, now: float, limit: int | None = None, ranks: Sequence[int] | None = None
+    ) -> Promoted:
+        pg = self.db.dialect == "postgresql"
 
-        def op(c: Connection) -> list[str]:
-            rows = c.execute(PROMOTE_SCHEDULED, {"b_now": now}).all()
+        def op(c: Connection) -> Promoted:
+            if limit is None and ranks is None:
+                rows = list(c.execute(PROMOTE_SCHEDULED, {"b_now": now}))
+            else:
+                rows = []
+                for rank in sorted(ranks) if ranks is not None else _RANKS:
+                    left = _NO_LIMIT if limit is None else limit - len(rows)
+                    if left <= 0:
+                        break
+                    params = {"b_rank": rank, "b_now": now, "b_limit": left}
+                    ids = list(c.execute(PICK_DUE_LANE[pg], params).scalars())
+                    if ids:
+                        rows.extend(c.execute(PROMOTE_IDS[pg], {"b_ids": ids, "b_now": now}))
             if self.outbox:
                 add_outbox(c, [(r.id, r.channel, r.priority, r.due_at) for r in rows], now)
-            return sorted({r.channel for r in rows})
+            return Promoted(sorted({r.channel for r in rows}), len(rows))
 
         return await self.db.run(op)
+
+    async def queued_count(self, *, ranks: Sequence[int], cap: int) -> int:
+        params = {"b_ranks": list(ranks), "b_cap": cap}
+        return await self.db.run(lambda c: int(c.execute(_QUEUED_COUNT, params).scalar_one()))
 
     async def expire_deliveries(self, *, now: float) -> int:
         d = t.deliveries
