@@ -406,7 +406,7 @@ async def build(
         clock,
         max_sleep=settings.queue.idle_wait_seconds,
         digests=DigestService(store, clock, catalog, unsubscribe),
-        promote_ahead=settings.scheduler.promote_ahead or None,
+        promote_rate=settings.scheduler.promote_rate or None,
     )
     return Container(
         settings=settings,

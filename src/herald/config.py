@@ -109,10 +109,9 @@ class SchedulerConfig(_Section):
     # One active scheduler among many: the lease's time to live; a dead holder is replaced
     # within about this long, a live one renews every third of it.
     leader_ttl_seconds: float = Field(default=5.0, ge=0.5)
-    # Normal and low deliveries queued ahead of the senders at most; more that are due wait as
-    # scheduled and are queued as the queue drains (critical and high: always at once). 0: all
-    # at once.
-    promote_ahead: int = Field(default=10_000, ge=0)
+    # Due normal and low deliveries queued a second at most (critical and high: at once, all of
+    # them); a released campaign is queued at this pace, in due order. 0: all at once.
+    promote_rate: float = Field(default=5_000.0, ge=0)
 
 
 class CacheConfig(_Section):

@@ -301,11 +301,6 @@ class Store(Protocol):
         that many (highest lane first, then earliest due); ``ranks``: only those lanes."""
         ...
 
-    async def queued_count(self, *, ranks: Sequence[int], cap: int) -> int:
-        """How many deliveries of these lanes are queued (promoted, not yet claimed), counted up
-        to ``cap`` (a bounded read, whatever the backlog)."""
-        ...
-
     async def expire_deliveries(self, *, now: float) -> int:
         """Skip (reason expired) every unsent delivery whose expires_at has passed."""
         ...

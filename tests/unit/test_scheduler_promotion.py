@@ -1,4 +1,4 @@
-"""Paced promotion: a released campaign is queued as the senders drain it, the urgent lanes at
+"""Paced promotion: a released campaign is queued at the promotion rate, the urgent lanes at
 once, every delivery in due order, none left behind."""
 
 from __future__ import annotations
@@ -25,40 +25,37 @@ async def _queued(store: SqlStore, ids: list[str]) -> list[str]:
     return out
 
 
-async def test_bulk_is_queued_up_to_promote_ahead_and_topped_up_as_it_drains() -> None:
+async def test_bulk_is_queued_at_the_promotion_rate_and_critical_at_once() -> None:
     store = memory_store()
     await store.start()
-    queue = memory_queue(store)
     clock = FakeClock(NOW)
-    lows = await seed(store, *_due_lows(12))
+    lows = [d.id for d in await seed(store, *_due_lows(12))]
     (crit,) = await seed(store, {"status": S.SCHEDULED, "due_at": NOW, "priority": Priority.CRITICAL})
-    low_ids = [d.id for d in lows]
-    scheduler = SchedulerService(store, queue, clock, promote_ahead=5, promote_chunk=2)
+    # 4 a second, 2 a transaction: a bucket of one second (4) to start with
+    scheduler = SchedulerService(store, memory_queue(store), clock, promote_rate=4, promote_chunk=2)
 
-    await scheduler.tick()
+    next_due = await scheduler.tick()
     assert await _queued(store, [crit.id]) == [crit.id]  # critical: at once, behind 12 due lows
-    assert await _queued(store, low_ids) == low_ids[:5]  # five ahead of the senders, earliest first
+    assert await _queued(store, lows) == lows[:4]  # the first second's worth, earliest first
+    assert next_due == NOW + 0.5  # more are due: back when a chunk's worth (2 at 4/s) is in
     await scheduler.tick()
-    assert await _queued(store, low_ids) == low_ids[:5]  # nothing drained: nothing more queued
-
-    claimed = await queue.claim("email", owner="w", limit=3, max_rank=3, lease=30, now=NOW)
-    assert {d.id for d in claimed} == {crit.id, *low_ids[:2]}  # critical first
+    assert await _queued(store, lows) == lows[:4]  # no time passed: nothing more
+    clock.advance(0.5)
     await scheduler.tick()
-    assert await _queued(store, low_ids) == low_ids[2:7]  # topped up to five, in due order
+    assert await _queued(store, lows) == lows[:6]
+    clock.advance(10)  # a long pause refills one second's worth, not ten
+    await scheduler.tick()
+    assert await _queued(store, lows) == lows[:10]
+    clock.advance(1)
+    next_due = await scheduler.tick()
+    assert await _queued(store, lows) == lows  # every one in the end, in due order
+    assert next_due is None  # nothing left to come back for
 
-    while await queue.claim("email", owner="w", limit=4, max_rank=3, lease=30, now=NOW):
-        await scheduler.tick()
-    assert await _queued(store, low_ids) == []
-    for i in low_ids:  # every one was queued and claimed in the end
-        d = await store.get_delivery(i)
-        assert d is not None and d.status == S.SENDING
 
-
-async def test_without_promote_ahead_every_due_delivery_is_queued_at_once() -> None:
+async def test_without_a_promotion_rate_every_due_delivery_is_queued_at_once() -> None:
     store = memory_store()
     await store.start()
-    queue = memory_queue(store)
-    lows = await seed(store, *_due_lows(12))
-    scheduler = SchedulerService(store, queue, FakeClock(NOW), promote_ahead=None)
+    lows = [d.id for d in await seed(store, *_due_lows(12))]
+    scheduler = SchedulerService(store, memory_queue(store), FakeClock(NOW), promote_rate=None)
     await scheduler.tick()
-    assert await _queued(store, [d.id for d in lows]) == [d.id for d in lows]
+    assert await _queued(store, lows) == lows

@@ -5,11 +5,11 @@ lost its lease to the queue (counted as ambiguous attempts), and wakes the chann
 became due. It sleeps until the next due time, or until woken.
 
 Promotion is paced: critical and high deliveries are queued as soon as they are due, in chunks;
-normal and low ones only while fewer than ``promote_ahead`` of them wait in the queue, the rest
-staying ``scheduled`` (in due order) until the senders have drained it. A campaign of 100,000
-due at 09:00 then never lands as one transaction and one burst of relaying that takes the
-machine from the critical traffic of that minute; the senders never run dry either, since the
-queue keeps seconds of sending ahead of them and every tick tops it up.
+normal and low ones at ``promote_rate`` a second at most (a token bucket holding one second of
+it), in due order, the rest staying ``scheduled`` until their turn. A campaign of 100,000 due at
+09:00 then never lands as one transaction of several seconds and one burst of relaying that takes
+the machine from the critical traffic of that minute; the rate is set above what the senders
+drain, so they never run dry.
 """
 
 from __future__ import annotations
@@ -42,16 +42,19 @@ class SchedulerService:
         max_sleep: float = 1.0,
         digests: DigestService | None = None,
         maintain_every: float = 10.0,
-        promote_ahead: int | None = 10_000,
-        promote_chunk: int = 2_000,
+        promote_rate: float | None = 5_000.0,
+        promote_chunk: int = 1_000,
     ) -> None:
         self.digests = digests  # builds due digests on every tick (held items wake next_due)
         self.store = store
         self.queue = queue
         self.clock = clock
         self.max_sleep = max_sleep
-        self.promote_ahead = promote_ahead  # None: every due delivery at once
+        self.promote_rate = promote_rate  # normal/low deliveries queued a second; None: no limit
         self.promote_chunk = promote_chunk  # rows per promotion transaction
+        self._tokens = promote_rate or 0.0
+        self._tokens_at: float | None = None
+        self._throttled = False
         self.maintain_every = maintain_every  # seconds between two Store.maintain calls
         self._maintained_at = -math.inf
         self._maintaining: asyncio.Task[None] | None = None
@@ -75,6 +78,9 @@ class SchedulerService:
             channels.update(await self.digests.run_due())
         # Retries that became due since the last pass: wake every channel, claims are cheap.
         next_due = await self.store.next_due(now=now)
+        if self._throttled and self.promote_rate:
+            refill = now + self.promote_chunk / self.promote_rate
+            next_due = refill if next_due is None else min(next_due, refill)
         if channels:
             for ch in channels:
                 self.queue.wake(ch)
@@ -82,8 +88,8 @@ class SchedulerService:
         return next_due
 
     async def _promote(self, now: float) -> set[str]:
-        """Queue what is due: the urgent lanes whole, the bulk lanes up to ``promote_ahead``
-        waiting. Each chunk's channels are woken at once."""
+        """Queue what is due: the urgent lanes whole, the bulk lanes as the rate allows. Each
+        chunk's channels are woken at once."""
         channels: set[str] = set()
 
         async def chunk(limit: int | None, ranks: list[int] | None) -> int:
@@ -93,18 +99,26 @@ class SchedulerService:
             channels.update(promoted.channels)
             return promoted.count
 
-        if self.promote_ahead is None:
+        rate = self.promote_rate
+        if rate is None:
             await chunk(None, None)
             return channels
         size = self.promote_chunk
         while await chunk(size, _URGENT) >= size:
             pass
-        room = self.promote_ahead - await self.store.queued_count(ranks=_BULK, cap=self.promote_ahead)
-        while room > 0:
-            n = await chunk(min(size, room), _BULK)
-            if n < min(size, room):
+        if self._tokens_at is not None:
+            self._tokens = min(rate, self._tokens + rate * max(0.0, now - self._tokens_at))
+        self._tokens_at = now
+        self._throttled = False
+        while True:
+            if self._tokens < 1:
+                self._throttled = True  # more may be due: come back when a chunk's worth is in
                 break
-            room -= n
+            want = min(size, int(self._tokens))
+            got = await chunk(want, _BULK)
+            self._tokens -= got
+            if got < want:
+                break
         return channels
 
     def _maybe_maintain(self, now: float) -> None:

@@ -412,12 +412,6 @@ PROMOTE_IDS = pg_batch.per_dialect(
     .values(status=S.QUEUED.value, queued_at=bindparam("b_now"), updated_at=bindparam("b_now"))
     .returning(_D.c.id, _D.c.channel, _D.c.priority, _D.c.due_at)
 )
-_QUEUED_COUNT = select(func.count()).select_from(
-    select(literal(1))
-    .where(_D.c.status == S.QUEUED.value, _D.c.priority.in_(bindparam("b_ranks", expanding=True)))
-    .limit(bindparam("b_cap"))
-    .subquery()
-)
 
 _HELD_LEASES = (
     select(_D.c.id, _D.c.lease_owner, _D.c.channel, _D.c.priority, _D.c.due_at)
@@ -1359,10 +1353,6 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
             return Promoted(sorted({r.channel for r in rows}), len(rows))
 
         return await self.db.run(op)
-
-    async def queued_count(self, *, ranks: Sequence[int], cap: int) -> int:
-        params = {"b_ranks": list(ranks), "b_cap": cap}
-        return await self.db.run(lambda c: int(c.execute(_QUEUED_COUNT, params).scalar_one()))
 
     async def expire_deliveries(self, *, now: float) -> int:
         d = t.deliveries
