@@ -25,8 +25,8 @@ from tests.support.smtp import SmtpTestServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-HTTP_NOTIFICATIONS = 20_000
-EVENTS = 5_000
+HTTP_NOTIFICATIONS = 8_000  # load enough to kill a worker, the scheduler and the broker under
+EVENTS = 2_000
 FINAL = ("sent", "delivered", "read", "failed", "dead", "skipped", "cancelled")
 
 
@@ -187,7 +187,7 @@ async def test_cluster_survives_worker_kill_scheduler_kill_and_broker_restart(
         received = smtp_server.handler.received
 
         # 1. kill -9 a worker mid-run, counting the sends it had in flight.
-        await _wait(lambda: len(received) >= 3_000, 180, "3,000 sends")
+        await _wait(lambda: len(received) >= 2_000, 180, "2,000 sends")
         victim = workers[0]
         assert victim.proc is not None
         victim.kill()
@@ -209,7 +209,7 @@ async def test_cluster_survives_worker_kill_scheduler_kill_and_broker_restart(
         takeover = time.monotonic() - killed_at
 
         # 3. restart RabbitMQ under load.
-        await _wait(lambda: len(received) >= 8_000, 240, "8,000 sends")
+        await _wait(lambda: len(received) >= 5_000, 240, "5,000 sends")
         _rabbitmqctl("stop_app")
         await asyncio.sleep(2)
         # The API keeps accepting while the broker is away (the outbox holds the work).
