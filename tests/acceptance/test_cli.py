@@ -91,6 +91,27 @@ def test_bad_worker_lanes_fail_at_start_naming_the_key(tmp_path: Path, server: s
     )
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HERALD_QUEUE__RELAY_LANES": "[]"}, "queue.relay_lanes"),
+        ({"HERALD_QUEUE__RELAY_LANES": '["critical", "critical"]'}, "queue.relay_lanes"),
+        ({"HERALD_QUEUE__RELAY_LANES": '["urgent"]'}, "queue.relay_lanes"),
+        ({"HERALD_SCHEDULER__PROMOTE_RATE": "-1"}, "scheduler.promote_rate"),
+        ({"HERALD_SCHEDULER__PROMOTE_RATE": "fast"}, "scheduler.promote_rate"),
+    ],
+)
+def test_bad_relay_lanes_or_promote_rate_fail_at_start_naming_the_key(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    write_config(tmp_path, 2525)
+    done = herald_cli(tmp_path, "serve", "--port", "0", env=env, timeout=30)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    assert not (tmp_path / "herald.db").exists()  # failed before touching the database
+
+
 def test_a_worker_for_some_channels_still_routes_every_channel(
     tmp_path: Path, smtp_server: SmtpTestServer
 ) -> None:
