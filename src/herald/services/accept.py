@@ -130,7 +130,8 @@ def _normalise_content(content: JSON, channels: Sequence[str]) -> dict[str, dict
 
 
 class RoutingExpress(Protocol):
-    """A router in this process that routes what it is handed (RouterService.express)."""
+    """A router in this process that routes what it is handed (RouterService.takes and
+    RouterService.route_now)."""
 
     owner: str
     lease: float
@@ -157,7 +158,7 @@ class AcceptService:
         # Cached reads of templates and user ids (services/lookups.py); uncached without.
         self.lookups = lookups or Lookups(store, template_ttl=0, user_ttl=0)
         self.writer = NotificationWriter(store)
-        # Set when this process routes (RouterService.express): critical and high notifications
+        # Set when this process routes (bootstrap, start_roles): critical and high notifications
         # are then committed already leased to that router and handed to it after the commit,
         # without its claim transaction or its wait for a wake-up.
         self.express: RoutingExpress | None = None
@@ -227,9 +228,10 @@ class AcceptService:
         express = [n for n in notifications if n.routing_owner is not None]
         if express and self.express is not None:
             self.express.route_now(express)
-        if len(express) < len(notifications):
+        rest = [n for n in notifications if n.routing_owner is None]
+        if rest:
             # Critical: the router routes it at once instead of gathering a few ms of company.
-            self._on_accepted(any(n.priority == Priority.CRITICAL for n in notifications))
+            self._on_accepted(any(n.priority == Priority.CRITICAL for n in rest))
 
     async def prepare(
         self,

@@ -66,7 +66,8 @@ class SchedulerService:
     async def tick(self) -> float | None:
         """One pass; returns the next time something becomes due."""
         now = self.clock.now()
-        channels = await self._promote(now)
+        promoted = await self._promote(now)  # woken chunk by chunk already
+        channels: set[str] = set()
         expired = await self.store.expire_deliveries(now=now)
         if expired:
             log.info("deliveries.expired", count=expired)
@@ -81,9 +82,8 @@ class SchedulerService:
         if self._throttled and self.promote_rate:
             refill = now + self.promote_chunk / self.promote_rate
             next_due = refill if next_due is None else min(next_due, refill)
-        if channels:
-            for ch in channels:
-                self.queue.wake(ch)
+        for ch in channels - promoted:
+            self.queue.wake(ch)
         self.queue.wake(None)
         return next_due
 
