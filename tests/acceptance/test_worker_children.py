@@ -346,9 +346,17 @@ def test_worker_lanes_keep_critical_in_the_parent_and_the_bulk_in_a_nice_child(
                 break
             time.sleep(0.005)
         by_status = _wait_sent(db, 1020)
+        # Scale-out: herald serve relays the critical lane's outbox rows and the child the low
+        # lane's (queue.relay_lanes); a lane nobody relays would stay in the outbox for good
+        # (a critical one even after its hand-over sent it).
+        deadline = time.monotonic() + 30
+        while db_query(db, "SELECT count(*) FROM outbox")[0][0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = db_query(db, "SELECT priority, count(*) FROM outbox GROUP BY priority")
     finally:
         h.stop()
     assert by_status == {"sent": 1020}
+    assert left == []
     counts = collections.Counter(smtp_server.handler.delivery_ids())
     assert len(counts) == 1020 and max(counts.values()) == 1  # lost 0, dup 0
     assert owners[3] == {str(child["pid"])}  # low: the child only

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from structlog.testing import capture_logs
 
 from herald.adapters.queue.outbox_relay import OutboxRelay
 from herald.bootstrap import SystemClock
+from herald.domain.models import Priority
 from herald.ports import OutboxItem
 from herald.testing import memory_store
 from tests.contract.conftest import seed
@@ -42,5 +43,38 @@ async def test_the_relay_outlives_an_unexpected_error_and_says_so() -> None:
         events = [e["event"] for e in logs if e["event"].startswith("outbox.")]
         assert events == ["outbox.relay_crashed", "outbox.relay_recovered"]
         assert await store.outbox_next_due() is None  # relayed and deleted
+    finally:
+        await store.close()
+
+
+async def test_relays_of_some_lanes_publish_only_theirs_and_together_all() -> None:
+    """``herald serve`` with the bulk lanes in its children: its relay publishes the critical and
+    high rows, the children's the normal and low ones; nothing is left, nothing goes twice."""
+    store = memory_store()
+    store.outbox = True
+    await store.start()
+    try:
+        now = time.time()
+        lanes = [Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW] * 3
+        seeded = await seed(store, *({"due_at": now, "priority": p} for p in lanes), now=now)
+        published: dict[str, list[OutboxItem]] = {"urgent": [], "bulk": []}
+
+        def publisher(name: str) -> Callable[[Sequence[OutboxItem]], Awaitable[None]]:
+            async def publish(items: Sequence[OutboxItem]) -> None:
+                published[name].extend(items)
+
+            return publish
+
+        urgent = OutboxRelay(store, publisher("urgent"), SystemClock(), ranks=[0, 1])
+        bulk = OutboxRelay(store, publisher("bulk"), SystemClock(), ranks=[3, 2])
+        assert await urgent.flush() == 6
+        assert {i.priority for i in published["urgent"]} == {0, 1}
+        assert await store.outbox_next_due([0, 1]) is None
+        assert await store.outbox_next_due() is not None  # the bulk rows wait for their relay
+        assert await bulk.flush() == 6
+        assert {i.priority for i in published["bulk"]} == {2, 3}
+        ids = [i.delivery_id for i in published["urgent"] + published["bulk"]]
+        assert sorted(ids) == sorted(d.id for d in seeded)  # every row once
+        assert await store.outbox_next_due() is None
     finally:
         await store.close()
