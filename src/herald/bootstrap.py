@@ -368,27 +368,6 @@ async def build(
             max_rank=ch.lanes[-1].rank,
         )
 
-    router = RouterService(
-        store,
-        clock,
-        catalog,
-        queue.wake,
-        unsubscribe,
-        batch=settings.worker.router_batch,
-        lease=settings.queue.lease_seconds,
-        cache=cache,
-        hand_over=queue.hand_over,
-    )
-    lookups = Lookups(store)
-    accept = AcceptService(store, clock, catalog, router.wake, lookups=lookups)
-    events = EventService(
-        store,
-        clock,
-        accept,
-        unrouted=settings.events.unrouted,
-        rule_cache_seconds=settings.events.rule_cache_seconds,
-    )
-    await apply_config_rules(settings, store, catalog, clock)
     delivery = DeliveryService(
         store,
         queue,
@@ -400,6 +379,28 @@ async def build(
         observer=Observers(metrics, alerter),
         claim_batch=settings.queue.claim_batch,
     )
+    router = RouterService(
+        store,
+        clock,
+        catalog,
+        queue.wake,
+        unsubscribe,
+        batch=settings.worker.router_batch,
+        lease=settings.queue.lease_seconds,
+        cache=cache,
+        hand_over=queue.hand_over,
+        senders=delivery,  # only while its pools run (the worker role of this process)
+    )
+    lookups = Lookups(store)
+    accept = AcceptService(store, clock, catalog, router.wake, lookups=lookups)
+    events = EventService(
+        store,
+        clock,
+        accept,
+        unrouted=settings.events.unrouted,
+        rule_cache_seconds=settings.events.rule_cache_seconds,
+    )
+    await apply_config_rules(settings, store, catalog, clock)
     scheduler = SchedulerService(
         store,
         queue,

@@ -90,6 +90,20 @@ class RoutedBatch:
     dedup_window: float = 86_400.0
 
 
+@dataclass(slots=True, frozen=True)
+class RoutedClaim:
+    """Routed deliveries to write already claimed, for a sender in the routing process.
+
+    Of ``ids``, those still ``queued`` once dedup has run go in as ``sending`` under
+    ``owner``'s lease until ``until`` (no outbox row, no claim transaction): the process that
+    routed them sends them at once. Should it die first, the lease runs out as any claim's.
+    """
+
+    owner: str
+    until: float
+    ids: frozenset[str]
+
+
 @dataclass(slots=True)
 class RecipientContext:
     """Everything routing needs to know of a set of stored users, read in one go."""
@@ -246,9 +260,19 @@ class Store(Protocol):
         ...
 
     async def save_routed_many(
-        self, batches: Sequence[RoutedBatch], *, owner: str, now: float, lease: float = 60.0
+        self,
+        batches: Sequence[RoutedBatch],
+        *,
+        owner: str,
+        now: float,
+        lease: float = 60.0,
+        claim: RoutedClaim | None = None,
     ) -> list[bool]:
-        """:meth:`save_routed` for several notifications in one transaction."""
+        """:meth:`save_routed` for several notifications in one transaction.
+
+        With ``claim``, the deliveries it names are inserted already claimed (see
+        :class:`RoutedClaim`); those this call inserted so are left with status ``sending``
+        in ``batches``, every other one it named with the status it was written with."""
         ...
 
     async def recipient_context(self, user_ids: Sequence[str], *, with_devices: bool) -> RecipientContext:

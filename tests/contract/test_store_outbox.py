@@ -18,9 +18,18 @@ from herald.adapters.store import schema as t
 from herald.adapters.store.sql import SqlStore
 from herald.bootstrap import SystemClock
 from herald.domain.models import Priority
-from herald.ports import OutboxItem, RoutedBatch
+from herald.ports import OutboxItem, RoutedBatch, RoutedClaim
 from herald.services.leader import LeaderLease
-from tests.contract.conftest import NOW, S, SqlBackend, make_delivery, pg_execute, result, seed
+from tests.contract.conftest import (
+    NOW,
+    S,
+    SqlBackend,
+    make_delivery,
+    make_notification,
+    pg_execute,
+    result,
+    seed,
+)
 
 P = Priority
 
@@ -203,6 +212,52 @@ async def test_claim_ids_claims_like_a_queue_claim(store: SqlStore) -> None:
     await store.extend_leases([later.id], owner="intruder", until=NOW + 500)
     assert await store.reclaim_expired_leases(now=NOW + 100) == ["email"]
     await store.extend_leases([], owner="w", until=NOW)
+
+
+@pytest.mark.parametrize("outbox", [False, True], ids=["sql-queue", "broker-queue"])
+async def test_save_routed_many_writes_named_deliveries_already_claimed(
+    store: SqlStore, outbox: bool
+) -> None:
+    """RoutedClaim: of the deliveries it names, those still queued once dedup has run and
+    inserted by this call go in as `sending` under the claim's lease, without an outbox row;
+    the rest are written as always, and the batch says which is which."""
+    store.outbox = outbox
+    held = make_notification(user_ids=("a",), dedup_key="k")
+    n = make_notification(user_ids=("a", "b", "c"), dedup_key="k")
+    await store.create_notifications([held, n])
+    await store.claim_unrouted(owner="r", limit=10, lease=30, now=NOW)
+    first = make_delivery(held.id, user_id="a")
+    assert await store.save_routed(
+        RoutedBatch(held.id, [first], recipients_done=1, finished=True, dedup_key="k"), owner="r", now=NOW
+    )
+    await drain(store)
+    a, b, c = (make_delivery(n.id, user_id=u, priority=P.CRITICAL) for u in ("a", "b", "c"))
+    again = make_delivery(n.id, user_id="e", delivery_id=first.id)  # its row exists: not ours
+    taken = RoutedClaim(owner="w", until=NOW + 30, ids=frozenset({a.id, b.id, again.id}))
+    batch = RoutedBatch(n.id, [a, b, c, again], recipients_done=3, finished=True, dedup_key="k")
+    assert await store.save_routed_many([batch], owner="r", now=NOW + 1, claim=taken) == [True]
+    # a: a duplicate (dedup), not claimed; b: claimed; c: not named, queued; again: not written
+    assert [x.status for x in (a, b, c, again)] == [S.SKIPPED, S.SENDING, S.QUEUED, S.QUEUED]
+    gone = await store.get_delivery(first.id)
+    assert gone is not None and gone.notification_id == held.id and gone.status == S.QUEUED
+    got = await store.get_delivery(b.id)
+    assert got is not None and (got.status, got.queued_at) == (S.SENDING, NOW + 1)
+    assert await drain(store) == ([(c.id, "email", 0, NOW)] if outbox else [])
+    # Leased to w: nobody else claims it, w's result is taken, an expired lease is reclaimed.
+    assert await claim(store, b.id, owner="w2") == []
+    assert await store.record_results([result(b, "w", S.SENT)], now=NOW + 2) == []
+    got = await store.get_delivery(b.id)
+    assert got is not None and got.status == S.SENT
+
+    lost = make_notification(user_ids=("d",))
+    await store.create_notifications([lost])
+    await store.claim_unrouted(owner="r", limit=10, lease=30, now=NOW)
+    d = make_delivery(lost.id, user_id="d", priority=P.HIGH)
+    taken = RoutedClaim(owner="w", until=NOW + 30, ids=frozenset({d.id}))
+    batch = RoutedBatch(lost.id, [d], recipients_done=1, finished=True)
+    assert await store.save_routed_many([batch], owner="r", now=NOW, claim=taken) == [True]
+    assert await store.reclaim_expired_leases(now=NOW + 31) == ["email"]  # w died before sending
+    assert await claim(store, d.id, owner="w2", now=NOW + 31) == [d.id]
 
 
 async def test_requeue_ids_writes_rows_for_claimable_deliveries_only(store: SqlStore) -> None:

@@ -97,7 +97,9 @@ async def test_broker_outage_still_accepts_and_delivers_everything_once_it_is_ba
         await proxy.cut()  # the relay and the workers start against a closed port
     async with running_herald(settings, providers={"recording": rec}) as h:
         await add_user(h)
-        send = {"to": "u1", "content": {"email": MAIL}, "channels": ["email"]}
+        # Normal priority: critical and high ones routed here are sent by this process's own
+        # senders without the broker (claimed routing), shown below.
+        send = {"to": "u1", "content": {"email": MAIL}, "channels": ["email"], "priority": "normal"}
         before = 0
         if not down_at_start:
             first = (await h.client.post("/v1/notifications", json=send)).json()["id"]
@@ -120,13 +122,19 @@ async def test_broker_outage_still_accepts_and_delivers_everything_once_it_is_ba
         await eventually(waiting_in_outbox)  # routed, committed, waiting for the broker
         await asyncio.sleep(0.5)
         assert len(rec.sent) == before
+        # A critical one is routed into a lane this process sends: written claimed, sent at
+        # once, broker or not.
+        r = await h.client.post("/v1/notifications", json=send | {"priority": "critical"})
+        body = await h.wait_final(r.json()["id"], timeout=10)
+        assert [d["status"] for d in body["deliveries"]] == ["sent"]
+        assert len(rec.sent) == before + 1
 
         await proxy.restore()
         for nid in ids:
             body = await h.wait_final(nid, timeout=30)
             assert [d["status"] for d in body["deliveries"]] == ["sent"]
         sent = Counter(m.delivery_id for m in rec.sent)
-        assert len(sent) == 20 + before and max(sent.values()) == 1, "lost or duplicated"
+        assert len(sent) == 21 + before and max(sent.values()) == 1, "lost or duplicated"
         assert await h.container.store.outbox_next_due() is None
 
 

@@ -120,20 +120,20 @@ async def test_fan_out_resumes_at_the_cursor_after_losing_the_router(tmp_path: P
         )
         nid = r.json()["id"]
         store, router = h.container.store, h.container.router
-        saved = store.save_routed
+        saved = store.save_routed_many
         calls = 0
 
-        async def crash_after_first_chunk(batch, **kw):  # type: ignore[no-untyped-def]
+        async def crash_after_first_chunk(batches, **kw):  # type: ignore[no-untyped-def]
             nonlocal calls
             calls += 1
             if calls == 2:
                 raise RuntimeError("router died")
-            return await saved(batch, **kw)
+            return await saved(batches, **kw)
 
-        store.save_routed = crash_after_first_chunk  # type: ignore[method-assign]
+        store.save_routed_many = crash_after_first_chunk  # type: ignore[method-assign]
         with contextlib.suppress(RuntimeError):
             await router.route_pending()
-        store.save_routed = saved  # type: ignore[method-assign]
+        store.save_routed_many = saved  # type: ignore[method-assign]
         n = await store.get_notification(nid)
         assert n is not None and n.recipients_routed == 500 and n.route_cursor == sorted(ids)[499]
         assert n.recipients_total == 1200
@@ -189,13 +189,13 @@ async def test_a_critical_send_is_routed_during_a_long_topic_fan_out(tmp_path: P
         for i in range(0, 3000, 1000):
             await h.client.post("/v1/topics/weekly/subscribers", json={"user_ids": ids[i : i + 1000]})
         store = h.container.store
-        saved = store.save_routed
+        saved = store.save_routed_many
 
-        async def slow_page(batch, **kw):  # type: ignore[no-untyped-def]
+        async def slow_page(batches, **kw):  # type: ignore[no-untyped-def]
             await asyncio.sleep(0.3)  # each page of the fan-out takes a while
-            return await saved(batch, **kw)
+            return await saved(batches, **kw)
 
-        store.save_routed = slow_page  # type: ignore[method-assign]
+        store.save_routed_many = slow_page  # type: ignore[method-assign]
         r = await h.client.post(
             "/v1/notifications",
             json={"to": {"topic": "weekly"}, "content": {"subject": "w", "text": "w"}, "channels": ["email"]},
@@ -224,4 +224,4 @@ async def test_a_critical_send_is_routed_during_a_long_topic_fan_out(tmp_path: P
         await eventually(critical_sent)
         n = await store.get_notification(fan_out)
         assert n is not None and n.recipients_routed < 3000, "the critical send waited for the whole fan-out"
-        store.save_routed = saved  # type: ignore[method-assign]
+        store.save_routed_many = saved  # type: ignore[method-assign]

@@ -43,7 +43,7 @@ from herald.domain.models import (
     new_id,
 )
 from herald.domain.validation import mask
-from herald.ports import Clock, Provider, Queue, Store
+from herald.ports import Clock, Provider, Queue, RoutedClaim, Store
 from herald.services.catalog import Catalog
 
 log = structlog.get_logger("herald.deliver")
@@ -99,6 +99,10 @@ class ResultWriter:
                         fut.set_result(ok)
             if self._closing:
                 return
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
 
     async def close(self) -> None:
         self._closing = True
@@ -166,6 +170,7 @@ class DeliveryService:
         # Providers whose last outcome was a configuration error, until one of their sends succeeds.
         self.unhealthy: dict[str, dict[str, object]] = {}
         self._stopping = asyncio.Event()
+        self._running = False
         self._pool_tasks: list[asyncio.Task[None]] = []
 
     async def run(self, channels: Collection[str] | None = None) -> None:
@@ -178,6 +183,7 @@ class DeliveryService:
             asyncio.create_task(self._pool_loop(p), name=f"herald-pool-{p.channel}")
             for p in self.pools.values()
         ]
+        self._running = True
         heartbeat = asyncio.create_task(self._heartbeat(), name="herald-lease-heartbeat")
         try:
             await self._stopping.wait()
@@ -199,12 +205,15 @@ class DeliveryService:
             # A claim under way when the stop came still hands its deliveries to send tasks,
             # which are then waited for below: nothing claimed is left behind in `sending`.
             await asyncio.wait(self._pool_tasks, timeout=grace)
-        in_flight = [tk for p in self.pools.values() for tk in p.in_flight.values()]
-        if in_flight:
-            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        loop = asyncio.get_running_loop()
+        while in_flight := [tk for p in self.pools.values() for tk in p.in_flight.values()]:
+            # Again until none is left: a routing commit under way may start claimed sends.
+            remaining = max(0.0, deadline - loop.time())
             _, pending = await asyncio.wait(in_flight, timeout=remaining)
-            for tk in pending:
-                tk.cancel()  # their leases expire and the deliveries are retried, counted as ambiguous
+            if pending:
+                for tk in pending:
+                    tk.cancel()  # their leases expire and the deliveries are retried, counted as ambiguous
+                break
         await self.writer.close()
 
     async def _pool_loop(self, pool: ChannelPool) -> None:
@@ -241,6 +250,40 @@ class DeliveryService:
                 if claimed and len(claimed) >= limit:
                     continue  # there may be more right now
             await self.queue.wait(pool.channel, self.idle_wait)
+
+    # Deliveries routed here, written already claimed (RouterService, Store.save_routed_many) ---
+    def routed_claim(self, deliveries: Sequence[Delivery]) -> RoutedClaim | None:
+        """The critical/high deliveries of ``deliveries`` that this process's own senders take
+        as they are written (a claim transaction and a queue round trip less for each): due
+        now, of a lane a running pool of this process sends, as many as it has free slots."""
+        if not self._running or self._stopping.is_set():
+            return None
+        now = self.clock.now()
+        free: dict[str, int] = {}
+        ids: set[str] = set()
+        for d in deliveries:
+            pool = self.pools.get(d.channel)
+            rank = d.priority.rank
+            if pool is None or rank > 1 or not pool.min_rank <= rank <= pool.max_rank or d.due_at > now:
+                continue
+            left = free.setdefault(d.channel, pool.concurrency - len(pool.in_flight))
+            if left > 0:
+                free[d.channel] = left - 1
+                ids.add(d.id)
+        if not ids:
+            return None
+        return RoutedClaim(owner=self.owner, until=now + self.lease, ids=frozenset(ids))
+
+    def start_claimed(self, deliveries: Sequence[Delivery]) -> None:
+        """Send deliveries committed claimed by :meth:`routed_claim` (status ``sending``)."""
+        for d in deliveries:
+            pool = self.pools.get(d.channel)
+            if pool is None or self.writer.closed:
+                # Stopped meanwhile: the lease runs out and any sender retries it (recorded
+                # ambiguous, as every expired lease is).
+                log.warning("deliver.claimed_after_stop", delivery_id=d.id)
+                continue
+            self._start(pool, d)
 
     def _start(self, pool: ChannelPool, d: Delivery) -> None:
         high = d.priority.rank <= 1

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import structlog
 
@@ -34,7 +35,7 @@ from herald.domain.models import (
     new_id,
 )
 from herald.domain.quiet_hours import next_digest_time, parse_budget, quiet_until
-from herald.ports import Cache, Clock, RecipientContext, RoutedBatch, Store
+from herald.ports import Cache, Clock, RecipientContext, RoutedBatch, RoutedClaim, Store
 from herald.services.catalog import Catalog
 from herald.services.rendering import render_variant
 from herald.services.signing import UnsubscribeSigner
@@ -92,6 +93,18 @@ def _moves_on(d: Delivery) -> bool:
     return d.status == DeliveryStatus.SKIPPED and d.reason in _UNREACHABLE
 
 
+class LocalSenders(Protocol):
+    """The senders of the routing process (:class:`herald.services.deliver.DeliveryService`)."""
+
+    def routed_claim(self, deliveries: Sequence[Delivery]) -> RoutedClaim | None:
+        """Which of these deliveries, about to be written queued, it takes at once, if any."""
+        ...
+
+    def start_claimed(self, deliveries: Sequence[Delivery]) -> None:
+        """Send deliveries committed claimed as :meth:`routed_claim` asked."""
+        ...
+
+
 class _TemplateGone(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -111,9 +124,11 @@ class RouterService:
         lease: float = 60.0,
         cache: Cache | None = None,
         hand_over: Callable[[Sequence[Delivery]], None] | None = None,
+        senders: LocalSenders | None = None,
     ) -> None:
         self.store = store
         self._hand_over = hand_over  # Queue.hand_over: critical/high straight to local senders
+        self._senders = senders  # this process's DeliveryService: takes some as they are written
         self.cache = cache
         self.clock = clock
         self.catalog = catalog
@@ -286,18 +301,32 @@ class RouterService:
                 b.deliveries += await self._fallback_pass(n, template, routed_now)
         for b in batches:
             await self._apply_budgets(b.deliveries)
+        await self._save(batches)
+
+    async def _save(self, batches: Sequence[RoutedBatch]) -> list[bool]:
+        """Write routed batches in one transaction; critical/high deliveries that this
+        process's own senders can take now are written already claimed by them and sent at
+        once (:meth:`DeliveryService.routed_claim`)."""
+        claim = None
+        if self._senders is not None:
+            claim = self._senders.routed_claim(
+                [d for b in batches for d in b.deliveries if d.status == DeliveryStatus.QUEUED]
+            )
         oks = await self.store.save_routed_many(
-            batches, owner=self.owner, now=self.clock.now(), lease=self.lease
+            batches, owner=self.owner, now=self.clock.now(), lease=self.lease, claim=claim
         )
         self._after_save(batches, oks)
+        return oks
 
     def _after_save(self, batches: Sequence[RoutedBatch], oks: Sequence[bool]) -> None:
         channels: set[str] = set()
         urgent: list[Delivery] = []
+        claimed: list[Delivery] = []
         for batch, ok in zip(batches, oks, strict=True):
             if not ok:
                 log.info("notification.routing_lease_lost", notification_id=batch.notification_id)
                 continue
+            claimed += [d for d in batch.deliveries if d.status == DeliveryStatus.SENDING]
             queued = [d for d in batch.deliveries if d.status == DeliveryStatus.QUEUED]
             channels.update(d.channel for d in queued)
             urgent += [d for d in queued if d.priority.rank <= 1]
@@ -307,6 +336,8 @@ class RouterService:
                     notification_id=batch.notification_id,
                     deliveries=len(batch.deliveries),
                 )
+        if claimed and self._senders is not None:
+            self._senders.start_claimed(claimed)
         if urgent and self._hand_over is not None:
             self._hand_over(urgent)
         for ch in channels:
@@ -338,8 +369,7 @@ class RouterService:
             if batch.finished and n.fallback:
                 batch.deliveries += await self._fallback_pass(n, template, {r.user_id for r in chunk})
             await self._apply_budgets(batch.deliveries)
-            ok = await self.store.save_routed(batch, owner=self.owner, now=self.clock.now(), lease=self.lease)
-            self._after_save([batch], [ok])
+            (ok,) = await self._save([batch])
             if not ok:
                 return
 
@@ -387,8 +417,7 @@ class RouterService:
                 dedup_window=self.catalog.dedup_window,
             )
             await self._apply_budgets(batch.deliveries)
-            ok = await self.store.save_routed(batch, owner=self.owner, now=self.clock.now(), lease=self.lease)
-            self._after_save([batch], [ok])
+            (ok,) = await self._save([batch])
             if not ok or finished:
                 return
             cursor = page[-1]

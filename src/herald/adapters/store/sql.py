@@ -60,6 +60,7 @@ from herald.ports import (
     Promoted,
     RecipientContext,
     RoutedBatch,
+    RoutedClaim,
 )
 
 S = DeliveryStatus
@@ -442,6 +443,9 @@ def _delivery_rows(deliveries: Sequence[Delivery], now: float) -> list[dict[str,
             "queued_at": now if x.status == S.QUEUED else None,
             "failed_at": now if x.status == S.FAILED else None,
             "updated_at": now,
+            "lease_owner": None,
+            "lease_until": None,
+            "sending_at": None,
         }
         for x in deliveries
     ]
@@ -453,7 +457,7 @@ def _delivery_rows(deliveries: Sequence[Delivery], now: float) -> list[dict[str,
 _PG_DELIVERY_COLUMNS = (
     "id", "notification_id", "user_id", "channel", "status", "reason", "priority", "category",
     "address", "content", "provider", "retry_count", "budget_used", "due_at", "expires_at",
-    "created_at", "queued_at", "failed_at", "updated_at",
+    "created_at", "queued_at", "failed_at", "updated_at", "lease_owner", "lease_until", "sending_at",
 )  # fmt: skip
 _PG_INSERT_DELIVERIES_PLAIN = pg_batch.UnnestInsert(
     t.deliveries, _PG_DELIVERY_COLUMNS, "ON CONFLICT DO NOTHING"
@@ -1004,28 +1008,49 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
         return ok
 
     async def save_routed_many(
-        self, batches: Sequence[RoutedBatch], *, owner: str, now: float, lease: float = 60.0
+        self,
+        batches: Sequence[RoutedBatch],
+        *,
+        owner: str,
+        now: float,
+        lease: float = 60.0,
+        claim: RoutedClaim | None = None,
     ) -> list[bool]:
         n = t.notifications
         pg = self.db.dialect == "postgresql"
 
-        def op(c: Connection) -> list[bool]:
+        def op(c: Connection) -> tuple[list[bool], set[str]]:
             ids = [b.notification_id for b in batches]
             # FOR UPDATE (PostgreSQL; SQLite's single writer needs none) keeps the leases ours
             # until commit: claim_unrouted (SKIP LOCKED) cannot take a row over meanwhile.
             held = set(c.execute(_ROUTING_HELD[pg], {"b_ids": ids, "b_owner": owner}).scalars())
             rows: list[dict[str, Any]] = []
+            taken: set[str] = set()  # written claimed (decided here: after dedup, per attempt)
             for batch in batches:
                 if batch.notification_id in held:
                     if batch.dedup_key:
                         self._dedup(c, batch, now)
-                    rows.extend(_delivery_rows(batch.deliveries, now))
-            if rows and self.outbox:
+                    written = _delivery_rows(batch.deliveries, now)
+                    if claim is not None:
+                        for row, x in zip(written, batch.deliveries, strict=True):
+                            if x.id in claim.ids and x.status == S.QUEUED:
+                                row.update(
+                                    status=S.SENDING.value,
+                                    lease_owner=claim.owner,
+                                    lease_until=claim.until,
+                                    sending_at=now,
+                                )
+                                taken.add(x.id)
+                    rows.extend(written)
+            if rows and (self.outbox or taken):
                 # Outbox rows only for deliveries this call inserted (a routing pass taken over
-                # after a lost lease writes some again; those have theirs).
+                # after a lost lease writes some again; those have theirs), and none for those
+                # written claimed; a claim holds only for rows this call inserted.
                 new = _insert_deliveries(c, rows, returning=True)
-                claimable = [r for r in new if r.status in _CLAIMABLE]
-                add_outbox(c, [(r.id, r.channel, r.priority, r.due_at) for r in claimable], now)
+                if self.outbox:
+                    claimable = [r for r in new if r.status in _CLAIMABLE]
+                    add_outbox(c, [(r.id, r.channel, r.priority, r.due_at) for r in claimable], now)
+                taken &= {r.id for r in new}
             elif rows:
                 _insert_deliveries(c, rows, returning=False)
             finished = [b.notification_id for b in batches if b.finished and b.notification_id in held]
@@ -1054,9 +1079,15 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                     if b.cursor is not None:
                         values["route_cursor"] = b.cursor
                     c.execute(update(n).where(n.c.id == b.notification_id).values(**values))
-            return [b.notification_id in held for b in batches]
+            return [b.notification_id in held for b in batches], taken
 
-        return await self.db.run(op)
+        oks, taken = await self.db.run(op)
+        if taken:
+            for b in batches:
+                for x in b.deliveries:
+                    if x.id in taken:
+                        x.status = S.SENDING
+        return oks
 
     async def recipient_context(self, user_ids: Sequence[str], *, with_devices: bool) -> RecipientContext:
         ids = list(dict.fromkeys(user_ids))
