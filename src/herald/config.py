@@ -52,11 +52,20 @@ class ServerConfig(_Section):
     worker_lanes: list[Priority] = Field(default_factory=lambda: list(ALL_LANES))
     # CPU priority (nice, 0-19) of the children: bulk senders yield the cores to this process.
     worker_nice: int = Field(default=0, ge=0, le=19)
+    # Lanes this process sends as well, beside the children: what it routes into them is written
+    # claimed by its own senders and sent at once, without a claim or the children's busy loops;
+    # what they cannot take at once either side claims. [] leaves them to the children alone.
+    serve_lanes: list[Priority] = Field(default_factory=lambda: [Priority.CRITICAL])
 
     @field_validator("worker_lanes")
     @classmethod
     def _worker_lanes(cls, value: list[Priority]) -> list[Priority]:
         return check_lanes(value)
+
+    @field_validator("serve_lanes")
+    @classmethod
+    def _serve_lanes(cls, value: list[Priority]) -> list[Priority]:
+        return check_lanes(value) if value else []
 
 
 class DatabaseConfig(_Section):

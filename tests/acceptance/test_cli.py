@@ -78,6 +78,10 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path: Path, args: list[st
         # the children take high and normal: critical and low left to serve are not adjacent
         ('worker_processes = 1\nworker_lanes = ["high", "normal"]', "server.worker_lanes"),
         ("worker_nice = 25", "server.worker_nice"),
+        ('serve_lanes = ["critical", "low"]', "server.serve_lanes"),
+        ('serve_lanes = ["urgent"]', "server.serve_lanes"),
+        # the children take critical and high; normal, low and serve_lanes' critical are not adjacent
+        ('worker_processes = 1\nworker_lanes = ["critical", "high"]', "server.serve_lanes"),
     ],
 )
 def test_bad_worker_lanes_fail_at_start_naming_the_key(tmp_path: Path, server: str, message: str) -> None:

@@ -292,13 +292,20 @@ level = "warning"
         emulator.wait(10)
 
 
+@pytest.mark.parametrize(
+    "lanes",
+    ['worker_lanes = ["normal", "low"]', ""],
+    ids=["bulk-lanes-in-the-child", "every-lane-in-the-child"],
+)
 def test_worker_lanes_keep_critical_in_the_parent_and_the_bulk_in_a_nice_child(
-    tmp_path: Path, smtp_server: SmtpTestServer, stack: Any
+    tmp_path: Path, smtp_server: SmtpTestServer, stack: Any, lanes: str
 ) -> None:
-    """``worker_lanes = ["normal", "low"]``: the child (at ``worker_nice``) sends the bulk, the
-    parent the critical lane of the same channel; each email once, embedded and scaled out."""
+    """``worker_lanes = ["normal", "low"]``, or every lane (the default) with the parent sending
+    ``serve_lanes`` (critical, by default) as well: the child (at ``worker_nice``) sends the
+    bulk, the parent the critical lane of the same channel, which it routes written claimed by
+    its own senders; each email once, embedded and scaled out."""
     smtp_server.handler.delay = 0.05  # 16 slots: ~3 s of bulk sending to watch
-    extra = '\n[server]\nworker_processes = 1\nworker_lanes = ["normal", "low"]\nworker_nice = 5\n'
+    extra = f"\n[server]\nworker_processes = 1\n{lanes}\nworker_nice = 5\n"
     write_config(tmp_path, smtp_server.port, lease=30.0, extra=extra)
     key = herald_cli(tmp_path, "keys", "create", "--scope", "admin").stdout.strip()
     h = HeraldProcess(tmp_path, key).start()
@@ -347,8 +354,7 @@ def test_worker_lanes_keep_critical_in_the_parent_and_the_bulk_in_a_nice_child(
             time.sleep(0.005)
         by_status = _wait_sent(db, 1020)
         # Scale-out: herald serve relays the critical lane's outbox rows and the child the low
-        # lane's (queue.relay_lanes); a lane nobody relays would stay in the outbox for good
-        # (a critical one even after its hand-over sent it).
+        # lane's (queue.relay_lanes); a lane nobody relays would stay in the outbox for good.
         deadline = time.monotonic() + 30
         while db_query(db, "SELECT count(*) FROM outbox")[0][0] and time.monotonic() < deadline:
             time.sleep(0.1)

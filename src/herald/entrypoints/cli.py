@@ -153,11 +153,13 @@ def serve(
     delegated = [name for name, ch in settings.channels.items() if ch.enabled and name not in PARENT_CHANNELS]
     if settings.server.worker_processes and delegated:
         lanes = settings.server.worker_lanes
-        shared = _keep_other_lanes(settings, delegated, lanes)
-        if len(lanes) < len(Priority):
-            # The children relay their lanes' outbox rows (`herald worker --lanes`), this
-            # process the others: a bulk backlog is published at the children's CPU priority.
-            settings.queue.relay_lanes = [p for p in Priority if p not in lanes]
+        own = [p for p in Priority if p not in lanes or p in settings.server.serve_lanes]
+        shared = _keep_other_lanes(settings, delegated, own)
+        if own:
+            # The children relay their lanes' outbox rows (`herald worker --lanes`: all of them
+            # by default), this process those of the lanes it sends: a bulk backlog is
+            # published at the children's CPU priority. Every lane has a relay.
+            settings.queue.relay_lanes = own
         children = WorkerChildren(
             settings.server.worker_processes,
             delegated,
@@ -170,23 +172,21 @@ def serve(
     _serve(settings, {"router", "worker", "scheduler"}, host, port, children)
 
 
-def _keep_other_lanes(
-    settings: Settings, channels: list[str], children_lanes: list[Priority]
-) -> frozenset[str]:
-    """The channels whose lanes outside ``children_lanes`` this process sends itself (and
-    narrows their ``lanes`` to those)."""
+def _keep_other_lanes(settings: Settings, channels: list[str], own: list[Priority]) -> frozenset[str]:
+    """The channels of the children whose lanes ``own`` (those the children do not send, and
+    ``server.serve_lanes``) this process sends itself (and narrows their ``lanes`` to those)."""
     shared = set()
     for name in channels:
         ch = settings.channels[name]
-        rest = [p for p in ch.lanes if p not in children_lanes]
+        rest = [p for p in ch.lanes if p in own]
         if not rest:
             continue
         try:
             ch.lanes = check_lanes(rest)
         except ValueError:
             raise fail(
-                f"server.worker_lanes: the lanes left to herald serve on {name} "
-                f"({', '.join(rest)}) must be adjacent, e.g. worker_lanes = ['normal', 'low']"
+                f"server.worker_lanes / server.serve_lanes: the lanes left to herald serve on "
+                f"{name} ({', '.join(rest)}) must be adjacent, e.g. worker_lanes = ['normal', 'low']"
             ) from None
         shared.add(name)
     return frozenset(shared)
