@@ -51,6 +51,9 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
         "--worker-lanes", help="herald [server] worker_lanes, comma-separated (the rest are sent by serve)"
     )
     parser.add_argument("--worker-nice", type=int, help="herald [server] worker_nice (children's niceness)")
+    parser.add_argument(
+        "--serve-lanes", help="herald [server] serve_lanes, comma-separated ('' for none: children only)"
+    )
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="hard bound per scenario")
     parser.add_argument(
         "--herald-patches",
@@ -74,6 +77,8 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
             setattr(tuning, name, value)
     if args.worker_lanes:
         tuning.worker_lanes = [x.strip() for x in args.worker_lanes.split(",") if x.strip()]
+    if args.serve_lanes is not None:
+        tuning.serve_lanes = [x.strip() for x in args.serve_lanes.split(",") if x.strip()]
     opts = Options(
         quick=args.quick,
         mode=args.mode,

@@ -31,6 +31,7 @@ class HeraldTuning:
     worker_processes: int = 0  # herald serve: send in this many worker children ([server])
     worker_lanes: list[str] = field(default_factory=lambda: ["critical", "high", "normal", "low"])
     worker_nice: int = 0  # the children's CPU niceness ([server] worker_nice)
+    serve_lanes: list[str] = field(default_factory=lambda: ["critical"])  # [server] serve_lanes
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,6 +39,14 @@ class HeraldTuning:
 
 def _toml_list(values: list[float]) -> str:
     return "[" + ", ".join(repr(float(v)) for v in values) + "]"
+
+
+def _serve_lanes(tuning: HeraldTuning) -> str:
+    """``serve_lanes`` when not herald's default: left out, a herald from before the key (an
+    older checkout run for comparison, PYTHONPATH) still starts."""
+    if tuning.serve_lanes == ["critical"]:
+        return ""
+    return f"serve_lanes = {json.dumps(tuning.serve_lanes)}"
 
 
 def _toml_pairs(values: dict[str, str]) -> str:
@@ -64,6 +73,7 @@ public_url = "http://127.0.0.1:{port}"
 worker_processes = {tuning.worker_processes}
 worker_lanes = {json.dumps(tuning.worker_lanes)}
 worker_nice = {tuning.worker_nice}
+{_serve_lanes(tuning)}
 
 [database]
 {_toml_pairs(backends["database"])}

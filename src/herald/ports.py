@@ -535,8 +535,10 @@ class Queue(Protocol):
 
     async def extend(self, delivery_ids: Sequence[str], *, owner: str, until: float) -> None: ...
 
-    def wake(self, channel: str | None = None) -> None:
-        """Signal that ``channel`` (or every channel) may have new work."""
+    def wake(self, channel: str | None = None, top_rank: int = 0) -> None:
+        """Signal that ``channel`` (or every channel) may have new work; ``top_rank``: its
+        highest lane when known (0, critical, when not), so that this process's waiters of
+        higher lanes only sleep on (other processes are woken for the channel)."""
         ...
 
     def wake_local(self, channel: str) -> None:
@@ -555,8 +557,9 @@ class Queue(Protocol):
         """Also call ``listener`` with the channel of every :meth:`wake` of this process."""
         ...
 
-    async def wait(self, channel: str, timeout: float) -> None:
-        """Return when woken for ``channel`` or after ``timeout`` seconds."""
+    async def wait(self, channel: str, timeout: float, max_rank: int = 3) -> None:
+        """Return when woken for ``channel`` (work in a lane up to ``max_rank``) or after
+        ``timeout`` seconds."""
         ...
 
 

@@ -139,7 +139,7 @@ async def test_fan_out_resumes_at_the_cursor_after_losing_the_router(tmp_path: P
         assert n.recipients_total == 1200
         # The lease (5 s, real clock) expires; another router takes over from the cursor.
         other = type(router)(
-            store, router.clock, router.catalog, lambda _c: None, router.unsubscribe, lease=5
+            store, router.clock, router.catalog, lambda _c, _top: None, router.unsubscribe, lease=5
         )
 
         async def taken_over() -> bool:

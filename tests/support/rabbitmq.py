@@ -195,8 +195,8 @@ class SyncedAmqpQueue:
     async def extend(self, delivery_ids: Sequence[str], *, owner: str, until: float) -> None:
         await self.inner.extend(delivery_ids, owner=owner, until=until)
 
-    def wake(self, channel: str | None = None) -> None:
-        self.inner.wake(channel)
+    def wake(self, channel: str | None = None, top_rank: int = 0) -> None:
+        self.inner.wake(channel, top_rank)
 
     def wake_local(self, channel: str) -> None:
         self.inner.wake_local(channel)
@@ -204,5 +204,5 @@ class SyncedAmqpQueue:
     def hand_over(self, deliveries: Sequence[Delivery]) -> None:
         self.inner.hand_over(deliveries)
 
-    async def wait(self, channel: str, timeout: float) -> None:
-        await self.inner.wait(channel, timeout)
+    async def wait(self, channel: str, timeout: float, max_rank: int = 3) -> None:
+        await self.inner.wait(channel, timeout, max_rank)

@@ -249,7 +249,7 @@ class DeliveryService:
                     self._start(pool, d)
                 if claimed and len(claimed) >= limit:
                     continue  # there may be more right now
-            await self.queue.wait(pool.channel, self.idle_wait)
+            await self.queue.wait(pool.channel, self.idle_wait, pool.max_rank)
 
     # Deliveries routed here, written already claimed (RouterService, Store.save_routed_many) ---
     def routed_claim(self, deliveries: Sequence[Delivery]) -> RoutedClaim | None:

@@ -534,12 +534,12 @@ class AmqpQueue:
             self.handed_over[channel] += len(ids)
             self.signals.wake(channel)
 
-    def wake(self, channel: str | None = None) -> None:
-        self.signals.wake(channel)
+    def wake(self, channel: str | None = None, top_rank: int = 0) -> None:
+        self.signals.wake(channel, top_rank)
         for listener in self._wake_listeners:
             listener(channel)
 
-    async def wait(self, channel: str, timeout: float) -> None:
+    async def wait(self, channel: str, timeout: float, max_rank: int = 3) -> None:
         if channel not in self._lanes and channel not in self._starting:
             # Start consuming in the background: a wake that comes meanwhile is not missed.
             task = asyncio.create_task(self._consume_quietly(channel), name=f"herald-amqp-consume-{channel}")
@@ -547,7 +547,7 @@ class AmqpQueue:
             task.add_done_callback(lambda _: self._starting.pop(channel, None))
         # Woken by a message arriving (or a local wake), never by messages already buffered:
         # those may be of lanes the caller cannot take now, and waking on them would spin.
-        await self.signals.wait(channel, timeout)
+        await self.signals.wait(channel, timeout, max_rank)
 
     async def _consume_quietly(self, channel: str) -> None:
         try:

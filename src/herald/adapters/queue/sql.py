@@ -161,15 +161,15 @@ class SqlQueue:
     def hand_over(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to do: the table is the queue, and the wake that comes with it claims them."""
 
-    def wake(self, channel: str | None = None) -> None:
-        self.signals.wake(channel)
+    def wake(self, channel: str | None = None, top_rank: int = 0) -> None:
+        self.signals.wake(channel, top_rank)
         if self._wakeups is not None:
             self._wakeups.notify(channel)
         for listener in self._wake_listeners:
             listener(channel)
 
-    async def wait(self, channel: str, timeout: float) -> None:
-        await self.signals.wait(channel, timeout)
+    async def wait(self, channel: str, timeout: float, max_rank: int = 3) -> None:
+        await self.signals.wait(channel, timeout, max_rank)
 
 
 def _claim_sqlite(
