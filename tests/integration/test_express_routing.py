@@ -4,6 +4,7 @@ goes the usual way, and a router that dies holding express work loses it to the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,35 @@ async def test_express_work_of_a_router_that_died_is_taken_over_when_its_lease_r
     assert body["status"] == "completed"
     assert [d["status"] for d in body["deliveries"]] == ["sent"]
     assert nid in claimed  # taken over by the router's claim of expired routing leases
+
+
+async def test_express_notifications_accepted_during_a_round_are_routed_together_in_the_next(
+    tmp_path: Path,
+) -> None:
+    """One round at a time per lane: what is accepted while a round is being written waits for
+    it and goes in the next round, together (one by one it was two transactions each)."""
+    rounds: list[int] = []
+    gate = asyncio.Event()
+
+    def configure(c: Container) -> None:
+        original = c.store.save_routed_many
+
+        async def save_routed_many(batches: Any, **kw: Any) -> list[bool]:
+            rounds.append(len(batches))
+            if len(rounds) == 1:
+                await gate.wait()  # the first round is slow to commit
+            return await original(batches, **kw)
+
+        c.store.save_routed_many = save_routed_many  # type: ignore[method-assign]
+
+    async with running_herald(make_settings(tmp_path), configure=configure) as h:
+        await _ready(h)
+        first = await _send(h, "ana", "high")
+        while not rounds:
+            await asyncio.sleep(0.01)
+        rest = await asyncio.gather(*(_send(h, "bob", "high") for _ in range(10)))
+        gate.set()
+        bodies = [await h.wait_final(nid) for nid in [first, *rest]]
+
+    assert all(b["status"] == "completed" for b in bodies)
+    assert rounds[:2] == [1, 10]  # the ten accepted meanwhile: one round, one transaction
