@@ -171,6 +171,7 @@ class DeliveryService:
         self.unhealthy: dict[str, dict[str, object]] = {}
         self._stopping = asyncio.Event()
         self._running = False
+        self._urgent_pools = False  # a running pool sends critical or high (routed_claim)
         self._pool_tasks: list[asyncio.Task[None]] = []
 
     async def run(self, channels: Collection[str] | None = None) -> None:
@@ -183,6 +184,7 @@ class DeliveryService:
             asyncio.create_task(self._pool_loop(p), name=f"herald-pool-{p.channel}")
             for p in self.pools.values()
         ]
+        self._urgent_pools = any(p.min_rank <= 1 for p in self.pools.values())
         self._running = True
         heartbeat = asyncio.create_task(self._heartbeat(), name="herald-lease-heartbeat")
         try:
@@ -256,8 +258,8 @@ class DeliveryService:
         """The critical/high deliveries of ``deliveries`` that this process's own senders take
         as they are written (a claim transaction and a queue round trip less for each): due
         now, of a lane a running pool of this process sends, as many as it has free slots."""
-        if not self._running or self._stopping.is_set():
-            return None
+        if not self._running or self._stopping.is_set() or not self._urgent_pools:
+            return None  # e.g. a child of bulk lanes only: no walk over every routed delivery
         now = self.clock.now()
         free: dict[str, int] = {}
         ids: set[str] = set()

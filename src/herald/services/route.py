@@ -331,9 +331,13 @@ class RouterService:
         once (:meth:`DeliveryService.routed_claim`)."""
         claim = None
         if self._senders is not None:
-            claim = self._senders.routed_claim(
-                [d for b in batches for d in b.deliveries if d.status == DeliveryStatus.QUEUED]
-            )
+            urgent = [
+                d
+                for b in batches
+                for d in b.deliveries
+                if d.priority.rank <= 1 and d.status == DeliveryStatus.QUEUED
+            ]
+            claim = self._senders.routed_claim(urgent) if urgent else None
         oks = await self.store.save_routed_many(
             batches, owner=self.owner, now=self.clock.now(), lease=self.lease, claim=claim
         )
