@@ -57,3 +57,34 @@ def test_postgres_delivery_insert_names_every_column_the_rows_carry() -> None:
 
     (row,) = _delivery_rows([make_delivery("ntf_1")], 1.0)
     assert tuple(row) == _PG_DELIVERY_COLUMNS
+
+
+def test_result_batch_reads_its_leases_by_primary_key(tmp_path: Path) -> None:
+    from herald.adapters.store import sqlite_hot
+
+    db = _migrated(tmp_path)
+    ids = tuple(f"dlv_{i}" for i in range(200))  # a batch of results
+    held = sqlite_hot._held_leases(len(ids))
+    plan = _plan(db, held, ids)
+    # and the test can tell: without the ``+`` SQLite reads every delivery being sent
+    assert "ix_deliveries_lease" in _plan(db, held.replace("+status", "status"), ids)
+    assert "ix_deliveries_lease" not in plan
+    assert "sqlite_autoindex_deliveries_1 (id=?)" in plan, plan
+    record = _plan(db, sqlite_hot.RECORD_RESULT.sql, dict.fromkeys(sqlite_hot.RECORD_RESULT.names, None))
+    assert record == "SEARCH deliveries USING INDEX sqlite_autoindex_deliveries_1 (id=?)", record
+
+
+def test_recipient_reads_look_users_up_by_key(tmp_path: Path) -> None:
+    from herald.adapters.store import sqlite_hot
+
+    db = _migrated(tmp_path)
+    ids = tuple(f"u{i}" for i in range(sqlite_hot.CHUNK))
+    users, prefs, settings, devices, suppressed = sqlite_hot._recipient_sql(len(ids))
+    assert "sqlite_autoindex_users_1 (id=?)" in _plan(db, users, ids)
+    assert "(user_id=?)" in _plan(db, prefs, ids)
+    assert "(user_id=?)" in _plan(db, settings, ids)
+    assert "ix_devices_user (user_id=?)" in _plan(db, devices, ids)
+    for sql in suppressed.values():
+        plan = _plan(db, sql, ids)
+        assert "SCAN" not in plan, plan
+        assert "sqlite_autoindex_suppressions_1 (channel=? AND address=?)" in plan, plan

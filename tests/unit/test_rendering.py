@@ -42,3 +42,17 @@ def test_ordinary_templates_render() -> None:
         "({{ data['items']|length }})"
     )
     assert render_string(src, {"data": {"items": ["a", "b", "c", "d"]}}) == "1. A 2. B 3. C (4)"
+
+
+def test_dot_lookup_on_dicts_keeps_jinjas_meaning() -> None:
+    # The sandbox's dict fast path (HeraldSandbox.getattr) answers what Jinja would: a dict's
+    # own attribute first, then its item, else undefined; dunder attributes stay refused.
+    ctx = {"data": {"code": "1234", "items": "mine", "nested": {"name": "Ana"}}}
+    assert render_string("{{ data.code }}/{{ data.nested.name }}/{{ data['items'] }}", ctx) == "1234/Ana/mine"
+    assert render_string("{{ data.items() | list | length }}", ctx) == "3"  # the method, not the item
+    assert render_string("[{{ data.missing }}]{{ data.missing is defined }}", ctx) == "[]False"
+    assert render_string("{{ data.nested.keys() | list }}", ctx) == "['name']"
+    with pytest.raises(TemplateError):
+        render_string("{{ data.__class__.__mro__ }}", ctx)
+    with pytest.raises(TemplateError):
+        render_string("{{ data.missing.deeper }}", ctx)

@@ -36,6 +36,7 @@ MAX_WIDTH = 10_000
 
 _budget: contextvars.ContextVar[list[int]] = contextvars.ContextVar("herald_render_budget")
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
 _PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "format", "format_map"})
 
 
@@ -104,6 +105,19 @@ class HeraldSandbox(ImmutableSandboxedEnvironment):
         self.globals.pop("lipsum", None)
         self.globals.update(range=_safe_range, __herald_iter=_budgeted, __herald_concat=_concat)
         self.filters = {name: _guard_filter(fn) for name, fn in self.filters.items()}
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # ``user.data.name`` on the dicts a render sees: the sandbox first asks the dict for an
+        # attribute of that name, and the AttributeError it raises cost ~0.4 us a lookup (a
+        # tenth of the router's time in the drain profile). A plain dict has no attribute
+        # outside dir(dict), so for any other name the answer is its item, or undefined, as
+        # the sandbox itself would conclude.
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
         if operator_name == "**":

@@ -11,9 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     Connection,
-    Float,
     Row,
-    String,
     and_,
     bindparam,
     delete,
@@ -27,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from herald.adapters.store import pg_batch
+from herald.adapters.store import pg_batch, sqlite_hot
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql_digests import HELD_REASON, SCHEDULED, SqlDigestsMixin
@@ -253,61 +251,45 @@ def _attempt(row: Row[Any]) -> Attempt:
     )
 
 
-# One prepared statement for every result (building an update() per row cost ~25 % of the
-# SQLite thread in the drain profile). Optional columns keep their value when the parameter is NULL.
 _D = t.deliveries
-_RECORD_RESULT = (
-    update(_D)
-    .where(
-        _D.c.id == bindparam("b_id"), _D.c.status == S.SENDING.value, _D.c.lease_owner == bindparam("b_owner")
-    )
-    .values(
-        status=bindparam("b_status"),
-        reason=bindparam("b_reason"),
-        provider=bindparam("b_provider"),
-        retry_count=bindparam("b_n"),
-        budget_used=_D.c.budget_used + bindparam("b_budget"),
-        lease_owner=None,
-        lease_until=None,
-        updated_at=bindparam("b_now"),
-        sent_at=func.coalesce(bindparam("b_sent_at", type_=Float), _D.c.sent_at),
-        provider_message_id=func.coalesce(bindparam("b_message_id", type_=String), _D.c.provider_message_id),
-        failed_at=func.coalesce(bindparam("b_failed_at", type_=Float), _D.c.failed_at),
-        due_at=func.coalesce(bindparam("b_due_at", type_=Float), _D.c.due_at),
-    )
-)
 
 
-# Routing reads these for every pass: built once, with the id list as one parameter
-# (building them per pass was most of the pass's time on the SQLite thread; see pg_batch).
+# Routing reads these for every pass on PostgreSQL: built once, with the id list as one array
+# parameter (building them per pass was most of the pass's time; see pg_batch). SQLite runs
+# the same reads on its driver connection (sqlite_hot.recipient_rows).
 _U, _SP = t.users, t.suppressions
 _ids_in, _per_dialect = pg_batch.ids_in, pg_batch.per_dialect
-_CTX_USERS = _per_dialect(lambda pg: select(_U).where(_ids_in(_U.c.id, pg)))
-_CTX_PREFERENCES = _per_dialect(
-    lambda pg: select(t.user_preferences).where(_ids_in(t.user_preferences.c.user_id, pg))
+_ids_pg = functools.partial(_ids_in, pg=True)
+_CTX_USERS = select(_U).where(_ids_pg(_U.c.id))
+_CTX_PREFERENCES = select(t.user_preferences).where(_ids_pg(t.user_preferences.c.user_id))
+_CTX_SETTINGS = select(t.user_settings).where(_ids_pg(t.user_settings.c.user_id))
+_CTX_DEVICES = (
+    select(t.devices)
+    .where(_ids_pg(t.devices.c.user_id), t.devices.c.active.is_(True))
+    .order_by(t.devices.c.created_at)
 )
-_CTX_SETTINGS = _per_dialect(lambda pg: select(t.user_settings).where(_ids_in(t.user_settings.c.user_id, pg)))
-_CTX_DEVICES = _per_dialect(
-    lambda pg: (
-        select(t.devices)
-        .where(_ids_in(t.devices.c.user_id, pg), t.devices.c.active.is_(True))
-        .order_by(t.devices.c.created_at)
-    )
-)
-
-
-def _ctx_suppressed(channel: str, column: Any, pg: bool) -> Any:
-    return (
-        select(_SP.c.address)
-        .select_from(_SP.join(_U, _SP.c.address == column))
-        .where(_SP.c.channel == channel, _ids_in(_U.c.id, pg))
-    )
-
-
 _CTX_SUPPRESSED = {
-    channel: _per_dialect(functools.partial(_ctx_suppressed, channel, column))
+    channel: select(_SP.c.address)
+    .select_from(_SP.join(_U, _SP.c.address == column))
+    .where(_SP.c.channel == channel, _ids_pg(_U.c.id))
     for channel, column in (("email", _U.c.email), ("sms", _U.c.phone), ("webhook", _U.c.webhook_url))
 }
+
+
+def _ctx_rows_pg(
+    c: Connection, ids: Sequence[str], *, with_devices: bool
+) -> tuple[list[Any], list[Any], list[Any], list[Any], dict[str, set[str]]]:
+    """PostgreSQL's side of :func:`sqlite_hot.recipient_rows`."""
+    chunk = {"b_ids": ids}
+    suppressed = {channel: set(c.execute(stmt, chunk).scalars()) for channel, stmt in _CTX_SUPPRESSED.items()}
+    return (
+        list(c.execute(_CTX_USERS, chunk)),
+        list(c.execute(_CTX_PREFERENCES, chunk)),
+        list(c.execute(_CTX_SETTINGS, chunk)),
+        list(c.execute(_CTX_DEVICES, chunk)) if with_devices else [],
+        {channel: addresses for channel, addresses in suppressed.items() if addresses},
+    )
+
 
 # The router's claim, every pass: built once (see _CTX_USERS).
 _N = t.notifications
@@ -414,12 +396,6 @@ PROMOTE_IDS = pg_batch.per_dialect(
     .returning(_D.c.id, _D.c.channel, _D.c.priority, _D.c.due_at)
 )
 
-_HELD_LEASES = (
-    select(_D.c.id, _D.c.lease_owner, _D.c.channel, _D.c.priority, _D.c.due_at)
-    .where(_D.c.id.in_(bindparam("b_ids", expanding=True)), _D.c.status == S.SENDING.value)
-    .order_by(_D.c.id)  # PostgreSQL: lock in one order, as every batch writer does
-)
-
 
 def _delivery_rows(deliveries: Sequence[Delivery], now: float) -> list[dict[str, Any]]:
     return [
@@ -454,11 +430,7 @@ def _delivery_rows(deliveries: Sequence[Delivery], now: float) -> list[dict[str,
 # PostgreSQL: deliveries are inserted as one array per column through ``unnest`` (see
 # :mod:`pg_batch`). SQLAlchemy's multi-row ``VALUES (...), (...)`` for a routing page was
 # re-parsed by psycopg every time (20% of herald's time when draining on PostgreSQL).
-_PG_DELIVERY_COLUMNS = (
-    "id", "notification_id", "user_id", "channel", "status", "reason", "priority", "category",
-    "address", "content", "provider", "retry_count", "budget_used", "due_at", "expires_at",
-    "created_at", "queued_at", "failed_at", "updated_at", "lease_owner", "lease_until", "sending_at",
-)  # fmt: skip
+_PG_DELIVERY_COLUMNS = sqlite_hot.DELIVERY_COLUMNS
 _PG_INSERT_DELIVERIES_PLAIN = pg_batch.UnnestInsert(
     t.deliveries, _PG_DELIVERY_COLUMNS, "ON CONFLICT DO NOTHING"
 )
@@ -476,13 +448,7 @@ def _insert_deliveries(c: Connection, rows: list[dict[str, Any]], *, returning: 
         stmt = _PG_INSERT_DELIVERIES_RETURNING if returning else _PG_INSERT_DELIVERIES_PLAIN
         result = stmt.execute(c, rows)
         return list(result.all()) if returning else []
-    d = t.deliveries
-    ins = sqlite.insert(d).on_conflict_do_nothing()
-    if returning:
-        cols = (d.c.id, d.c.channel, d.c.priority, d.c.due_at, d.c.status)
-        return list(c.execute(ins.returning(*cols), rows).all())
-    c.execute(ins, rows)
-    return []
+    return sqlite_hot.insert_deliveries(c, rows, returning=returning)
 
 
 # Queue tables vacuumed by ``maintain`` once this many rows are dead (and a fifth of the live).
@@ -510,25 +476,6 @@ def _result_params(r: DeliveryResult, now: float) -> dict[str, Any]:
         "b_failed_at": now if r.new_status in (S.FAILED, S.DEAD) else None,
         "b_due_at": r.due_at,
     }
-
-
-def _apply_results_sqlite(
-    c: Connection, batch: dict[str, DeliveryResult], now: float
-) -> dict[str, tuple[str, int, float]]:
-    """SQLite: the held leases read once (the write lock keeps them until commit), then one
-    ``executemany`` for the results whose lease is still the sender's."""
-    ids = list(batch)
-    changed: dict[str, tuple[str, int, float]] = {}
-    updates: list[dict[str, Any]] = []
-    for i in range(0, len(ids), 500):
-        for row in c.execute(_HELD_LEASES, {"b_ids": ids[i : i + 500]}):
-            r = batch[row.id]
-            if row.lease_owner is not None and row.lease_owner == r.lease_owner:
-                updates.append(_result_params(r, now))
-                changed[row.id] = (row.channel, row.priority, row.due_at if r.due_at is None else r.due_at)
-    if updates:
-        c.execute(_RECORD_RESULT, updates)
-    return changed
 
 
 def _apply_results_pg(
@@ -1095,27 +1042,27 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
 
         def op(c: Connection) -> RecipientContext:
             ctx = RecipientContext(users={}, preferences={}, devices={}, suppressed={})
-            for i in range(0, len(ids), 500):
-                chunk = {"b_ids": ids[i : i + 500]}
-                for row in c.execute(_CTX_USERS[pg], chunk):
+            read = _ctx_rows_pg if pg else sqlite_hot.recipient_rows
+            for i in range(0, len(ids), sqlite_hot.CHUNK):
+                users, preferences, settings, devices, suppressed = read(
+                    c, ids[i : i + sqlite_hot.CHUNK], with_devices=with_devices
+                )
+                for row in users:
                     ctx.users[row.id] = _user(row)
-                for row in c.execute(_CTX_PREFERENCES[pg], chunk):
+                for row in preferences:
                     prefs = ctx.preferences.setdefault(row.user_id, Preferences(user_id=row.user_id))
                     if row.category == "*":
                         prefs.channels[row.channel] = bool(row.enabled)
                     else:
                         prefs.categories.setdefault(row.category, {})[row.channel] = bool(row.enabled)
-                for row in c.execute(_CTX_SETTINGS[pg], chunk):
+                for row in settings:
                     prefs = ctx.preferences.setdefault(row.user_id, Preferences(user_id=row.user_id))
                     prefs.quiet_hours = _loads(row.quiet_hours)
                     prefs.digests = _loads(row.digests) or {}
-                if with_devices:
-                    for row in c.execute(_CTX_DEVICES[pg], chunk):
-                        ctx.devices.setdefault(row.user_id, []).append(_device(row))
-                for channel, stmt in _CTX_SUPPRESSED.items():
-                    addresses = set(c.execute(stmt[pg], chunk).scalars())
-                    if addresses:
-                        ctx.suppressed.setdefault(channel, set()).update(addresses)
+                for row in devices:
+                    ctx.devices.setdefault(row.user_id, []).append(_device(row))
+                for channel, addresses in suppressed.items():
+                    ctx.suppressed.setdefault(channel, set()).update(addresses)
             return ctx
 
         return await self.db.run(op)
@@ -1266,7 +1213,10 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                 batch.setdefault(r.delivery_id, r)
             # {delivery id: (channel, priority, due_at after the change)} of the rows changed:
             # those still in ``sending`` under the result's lease.
-            changed = _apply_results_pg(c, batch, now) if pg else _apply_results_sqlite(c, batch, now)
+            if pg:
+                changed = _apply_results_pg(c, batch, now)
+            else:
+                changed = sqlite_hot.apply_results(c, batch, now, _result_params)
             attempts: list[dict[str, Any]] = []
             requeued: list[tuple[str, str, int, float]] = []  # outbox rows (broker queue only)
             for r in batch.values():
@@ -1301,7 +1251,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
             if attempts and pg:
                 pg_batch.INSERT_ATTEMPTS.execute(c, attempts)
             elif attempts:
-                c.execute(insert(t.attempts), attempts)
+                sqlite_hot.insert_attempts(c, attempts)
             if requeued:
                 add_outbox(c, requeued, now)
             # Rejected: lost its lease (or not sending any more), or given twice.
