@@ -16,7 +16,7 @@ What it does, as SendGrid does:
 
 * ``POST /v3/mail/send`` with ``Authorization: Bearer <api key>``; another key is ``401``.
 * Every request is validated against SendGrid's own OpenAPI document
-  (``shared/provider-specs/sendgrid_mail_send_v3.json``, or ``$HERALD_PROVIDER_SPECS``) with
+  (``tests/emulators/specs/sendgrid_mail_send_v3.json``, or ``$HERALD_PROVIDER_SPECS``) with
   openapi-core; a mismatch is recorded in :attr:`spec_errors` and answered ``400``. Error
   answers with a documented status are validated against the spec's response schema too.
 * The checks the spec cannot express (see the spec README): at least one personalization, a
@@ -40,12 +40,10 @@ import base64
 import functools
 import hmac
 import json
-import os
 import secrets
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -53,18 +51,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from openapi_core import OpenAPI, testing
 
+from tests.emulators import specs_dir
+
 SPEC_FILE = "sendgrid_mail_send_v3.json"
 REAL_HOST = "https://api.sendgrid.com"
 DEFAULT_API_KEY = "SG.emulator-key.0123456789abcdefghijklmnopqrstuvwxyz"
 _DOCUMENTED = {202, 400, 401, 403, 404, 405, 413, 500}
 
-
-def specs_dir() -> Path:
-    """Where the provider specs live: ``$HERALD_PROVIDER_SPECS`` or ``<repo>/../shared/provider-specs``."""
-    env = os.environ.get("HERALD_PROVIDER_SPECS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "provider-specs"
 
 
 @functools.cache

@@ -18,7 +18,7 @@ What it does, as Twilio does:
   password must be the emulator's account SID and auth token and the SID in the path must be
   the authenticated account, else ``401`` / code 20003.
 * Every request is validated against Twilio's own OpenAPI document
-  (``shared/provider-specs/twilio_messages_v2010.json``, or ``$HERALD_PROVIDER_SPECS``) with
+  (``tests/emulators/specs/twilio_messages_v2010.json``, or ``$HERALD_PROVIDER_SPECS``) with
   openapi-core; a mismatch is recorded in :attr:`spec_errors` and answered ``400``. Its own
   ``201`` answers are validated against the spec's response schema too.
 * The checks the spec cannot express: ``To`` in E.164 (21211), a sender (21603), a body
@@ -40,20 +40,20 @@ import functools
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
 from aiohttp import web
 from openapi_core import OpenAPI, testing
+
+from tests.emulators import specs_dir
 
 SPEC_FILE = "twilio_messages_v2010.json"
 REAL_HOST = "https://api.twilio.com"
@@ -78,13 +78,6 @@ MAGIC_NUMBERS: dict[str, tuple[int, str]] = {
     "+15005550009": (21614, "'To' number {to} is not a valid mobile number"),
 }
 
-
-def specs_dir() -> Path:
-    """Where the provider specs live: ``$HERALD_PROVIDER_SPECS`` or ``<repo>/../shared/provider-specs``."""
-    env = os.environ.get("HERALD_PROVIDER_SPECS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "provider-specs"
 
 
 @functools.cache
