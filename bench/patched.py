@@ -102,19 +102,26 @@ def _latency_probe() -> None:
     database.Database._writer_lock = writer_lock  # type: ignore[method-assign]
 
     # Garbage-collector pauses, by generation: a full collection stops every thread.
+    import collections
     import gc
 
     gc_started: list[float] = [0.0]
-    full_gcs: list[tuple[float, float]] = []
+    full_gcs: list[tuple[float, float, str]] = []
+    census: list[str] = [""]
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
+            if info["generation"] == 2:  # what a full collection walks: the oldest generation
+                old = gc.get_objects(2)
+                kinds = collections.Counter(type(o).__name__ for o in old).most_common(8)
+                census[0] = f"{len(old)} objects in gen 2: " + ", ".join(f"{k} {n}" for k, n in kinds)
+                del old
             gc_started[0] = time.perf_counter()
         else:
             took = time.perf_counter() - gc_started[0]
             stats.setdefault(f"gc{info['generation']}", []).append(took)
             if info["generation"] == 2:  # when, to tell the phases of a run apart
-                full_gcs.append((time.time(), took))
+                full_gcs.append((time.time(), took, census[0]))
 
     gc.callbacks.append(on_gc)
 
@@ -148,7 +155,7 @@ def _latency_probe() -> None:
                     )
                     top = round(1000 * v[-1], 2)
                     lines.append(f"{name}: n={len(values)} p50={p50} p95={p95} p99={p99} max={top} ms")
-            lines += [f"gc2 at {at:.3f}: {1000 * took:.1f} ms" for at, took in full_gcs if took > 0.01]
+            lines += [f"gc2 at {at:.3f}: {1000 * took:.1f} ms ({what})" for at, took, what in full_gcs]
             out.write_text("\n".join(lines) + "\n")
 
     threading.Thread(target=writer, name="bench-latency-probe", daemon=True).start()
