@@ -173,18 +173,29 @@ def _tx_census() -> None:
     from herald.adapters.store.database import Database
 
     counts: Counter[str] = Counter()
+    inside: Counter[str] = Counter()  # seconds spent inside the transaction (the op itself)
     original = Database.run
 
     async def run(self: Any, fn: Any) -> Any:
         name = getattr(fn, "__qualname__", type(fn).__name__).replace(".<locals>.op", "")
         counts[name] += 1
-        return await original(self, fn)
+
+        def timed(c: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(c)
+            finally:
+                inside[name] += time.perf_counter() - t0
+
+        return await original(self, timed)
 
     def writer() -> None:
         out = Path("tx_census.txt")
         while True:
             time.sleep(1.0)
-            lines = [f"{n:8d} {name}" for name, n in counts.copy().most_common()]
+            lines = [
+                f"{n:8d} {1000 * inside[name]:9.0f} ms in  {name}" for name, n in counts.copy().most_common()
+            ]
             out.write_text(f"{sum(counts.values()):8d} total\n" + "\n".join(lines) + "\n")
 
     Database.run = run  # type: ignore[method-assign]
