@@ -158,7 +158,7 @@ async def test_postgres_plans_stay_on_the_cheap_index_whatever_the_statistics(ba
     assert any("Sort" in plan for plan in _pg_plans(schema, was, lane))  # (custom plan)
 
     held = {"b_ids": [f"ntf_r{i:06d}" for i in range(200)], "b_owner": "r1"}
-    custom, generic = _pg_plans(schema, store_sql._ROUTING_HELD[True], held)
+    custom, generic = _pg_plans(schema, store_sql._ROUTING_HELD, held)
     assert "ix_notifications_route" not in custom, custom
     assert "notifications_pkey" in generic and "ix_notifications_route" not in generic, generic
     was = select(n.c.id).where(

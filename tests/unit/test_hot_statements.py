@@ -88,3 +88,16 @@ def test_recipient_reads_look_users_up_by_key(tmp_path: Path) -> None:
         plan = _plan(db, sql, ids)
         assert "SCAN" not in plan, plan
         assert "sqlite_autoindex_suppressions_1 (channel=? AND address=?)" in plan, plan
+
+
+def test_routing_write_finds_its_notifications_by_primary_key(tmp_path: Path) -> None:
+    from herald.adapters.store import sqlite_hot
+
+    db = _migrated(tmp_path)
+    ids = tuple(f"ntf_{i}" for i in range(50))
+    for sql, params in (
+        (sqlite_hot._routing_held(len(ids)), (*ids, "router-1")),
+        (sqlite_hot._routing_finished(len(ids)), (1.0, *ids)),
+    ):
+        plan = _plan(db, sql, params)
+        assert plan == "SEARCH notifications USING INDEX sqlite_autoindex_notifications_1 (id=?)", plan

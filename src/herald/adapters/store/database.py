@@ -173,8 +173,14 @@ class Database:
             @event.listens_for(self.engine, "begin")
             def _begin(conn: Connection) -> None:
                 # Take the write lock up front so that two processes never deadlock upgrading
-                # a read transaction to a write one.
-                conn.exec_driver_sql("BEGIN IMMEDIATE")  # errors come wrapped, as _tx expects
+                # a read transaction to a write one. On the driver's own cursor: through
+                # exec_driver_sql it was a tenth of a small transaction's time on this thread.
+                try:
+                    conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+                except sqlite3.Error as err:  # wrapped as SQLAlchemy would, for _tx
+                    raise exc.DBAPIError.instance(
+                        "BEGIN IMMEDIATE", None, err, sqlite3.Error, connection_invalidated=False
+                    ) from err
 
             self._executor: Executor = SerialExecutor("herald-sqlite")
             self._lock_fd = _open_lock_file(self.engine.url.database)

@@ -327,33 +327,29 @@ _TAKE_UNROUTED = _per_dialect(
         .returning(*_N.c)
     )
 )
-# save_routed_many: the routing leases still ours (locked until commit on PostgreSQL), and the
-# notifications whose routing finished.
-_ROUTING_HELD = _per_dialect(
-    lambda pg: (
-        select(_N.c.id)
-        .where(
-            _ids_in(_N.c.id, pg),
-            # ``|| ''``: by primary key, never the status index (see sql_outbox._CLAIM_IDS): 2.7
-            # ms a routing pass on PostgreSQL in the scale-out flood, reading routed notifications.
-            (_N.c.status + literal("")) == NotificationStatus.ROUTING.value,
-            _N.c.lease_owner == bindparam("b_owner"),
-        )
-        .order_by(_N.c.id)
-        .with_for_update()
+# save_routed_many on PostgreSQL (SQLite: sqlite_hot.routing_held / routing_finished): the
+# routing leases still ours (locked until commit), and the notifications whose routing finished.
+_ROUTING_HELD = (
+    select(_N.c.id)
+    .where(
+        _ids_pg(_N.c.id),
+        # ``|| ''``: by primary key, never the status index (see sql_outbox._CLAIM_IDS): 2.7
+        # ms a routing pass on PostgreSQL in the scale-out flood, reading routed notifications.
+        (_N.c.status + literal("")) == NotificationStatus.ROUTING.value,
+        _N.c.lease_owner == bindparam("b_owner"),
     )
+    .order_by(_N.c.id)
+    .with_for_update()
 )
-_ROUTING_FINISHED = _per_dialect(
-    lambda pg: (
-        update(_N)
-        .where(_ids_in(_N.c.id, pg))
-        .values(
-            status=NotificationStatus.ROUTED.value,
-            routed_at=bindparam("b_now"),
-            lease_owner=None,
-            lease_until=None,
-            recipients_routed=_N.c.recipients_total,
-        )
+_ROUTING_FINISHED = (
+    update(_N)
+    .where(_ids_pg(_N.c.id))
+    .values(
+        status=NotificationStatus.ROUTED.value,
+        routed_at=bindparam("b_now"),
+        lease_owner=None,
+        lease_until=None,
+        recipients_routed=_N.c.recipients_total,
     )
 )
 
@@ -876,11 +872,17 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
             for n in notifications
         ]
 
+        pg = self.db.dialect == "postgresql"
+
         def op(c: Connection) -> None:
-            if rows:
-                c.execute(insert(t.notifications), rows)
-            if events:
-                c.execute(insert(t.events), event_rows(events))
+            if pg:
+                if rows:
+                    c.execute(insert(t.notifications), rows)
+                if events:
+                    c.execute(insert(t.events), event_rows(events))
+            else:  # every accept's transaction: on the driver (sqlite_hot)
+                sqlite_hot.insert_rows(c, t.notifications, rows)
+                sqlite_hot.insert_rows(c, t.events, event_rows(events))
             for scope, key, code, response in idempotency:
                 self._finish_idem(c, scope, key, code, response)
 
@@ -970,7 +972,10 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
             ids = [b.notification_id for b in batches]
             # FOR UPDATE (PostgreSQL; SQLite's single writer needs none) keeps the leases ours
             # until commit: claim_unrouted (SKIP LOCKED) cannot take a row over meanwhile.
-            held = set(c.execute(_ROUTING_HELD[pg], {"b_ids": ids, "b_owner": owner}).scalars())
+            if pg:
+                held = set(c.execute(_ROUTING_HELD, {"b_ids": ids, "b_owner": owner}).scalars())
+            else:
+                held = sqlite_hot.routing_held(c, ids, owner)
             rows: list[dict[str, Any]] = []
             taken: set[str] = set()  # written claimed (decided here: after dedup, per attempt)
             for batch in batches:
@@ -1012,8 +1017,10 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                             route_cursor=b.cursor or n.c.route_cursor,
                         )
                     )
-            if finished:
-                c.execute(_ROUTING_FINISHED[pg], {"b_ids": finished, "b_now": now})
+            if finished and pg:
+                c.execute(_ROUTING_FINISHED, {"b_ids": finished, "b_now": now})
+            elif finished:
+                sqlite_hot.routing_finished(c, finished, now)
             for b in batches:
                 if b.notification_id in held and not b.finished:
                     # Each chunk renews the routing lease, so a long fan-out keeps it while alive.

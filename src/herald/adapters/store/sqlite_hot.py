@@ -109,6 +109,55 @@ def insert_deliveries(c: Connection, rows: Sequence[dict[str, Any]], *, returnin
     return out
 
 
+# -- routing: the notifications' side of a routing write -----------------------------------------
+@functools.lru_cache(maxsize=16)
+def _routing_held(n: int) -> str:
+    # ``+status``: by primary key, never the status index (the notifications being routed).
+    return (
+        f"SELECT id FROM notifications WHERE id IN ({marks(n)}) "  # noqa: S608
+        "AND +status = 'routing' AND lease_owner = ?"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _routing_finished(n: int) -> str:
+    return (
+        "UPDATE notifications SET status = 'routed', routed_at = ?, lease_owner = NULL, "  # noqa: S608
+        f"lease_until = NULL, recipients_routed = recipients_total WHERE id IN ({marks(n)})"
+    )
+
+
+def routing_held(c: Connection, ids: Sequence[str], owner: str) -> set[str]:
+    """Which of the notifications ``ids`` ``owner`` still holds the routing lease of."""
+    conn = raw(c)
+    held: set[str] = set()
+    for i in range(0, len(ids), CHUNK):
+        part = list(ids[i : i + CHUNK])
+        held.update(row[0] for row in conn.execute(_routing_held(len(part)), [*part, owner]))
+    return held
+
+
+def routing_finished(c: Connection, ids: Sequence[str], now: float) -> None:
+    """Mark the notifications ``ids`` routed (every recipient), their routing lease released."""
+    conn = raw(c)
+    for i in range(0, len(ids), CHUNK):
+        part = list(ids[i : i + CHUNK])
+        conn.execute(_routing_finished(len(part)), [now, *part])
+
+
+@functools.lru_cache(maxsize=32)
+def _insert(table: str, columns: tuple[str, ...]) -> str:
+    names = ", ".join(columns)
+    values = ", ".join(f":{col}" for col in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({values})"  # noqa: S608 - names from the schema
+
+
+def insert_rows(c: Connection, table: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """``INSERT`` the dicts ``rows`` (all with the same keys, which are ``table``'s columns)."""
+    if rows:
+        raw(c).executemany(_insert(table.name, tuple(rows[0])), rows)
+
+
 # -- routing: what it reads of the recipients ---------------------------------------------------
 def _columns(table: Any) -> tuple[str, ...]:
     return tuple(col.name for col in table.c)
