@@ -30,7 +30,9 @@ class HeraldTuning:
     log_level: str = "warning"
     worker_processes: int = 0  # herald serve: send in this many worker children ([server])
     worker_lanes: list[str] = field(default_factory=lambda: ["critical", "high", "normal", "low"])
-    worker_nice: int = 0  # the children's CPU niceness ([server] worker_nice)
+    # The children's CPU niceness ([server] worker_nice); None: herald's default (10 on
+    # PostgreSQL, 0 on SQLite), and left out of the file for a herald from before that default.
+    worker_nice: int | None = None
     serve_lanes: list[str] = field(default_factory=lambda: ["critical"])  # [server] serve_lanes
 
     def as_json(self) -> dict[str, Any]:
@@ -72,7 +74,7 @@ port = {port}
 public_url = "http://127.0.0.1:{port}"
 worker_processes = {tuning.worker_processes}
 worker_lanes = {json.dumps(tuning.worker_lanes)}
-worker_nice = {tuning.worker_nice}
+{"" if tuning.worker_nice is None else f"worker_nice = {tuning.worker_nice}"}
 {_serve_lanes(tuning)}
 
 [database]

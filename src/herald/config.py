@@ -51,7 +51,8 @@ class ServerConfig(_Section):
     # itself, so that critical mail does not share a busy bulk sender's event loop and CPU.
     worker_lanes: list[Priority] = Field(default_factory=lambda: list(ALL_LANES))
     # CPU priority (nice, 0-19) of the children: bulk senders yield the cores to this process.
-    worker_nice: int = Field(default=0, ge=0, le=19)
+    # Unset: 10 on PostgreSQL, 0 on SQLite (Settings.children_nice says why).
+    worker_nice: int | None = Field(default=None, ge=0, le=19)
     # Lanes this process sends as well, beside the children: what it routes into them is written
     # claimed by its own senders and sent at once, without a claim or the children's busy loops;
     # what they cannot take at once either side claims. [] leaves them to the children alone.
@@ -311,6 +312,18 @@ class Settings(BaseSettings):
             if rule.category is not None and rule.category not in self.categories:
                 raise ValueError(f"rules.{event_type}.category: unknown category {rule.category!r}")
         return self
+
+    @property
+    def children_nice(self) -> int:
+        """The niceness of ``herald serve``'s worker children: ``server.worker_nice``, else 10 on
+        PostgreSQL and 0 on SQLite (BENCHMARKS.md, session 8). On PostgreSQL, children at the
+        parent's priority took the cores from its API, routing and critical sends whenever the
+        bulk ran (critical p99 99-173 ms in the flood, 51-67 ms with the children at 10). On
+        SQLite every writer takes turns at one lock, and a niced child descheduled while it
+        holds it makes the parent wait (accept p99 28-35 ms against 16-22 ms at 0)."""
+        if self.server.worker_nice is not None:
+            return self.server.worker_nice
+        return 0 if self.database.url.startswith("sqlite") else 10
 
     @classmethod
     def settings_customise_sources(

@@ -166,7 +166,7 @@ def serve(
             config=config,
             grace=settings.worker.shutdown_grace_seconds,
             lanes=None if len(lanes) == len(Priority) else [p.value for p in lanes],
-            nice=settings.server.worker_nice,
+            nice=settings.children_nice,
             shared=shared,
         )
     _serve(settings, {"router", "worker", "scheduler"}, host, port, children)
