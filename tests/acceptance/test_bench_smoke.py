@@ -116,3 +116,18 @@ def test_quick_drain_on_the_scaleout_stack_cleans_up() -> None:
     assert schema.startswith("herald_bench_"), r["scaleout"]
     leftovers = pg_execute(f"SELECT nspname FROM pg_namespace WHERE nspname = '{schema}'")
     assert not leftovers, f"schema {schema} was not dropped"
+
+
+def test_small_transaction_timing_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.small_tx", "--rounds", "20"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["rounds"] == 20
+    for name in ("accept_commit_ms", "recipients_read_ms", "routed_write_ms"):
+        assert _number(result[name]) and result[name] > 0, result
