@@ -20,9 +20,10 @@ other channel, on the same database. It supervises them:
 then sends the other lanes of those channels itself (``shared``): with ``["normal", "low"]``,
 critical and high mail never waits for a bulk sender's event loop. With every lane in the
 children (the default), it still sends ``server.serve_lanes`` (critical) beside them: what it
-routes into them it writes claimed by its own senders. ``server.worker_nice``
-lowers the children's CPU priority, so that on a saturated machine the API, routing and the
-critical sends of this process get the cores first.
+routes into them it writes claimed by its own senders. ``server.worker_nice`` (unset: 10 on
+PostgreSQL, 0 on SQLite, see ``Settings.children_nice``) lowers the children's CPU priority, so
+that on a saturated machine the API, routing and the critical sends of this process get the
+cores first.
 """
 
 from __future__ import annotations
