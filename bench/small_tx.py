@@ -3,7 +3,7 @@
 At 500 single sends a second, ``herald serve`` commits the accepts a few at a time and routes
 them in rounds of a few (express routing): one accept commit, one recipients' read and one
 routed write for every ~3 notifications. This times those three store calls, thread hop and
-transaction included, on a SQLite file:
+transaction included, on a SQLite file, and then what an empty transaction costs and of what:
 
     python -m bench.small_tx [--rounds 3000] [--per-round 3]
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -66,6 +67,37 @@ async def measure(rounds: int, per_round: int, folder: Path) -> dict[str, float]
     return {k: round(1000 * v / rounds, 3) for k, v in spent.items()}
 
 
+async def fixed_costs(folder: Path, n: int = 3000) -> dict[str, float]:
+    """What a transaction costs besides its statements, in µs of wall time: an empty one
+    through ``Database.run``, the hop to the database thread alone, SQLAlchemy's transaction
+    on the calling thread, and SQLite's own ``BEGIN IMMEDIATE``/``COMMIT``."""
+    db = Database(f"sqlite:///{folder / 'fixed.db'}")
+    db.upgrade()
+    executor = db._executor  # the SQLite thread (SerialExecutor)
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await db.run(lambda c: None)
+    out["empty_transaction_us"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await asyncio.wrap_future(executor.submit(lambda: None))
+    out["thread_hop_us"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(n):  # on this thread (the connection allows it): no hop
+        db._tx(lambda c: None)
+    out["sqlalchemy_transaction_us"] = time.perf_counter() - t0
+    conn = sqlite3.connect(folder / "fixed.db", isolation_level=None)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("COMMIT")
+    out["sqlite_begin_commit_us"] = time.perf_counter() - t0
+    conn.close()
+    await db.close()
+    return {k: round(1e6 * v / n, 1) for k, v in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3000)
@@ -73,7 +105,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="herald-small-tx-") as folder:
         result = asyncio.run(measure(args.rounds, args.per_round, Path(folder)))
-    print(json.dumps({"rounds": args.rounds, "per_round": args.per_round, **result}))
+        fixed = asyncio.run(fixed_costs(Path(folder)))
+    print(json.dumps({"rounds": args.rounds, "per_round": args.per_round, **result, **fixed}))
 
 
 if __name__ == "__main__":
