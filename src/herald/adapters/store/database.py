@@ -176,7 +176,9 @@ class Database:
                 # a read transaction to a write one. On the driver's own cursor: through
                 # exec_driver_sql it was a tenth of a small transaction's time on this thread.
                 try:
-                    conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+                    raw = conn.connection.driver_connection
+                    assert raw is not None  # a live connection: SQLAlchemy is beginning on it
+                    raw.execute("BEGIN IMMEDIATE")
                 except sqlite3.Error as err:  # wrapped as SQLAlchemy would, for _tx
                     raise exc.DBAPIError.instance(
                         "BEGIN IMMEDIATE", None, err, sqlite3.Error, connection_invalidated=False
