@@ -98,10 +98,17 @@ async def fixed_costs(folder: Path, n: int = 3000) -> dict[str, float]:
     return {k: round(1e6 * v / n, 1) for k, v in out.items()}
 
 
+def _positive(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3000)
-    parser.add_argument("--per-round", type=int, default=3, help="notifications per round")
+    parser.add_argument("--rounds", type=_positive, default=3000)
+    parser.add_argument("--per-round", type=_positive, default=3, help="notifications per round")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="herald-small-tx-") as folder:
         result = asyncio.run(measure(args.rounds, args.per_round, Path(folder)))

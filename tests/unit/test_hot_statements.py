@@ -51,12 +51,16 @@ def test_expiry_sweep_reads_the_expiry_index_only(tmp_path: Path) -> None:
     assert "ix_deliveries_expiry" in plan, plan
 
 
-def test_postgres_delivery_insert_names_every_column_the_rows_carry() -> None:
+def test_delivery_inserts_name_every_column_the_rows_carry() -> None:
+    # PostgreSQL's unnest insert and SQLite's executemany both take the columns by this list:
+    # a column added to the rows but not to it would be silently left out on either.
+    from herald.adapters.store import sqlite_hot
     from herald.adapters.store.sql import _PG_DELIVERY_COLUMNS, _delivery_rows
     from tests.contract.conftest import make_delivery
 
     (row,) = _delivery_rows([make_delivery("ntf_1")], 1.0)
-    assert tuple(row) == _PG_DELIVERY_COLUMNS
+    assert tuple(row) == _PG_DELIVERY_COLUMNS == sqlite_hot.DELIVERY_COLUMNS
+    assert set(sqlite_hot.DELIVERY_COLUMNS) <= {col.name for col in sqlite_hot.t.deliveries.c}
 
 
 def test_result_batch_reads_its_leases_by_primary_key(tmp_path: Path) -> None:
