@@ -24,6 +24,7 @@ from herald.entrypoints.api import (
 )
 from herald.entrypoints.api.fast_send import HeraldApi
 from herald.entrypoints.api.limits import BodyLimit
+from herald.entrypoints.api.strict_body import StrictJsonBody
 from herald.entrypoints.children import WorkerChildren
 
 log = structlog.get_logger("herald.api")
@@ -86,6 +87,7 @@ def create_app(
         routes_webhooks,
     ):
         app.include_router(module.router)
+    app.add_middleware(StrictJsonBody)  # inside the body limit: what it buffers is bounded
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.enable_fast_send(max_body_bytes)  # POST /v1/notifications without the stack (fast_send.py)
     return app

@@ -13,6 +13,7 @@ from herald.bootstrap import Container
 from herald.domain.errors import HeraldError, NotFound, ValidationError
 from herald.domain.models import Notification
 from herald.entrypoints.api.deps import Caller, ContainerDep, require
+from herald.entrypoints.api.problems import PROBLEM, field_path
 from herald.entrypoints.api.schemas import BatchBody, SendBody, epoch
 from herald.entrypoints.api.views import (
     MAX_DELIVERIES_PAGE,
@@ -99,37 +100,52 @@ async def send_batch(
         if named:
             memo.known_users.update(await c.lookups.existing_users(list(dict.fromkeys(named))))
         for i, raw in enumerate(body.notifications):
+            prefix = f"notifications[{i}]"
             try:
                 item = _send_adapter.validate_python(raw)
                 n = await c.accept.prepare(
-                    to_request(item), api_key_id=who.scope_id, field_prefix=f"notifications[{i}].", memo=memo
+                    to_request(item), api_key_id=who.scope_id, field_prefix=prefix + ".", memo=memo
                 )
             except pydantic.ValidationError as exc:
                 err = exc.errors()[0]
-                loc = ".".join(str(p) for p in err["loc"])
-                results.append(
-                    {"index": i, "code": 422, "error": f"{loc}: {err['msg']}" if loc else err["msg"]}
-                )
+                loc = field_path(err["loc"])
+                field = f"{prefix}.{loc}" if loc else prefix
+                results.append(item_problem(i, 422, "Invalid request", f"{field}: {err['msg']}", field))
                 continue
             except HeraldError as exc:
-                results.append({"index": i, "code": exc.status, "error": exc.detail, "field": exc.field})
+                results.append(item_problem(i, exc.status, exc.title, exc.detail, exc.field))
                 continue
             notes.append(n)
             results.append({"index": i, "code": 202, **accepted_view(n)})
         accepted = sum(1 for r in results if r["code"] == 202)
+        summary = {"accepted": accepted, "rejected": len(results) - accepted, "results": results}
+        if accepted:
+            return notes, Accepted(202, summary)
+        # Nothing accepted: the answer is an error, in the API's one error form, with every item.
+        detail = f"none of the {len(results)} notifications was accepted; each result says why"
         return notes, Accepted(
-            202 if accepted else 422,
-            {
-                "accepted": accepted,
-                "rejected": len(results) - accepted,
-                "results": results,
-            },
+            422,
+            {"type": "about:blank", "title": "Invalid request", "status": 422, "detail": detail}
+            | {"instance": "/v1/notifications/batch"}
+            | summary,
         )
 
     # Only an idempotency key needs the request's hash (1,000 items take a while to dump).
     payload = body.model_dump(mode="json", exclude={"idempotency_key"}) if key is not None else None
     result = await c.accept.idempotent(who.scope_id, key, payload, build)
-    return JSONResponse(result.body, status_code=result.status_code)
+    return JSONResponse(
+        result.body, status_code=result.status_code, media_type=PROBLEM if result.status_code >= 400 else None
+    )
+
+
+def item_problem(index: int, status: int, title: str, detail: str, field: str | None) -> dict[str, Any]:
+    """One refused item of a batch: problem+json members, with its index (and the older
+    ``code`` and ``error`` names of the same facts)."""
+    out: dict[str, Any] = {"index": index, "type": "about:blank", "title": title, "status": status}
+    out |= {"detail": detail, "code": status, "error": detail}
+    if field:
+        out["field"] = field
+    return out
 
 
 @router.get("/{notification_id}")
