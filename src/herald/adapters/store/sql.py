@@ -30,6 +30,7 @@ from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql_digests import HELD_REASON, SCHEDULED, SqlDigestsMixin
 from herald.adapters.store.sql_events import SqlEventsMixin, event_rows, reopen_for_fallback
+from herald.adapters.store.sql_idempotency import SqlIdempotencyMixin, claim_keys
 from herald.adapters.store.sql_listing import SqlListingMixin
 from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
 from herald.domain.errors import IllegalTransition, NotFound
@@ -54,7 +55,7 @@ from herald.domain.models import (
 from herald.domain.states import CANCELLABLE, check_transition, sources_of
 from herald.ports import (
     DeadLetterFilter,
-    IdempotencyRecord,
+    IdempotencyClaim,
     Promoted,
     RecipientContext,
     RoutedBatch,
@@ -484,7 +485,7 @@ def _apply_results_pg(
     return {row.id: (row.channel, row.priority, row.due_at) for row in rows}
 
 
-class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlListingMixin):
+class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlListingMixin, SqlIdempotencyMixin):
     """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue.
 
     ``outbox``: write an outbox row with every change that makes a delivery claimable, for a
@@ -781,71 +782,12 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlListingMixin)
 
         return await self.db.run(op)
 
-    # Idempotency ---------------------------------------------------------------------------
-    async def begin_idempotent(
-        self, scope: str, key: str, request_hash: str, *, now: float, ttl: float
-    ) -> IdempotencyRecord | None:
-        tbl = t.idempotency_keys
-
-        def op(c: Connection) -> IdempotencyRecord | None:
-            c.execute(delete(tbl).where(tbl.c.scope == scope, tbl.c.key == key, tbl.c.expires_at < now))
-            while True:
-                # RETURNING, not rowcount: SQLAlchemy reports -1 as the rowcount of an INSERT on
-                # psycopg, which reads as "inserted".
-                inserted = c.execute(
-                    self._ins(tbl)
-                    .values(
-                        scope=scope,
-                        key=key,
-                        request_hash=request_hash,
-                        state="pending",
-                        created_at=now,
-                        expires_at=now + ttl,
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(tbl.c.key)
-                ).first()
-                if inserted is not None:
-                    return None
-                row = c.execute(select(tbl).where(tbl.c.scope == scope, tbl.c.key == key)).first()
-                if row is not None:
-                    break
-                # The holder abandoned the key between our insert and read (PostgreSQL, read
-                # committed): try to take it again.
-            return IdempotencyRecord(
-                request_hash=row.request_hash,
-                state=row.state,
-                status_code=row.status_code,
-                response=_loads(row.response),
-            )
-
-        return await self.db.run(op)
-
-    def _finish_idem(self, c: Connection, scope: str, key: str, code: int, response: JSON) -> None:
-        tbl = t.idempotency_keys
-        c.execute(
-            update(tbl)
-            .where(tbl.c.scope == scope, tbl.c.key == key)
-            .values(state="done", status_code=code, response=_dumps(response))
-        )
-
-    async def finish_idempotent(self, scope: str, key: str, status_code: int, response: JSON) -> None:
-        await self.db.run(lambda c: self._finish_idem(c, scope, key, status_code, response))
-
-    async def abandon_idempotent(self, scope: str, key: str) -> None:
-        tbl = t.idempotency_keys
-        await self.db.run(
-            lambda c: c.execute(
-                delete(tbl).where(tbl.c.scope == scope, tbl.c.key == key, tbl.c.state == "pending")
-            )
-        )
-
     # Notifications ----------------------------------------------------------------------------
     async def create_notifications(
         self,
         notifications: Sequence[Notification],
         *,
-        idempotency: Sequence[tuple[str, str, int, JSON]] = (),
+        idempotency: Sequence[IdempotencyClaim] = (),
         events: Sequence[EventRecord] = (),
     ) -> None:
         rows = [
@@ -877,6 +819,8 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlListingMixin)
         pg = self.db.dialect == "postgresql"
 
         def op(c: Connection) -> None:
+            if idempotency:  # first: a key taken by another request commits nothing of this
+                claim_keys(c, idempotency, self._ins)
             if pg:
                 if rows:
                     c.execute(insert(t.notifications), rows)
@@ -885,8 +829,6 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlListingMixin)
             else:  # every accept's transaction: on the driver (sqlite_hot)
                 sqlite_hot.insert_rows(c, t.notifications, rows)
                 sqlite_hot.insert_rows(c, t.events, event_rows(events))
-            for scope, key, code, response in idempotency:
-                self._finish_idem(c, scope, key, code, response)
 
         await self.db.run(op)
 
