@@ -113,9 +113,10 @@ def _serve(
     children: WorkerChildren | None = None,
 ) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
+    built: list[Container] = []  # built before the server starts, handed to its lifespan
 
     async def make() -> Container:
-        container = await build(settings)
+        container = built.pop() if built else await build(settings)
         freeze_startup_heap()
         return container
 
@@ -135,7 +136,20 @@ def _serve(
         timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)
-    server.run()
+
+    async def main() -> None:
+        # Built here, not in the lifespan: a bad configuration (an unknown provider, a provider
+        # table without a required key) or an unreachable database is then a HeraldError that
+        # `guarded` prints as one line, as `herald worker` does, instead of uvicorn's traceback.
+        built.append(await build(settings))
+        try:
+            await server.serve()
+        finally:
+            while built:  # the lifespan never took it
+                await built.pop().stop()
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(main())
     if not server.started:
         raise fail(f"could not start the HTTP server on {config.host}:{config.port}")
 
