@@ -19,7 +19,8 @@ CASES = [
         "channels.email.providers: unknown provider 'nosuch'",
     ),
     (
-        '[providers.sendgrid]\nfrom_email = "noreply@example.com"\n\n[channels.email]\nproviders = ["sendgrid"]\n',
+        '[providers.sendgrid]\nfrom_email = "noreply@example.com"\n'
+        '[channels.email]\nproviders = ["sendgrid"]\n',
         "providers.sendgrid.api_key",
     ),
     (
