@@ -27,7 +27,6 @@ from herald.bootstrap import build
 from herald.domain.errors import ServiceUnavailable, ValidationError
 from herald.testing import RecordingProvider
 from tests.contract.conftest import REDIS_URL, pg_execute, pg_url_for, require_postgres
-from tests.integration.test_reliability import MAIL, add_user, eventually
 from tests.support.herald import ALL_ROLES, make_settings, running_herald
 from tests.support.rabbitmq import (
     RABBITMQ_URL,
@@ -38,6 +37,7 @@ from tests.support.rabbitmq import (
     unique_prefix,
 )
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import MAIL, add_user, eventually
 
 pytestmark = pytest.mark.services
 
