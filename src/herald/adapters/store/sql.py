@@ -54,6 +54,7 @@ from herald.domain.models import (
     Outcome,
     Preferences,
     Priority,
+    Reason,
     Template,
     User,
 )
@@ -944,7 +945,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
             cancelled = c.execute(
                 update(d)
                 .where(d.c.notification_id == notification_id, d.c.status.in_(_in(CANCELLABLE)))
-                .values(status=S.CANCELLED.value, reason="cancelled", updated_at=now, due_at=now)
+                .values(status=S.CANCELLED.value, reason=Reason.CANCELLED.value, updated_at=now, due_at=now)
             ).rowcount
             final = c.execute(
                 select(func.count())
@@ -1157,7 +1158,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                 c.execute(
                     update(d)
                     .where(d.c.status.in_(waiting), d.c.expires_at.is_not(None), d.c.expires_at <= now)
-                    .values(status=S.SKIPPED.value, reason="expired", updated_at=now)
+                    .values(status=S.SKIPPED.value, reason=Reason.EXPIRED.value, updated_at=now)
                 ).rowcount
             )
         )
