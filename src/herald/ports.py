@@ -74,6 +74,7 @@ class DeadLetterFilter:
     until: float | None = None
     cursor: str | None = None
     limit: int = 100
+    code: str | None = None  # the last attempt's code (a provider's error code)
 
 
 @dataclass(slots=True)
@@ -339,7 +340,9 @@ class Store(Protocol):
         ...
 
     # Dead letters --------------------------------------------------------------------------------
-    async def list_dead_letters(self, flt: DeadLetterFilter) -> list[Delivery]: ...
+    async def list_dead_letters(self, flt: DeadLetterFilter) -> list[Delivery]:
+        """Dead deliveries, newest first, each with every attempt (oldest first)."""
+        ...
 
     async def replay_dead_letters(self, delivery_ids: Sequence[str], *, now: float) -> list[Delivery]:
         """Requeue dead deliveries with a fresh attempt budget, keeping their history."""
@@ -491,6 +494,14 @@ class Store(Protocol):
         ...
 
     async def ambiguous_count(self) -> int: ...
+
+    async def queue_ages(self, *, now: float) -> list[tuple[str, int, int, float]]:
+        """(channel, priority rank, waiting count, age in seconds of the oldest one due)."""
+        ...
+
+    async def oldest_unrouted(self) -> float | None:
+        """When the oldest accepted notification not yet routed was accepted (None: none)."""
+        ...
 
     async def maintain(self) -> list[str]:
         """Housekeeping the database may not do in time by itself: on PostgreSQL, vacuum and

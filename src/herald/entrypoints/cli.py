@@ -28,7 +28,7 @@ from herald.entrypoints.api.deps import SCOPES, generate_key, hash_key
 from herald.entrypoints.api.schemas import epoch
 from herald.entrypoints.api.views import (
     MAX_DELIVERIES_PAGE,
-    delivery_view,
+    dead_letter_view,
     notification_page,
 )
 from herald.entrypoints.children import PARENT_CHANNELS, ParentLink, WorkerChildren
@@ -431,15 +431,17 @@ def status(
 def dl_list(
     channel: Annotated[str | None, typer.Option()] = None,
     reason: Annotated[str | None, typer.Option()] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    code: Annotated[str | None, typer.Option(help="the last attempt's code")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
     config: ConfigOpt = None,
 ) -> None:
-    """List dead deliveries as JSON lines."""
+    """List dead deliveries as JSON lines, each with its attempts and last error."""
     settings = _settings(config)
 
     async def run(c: Container) -> list[dict[str, Any]]:
-        items = await c.store.list_dead_letters(DeadLetterFilter(channel=channel, reason=reason, limit=limit))
-        return [delivery_view(d) for d in items]
+        flt = DeadLetterFilter(channel=channel, reason=reason, provider=provider, code=code, limit=limit)
+        return [dead_letter_view(d) for d in await c.store.list_dead_letters(flt)]
 
     for item in _with_container(settings, run):
         typer.echo(json.dumps(item))
@@ -453,6 +455,8 @@ def dl_replay(
     ] = None,
     channel: Annotated[str | None, typer.Option()] = None,
     reason: Annotated[str | None, typer.Option()] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    code: Annotated[str | None, typer.Option(help="the last attempt's code")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Put dead deliveries back in the queue with a fresh attempt budget."""
@@ -462,7 +466,7 @@ def dl_replay(
         chosen = list(ids or [])
         if not chosen:
             items = await c.store.list_dead_letters(
-                DeadLetterFilter(channel=channel, reason=reason, limit=10_000)
+                DeadLetterFilter(channel=channel, reason=reason, provider=provider, code=code, limit=10_000)
             )
             chosen = [d.id for d in items]
         replayed = await c.store.replay_dead_letters(chosen, now=c.clock.now())

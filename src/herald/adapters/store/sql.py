@@ -28,7 +28,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from herald.adapters.store import pg_batch, sqlite_hot
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
+from herald.adapters.store.sql_dead_letters import SqlDeadLettersMixin
 from herald.adapters.store.sql_digests import HELD_REASON, SCHEDULED, SqlDigestsMixin
+from herald.adapters.store.sql_insight import SqlInsightMixin
 from herald.adapters.store.sql_events import SqlEventsMixin, event_rows, reopen_for_fallback
 from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
 from herald.domain.errors import IllegalTransition, NotFound
@@ -484,7 +486,7 @@ def _apply_results_pg(
     return {row.id: (row.channel, row.priority, row.due_at) for row in rows}
 
 
-class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
+class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlDeadLettersMixin, SqlInsightMixin):
     """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue.
 
     ``outbox``: write an outbox row with every change that makes a delivery claimable, for a
@@ -496,6 +498,9 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
         self.outbox = outbox
         self._expired_routing_checked = -math.inf  # when claim_unrouted last looked for those
         self._ins = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+
+    _to_delivery = staticmethod(_delivery)
+    _to_attempt = staticmethod(_attempt)
 
     async def start(self) -> None:
         await self.db.upgrade_async()
@@ -1416,28 +1421,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
 
         return await self.db.run(op)
 
-    # Dead letters ------------------------------------------------------------------------------
-    async def list_dead_letters(self, flt: DeadLetterFilter) -> list[Delivery]:
-        d = t.deliveries
-
-        def op(c: Connection) -> list[Delivery]:
-            q = select(d).where(d.c.status == S.DEAD.value)
-            if flt.channel:
-                q = q.where(d.c.channel == flt.channel)
-            if flt.provider:
-                q = q.where(d.c.provider == flt.provider)
-            if flt.reason:
-                q = q.where(d.c.reason == flt.reason)
-            if flt.since is not None:
-                q = q.where(d.c.failed_at >= flt.since)
-            if flt.until is not None:
-                q = q.where(d.c.failed_at < flt.until)
-            if flt.cursor:
-                q = q.where(d.c.id < flt.cursor)
-            return [_delivery(r) for r in c.execute(q.order_by(d.c.id.desc()).limit(flt.limit))]
-
-        return await self.db.run(op)
-
+    # Dead letters: listed by SqlDeadLettersMixin (sql_dead_letters.py) ----------------------
     async def replay_dead_letters(self, delivery_ids: Sequence[str], *, now: float) -> list[Delivery]:
         d = t.deliveries
         ids = list(delivery_ids)

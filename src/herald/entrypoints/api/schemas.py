@@ -95,6 +95,7 @@ class ReplayFilterBody(_Body):
     channel: str | None = None
     provider: str | None = None
     reason: str | None = None
+    code: str | None = Field(default=None, max_length=64)
     since: datetime | None = None
     until: datetime | None = None
     limit: int = Field(default=1000, ge=1, le=10_000)

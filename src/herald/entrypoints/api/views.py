@@ -31,6 +31,26 @@ def attempt_view(a: Attempt) -> dict[str, Any]:
     }
 
 
+def last_error(d: Delivery) -> dict[str, Any] | None:
+    """The last attempt that did not succeed: why a dead or failed delivery is where it is."""
+    for a in reversed(d.attempts):
+        if a.outcome.value != "ok":
+            return {
+                "n": a.n,
+                "at": iso(a.at),
+                "provider": a.provider,
+                "outcome": a.outcome.value,
+                "code": a.code,
+                "detail": a.detail,
+            }
+    return None
+
+
+def dead_letter_view(d: Delivery) -> dict[str, Any]:
+    """A dead letter: the delivery, every attempt, and the last error (provider, code, detail)."""
+    return delivery_view(d) | {"last_error": last_error(d)}
+
+
 def delivery_view(d: Delivery, *, with_content: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": d.id,
