@@ -179,5 +179,3 @@ class Metrics(DeliveryObserver):
         for provider, info in (held or {}).items():
             self.provider_held.labels(str(info.get("channel", "-")), provider).set(1)
         return generate_latest(self.registry)
-
-

@@ -9,8 +9,9 @@ from herald.ports import DeadLetterFilter
 from tests.contract.conftest import NOW, S, seed
 
 
-async def _attempt(store: SqlStore, queue: SqlQueue, channel: str, moves: dict[str, tuple[S, str]], n: int,
-                   now: float) -> None:
+async def _attempt(
+    store: SqlStore, queue: SqlQueue, channel: str, moves: dict[str, tuple[S, str]], n: int, now: float
+) -> None:
     claimed = await queue.claim(channel, owner="w", limit=100, max_rank=3, lease=30, now=now)
     assert {c.id for c in claimed} == set(moves)
     results = [
@@ -21,15 +22,24 @@ async def _attempt(store: SqlStore, queue: SqlQueue, channel: str, moves: dict[s
             channel=channel,
             reason="retries_exhausted" if status == S.DEAD else None,
             due_at=now if status == S.RETRYING else None,
-            attempt=Attempt(n=n, at=now, provider="smtp", outcome=Outcome.TRANSIENT, code=code,
-                            detail=f"{code} try again later (attempt {n})", latency_ms=2.0),
+            attempt=Attempt(
+                n=n,
+                at=now,
+                provider="smtp",
+                outcome=Outcome.TRANSIENT,
+                code=code,
+                detail=f"{code} try again later (attempt {n})",
+                latency_ms=2.0,
+            ),
         )
         for d_id, (status, code) in moves.items()
     ]
     assert await store.record_results(results, now=now) == []
 
 
-async def test_dead_letters_list_every_attempt_and_filter_by_last_code(store: SqlStore, queue: SqlQueue) -> None:
+async def test_dead_letters_list_every_attempt_and_filter_by_last_code(
+    store: SqlStore, queue: SqlQueue
+) -> None:
     a, b = await seed(store, {}, {})
     await _attempt(store, queue, "email", {a.id: (S.RETRYING, "421"), b.id: (S.RETRYING, "451")}, 1, NOW)
     await _attempt(store, queue, "email", {a.id: (S.DEAD, "451"), b.id: (S.DEAD, "421")}, 2, NOW + 60)

@@ -30,8 +30,8 @@ from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql_dead_letters import SqlDeadLettersMixin
 from herald.adapters.store.sql_digests import HELD_REASON, SCHEDULED, SqlDigestsMixin
-from herald.adapters.store.sql_insight import SqlInsightMixin
 from herald.adapters.store.sql_events import SqlEventsMixin, event_rows, reopen_for_fallback
+from herald.adapters.store.sql_insight import SqlInsightMixin
 from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
 from herald.domain.errors import IllegalTransition, NotFound
 from herald.domain.models import (
@@ -54,7 +54,6 @@ from herald.domain.models import (
 )
 from herald.domain.states import CANCELLABLE, check_transition, sources_of
 from herald.ports import (
-    DeadLetterFilter,
     IdempotencyRecord,
     NotificationFilter,
     Promoted,

@@ -172,7 +172,7 @@ class RequestCount:
     route. A request that matched none (a 404 scan) counts under one label, never its path.
     """
 
-    __slots__ = ("scope", "status", "_send")
+    __slots__ = ("_send", "scope", "status")
 
     def __init__(self, scope: Scope, send: Send) -> None:
         self.scope = scope

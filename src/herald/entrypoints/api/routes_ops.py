@@ -59,7 +59,9 @@ def _circuits(c: Container) -> list[tuple[str, str, str]]:
 
 @router.get("/metrics")
 async def metrics(c: ContainerDep) -> Response:
-    body = await c.metrics.render(c.store, now=c.clock.now(), circuits=_circuits(c), held=c.delivery.unhealthy)
+    body = await c.metrics.render(
+        c.store, now=c.clock.now(), circuits=_circuits(c), held=c.delivery.unhealthy
+    )
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
