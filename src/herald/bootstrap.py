@@ -19,7 +19,7 @@ from herald.adapters.cache.memory import MemoryCache
 from herald.adapters.providers.composite import FailoverProvider, PushDispatcher, RateLimit
 from herald.adapters.providers.console import ConsoleProvider
 from herald.adapters.providers.in_app import InAppProvider
-from herald.adapters.providers.smtp import SmtpProvider
+from herald.adapters.providers.smtp import SmtpConfig, SmtpProvider
 from herald.adapters.queue.outbox_relay import OutboxRelay
 from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.database import Database
@@ -34,6 +34,7 @@ from herald.inbox import InboxHub
 from herald.metrics import Metrics
 from herald.ports import Cache, Clock, Provider, Queue, Store
 from herald.services.accept import AcceptService
+from herald.services.callbacks import CallbackService
 from herald.services.catalog import Catalog
 from herald.services.deliver import ChannelPool, DeliveryService
 from herald.services.digest import DigestService
@@ -110,10 +111,19 @@ _MODULES = {
 }
 
 
+def _smtp_config(settings: Settings) -> SmtpConfig:
+    """SMTP needs no table: without one it speaks to a relay on 127.0.0.1:25."""
+    raw = (settings.providers.model_extra or {}).get("smtp", {})
+    if not isinstance(raw, dict):
+        raise ConfigurationError("providers.smtp: must be a table")
+    config: SmtpConfig = _validated("smtp", SmtpConfig, raw)
+    return config
+
+
 def _provider_factories() -> dict[str, ProviderFactory]:
     factories: dict[str, ProviderFactory] = {
         "console": lambda s, _hub: ConsoleProvider(s.providers.console.path),
-        "smtp": lambda s, _hub: SmtpProvider(s.providers.smtp),
+        "smtp": lambda s, _hub: SmtpProvider(_smtp_config(s)),
         "in_app": lambda _s, hub: InAppProvider(hub),
     }
     for name in _MODULES:
@@ -183,6 +193,7 @@ class Container:
     user_tokens: UserTokens
     unsubscribe: UnsubscribeSigner
     tracker: TrackService
+    callbacks: CallbackService
     lookups: Lookups
     events: EventService
     # Scale-out (issue 5): the outbox relay (amqp queue), events from the broker, the scheduler lease.
@@ -409,6 +420,7 @@ async def build(
         digests=DigestService(store, clock, catalog, unsubscribe),
         promote_rate=settings.scheduler.promote_rate or None,
     )
+    tracker = TrackService(store, clock)
     return Container(
         settings=settings,
         store=store,
@@ -426,7 +438,8 @@ async def build(
         scheduler=scheduler,
         user_tokens=user_tokens,
         unsubscribe=unsubscribe,
-        tracker=TrackService(store, clock),
+        tracker=tracker,
+        callbacks=CallbackService(built, tracker, public_base=settings.server.public_url),
         lookups=lookups,
         events=events,
         relay=relay,

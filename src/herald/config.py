@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from herald.domain.errors import ConfigurationError, ValidationError
 from herald.domain.models import ALL_CHANNELS, Priority
+from herald.domain.rates import RateLimit
 from herald.domain.rules import parse_rule
 
 
@@ -212,8 +213,6 @@ class ChannelConfig(_Section):
     @field_validator("rate_limits")
     @classmethod
     def _rates(cls, value: dict[str, str]) -> dict[str, str]:
-        from herald.adapters.providers.composite import RateLimit  # noqa: PLC0415 - parse check only
-
         for rate in value.values():
             RateLimit.parse(rate)
         return value
@@ -229,26 +228,12 @@ class ConsoleConfig(_Section):
     path: str = "herald-console.jsonl"
 
 
-class SmtpConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=25, ge=1, le=65535)
-    username: str | None = None
-    password: str | None = None
-    security: Literal["none", "starttls", "tls"] = "none"
-    validate_certs: bool = True
-    timeout: float = Field(default=30.0, gt=0)
-    from_address: str = "herald@localhost"
-    from_name: str | None = None
-    pool_size: int = Field(default=4, ge=1, le=64)
-
-
 class ProvidersConfig(BaseModel):
-    # Further providers (sendgrid, twilio, ...) add their own sections; unknown sections are
-    # kept so that a provider module can validate its own.
+    # Every provider but the console keeps its own section (smtp, sendgrid, twilio, ...): the
+    # provider module validates it (its config class beside it), the composition root applies it.
     model_config = ConfigDict(extra="allow")
 
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
-    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
 
 
 class LoggingConfig(_Section):

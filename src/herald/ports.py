@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from herald.domain.models import (
     JSON,
     ApiKey,
+    CallbackEvent,
+    CallbackRequest,
     Delivery,
     DeliveryResult,
     DeliveryStatus,
@@ -607,6 +609,23 @@ class Provider(Protocol):
     async def send(self, message: OutboundMessage) -> SendReceipt: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class CallbackReceiver(Protocol):
+    """A provider that takes status callbacks (``POST /v1/webhooks/{provider}``).
+
+    ``parse_callback`` verifies the request with the provider's own scheme (the signature is the
+    authentication) and returns what it says in herald's terms. It raises
+    :class:`herald.domain.errors.PermissionDenied` for a forged, unsigned or stale request,
+    :class:`herald.domain.errors.MalformedRequest` for a body it cannot read, and
+    :class:`herald.domain.errors.ProviderConfigError` when herald lacks what is needed to verify.
+    ``public_base`` is herald's public URL, for providers that sign the URL they called.
+    """
+
+    name: str
+
+    def parse_callback(self, request: CallbackRequest, *, public_base: str) -> list[CallbackEvent]: ...
 
 
 class InboxPublisher(Protocol):

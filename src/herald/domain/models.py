@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -337,6 +338,21 @@ class DeliveryResult:
     channel: str = ""
     notification_id: str = ""
     fallback: bool = False  # a failure hands over to the next channel of the notification's chain
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRequest:
+    """A provider's status callback as it arrived: what a provider needs to verify and parse it.
+
+    ``url`` is the public URL the provider called (what it signed), built from the configured
+    public base; ``headers`` have lower-case names.
+    """
+
+    url: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
 
 
 @dataclass(slots=True)

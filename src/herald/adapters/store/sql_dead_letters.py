@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, select
 
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
-from herald.domain.models import Attempt, Delivery, DeliveryStatus
+from herald.adapters.store.rows import _attempt, _delivery
+from herald.domain.models import Delivery, DeliveryStatus
 from herald.ports import DeadLetterFilter
 
 S = DeliveryStatus
@@ -35,17 +36,8 @@ def last_attempt_code() -> Any:
 class SqlDeadLettersMixin:
     db: Database
 
-    @staticmethod
-    def _to_delivery(row: Row[Any]) -> Delivery:  # SqlStore's row mapping
-        raise NotImplementedError
-
-    @staticmethod
-    def _to_attempt(row: Row[Any]) -> Attempt:
-        raise NotImplementedError
-
     async def list_dead_letters(self, flt: DeadLetterFilter) -> list[Delivery]:
         d, a = t.deliveries, t.attempts
-        to_delivery, to_attempt = self._to_delivery, self._to_attempt
 
         def op(c: Connection) -> list[Delivery]:
             q = select(d).where(d.c.status == S.DEAD.value)
@@ -63,7 +55,7 @@ class SqlDeadLettersMixin:
                 q = q.where(d.c.failed_at < flt.until)
             if flt.cursor:
                 q = q.where(d.c.id < flt.cursor)
-            out = [to_delivery(r) for r in c.execute(q.order_by(d.c.id.desc()).limit(flt.limit))]
+            out = [_delivery(r) for r in c.execute(q.order_by(d.c.id.desc()).limit(flt.limit))]
             by_id = {x.id: x for x in out}
             ids = list(by_id)
             for i in range(0, len(ids), 500):
@@ -71,7 +63,7 @@ class SqlDeadLettersMixin:
                     select(a).where(a.c.delivery_id.in_(ids[i : i + 500])).order_by(a.c.n, a.c.id)
                 )
                 for row in rows:
-                    by_id[row.delivery_id].attempts.append(to_attempt(row))
+                    by_id[row.delivery_id].attempts.append(_attempt(row))
             return out
 
         return await self.db.run(op)
