@@ -19,6 +19,7 @@ from herald.entrypoints.api import (
     routes_ops,
     routes_templates,
     routes_topics,
+    routes_tracking,
     routes_users,
     routes_webhooks,
 )
@@ -84,6 +85,7 @@ def create_app(
         routes_inbox,
         routes_ops,
         routes_webhooks,
+        routes_tracking,
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)

@@ -98,6 +98,12 @@ _TRACK = {
 async def track(
     delivery_id: str, body: TrackBody, c: ContainerDep, who: Annotated[Caller, require("send")]
 ) -> dict[str, Any]:
+    if body.event in ("opened", "clicked"):  # engagement: recorded, counted, moves it to read
+        found = await c.store.get_delivery(delivery_id)
+        if found is None:
+            raise NotFound(f"delivery {delivery_id} does not exist")
+        done = await c.tracker.engage(found, body.event, source="client", url=body.url)
+        return delivery_view(done.delivery if done is not None else found)
     d = await c.store.mark_delivery(delivery_id, _TRACK[body.event], now=c.clock.now())
     return delivery_view(d)
 

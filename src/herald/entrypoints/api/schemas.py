@@ -85,6 +85,7 @@ class RenderBody(_Body):
 
 class TrackBody(_Body):
     event: Literal["delivered", "read", "opened", "clicked"]
+    url: str | None = Field(default=None, max_length=2048)  # clicked: the link followed
 
 
 class TokenBody(_Body):

@@ -10,6 +10,7 @@ from herald.domain.states import FINAL
 from herald.ports import Store
 
 MAX_DELIVERIES_PAGE = 1_000
+_PRIVATE_CONTENT = frozenset({"_meta", "_track", "unsubscribe_url"})  # herald's own keys
 
 
 def iso(ts: float | None) -> str | None:
@@ -73,7 +74,7 @@ def delivery_view(d: Delivery, *, with_content: bool = False) -> dict[str, Any]:
         "provider_message_id": d.provider_message_id,
     }
     if with_content:
-        out["content"] = {k: v for k, v in d.content.items() if k not in ("_meta", "unsubscribe_url")}
+        out["content"] = {k: v for k, v in d.content.items() if k not in _PRIVATE_CONTENT}
     return out
 
 
