@@ -46,6 +46,7 @@ from herald.services.lookups import Lookups
 from herald.services.route import RouterService
 from herald.services.schedule import SchedulerService
 from herald.services.signing import Signer, UnsubscribeSigner, UserTokens
+from herald.services.stats import StatsService
 from herald.services.track import TrackService
 
 if TYPE_CHECKING:
@@ -196,6 +197,7 @@ class Container:
     user_tokens: UserTokens
     unsubscribe: UnsubscribeSigner
     tracker: TrackService
+    stats: StatsService
     callbacks: CallbackService
     lookups: Lookups
     events: EventService
@@ -446,6 +448,7 @@ async def build(
         user_tokens=user_tokens,
         unsubscribe=unsubscribe,
         tracker=tracker,
+        stats=StatsService(store, clock),
         callbacks=CallbackService(built, tracker, public_base=settings.server.public_url),
         lookups=lookups,
         events=events,

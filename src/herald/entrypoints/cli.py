@@ -23,6 +23,7 @@ from herald.bootstrap import Container, build, build_store
 from herald.config import Settings, check_lanes, load_settings
 from herald.domain.errors import HeraldError
 from herald.domain.models import Priority
+from herald.entrypoints import stats_table
 from herald.entrypoints.api.app import create_app
 from herald.entrypoints.api.deps import SCOPES, generate_key, hash_key
 from herald.entrypoints.api.schemas import epoch
@@ -424,6 +425,40 @@ def status(
     if view is None:
         raise fail(f"notification {notification_id} does not exist")
     typer.echo(json.dumps(view, indent=2))
+
+
+@app.command()
+@guarded
+def stats(
+    by: Annotated[
+        list[str] | None, typer.Option("--by", help="template, category, channel, provider (repeat or comma)")
+    ] = None,
+    bucket: Annotated[str | None, typer.Option(help="hour or day (UTC)")] = None,
+    since: Annotated[datetime | None, typer.Option(help="start (UTC unless an offset is given)")] = None,
+    until: Annotated[datetime | None, typer.Option(help="end, exclusive")] = None,
+    template: Annotated[str | None, typer.Option()] = None,
+    category: Annotated[str | None, typer.Option()] = None,
+    channel: Annotated[str | None, typer.Option()] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the same JSON as GET /v1/stats")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """The delivery funnel as GET /v1/stats answers it: sent, delivered, opened, clicked, bounced,
+    failed, skipped by reason, rates (default: the last 7 days, one row)."""
+    settings = _settings(config)
+
+    async def run(c: Container) -> dict[str, Any]:
+        q = c.stats.query(
+            by=by or (),
+            bucket=bucket,
+            since=epoch(since),
+            until=epoch(until),
+            filters={"template": template, "category": category, "channel": channel, "provider": provider},
+        )
+        return await c.stats.funnel(q)
+
+    funnel = _with_container(settings, run)
+    typer.echo(json.dumps(funnel, indent=2) if as_json else stats_table.render(funnel))
 
 
 @dl_app.command("list")

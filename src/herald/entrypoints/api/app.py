@@ -17,6 +17,7 @@ from herald.entrypoints.api import (
     routes_inbox,
     routes_notifications,
     routes_ops,
+    routes_stats,
     routes_templates,
     routes_topics,
     routes_tracking,
@@ -86,6 +87,7 @@ def create_app(
         routes_ops,
         routes_webhooks,
         routes_tracking,
+        routes_stats,
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)

@@ -65,27 +65,6 @@ async def metrics(c: ContainerDep) -> Response:
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-@router.get("/v1/stats")
-async def stats(
-    c: ContainerDep, who: Annotated[Caller, require("read")], since: datetime | None = None
-) -> dict[str, Any]:
-    rows = await c.store.delivery_counts(since=epoch(since))
-    by_status: dict[str, int] = {}
-    by_channel: dict[str, dict[str, int]] = {}
-    for channel, status, _provider, count in rows:
-        by_status[status] = by_status.get(status, 0) + count
-        per = by_channel.setdefault(channel, {})
-        per[status] = per.get(status, 0) + count
-    return {
-        "by_status": by_status,
-        "by_channel": by_channel,
-        "by_channel_provider": [
-            {"channel": ch, "status": st, "provider": pr, "count": n} for ch, st, pr, n in rows
-        ],
-        "ambiguous_sends": await c.store.ambiguous_count(),
-    }
-
-
 _TRACK = {
     "delivered": DeliveryStatus.DELIVERED,
     "read": DeliveryStatus.READ,
