@@ -121,7 +121,7 @@ class TrackService:
             log.info(
                 "delivery.engaged",
                 delivery_id=delivery.id,
-                event=kind,
+                kind=kind,
                 machine=machine,
                 why=why,
                 link=link if link >= 0 else None,

@@ -17,12 +17,15 @@ from herald.domain.models import DeliveryStatus
 from herald.ports import Engagement, EngagementEvent
 
 S = DeliveryStatus
-_UPSERT = text(
+_INSERT = (
     "INSERT INTO delivery_events (delivery_id, kind, link, machine, why, url, source, user_agent, at, "
     "last_at, count) VALUES (:delivery_id, :kind, :link, :machine, :why, :url, :source, :user_agent, "
-    ":at, :at, 1) ON CONFLICT (delivery_id, kind, link, machine) DO UPDATE SET "
-    "count = delivery_events.count + 1, last_at = excluded.last_at RETURNING count"
+    ":at, :at, 1) ON CONFLICT (delivery_id, kind, link, machine) "
 )
+_UPSERT = text(
+    _INSERT + "DO UPDATE SET count = delivery_events.count + 1, last_at = excluded.last_at RETURNING count"
+)
+_INSERT_NEW = text(_INSERT + "DO NOTHING RETURNING count")
 _READABLE = (S.SENT.value, S.DELIVERED.value)
 
 
@@ -32,7 +35,9 @@ class SqlEngagementMixin:
     async def record_engagement(self, event: EngagementEvent) -> Engagement | None:
         d, e = t.deliveries, t.delivery_events
 
-        def upsert(c: Connection, kind: str, link: int, url: str | None) -> bool:
+        def upsert(c: Connection, kind: str, link: int, url: str | None, *, repeat: bool = True) -> bool:
+            """Record the event; True when it is the first of its kind. ``repeat``: a repeat
+            bumps the count (False: an implied event, recorded only if absent)."""
             params = {
                 "delivery_id": event.delivery_id,
                 "kind": kind,
@@ -44,7 +49,8 @@ class SqlEngagementMixin:
                 "user_agent": (event.user_agent or "")[:256] or None,
                 "at": event.at,
             }
-            return int(c.execute(_UPSERT, params).scalar_one()) == 1
+            count = c.execute(_UPSERT if repeat else _INSERT_NEW, params).scalar()
+            return count is not None and int(count) == 1
 
         def op(c: Connection) -> Engagement | None:
             row = c.execute(select(d).where(d.c.id == event.delivery_id)).first()
@@ -69,9 +75,10 @@ class SqlEngagementMixin:
                 counted.append("clicks" + suffix)
                 if first_click:
                     counted.append("clicked" + suffix)
-                # A click is an open, whether or not the client showed the pixel.
-                if upsert(c, "opened", -1, None):
-                    counted.append("opened" + suffix)
+                # A person's click is an open, whether or not their client showed the pixel
+                # (a scanner's click is not: it opened nothing).
+                if not event.machine and upsert(c, "opened", -1, None, repeat=False):
+                    counted.append("opened")
             moved = False
             if not event.machine and row.status in _READABLE:
                 moved = bool(
