@@ -28,7 +28,7 @@ class SqlStatsMixin:
                 bucket = r.c.bucket
             else:
                 size = BUCKETS[q.bucket]
-                bucket = (r.c.bucket / size) * size  # integer division on both engines
+                bucket = (r.c.bucket // size) * size  # integer (floor) division on both engines
             stmt = select(*dims, bucket.label("b"), r.c.metric, func.sum(r.c["count"]))
             if q.since is not None:
                 stmt = stmt.where(r.c.bucket >= int(q.since // HOUR) * HOUR)
