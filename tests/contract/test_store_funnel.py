@@ -107,3 +107,22 @@ async def test_results_routing_callbacks_and_engagement_are_counted(store: SqlSt
         ("-", bucket_of(NOW, DAY), "bounced"),
     }
     assert await store.funnel_counts(FunnelQuery(since=NOW + DAY, until=NOW + 2 * DAY)) == []
+
+
+async def test_expiry_and_inbox_read_all_are_counted(store: SqlStore, queue: SqlQueue) -> None:
+    gone, kept = await seed(store, {"expires_at": NOW + 10}, {"expires_at": NOW + 1000})
+    inbox = await seed(
+        store,
+        {"channel": "in_app", "address": "u9", "user_id": "u9"},
+        {"channel": "in_app", "address": "u9", "user_id": "u9b"},
+    )
+    assert await store.expire_deliveries(now=NOW + 20) == 1
+    assert await store.expire_deliveries(now=NOW + 30) == 0
+    claimed = await queue.claim("in_app", owner="w", limit=10, max_rank=3, lease=30, now=NOW + 20)
+    assert len(claimed) == 2
+    assert await store.record_results([result(x, "w", S.SENT) for x in inbox], now=NOW + 21) == []
+    assert await store.mark_all_read("u9", now=NOW + 40) == 1
+    assert await store.mark_all_read("u9", now=NOW + 41) == 0
+    counts = totals(await store.funnel_counts(FunnelQuery(since=NOW - DAY, until=NOW + DAY)))
+    assert counts == {"skipped:expired": 1, "sent": 2, "opened": 1}
+    assert kept.id != gone.id

@@ -43,7 +43,7 @@ from herald.adapters.store.sql_engagement import SqlEngagementMixin
 from herald.adapters.store.sql_events import SqlEventsMixin, event_rows, reopen_for_fallback
 from herald.adapters.store.sql_insight import SqlInsightMixin
 from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
-from herald.adapters.store.sql_rollups import Tally, bump, templates_of
+from herald.adapters.store.sql_rollups import Tally, bump, count_changed, templates_of
 from herald.adapters.store.sql_stats import SqlStatsMixin
 from herald.adapters.store.sqlite_hot import Changed
 from herald.domain.errors import IllegalTransition, NotFound
@@ -88,7 +88,7 @@ def _in(statuses: Sequence[S] | frozenset[S]) -> list[str]:
 SQLITE_EXPIRY_SWEEP = text(
     "UPDATE deliveries SET status = :skipped, reason = 'expired', updated_at = :now "  # noqa: S608
     f"WHERE +status IN ({', '.join(repr(w) for w in _in(sources_of(S.SKIPPED) - {S.SENDING, S.PENDING}))}) "
-    "AND expires_at IS NOT NULL AND expires_at <= :now"
+    "AND expires_at IS NOT NULL AND expires_at <= :now RETURNING id"
 )
 
 
@@ -1201,18 +1201,24 @@ class SqlStore(
     async def expire_deliveries(self, *, now: float) -> int:
         d = t.deliveries
         waiting = _in(sources_of(S.SKIPPED) - {S.SENDING, S.PENDING})
-        if self.db.is_sqlite:
-            params = {"skipped": S.SKIPPED.value, "now": now}
-            return await self.db.run(lambda c: c.execute(SQLITE_EXPIRY_SWEEP, params).rowcount)
-        return await self.db.run(
-            lambda c: (
-                c.execute(
-                    update(d)
-                    .where(d.c.status.in_(waiting), d.c.expires_at.is_not(None), d.c.expires_at <= now)
-                    .values(status=S.SKIPPED.value, reason="expired", updated_at=now)
-                ).rowcount
-            )
-        )
+
+        def op(c: Connection) -> int:
+            if self.db.is_sqlite:
+                params = {"skipped": S.SKIPPED.value, "now": now}
+                ids = list(c.execute(SQLITE_EXPIRY_SWEEP, params).scalars())
+            else:
+                ids = list(
+                    c.execute(
+                        update(d)
+                        .where(d.c.status.in_(waiting), d.c.expires_at.is_not(None), d.c.expires_at <= now)
+                        .values(status=S.SKIPPED.value, reason="expired", updated_at=now)
+                        .returning(d.c.id)
+                    ).scalars()
+                )
+            count_changed(c, ids, ("skipped:expired",))  # the funnel, same transaction
+            return len(ids)
+
+        return await self.db.run(op)
 
     async def reclaim_expired_leases(self, *, now: float) -> list[str]:
         d, a = t.deliveries, t.attempts
@@ -1369,8 +1375,9 @@ class SqlStore(
 
     async def mark_all_read(self, user_id: str, *, now: float) -> int:
         d = t.deliveries
-        return await self.db.run(
-            lambda c: (
+
+        def op(c: Connection) -> int:
+            ids = list(
                 c.execute(
                     update(d)
                     .where(
@@ -1379,9 +1386,13 @@ class SqlStore(
                         d.c.status.in_([S.SENT.value, S.DELIVERED.value]),
                     )
                     .values(status=S.READ.value, read_at=now, updated_at=now)
-                ).rowcount
+                    .returning(d.c.id)
+                ).scalars()
             )
-        )
+            count_changed(c, ids, ("opened",))  # an in-app message read is opened (the funnel)
+            return len(ids)
+
+        return await self.db.run(op)
 
     # Stats ----------------------------------------------------------------------------------
     async def delivery_counts(self, *, since: float | None = None) -> list[tuple[str, str, str | None, int]]:

@@ -94,3 +94,13 @@ def templates_of(c: Connection, notification_ids: Sequence[str]) -> dict[str, st
             }
         )
     return out
+
+
+def count_changed(c: Connection, ids: Sequence[str], metrics: tuple[str, ...]) -> None:
+    """Count ``metrics`` once for each of the deliveries ``ids`` (a bulk change, off the hot path)."""
+    if not ids or not metrics:
+        return
+    tally = Tally()
+    for row in delivery_facts(c, ids).values():
+        tally.add(row.created_at, row.template, row.category, row.channel, row.provider, metrics)
+    bump(c, tally)
