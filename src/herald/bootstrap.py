@@ -26,6 +26,7 @@ from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
 from herald.alerts import Observers, OpsAlerter
 from herald.config import ChannelConfig, Settings
+from herald.domain.engagement import MachinePolicy
 from herald.domain.errors import ConfigurationError
 from herald.domain.models import Category, Priority
 from herald.domain.policies import RetrySchedule
@@ -40,10 +41,12 @@ from herald.services.deliver import ChannelPool, DeliveryService
 from herald.services.digest import DigestService
 from herald.services.events import EventService
 from herald.services.leader import LeaderLease
+from herald.services.link_tracking import LinkTracker
 from herald.services.lookups import Lookups
 from herald.services.route import RouterService
 from herald.services.schedule import SchedulerService
 from herald.services.signing import Signer, UnsubscribeSigner, UserTokens
+from herald.services.stats import StatsService
 from herald.services.track import TrackService
 
 if TYPE_CHECKING:
@@ -159,6 +162,7 @@ def build_catalog(settings: Settings) -> Catalog:
             budget=c.budget,
             digest_template=c.digest_template,
             digest_items=c.digest_items,
+            tracking=c.tracking,
         )
         for name, c in settings.categories.items()
     }
@@ -193,6 +197,7 @@ class Container:
     user_tokens: UserTokens
     unsubscribe: UnsubscribeSigner
     tracker: TrackService
+    stats: StatsService
     callbacks: CallbackService
     lookups: Lookups
     events: EventService
@@ -347,6 +352,7 @@ async def build(
     secret = settings.auth.secret or await store.put_setting_if_absent("auth_secret", secrets.token_hex(32))
     signer = Signer(secret.encode())
     unsubscribe = UnsubscribeSigner(signer, settings.server.public_url)
+    links = LinkTracker(signer, settings.server.public_url)
     user_tokens = UserTokens(signer, settings.auth.user_token_ttl_seconds)
 
     hub = InboxHub()
@@ -401,6 +407,7 @@ async def build(
         cache=cache,
         hand_over=queue.hand_over,
         senders=delivery,  # only while its pools run (the worker role of this process)
+        tracking=links if settings.tracking.enabled else None,
     )
     lookups = Lookups(store)
     accept = AcceptService(store, clock, catalog, router.wake, lookups=lookups)
@@ -420,7 +427,9 @@ async def build(
         digests=DigestService(store, clock, catalog, unsubscribe),
         promote_rate=settings.scheduler.promote_rate or None,
     )
-    tracker = TrackService(store, clock)
+    tracker = TrackService(
+        store, clock, links=links, policy=MachinePolicy(machine_seconds=settings.tracking.machine_seconds)
+    )
     return Container(
         settings=settings,
         store=store,
@@ -439,6 +448,7 @@ async def build(
         user_tokens=user_tokens,
         unsubscribe=unsubscribe,
         tracker=tracker,
+        stats=StatsService(store, clock),
         callbacks=CallbackService(built, tracker, public_base=settings.server.public_url),
         lookups=lookups,
         events=events,

@@ -167,6 +167,7 @@ class CategoryConfig(_Section):
     budget: str | None = None  # per user, e.g. "3/day", "10/week", "5/1h"
     digest_template: str | None = None  # a stored template rendered for digests; built-in when None
     digest_items: int = Field(default=10, ge=1, le=100)  # items listed per digest, the rest "and N more"
+    tracking: bool | None = None  # email open/click tracking; None: on where users may opt out
 
     @model_validator(mode="after")
     def _digest_options(self) -> CategoryConfig:
@@ -191,6 +192,13 @@ def _default_categories() -> dict[str, CategoryConfig]:
         "system": CategoryConfig(opt_out=True, priority=Priority.NORMAL),
         "marketing": CategoryConfig(opt_out=True, priority=Priority.LOW, digest=True, budget="3/day"),
     }
+
+
+class TrackingConfig(_Section):
+    """Email open and click tracking (issue 22); per category: ``categories.<name>.tracking``."""
+
+    enabled: bool = True  # false: no message is rewritten, whatever the categories say
+    machine_seconds: float = Field(default=2.0, ge=0, le=3600)  # events this soon after delivery are machines
 
 
 class ChannelConfig(_Section):
@@ -279,6 +287,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     default_locale: str = "en"
     events: EventsConfig = Field(default_factory=EventsConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     # Routing rules by event type, as the body of PUT /v1/rules/{event_type}; applied at start.
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -173,6 +173,7 @@ class Category:
     budget: str | None = None
     digest_template: str | None = None  # stored template for digests; None: the built-in one
     digest_items: int = 10  # items listed in a digest; the rest are counted as "more"
+    tracking: bool | None = None  # email opens and clicks; None: tracked where users may opt out
 
 
 @dataclass(slots=True)

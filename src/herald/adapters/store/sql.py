@@ -37,10 +37,17 @@ from herald.adapters.store.rows import (
     _template,
     _user,
 )
+from herald.adapters.store.sql_dead_letters import SqlDeadLettersMixin
 from herald.adapters.store.sql_digests import HELD_REASON, SCHEDULED, SqlDigestsMixin
+from herald.adapters.store.sql_engagement import SqlEngagementMixin
 from herald.adapters.store.sql_events import SqlEventsMixin, event_rows, reopen_for_fallback
+from herald.adapters.store.sql_insight import SqlInsightMixin
 from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
+from herald.adapters.store.sql_rollups import Tally, bump, count_changed, templates_of
+from herald.adapters.store.sql_stats import SqlStatsMixin
+from herald.adapters.store.sqlite_hot import Changed
 from herald.domain.errors import IllegalTransition, NotFound
+from herald.domain.funnel import marked_metrics, result_metrics, routed_metrics
 from herald.domain.models import (
     JSON,
     ApiKey,
@@ -60,7 +67,6 @@ from herald.domain.models import (
 )
 from herald.domain.states import CANCELLABLE, check_transition, sources_of
 from herald.ports import (
-    DeadLetterFilter,
     IdempotencyRecord,
     NotificationFilter,
     Promoted,
@@ -71,6 +77,7 @@ from herald.ports import (
 
 S = DeliveryStatus
 _CLAIMABLE = frozenset({S.QUEUED.value, S.RETRYING.value})
+_ENDED_AT_ROUTING = frozenset({S.SKIPPED.value, S.FAILED.value})
 
 
 def _in(statuses: Sequence[S] | frozenset[S]) -> list[str]:
@@ -82,7 +89,7 @@ def _in(statuses: Sequence[S] | frozenset[S]) -> list[str]:
 SQLITE_EXPIRY_SWEEP = text(
     "UPDATE deliveries SET status = :skipped, reason = 'expired', updated_at = :now "  # noqa: S608
     f"WHERE +status IN ({', '.join(repr(w) for w in _in(sources_of(S.SKIPPED) - {S.SENDING, S.PENDING}))}) "
-    "AND expires_at IS NOT NULL AND expires_at <= :now"
+    "AND expires_at IS NOT NULL AND expires_at <= :now RETURNING id"
 )
 
 
@@ -279,17 +286,26 @@ def _result_params(r: DeliveryResult, now: float) -> dict[str, Any]:
     }
 
 
-def _apply_results_pg(
-    c: Connection, batch: dict[str, DeliveryResult], now: float
-) -> dict[str, tuple[str, int, float]]:
+def _apply_results_pg(c: Connection, batch: dict[str, DeliveryResult], now: float) -> dict[str, Changed]:
     """PostgreSQL: one ``UPDATE … FROM unnest(…)`` for the batch (see :mod:`pg_batch`)."""
     ordered = sorted(batch.values(), key=lambda x: x.delivery_id)  # lock rows in one order
     named = [{k[2:]: v for k, v in _result_params(r, now).items()} for r in ordered]
     rows = c.execute(pg_batch.RECORD_RESULTS, pg_batch.result_params(named, now))
-    return {row.id: (row.channel, row.priority, row.due_at) for row in rows}
+    return {
+        row.id: Changed(row.channel, row.priority, row.due_at, row.created_at, row.category, row.template)
+        for row in rows
+    }
 
 
-class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
+class SqlStore(
+    SqlEventsMixin,
+    SqlDigestsMixin,
+    SqlOutboxMixin,
+    SqlDeadLettersMixin,
+    SqlInsightMixin,
+    SqlEngagementMixin,
+    SqlStatsMixin,
+):
     """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue.
 
     ``outbox``: write an outbox row with every change that makes a delivery claimable, for a
@@ -799,15 +815,20 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                                 )
                                 taken.add(x.id)
                     rows.extend(written)
-            if rows and (self.outbox or taken):
+            ended = [r for r in rows if r["status"] in _ENDED_AT_ROUTING]  # counted in the funnel
+            if rows and (self.outbox or taken or ended):
                 # Outbox rows only for deliveries this call inserted (a routing pass taken over
                 # after a lost lease writes some again; those have theirs), and none for those
-                # written claimed; a claim holds only for rows this call inserted.
+                # written claimed; a claim holds only for rows this call inserted. Likewise the
+                # funnel counts only rows inserted here.
                 new = _insert_deliveries(c, rows, returning=True)
                 if self.outbox:
                     claimable = [r for r in new if r.status in _CLAIMABLE]
                     add_outbox(c, [(r.id, r.channel, r.priority, r.due_at) for r in claimable], now)
                 taken &= {r.id for r in new}
+                if ended:
+                    inserted = {r.id for r in new}
+                    self._count_routed(c, [r for r in ended if r["id"] in inserted], now)
             elif rows:
                 _insert_deliveries(c, rows, returning=False)
             finished = [b.notification_id for b in batches if b.finished and b.notification_id in held]
@@ -847,6 +868,18 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                     if x.id in taken:
                         x.status = S.SENDING
         return oks
+
+    @staticmethod
+    def _count_routed(c: Connection, rows: list[dict[str, Any]], now: float) -> None:
+        """The funnel's counts of deliveries that routing ended (skipped, failed renders)."""
+        if not rows:
+            return
+        templates = templates_of(c, [r["notification_id"] for r in rows])
+        tally = Tally()
+        for r in rows:
+            metrics = routed_metrics(S(r["status"]), r["reason"])
+            tally.add(now, templates.get(r["notification_id"]), r["category"], r["channel"], None, metrics)
+        bump(c, tally)
 
     async def recipient_context(self, user_ids: Sequence[str], *, with_devices: bool) -> RecipientContext:
         ids = list(dict.fromkeys(user_ids))
@@ -1031,14 +1064,18 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                 changed = sqlite_hot.apply_results(c, batch, now, _result_params)
             attempts: list[dict[str, Any]] = []
             requeued: list[tuple[str, str, int, float]] = []  # outbox rows (broker queue only)
+            tally = Tally()  # the funnel's counts (sql_rollups.py), written last
             for r in batch.values():
                 row = changed.get(r.delivery_id)
                 if row is None:
                     continue
-                channel, priority, due_at = row
+                channel = row.channel
                 if self.outbox and r.new_status.value in _CLAIMABLE:
-                    requeued.append((r.delivery_id, channel, priority, due_at))
+                    requeued.append((r.delivery_id, channel, row.priority, row.due_at))
                 at = r.attempt
+                counted = result_metrics(r.new_status, r.reason, at.outcome)
+                if counted:
+                    tally.add(row.created_at, row.template, row.category, channel, at.provider, counted)
                 attempts.append(
                     {
                         "delivery_id": r.delivery_id,
@@ -1066,6 +1103,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                 sqlite_hot.insert_attempts(c, attempts)
             if requeued:
                 add_outbox(c, requeued, now)
+            bump(c, tally)
             # Rejected: lost its lease (or not sending any more), or given twice.
             return [
                 r.delivery_id
@@ -1090,7 +1128,13 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
         )
 
     async def mark_delivery(
-        self, delivery_id: str, status: DeliveryStatus, *, now: float, user_id: str | None = None
+        self,
+        delivery_id: str,
+        status: DeliveryStatus,
+        *,
+        now: float,
+        user_id: str | None = None,
+        reason: str | None = None,
     ) -> Delivery:
         d = t.deliveries
         stamp = {S.DELIVERED: "delivered_at", S.READ: "read_at", S.FAILED: "failed_at"}.get(status)
@@ -1109,6 +1153,8 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
             values: dict[str, Any] = {"status": status.value, "updated_at": now}
             if stamp:
                 values[stamp] = now
+            if reason is not None:
+                values["reason"] = reason
             if status == S.READ and row.delivered_at is None:
                 values["delivered_at"] = now
             changed = c.execute(
@@ -1116,6 +1162,12 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
             )
             if not changed.rowcount:
                 raise IllegalTransition("the delivery changed concurrently; try again")
+            counted = marked_metrics(row.channel, current, status, reason)
+            if counted:
+                tally = Tally()
+                template = templates_of(c, [row.notification_id]).get(row.notification_id)
+                tally.add(row.created_at, template, row.category, row.channel, row.provider, counted)
+                bump(c, tally)
             marked = _delivery(c.execute(select(d).where(d.c.id == delivery_id)).one())
             if status == S.FAILED and (marked.content.get("_meta") or {}).get("fallback"):
                 reopen_for_fallback(c, marked.notification_id)  # a bounce moves the chain on too
@@ -1150,18 +1202,24 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
     async def expire_deliveries(self, *, now: float) -> int:
         d = t.deliveries
         waiting = _in(sources_of(S.SKIPPED) - {S.SENDING, S.PENDING})
-        if self.db.is_sqlite:
-            params = {"skipped": S.SKIPPED.value, "now": now}
-            return await self.db.run(lambda c: c.execute(SQLITE_EXPIRY_SWEEP, params).rowcount)
-        return await self.db.run(
-            lambda c: (
-                c.execute(
-                    update(d)
-                    .where(d.c.status.in_(waiting), d.c.expires_at.is_not(None), d.c.expires_at <= now)
-                    .values(status=S.SKIPPED.value, reason=Reason.EXPIRED.value, updated_at=now)
-                ).rowcount
-            )
-        )
+
+        def op(c: Connection) -> int:
+            if self.db.is_sqlite:
+                params = {"skipped": S.SKIPPED.value, "now": now}
+                ids = list(c.execute(SQLITE_EXPIRY_SWEEP, params).scalars())
+            else:
+                ids = list(
+                    c.execute(
+                        update(d)
+                        .where(d.c.status.in_(waiting), d.c.expires_at.is_not(None), d.c.expires_at <= now)
+                        .values(status=S.SKIPPED.value, reason=Reason.EXPIRED.value, updated_at=now)
+                        .returning(d.c.id)
+                    ).scalars()
+                )
+            count_changed(c, ids, ("skipped:expired",))  # the funnel, same transaction
+            return len(ids)
+
+        return await self.db.run(op)
 
     async def reclaim_expired_leases(self, *, now: float) -> list[str]:
         d, a = t.deliveries, t.attempts
@@ -1221,28 +1279,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
 
         return await self.db.run(op)
 
-    # Dead letters ------------------------------------------------------------------------------
-    async def list_dead_letters(self, flt: DeadLetterFilter) -> list[Delivery]:
-        d = t.deliveries
-
-        def op(c: Connection) -> list[Delivery]:
-            q = select(d).where(d.c.status == S.DEAD.value)
-            if flt.channel:
-                q = q.where(d.c.channel == flt.channel)
-            if flt.provider:
-                q = q.where(d.c.provider == flt.provider)
-            if flt.reason:
-                q = q.where(d.c.reason == flt.reason)
-            if flt.since is not None:
-                q = q.where(d.c.failed_at >= flt.since)
-            if flt.until is not None:
-                q = q.where(d.c.failed_at < flt.until)
-            if flt.cursor:
-                q = q.where(d.c.id < flt.cursor)
-            return [_delivery(r) for r in c.execute(q.order_by(d.c.id.desc()).limit(flt.limit))]
-
-        return await self.db.run(op)
-
+    # Dead letters: listed by SqlDeadLettersMixin (sql_dead_letters.py) ----------------------
     async def replay_dead_letters(self, delivery_ids: Sequence[str], *, now: float) -> list[Delivery]:
         d = t.deliveries
         ids = list(delivery_ids)
@@ -1339,8 +1376,9 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
 
     async def mark_all_read(self, user_id: str, *, now: float) -> int:
         d = t.deliveries
-        return await self.db.run(
-            lambda c: (
+
+        def op(c: Connection) -> int:
+            ids = list(
                 c.execute(
                     update(d)
                     .where(
@@ -1349,9 +1387,13 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
                         d.c.status.in_([S.SENT.value, S.DELIVERED.value]),
                     )
                     .values(status=S.READ.value, read_at=now, updated_at=now)
-                ).rowcount
+                    .returning(d.c.id)
+                ).scalars()
             )
-        )
+            count_changed(c, ids, ("opened",))  # an in-app message read is opened (the funnel)
+            return len(ids)
+
+        return await self.db.run(op)
 
     # Stats ----------------------------------------------------------------------------------
     async def delivery_counts(self, *, since: float | None = None) -> list[tuple[str, str, str | None, int]]:

@@ -18,6 +18,7 @@ from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
 from herald.adapters.store.rows import _delivery, _delivery_rows, _notification_body
 from herald.adapters.store.sql_outbox import add_outbox
+from herald.adapters.store.sql_rollups import count_changed
 from herald.domain.models import Delivery, DeliveryStatus, Reason
 from herald.domain.states import check_transition
 from herald.ports import DigestGroup, DigestPlan, DigestSaved
@@ -151,6 +152,7 @@ class SqlDigestsMixin:
                 ),
                 [{"b_id": i, "b_content": _dumps(plan.item_contents[i])} for i in ids],
             )
+            count_changed(c, ids, ("skipped:digested",))  # the funnel, same transaction
             return "saved"
 
         return await self.db.run(op)

@@ -17,8 +17,10 @@ from herald.entrypoints.api import (
     routes_inbox,
     routes_notifications,
     routes_ops,
+    routes_stats,
     routes_templates,
     routes_topics,
+    routes_tracking,
     routes_users,
     routes_webhooks,
 )
@@ -84,6 +86,8 @@ def create_app(
         routes_inbox,
         routes_ops,
         routes_webhooks,
+        routes_tracking,
+        routes_stats,
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
