@@ -26,6 +26,7 @@ from herald.entrypoints.api.cors import UserCors
 from herald.entrypoints.api.fast_send import HeraldApi
 from herald.entrypoints.api.limits import BodyLimit
 from herald.entrypoints.children import WorkerChildren
+from herald.entrypoints.web import pages as web_pages
 
 log = structlog.get_logger("herald.api")
 
@@ -98,6 +99,7 @@ def create_app(
         routes_inbox,
         routes_ops,
         routes_webhooks,
+        web_pages,  # the end users' pages and the widget script (entrypoints/web)
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
