@@ -36,7 +36,7 @@ FR = {
     "prefs_title": "Préférences de notification",
     "prefs_intro": "Choisissez comment nous pouvons vous joindre.",
     "channels": "Canaux",
-    "channels_hint": "Désactivez un canal pour arrêter tout ce qu’il transmet (sauf l’obligatoire).",
+    "channels_hint": "Désactivez un canal pour arrêter tout ce qu'il transmet (sauf l'obligatoire).",
     "categories": "Ce que vous recevez",
     "category": "Catégorie",
     "required": "obligatoire",
@@ -53,7 +53,7 @@ FR = {
     "ch_email": "E-mail",
     "ch_sms": "SMS",
     "ch_push": "Notifications push",
-    "ch_in_app": "Dans l’application",
+    "ch_in_app": "Dans l'application",
     "ch_webhook": "Webhook",
     "ch_chat": "Messagerie",
 }

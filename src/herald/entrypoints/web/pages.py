@@ -1,7 +1,7 @@
 """End-user pages: the widget script, the hosted preference page, unsubscribe confirmation.
 
 - ``GET /widget/herald-inbox.js``: the ``<herald-inbox>`` web component and ``HeraldInbox``.
-- ``GET /preferences?token=<user token>``: the user's channels and categories × channels, each a
+- ``GET /preferences?token=<user token>``: the user's channels and categories by channels, each a
   checkbox (``channels.<channel>``, ``categories.<category>.<channel>``); required categories
   are shown, not changeable. ``POST /preferences`` writes what ``PUT /v1/users/{id}/preferences``
   writes (quiet hours and digests kept as they are), then shows the page again (303).
