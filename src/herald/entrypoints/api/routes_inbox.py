@@ -129,6 +129,7 @@ async def stream(
             head = await hub.feed.head(user_id)
             cursor = head if resume is None or resume > head else resume
             sent_unread = -1
+            woken = False
             yield b"retry: 1000\n\n"
             while not sub.closing:
                 sub.event.clear()  # before reading: a wake-up during the read is not lost
@@ -142,12 +143,14 @@ async def stream(
                         yield _event(b"item", cursor, inbox_item(entry.delivery))
                     if len(entries) < _PAGE:
                         break
-                if unread != sent_unread:
+                if unread != sent_unread or woken:  # woken: a read elsewhere may have set another count
                     yield _event(b"unread", cursor, {"unread_count": unread})
                     sent_unread = unread
                 try:
                     await asyncio.wait_for(sub.event.wait(), heartbeat)
+                    woken = True
                 except TimeoutError:
+                    woken = False
                     yield b": heartbeat\n\n"  # keeps proxies from closing; then a look at the feed
         finally:
             hub.unsubscribe(sub)

@@ -96,7 +96,7 @@
         cursor: opts.cursor || null,
         unread_only: opts.unreadOnly ? "true" : null,
       });
-      if (!opts.cursor) {
+      if (!opts.cursor && !opts.keepCount) {
         this._setUnread(page.unread_count);
         if (this.lastEventId === null) this.lastEventId = page.last_event_id;
       }
@@ -181,7 +181,7 @@
 
   var STYLE = [
     ":host{position:relative;display:inline-block;font-family:var(--herald-font,system-ui,sans-serif);",
-    "color:var(--herald-color,#1f2328);--_accent:var(--herald-accent,#2563eb)}",
+    "--_accent:var(--herald-accent,#2563eb)}",
     "[part=bell]{position:relative;background:none;border:0;padding:6px;cursor:pointer;color:inherit;",
     "border-radius:var(--herald-radius,8px);line-height:0}",
     "[part=bell]:focus-visible,[part=item]:focus-visible,[part=mark-all-read]:focus-visible",
@@ -192,7 +192,7 @@
     "font:600 11px/18px var(--herald-font,system-ui,sans-serif);text-align:center}",
     "[hidden]{display:none!important}",
     "[part=panel]{position:absolute;right:0;top:calc(100% + 6px);z-index:var(--herald-z,1000);",
-    "width:var(--herald-panel-width,360px);max-width:90vw;background:var(--herald-bg,#fff);",
+    "width:var(--herald-panel-width,360px);max-width:90vw;background:var(--herald-bg,#fff);color:var(--herald-color,#1f2328);",
     "border:1px solid var(--herald-border,#d0d7de);border-radius:var(--herald-radius,8px);",
     "box-shadow:0 8px 24px rgba(0,0,0,.15);overflow:hidden}",
     "[part=header]{display:flex;align-items:center;justify-content:space-between;padding:10px 12px;",
@@ -252,11 +252,14 @@
       this._markAll.addEventListener("click", function () { self.markAllRead(); });
       this._list.addEventListener("scroll", function () { self._maybeMore(); });
       this._list.addEventListener("keydown", function (e) { self._keys(e); });
-      this._panel.addEventListener("keydown", function (e) {
-        if (e.key === "Escape") { self.close(); self._bell.focus(); }
-      });
       this._outside = function (e) {
         if (!self._panel.hidden && e.composedPath().indexOf(self) < 0) self.close();
+      };
+      this._escape = function (e) {
+        if (e.key !== "Escape" || self._panel.hidden) return;
+        var focus = document.activeElement;
+        self.close();
+        if (focus === self || focus === document.body || !focus) self._bell.focus();
       };
     }
 
@@ -269,12 +272,14 @@
 
     connectedCallback() {
       document.addEventListener("click", this._outside, true);
+      document.addEventListener("keydown", this._escape);
       this._renderLabels();
       this._start();
     }
 
     disconnectedCallback() {
       document.removeEventListener("click", this._outside, true);
+      document.removeEventListener("keydown", this._escape);
       if (this.client) this.client.close();
       this.client = null;
     }
@@ -448,7 +453,8 @@
     async _refreshReadStates() {
       // After a reconnect: new items were replayed; items read elsewhere meanwhile get their state.
       try {
-        var page = await this.client.list();
+        // The count stays the stream's: a listing may run before a replayed item is committed.
+        var page = await this.client.list({ keepCount: true });
         var self = this;
         page.items.forEach(function (item) {
           var li = self._items.get(item.id);
