@@ -133,7 +133,8 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
 def widget_connected(page: Any) -> bool:
     return bool(
         page.evaluate(
-            "() => { const w = document.querySelector('herald-inbox'); return !!(w && w.client && w.client.connected); }"
+            "() => { const w = document.querySelector('herald-inbox');"
+            " return !!(w && w.client && w.client.connected); }"
         )
     )
 
