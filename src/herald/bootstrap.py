@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -14,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy import text
 
 from herald.adapters.cache.memory import MemoryCache
+from herald.adapters.live.local import LocalLiveSignals
 from herald.adapters.providers.composite import FailoverProvider, PushDispatcher, RateLimit
 from herald.adapters.providers.console import ConsoleProvider
 from herald.adapters.providers.in_app import InAppProvider
@@ -24,6 +27,7 @@ from herald.adapters.queue.outbox_relay import OutboxRelay
 from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
+from herald.adapters.store.sql_inbox import SqlInboxFeed
 from herald.alerts import Observers, OpsAlerter
 from herald.config import ChannelConfig, Settings
 from herald.domain.engagement import MachinePolicy
@@ -33,7 +37,7 @@ from herald.domain.policies import RetrySchedule
 from herald.domain.rules import parse_rule
 from herald.inbox import InboxHub
 from herald.metrics import Metrics
-from herald.ports import Cache, Clock, Provider, Queue, Store
+from herald.ports import Cache, Clock, LiveSignals, Provider, Queue, Store
 from herald.services.accept import AcceptService
 from herald.services.callbacks import CallbackService
 from herald.services.catalog import Catalog
@@ -252,6 +256,7 @@ class Container:
             with contextlib.suppress(Exception):
                 await p.close()
         await self.alerter.close()
+        await self.hub.close()
         await self.cache.close()
         await self.queue.close()
         await self.store.close()
@@ -322,6 +327,27 @@ def build_broker_events(settings: Settings, events: EventService) -> AmqpEventCo
     return AmqpEventConsumer(q.url, handle, prefix=q.prefix, delivery_limit=q.delivery_limit)
 
 
+async def build_inbox_hub(settings: Settings, store: SqlStore) -> InboxHub:
+    """Live inbox streams: the feed in the database; wake-ups in-process, or through PostgreSQL
+    ``NOTIFY`` when the database is PostgreSQL (any process may send what another streams)."""
+    signals: LiveSignals
+    if store.db.dialect == "postgresql":
+        from herald.adapters.live.pg import PgLiveSignals  # noqa: PLC0415 - needs psycopg
+
+        dsn = store.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # One NOTIFY channel per schema: deployments sharing a database do not wake each other.
+        schema = await store.db.run(lambda c: c.execute(text("SELECT current_schema()")).scalar())
+        channel = "herald_inbox"
+        if schema and schema != "public":
+            channel = (channel + "_" + re.sub(r"[^a-z0-9_]", "_", str(schema).lower()))[:63]
+        signals = PgLiveSignals(dsn, channel=channel)
+    else:
+        signals = LocalLiveSignals()
+    hub = InboxHub(SqlInboxFeed(store.db), signals, per_user=settings.server.streams_per_user)
+    await hub.start()
+    return hub
+
+
 def build_cache(settings: Settings) -> Cache:
     url = settings.cache.url
     if url == "memory":
@@ -355,7 +381,7 @@ async def build(
     links = LinkTracker(signer, settings.server.public_url)
     user_tokens = UserTokens(signer, settings.auth.user_token_ttl_seconds)
 
-    hub = InboxHub()
+    hub = await build_inbox_hub(settings, store)
     metrics = Metrics()
     alerter = OpsAlerter(settings.alerts.webhook_url, min_interval=settings.alerts.min_interval_seconds)
     catalog = build_catalog(settings)

@@ -58,7 +58,24 @@ class ServerConfig(_Section):
     # claimed by its own senders and sent at once, without a claim or the children's busy loops;
     # what they cannot take at once either side claims. [] leaves them to the children alone.
     serve_lanes: list[Priority] = Field(default_factory=lambda: [Priority.CRITICAL])
+    # Browser origins (scheme://host[:port]) allowed to call the end-user endpoints (inbox,
+    # stream, preferences, user-token calls); API-key endpoints never answer a browser origin.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Live inbox streams (issue 19): at most this many open at once per user, and a heartbeat
+    # (an SSE comment, and a look at the feed) every this many seconds.
+    streams_per_user: int = Field(default=8, ge=1, le=1000)
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for origin in value:
+            o = origin.strip().rstrip("/")
+            if o != "*" and (not o.startswith(("http://", "https://")) or "/" in o.split("://", 1)[1]):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+            out.append(o)
+        return out
     @field_validator("worker_lanes")
     @classmethod
     def _worker_lanes(cls, value: list[Priority]) -> list[Priority]:

@@ -692,6 +692,54 @@ class CallbackReceiver(Protocol):
 
 
 class InboxPublisher(Protocol):
-    """Fan-out of new in-app items to live inbox streams."""
+    """Fan-out of new in-app items to live inbox streams.
 
-    def publish(self, user_id: str, item: dict[str, Any]) -> None: ...
+    ``publish`` returns once the item has its place in the user's durable feed (so a stream
+    that reconnects later replays it) and the streams of every process have been told.
+    """
+
+    async def publish(self, user_id: str, item: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    seq: int  # the item's number in its user's feed: the stream's event id
+    delivery: Delivery
+
+
+class InboxFeed(Protocol):
+    """The durable order of live inbox items, numbered per user (issue 19).
+
+    Numbers are given in commit order per user: once a reader saw number ``n``, no item with a
+    lower number can appear later, so ``after(user, n)`` is a complete resume.
+    """
+
+    async def append(self, items: Sequence[tuple[str, str]], *, now: float) -> dict[str, int]:
+        """Number each ``(user_id, delivery_id)``; an item appended again keeps its number."""
+        ...
+
+    async def head(self, user_id: str) -> int:
+        """The user's last number (0: nothing yet)."""
+        ...
+
+    async def after(self, user_id: str, seq: int, *, limit: int) -> tuple[list[InboxEntry], int]:
+        """The user's items numbered above ``seq`` in order, and the user's unread count."""
+        ...
+
+
+class LiveSignals(Protocol):
+    """Wake-ups of live streams across processes: "user X has news". Best effort: streams
+    read what changed from the database (:class:`InboxFeed`) and also look on their own every
+    heartbeat, so a lost signal costs latency, never an item."""
+
+    async def start(self) -> None: ...
+
+    def notify(self, user_id: str) -> None:
+        """Wake the streams of ``user_id`` in every process (this one included)."""
+        ...
+
+    def on_wake(self, callback: Callable[[str | None], None]) -> None:
+        """Call ``callback(user_id)`` for every wake-up (``None``: everyone, after a gap)."""
+        ...
+
+    async def close(self) -> None: ...

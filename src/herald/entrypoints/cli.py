@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -24,7 +25,7 @@ from herald.config import Settings, check_lanes, load_settings
 from herald.domain.errors import HeraldError
 from herald.domain.models import Priority
 from herald.entrypoints import stats_table
-from herald.entrypoints.api.app import create_app
+from herald.entrypoints.api.app import create_app, end_streams
 from herald.entrypoints.api.deps import SCOPES, generate_key, hash_key
 from herald.entrypoints.api.schemas import epoch
 from herald.entrypoints.api.views import (
@@ -106,6 +107,14 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+class _Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn waits for open responses before it shuts down: live streams end now (their
+        # clients reconnect to another process and resume), so the process exits in seconds.
+        end_streams(self.config.app)
+
+
 def _serve(
     settings: Settings,
     roles: set[str],
@@ -135,7 +144,7 @@ def _serve(
         lifespan="on",
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run()
     if not server.started:
         raise fail(f"could not start the HTTP server on {config.host}:{config.port}")

@@ -373,3 +373,17 @@ delivery_events = Table(
     Column("count", Integer, nullable=False),
     PrimaryKeyConstraint("delivery_id", "kind", "link", "machine"),
 )
+
+# The live inbox's durable order (issue 19): one row per in-app item as it is sent, numbered per
+# user in commit order. Stream event ids are these numbers, so a reconnect resumes from the
+# database (``seq > Last-Event-ID``), whichever process sent the item and whichever streams it.
+inbox_feed = Table(
+    "inbox_feed",
+    metadata,
+    Column("user_id", String(128), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("delivery_id", String(40), nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("user_id", "seq", name="pk_inbox_feed"),
+    UniqueConstraint("delivery_id", name="uq_inbox_feed_delivery"),
+)
