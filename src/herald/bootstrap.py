@@ -24,6 +24,7 @@ from herald.adapters.queue.outbox_relay import OutboxRelay
 from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
+from herald.adapters.store.sql_console import SqlConsoleReads
 from herald.alerts import Observers, OpsAlerter
 from herald.config import ChannelConfig, Settings
 from herald.domain.errors import ConfigurationError
@@ -35,6 +36,8 @@ from herald.metrics import Metrics
 from herald.ports import Cache, Clock, Provider, Queue, Store
 from herald.services.accept import AcceptService
 from herald.services.catalog import Catalog
+from herald.services.console import ConsoleService, provider_health
+from herald.services.console_auth import ConsoleSessions
 from herald.services.deliver import ChannelPool, DeliveryService
 from herald.services.digest import DigestService
 from herald.services.events import EventService
@@ -189,6 +192,9 @@ class Container:
     relay: OutboxRelay | None = None
     broker_events: AmqpEventConsumer | None = None
     leader: LeaderLease | None = None
+    # The operator console (issue 20): its read model and its sign-in.
+    console: ConsoleService | None = None
+    console_sessions: ConsoleSessions | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -409,7 +415,19 @@ async def build(
         digests=DigestService(store, clock, catalog, unsubscribe),
         promote_rate=settings.scheduler.promote_rate or None,
     )
+    console = ConsoleService(
+        store,
+        SqlConsoleReads(store.db),
+        queue,
+        clock,
+        catalog,
+        lookups,
+        provider_health=lambda: provider_health(delivery.pools, delivery.unhealthy),
+        forget_rule=events.forget,
+    )
     return Container(
+        console=console,
+        console_sessions=ConsoleSessions(signer, lookups),
         settings=settings,
         store=store,
         queue=queue,

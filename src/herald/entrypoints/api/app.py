@@ -25,6 +25,7 @@ from herald.entrypoints.api import (
 from herald.entrypoints.api.fast_send import HeraldApi
 from herald.entrypoints.api.limits import BodyLimit
 from herald.entrypoints.children import WorkerChildren
+from herald.entrypoints.web import console
 
 log = structlog.get_logger("herald.api")
 
@@ -86,6 +87,7 @@ def create_app(
         routes_webhooks,
     ):
         app.include_router(module.router)
+    console.install(app)  # /console (issue 20)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.enable_fast_send(max_body_bytes)  # POST /v1/notifications without the stack (fast_send.py)
     return app
