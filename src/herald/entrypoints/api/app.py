@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from herald import __version__
 from herald.bootstrap import Container
 from herald.entrypoints.api import (
+    openapi_doc,
     problems,
     routes_events,
     routes_inbox,
@@ -74,6 +75,8 @@ def create_app(
         version=__version__,
         description="Self-hosted notification service: accept, route, deliver and prove every message.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package by openapi_doc (FastAPI's pages use a CDN)
+        redoc_url=None,
     )
     problems.install(app)
     for module in (
@@ -88,6 +91,7 @@ def create_app(
     ):
         app.include_router(module.router)
     console.install(app)  # /console (issue 20)
+    openapi_doc.install(app)  # /docs, /redoc offline; bearer auth and problem+json declared
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.enable_fast_send(max_body_bytes)  # POST /v1/notifications without the stack (fast_send.py)
     return app
