@@ -45,15 +45,20 @@ async def signed_in(h: Running, key: str) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def settings_with(tmp: Path) -> Any:
-    return make_settings(tmp, channels={"email": {"providers": ["rec"]}}, retry={"schedule": [0.0, 0.0], "jitter": 0})
+    return make_settings(
+        tmp, channels={"email": {"providers": ["rec"]}}, retry={"schedule": [0.0, 0.0], "jitter": 0}
+    )
 
 
 async def dead_delivery(h: Running, rec: RecordingProvider, user: str = "ana") -> tuple[str, str]:
     """A notification whose email delivery failed twice (immediate retry) and is dead."""
-    rec.script([TransientDeliveryError("mailbox busy", code="451"), TransientDeliveryError("still busy", code="452")])
+    rec.script(
+        [TransientDeliveryError("mailbox busy", code="451"), TransientDeliveryError("still busy", code="452")]
+    )
     await h.client.put(f"/v1/users/{user}", json={"email": f"{user}@example.com"})
     r = await h.client.post(
-        "/v1/notifications", json={"to": user, "content": {"subject": "s", "text": "t"}, "channels": ["email"]}
+        "/v1/notifications",
+        json={"to": user, "content": {"subject": "s", "text": "t"}, "channels": ["email"]},
     )
     assert r.status_code == 202, r.text
     nid = r.json()["id"]
@@ -90,7 +95,10 @@ async def test_sign_in_sets_a_strict_http_only_expiring_cookie_and_sign_out_ends
 
         page = await b.get("/console")
         assert page.status_code == 200 and "<svg" in page.text
-        assert "Content-Security-Policy" in page.headers and "default-src 'self'" in page.headers["content-security-policy"]
+        assert (
+            "Content-Security-Policy" in page.headers
+            and "default-src 'self'" in page.headers["content-security-policy"]
+        )
 
         # A tampered cookie is no session.
         value = b.cookies.get("herald_console", path="/console")
@@ -116,7 +124,7 @@ async def test_a_dead_letter_shows_its_last_error_and_a_replay_reaches_the_provi
         async with signed_in(h, h.key) as b:
             page = await b.get("/console/dead-letters")
             assert did in page.text, page.text
-            assert "452 still busy" in page.text, page.text[page.text.find("dead-letters\""):]
+            assert "452 still busy" in page.text, page.text[page.text.find('dead-letters"') :]
             # The detail page shows both attempts with their codes.
             detail = await b.get(f"/console/notifications/{nid}")
             assert detail.status_code == 200
@@ -153,11 +161,13 @@ async def test_replay_all_matching_names_the_count_and_replays_exactly_those(tmp
             csrf = csrf_of(confirm.text)
             # A stale count (the matching set changed since) asks again instead of replaying.
             r = await b.post(
-                "/console/dead-letters/replay", data={"mode": "all", "count": "2", "channel": "email", "csrf": csrf}
+                "/console/dead-letters/replay",
+                data={"mode": "all", "count": "2", "channel": "email", "csrf": csrf},
             )
             assert r.status_code == 303 and "replay-all" in r.headers["location"]
             r = await b.post(
-                "/console/dead-letters/replay", data={"mode": "all", "count": "3", "channel": "email", "csrf": csrf}
+                "/console/dead-letters/replay",
+                data={"mode": "all", "count": "3", "channel": "email", "csrf": csrf},
             )
             assert r.status_code == 303 and "replayed=3" in r.headers["location"]
 
@@ -171,7 +181,9 @@ async def test_a_read_key_may_look_but_every_write_is_refused_on_the_server(tmp_
     rec = RecordingProvider("rec")
     async with running_herald(settings_with(tmp_path), providers={"rec": rec}) as h:
         nid, did = await dead_delivery(h, rec)
-        r = await h.client.put("/v1/templates/welcome", json={"channels": {"email": {"subject": "a", "text": "b"}}})
+        r = await h.client.put(
+            "/v1/templates/welcome", json={"channels": {"email": {"subject": "a", "text": "b"}}}
+        )
         assert r.status_code == 200
         reader = await h.new_key("read")
         async with signed_in(h, reader) as b:
@@ -197,7 +209,12 @@ async def test_a_read_key_may_look_but_every_write_is_refused_on_the_server(tmp_
             # Looking is allowed: the preview renders nothing stored.
             r = await b.post(
                 "/console/templates/welcome/preview",
-                data={"email.subject": "Hi {{ data.n }}", "sample_data": '{"n": 7}', "fragment": "1", "csrf": csrf},
+                data={
+                    "email.subject": "Hi {{ data.n }}",
+                    "sample_data": '{"n": 7}',
+                    "fragment": "1",
+                    "csrf": csrf,
+                },
             )
             assert r.status_code == 200 and "Hi 7" in r.text
 
@@ -206,7 +223,9 @@ async def test_search_by_user_and_template_and_the_detail_with_attempts(tmp_path
     rec = RecordingProvider("rec")
     settings = make_settings(tmp_path, channels={"email": {"providers": ["rec"]}})
     async with running_herald(settings, providers={"rec": rec}) as h:
-        await h.client.put("/v1/templates/welcome", json={"channels": {"email": {"subject": "a", "text": "b"}}})
+        await h.client.put(
+            "/v1/templates/welcome", json={"channels": {"email": {"subject": "a", "text": "b"}}}
+        )
         await h.client.put("/v1/templates/other", json={"channels": {"email": {"subject": "a", "text": "b"}}})
         for u in ("ana", "bob"):
             await h.client.put(f"/v1/users/{u}", json={"email": f"{u}@example.com"})
@@ -241,7 +260,9 @@ async def test_template_edit_validates_inline_previews_and_new_sends_use_it(tmp_
     rec = RecordingProvider("rec")
     settings = make_settings(tmp_path, channels={"email": {"providers": ["rec"]}})
     async with running_herald(settings, providers={"rec": rec}) as h:
-        await h.client.put("/v1/templates/welcome", json={"channels": {"email": {"subject": "Old", "text": "old"}}})
+        await h.client.put(
+            "/v1/templates/welcome", json={"channels": {"email": {"subject": "Old", "text": "old"}}}
+        )
         await h.client.put("/v1/users/ana", json={"email": "ana@example.com", "data": {"name": "Ana"}})
         async with signed_in(h, h.key) as b:
             page = await b.get("/console/templates/welcome")
@@ -251,8 +272,15 @@ async def test_template_edit_validates_inline_previews_and_new_sends_use_it(tmp_
             r = await b.post("/console/templates/welcome", data=bad)
             assert r.status_code == 422 and "channels.email" in r.text  # the field, inline
             assert (await h.container.store.get_template("welcome")).version == 1  # type: ignore[union-attr]
-            good = {"csrf": csrf, "email.subject": "New {{ user.data.name }}", "email.text": "new text", "locales": "{}"}
-            r = await b.post("/console/templates/welcome/preview", data={**good, "preview_user": "ana", "fragment": "1"})
+            good = {
+                "csrf": csrf,
+                "email.subject": "New {{ user.data.name }}",
+                "email.text": "new text",
+                "locales": "{}",
+            }
+            r = await b.post(
+                "/console/templates/welcome/preview", data={**good, "preview_user": "ana", "fragment": "1"}
+            )
             assert r.status_code == 200 and "New Ana" in r.text
             r = await b.post("/console/templates/welcome", data=good)
             assert r.status_code == 303 and r.headers["location"].endswith("saved=2")
