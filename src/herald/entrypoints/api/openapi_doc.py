@@ -122,9 +122,9 @@ def _short_operation_ids(doc: dict[str, Any]) -> None:
 
 
 def _local_only(page: HTMLResponse) -> HTMLResponse:
-    """A Content-Security-Policy that lets the page load nothing from another origin: Redoc's
-    sidebar links a logo on cdn.redoc.ly, which the browser then never fetches. Inline scripts
-    (FastAPI's page set-up) are allowed by their hash; the libraries style inline."""
+    """A Content-Security-Policy that lets the page load nothing from another origin (a second
+    line behind the vendored files, which reference none: see vendor/*/HERALD-CHANGES.md).
+    Inline scripts (FastAPI's page set-up) are allowed by their hash; the libraries style inline."""
     body = bytes(page.body).decode()
     hashes = [
         "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
