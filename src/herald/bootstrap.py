@@ -226,6 +226,8 @@ class Container:
         self._stopping.set()
         self.router.wake()
         self.scheduler.wake()
+        if self.console is not None:
+            await self.console.close()  # its background counting, before the store closes
         await self.delivery.stop(self.settings.worker.shutdown_grace_seconds)
         await self.accept.writer.close()  # accepts under way commit before the store closes
         # The lease, relay and broker consumer watch _stopping: let them release and close.

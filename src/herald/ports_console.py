@@ -66,6 +66,10 @@ class ConsoleReads(Protocol):
 
     async def ambiguous_total(self) -> int: ...
 
+    async def queue_depth(self, channels: Sequence[str]) -> list[tuple[str, int, int]]:
+        """(channel, priority rank, count) of queued and retrying deliveries."""
+        ...
+
     async def templates(self) -> list[dict[str, Any]]:
         """Each template's latest version row with ``versions`` (how many)."""
         ...

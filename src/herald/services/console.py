@@ -13,6 +13,8 @@ few old buckets, never the whole week (bench/console_pages.py measures it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,13 +53,18 @@ class Rollup:
     """Hourly counts per (channel, status) by creation hour, counted lazily and kept.
 
     A finished hour is counted again once it is older than a tenth of its age (at least a
-    minute): statuses still move (retries, callbacks), more so in recent hours.
+    minute): statuses still move (retries, callbacks), more so in recent hours. A request
+    counts for at most ``budget`` seconds, newest hours first; hours it could not count (a
+    process's first look at a big week) are counted in the background and shown as pending,
+    and stale ones are shown as last counted meanwhile.
     """
 
     reads: ConsoleReads
+    budget: float = 0.25
     buckets: dict[float, _Bucket] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     recounted: int = 0  # buckets counted since start (the benchmark reports it)
+    background: asyncio.Task[None] | None = None
 
     def _stale(self, start: float, now: float) -> bool:
         b = self.buckets.get(start)
@@ -68,20 +75,40 @@ class Rollup:
             return now - b.computed_at > min(15.0, max(1.0, end - b.computed_at))
         return now - b.computed_at > max(60.0, (now - end) / 10)
 
-    async def hours(self, first: float, last: float, now: float) -> dict[float, list[Any]]:
+    async def _count(self, starts: list[float], now: float) -> None:
+        counted = await self.reads.bucket_counts([(s, s + HOUR) for s in starts])
+        for s, counts in zip(starts, counted, strict=True):
+            self.buckets[s] = _Bucket(counts, now)
+        self.recounted += len(starts)
+
+    async def _finish(self, starts: list[float], now: float) -> None:
+        # Four hours per database call and per hold of the lock: requests and the senders'
+        # own database work go between them.
+        for i in range(0, len(starts), 4):
+            async with self.lock:
+                await self._count([s for s in starts[i : i + 4] if self._stale(s, now)], now)
+
+    async def hours(self, first: float, last: float, now: float) -> dict[float, list[Any] | None]:
+        """Counts per hour from ``first`` to ``last``; None for an hour still being counted."""
         starts = [first + i * HOUR for i in range(int((last - first) // HOUR) + 1)]
         async with self.lock:
-            stale = [s for s in starts if self._stale(s, now)]
-            # A few buckets per database call: other work runs between them.
-            for i in range(0, len(stale), 12):
-                part = stale[i : i + 12]
-                counted = await self.reads.bucket_counts([(s, s + HOUR) for s in part])
-                for s, counts in zip(part, counted, strict=True):
-                    self.buckets[s] = _Bucket(counts, now)
-                self.recounted += len(part)
-            for s in [s for s in self.buckets if s < first - HOUR]:
+            stale = sorted((s for s in starts if self._stale(s, now)), reverse=True)
+            began = time.monotonic()
+            while stale and time.monotonic() - began < self.budget:
+                part, stale = stale[:4], stale[4:]
+                await self._count(part, now)
+            if stale and (self.background is None or self.background.done()):
+                self.background = asyncio.create_task(self._finish(stale, now), name="console-rollup")
+            # Only what no window shows any more (the day and week views share the buckets).
+            for s in [s for s in self.buckets if s < now - WINDOWS["week"][0] - 2 * HOUR]:
                 del self.buckets[s]
-            return {s: self.buckets[s].counts for s in starts}
+            return {s: (b.counts if (b := self.buckets.get(s)) is not None else None) for s in starts}
+
+    async def close(self) -> None:
+        if self.background is not None and not self.background.done():
+            self.background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.background
 
 
 @dataclass(slots=True)
@@ -95,6 +122,7 @@ class Series:
     by_channel: dict[str, dict[str, int]]  # channel -> status -> count (whole window)
     by_status: dict[str, int]
     funnel: dict[str, int]
+    pending_hours: int = 0  # hours of the window still being counted (shown as such)
 
 
 def _series(window: str, slot_seconds: float, slots: list[float], per_slot: list[list[Any]]) -> Series:
@@ -162,13 +190,18 @@ class ConsoleService:
         hours = await self.rollup.hours(first_hour, this_hour, now)
         per = int(slot // HOUR)
         slots = [first_hour + i * slot for i in range(int(span // slot))]
-        grouped = [[bc for h in range(per) for bc in hours.get(s + h * HOUR, [])] for s in slots]
-        return _series(window, slot, slots, grouped)
+        grouped = [[bc for h in range(per) for bc in (hours.get(s + h * HOUR) or [])] for s in slots]
+        series = _series(window, slot, slots, grouped)
+        series.pending_hours = sum(1 for v in hours.values() if v is None)
+        return series
+
+    async def close(self) -> None:
+        await self.rollup.close()
 
     async def overview(self, window: str) -> dict[str, Any]:
         series = await self.series(window)
         depth: dict[str, dict[str, int]] = {}
-        for channel, rank, count in await self.store.queue_depth():
+        for channel, rank, count in await self.reads.queue_depth(sorted(self.catalog.enabled_channels)):
             depth.setdefault(channel, {})[Priority.from_rank(rank).value] = count
         return {
             "series": series,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, func, literal_column, select, text
+from sqlalchemy import Connection, bindparam, func, literal_column, select, text
 
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
@@ -39,6 +39,11 @@ def id_bound(prefix: str, ts: float) -> str:
         chars.append(_CROCKFORD[value & 31])
         value >>= 5
     return prefix + "_" + "".join(reversed(chars))
+
+
+# Statuses most deliveries end in: found fastest by walking the primary key newest first.
+COMMON_STATUSES = ("sent", "delivered", "read", "skipped")
+CHANNELS = ("email", "sms", "push", "in_app", "webhook", "chat")
 
 
 def _status_is(status: str) -> Any:
@@ -94,15 +99,36 @@ class SqlConsoleReads:
 
     def _delivery_query(self, qry: SearchQuery, template_ids: Sequence[str] | None = None) -> Any:
         q = select(_D)
+        sqlite = self.db.dialect == "sqlite"
+        # SQLite has no statistics by default: tell it how to find a status. A common one by
+        # walking ids newest first (unary + keeps it off the claim index, which would sort a
+        # few hundred thousand rows); a rare one through the claim index (channel, status, ...),
+        # every channel named when none is given; dead and failed through their own indexes.
+        common = sqlite and qry.status in COMMON_STATUSES and qry.user_id is None and template_ids is None
+        rare = False
+        if common:
+            q = q.where(literal_column("+deliveries.status") == qry.status)
+            if qry.channel is not None:
+                q = q.where(literal_column("+deliveries.channel") == qry.channel)
+        elif (
+            qry.status is not None
+            and qry.status not in INDEXED_STATUSES
+            and qry.channel is None
+            and qry.user_id is None
+            and template_ids is None
+            and qry.notification_id is None
+        ):
+            q = q.where(_D.c.channel.in_(CHANNELS))
+            rare = sqlite
         if qry.notification_id is not None:
             q = q.where(_D.c.notification_id == qry.notification_id)
         if template_ids is not None:
             q = q.where(_D.c.notification_id.in_(list(template_ids)))
         if qry.user_id is not None:
             q = q.where(_D.c.user_id == qry.user_id)
-        if qry.status is not None:
+        if qry.status is not None and not common:
             q = q.where(_status_is(qry.status))
-        if qry.channel is not None:
+        if qry.channel is not None and not common:
             q = q.where(_D.c.channel == qry.channel)
         if qry.provider is not None:
             q = q.where(_D.c.provider == qry.provider)
@@ -114,6 +140,8 @@ class SqlConsoleReads:
             q = q.where(_D.c.id < id_bound("dlv", qry.until))
         if qry.cursor:
             q = q.where(_D.c.id < qry.cursor)
+        if rare:  # an ordered walk of the ids would read every delivery to find a rare status
+            return q.order_by(literal_column("+deliveries.id").desc())
         return q.order_by(_D.c.id.desc())
 
     def _by_template(self, c: Connection, qry: SearchQuery) -> list[Delivery]:
@@ -202,6 +230,25 @@ class SqlConsoleReads:
         # Worded as ix_attempts_ambiguous's WHERE, so that its partial index applies.
         q = text("SELECT count(*) FROM attempts WHERE ambiguous = true")
         return await self.db.run(lambda c: int(c.execute(q).scalar_one()))
+
+    async def queue_depth(self, channels: Sequence[str]) -> list[tuple[str, int, int]]:
+        # Equality on (channel, status) for each pair: ranges of ix_deliveries_claim, counted in
+        # the index, instead of one scan of every delivery for "status IN (queued, retrying)".
+        q = (
+            select(_D.c.priority, func.count())
+            .where(_D.c.channel == bindparam("ch"), _D.c.status == bindparam("st"))
+            .group_by(_D.c.priority)
+        )
+
+        def op(c: Connection) -> list[tuple[str, int, int]]:
+            totals: dict[tuple[str, int], int] = {}
+            for ch in channels:
+                for st in ("queued", "retrying"):
+                    for rank, n in c.execute(q, {"ch": ch, "st": st}):
+                        totals[(ch, int(rank))] = totals.get((ch, int(rank)), 0) + int(n)
+            return [(ch, rank, n) for (ch, rank), n in sorted(totals.items())]
+
+        return await self.db.run(op)
 
     async def templates(self) -> list[dict[str, Any]]:
         """Every template's latest version (deleted ones marked), by name."""
