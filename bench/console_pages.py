@@ -204,16 +204,19 @@ def fill_sqlite(path: Path, total: int, now: float) -> None:
     con.close()
 
 
-def fill_postgres(url: str, schema: str, total: int, now: float) -> None:
+def fill_postgres(schema: str, total: int, now: float) -> str:
+    """Fill a new schema of the test database; returns its URL (search_path set)."""
     import psycopg
+    from tests.contract.conftest import PG_URL, pg_url_for
 
-    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as con:
+    with psycopg.connect(PG_URL, autocommit=True) as con:
         con.execute(f'CREATE SCHEMA "{schema}"')
-    Database(url, schema=schema).upgrade()  # type: ignore[call-arg]
+    url = pg_url_for(schema)
+    db = Database(url)
+    db.upgrade()
+    db.engine.dispose()
     notes, dels, atts = rows(total, now)
-    with psycopg.connect(
-        url.replace("postgresql+psycopg", "postgresql"), options=f"-c search_path={schema}"
-    ) as con:
+    with psycopg.connect(PG_URL, options=f"-c search_path={schema}") as con:
         with con.cursor() as cur:
             with cur.copy(f"COPY notifications ({N_COLS}) FROM STDIN") as cp:
                 for r in notes:

@@ -26,8 +26,8 @@ LABELS = {
 
 
 def _nice_max(value: int) -> int:
-    if value <= 5:
-        return 5
+    if value <= 4:
+        return 4
     magnitude = 10 ** (len(str(value)) - 1)
     for step in (1, 2, 5, 10):
         if value <= step * magnitude:
@@ -61,7 +61,9 @@ def stacked_bars(
     for frac in (0, 0.5, 1):
         y = top + plot_h * (1 - frac)
         parts.append(f'<line x1="{left}" x2="{width - 4}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{int(ymax * frac)}</text>')
+        label = ymax * frac
+        text = f"{label:.0f}" if label == int(label) else f"{label:.1f}"
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{text}</text>')
     every = max(1, n // 8)
     for i, ts in enumerate(slots):
         x = left + i * bar_w
