@@ -27,6 +27,7 @@ from herald.adapters.queue.outbox_relay import OutboxRelay
 from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
+from herald.adapters.store.sql_console import SqlConsoleReads
 from herald.adapters.store.sql_inbox import SqlInboxFeed
 from herald.alerts import Observers, OpsAlerter
 from herald.config import ChannelConfig, Settings
@@ -41,6 +42,8 @@ from herald.ports import Cache, Clock, LiveSignals, Provider, Queue, Store
 from herald.services.accept import AcceptService
 from herald.services.callbacks import CallbackService
 from herald.services.catalog import Catalog
+from herald.services.console import ConsoleService, provider_health
+from herald.services.console_auth import ConsoleSessions
 from herald.services.deliver import ChannelPool, DeliveryService
 from herald.services.digest import DigestService
 from herald.services.events import EventService
@@ -209,6 +212,9 @@ class Container:
     relay: OutboxRelay | None = None
     broker_events: AmqpEventConsumer | None = None
     leader: LeaderLease | None = None
+    # The operator console (issue 20): its read model and its sign-in.
+    console: ConsoleService | None = None
+    console_sessions: ConsoleSessions | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -240,6 +246,8 @@ class Container:
         self._stopping.set()
         self.router.wake()
         self.scheduler.wake()
+        if self.console is not None:
+            await self.console.close()  # its background counting, before the store closes
         await self.delivery.stop(self.settings.worker.shutdown_grace_seconds)
         await self.accept.writer.close()  # accepts under way commit before the store closes
         # The lease, relay and broker consumer watch _stopping: let them release and close.
@@ -456,7 +464,19 @@ async def build(
     tracker = TrackService(
         store, clock, links=links, policy=MachinePolicy(machine_seconds=settings.tracking.machine_seconds)
     )
+    console = ConsoleService(
+        store,
+        SqlConsoleReads(store.db),
+        queue,
+        clock,
+        catalog,
+        lookups,
+        provider_health=lambda: provider_health(delivery.pools, delivery.unhealthy),
+        forget_rule=events.forget,
+    )
     return Container(
+        console=console,
+        console_sessions=ConsoleSessions(signer, lookups),
         settings=settings,
         store=store,
         queue=queue,

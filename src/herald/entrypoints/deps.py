@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from herald.bootstrap import Container
 from herald.domain import urgency
@@ -67,7 +68,20 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-async def caller(request: Request, c: ContainerDep) -> Caller:
+# Declares bearer authentication in the OpenAPI document (the Authorize button of /docs); the
+# header itself is read and checked by _bearer, with herald's own problem+json answers.
+_BEARER_DOC = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    description="An API key (`herald keys create`), or an end user's token for their own inbox.",
+)
+
+
+async def caller(
+    request: Request,
+    c: ContainerDep,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER_DOC)] = None,
+) -> Caller:
     token = _bearer(request)
     if token.startswith("ut_"):
         return Caller(user_id=c.user_tokens.verify(token, c.clock.now()))

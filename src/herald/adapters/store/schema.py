@@ -148,6 +148,15 @@ notifications = Table(
     Column("routed_at", Float),
     Index("ix_notifications_route", "status", "priority", "created_at"),
     Index("ix_notifications_user", "user_id", "id"),
+    # The console's search by template and its topic broadcasts (migration 0008).
+    Index("ix_notifications_template", "template", "id"),
+    Index(
+        "ix_notifications_topic",
+        "topic",
+        "id",
+        sqlite_where=text("topic IS NOT NULL"),
+        postgresql_where=text("topic IS NOT NULL"),
+    ),
 )
 
 deliveries = Table(
@@ -220,6 +229,20 @@ deliveries = Table(
         sqlite_where=text("expires_at IS NOT NULL"),
         postgresql_where=text("expires_at IS NOT NULL"),
     ),
+    # Dead letters and failures, newest first, without walking a million finished rows (the
+    # console; migration 0008). Partial: only deliveries in these states are in them.
+    Index(
+        "ix_deliveries_dead",
+        "id",
+        sqlite_where=text("status = 'dead'"),
+        postgresql_where=text("status = 'dead'"),
+    ),
+    Index(
+        "ix_deliveries_failed",
+        "id",
+        sqlite_where=text("status = 'failed'"),
+        postgresql_where=text("status = 'failed'"),
+    ),
 )
 
 attempts = Table(
@@ -236,6 +259,12 @@ attempts = Table(
     Column("latency_ms", Float),
     Column("ambiguous", Boolean, nullable=False),
     Index("ix_attempts_delivery", "delivery_id", "n"),
+    Index(
+        "ix_attempts_ambiguous",
+        "at",
+        sqlite_where=text("ambiguous = true"),
+        postgresql_where=text("ambiguous = true"),
+    ),
 )
 
 suppressions = Table(
