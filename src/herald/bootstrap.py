@@ -85,18 +85,38 @@ def _external(name: str) -> ProviderFactory:
 
     def factory(settings: Settings, _hub: InboxHub) -> Provider:
         raw = _section(settings, name)
-        try:
-            module = importlib.import_module(f"herald.adapters.providers.{_MODULES[name][0]}")
-        except ModuleNotFoundError as exc:
-            raise ConfigurationError(
-                f"providers.{name}: a dependency is missing ({exc.name}); reinstall herald"
-            ) from None
+        module = import_provider_module(name)
         config_cls, provider_cls = (getattr(module, n) for n in _MODULES[name][1:])
         provider: Provider = provider_cls(_validated(name, config_cls, raw))
         return provider
 
     return factory
 
+
+def import_provider_module(name: str) -> Any:
+    """The provider's adapter module; ConfigurationError naming the extra it needs if missing."""
+    extra, packages = PROVIDER_EXTRAS.get(name, (None, ()))
+    try:
+        for package in packages:
+            importlib.import_module(package)
+        return importlib.import_module(f"herald.adapters.providers.{_MODULES[name][0]}")
+    except ModuleNotFoundError as exc:
+        if extra is not None:
+            raise ConfigurationError(
+                f"providers.{name} needs the '{extra}' extra ({exc.name} is not installed): "
+                f"pip install 'herald[{extra}]'"
+            ) from None
+        raise ConfigurationError(
+            f"providers.{name}: a dependency is missing ({exc.name}); reinstall herald"
+        ) from None
+
+
+# Providers whose SDKs are not in the default install: the extra and the packages it brings.
+PROVIDER_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ses": ("ses", ("botocore",)),
+    "chat": ("chat", ("apprise",)),
+    "apns": ("apns", ("httpx", "h2")),
+}
 
 _MODULES = {
     "sendgrid": ("sendgrid", "SendGridConfig", "SendGridProvider"),
@@ -108,6 +128,9 @@ _MODULES = {
     "webhook": ("webhook", "WebhookConfig", "WebhookProvider"),
     "chat": ("chat", "ChatConfig", "ChatProvider"),
 }
+
+
+PROVIDER_MODULES = _MODULES  # name -> (module, config class, provider class)
 
 
 def _provider_factories() -> dict[str, ProviderFactory]:

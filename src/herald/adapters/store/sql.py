@@ -23,11 +23,12 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 from herald.adapters.store import pg_batch, sqlite_hot
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
+from herald.adapters.store.sql_admin import SqlAdminMixin
 from herald.adapters.store.sql_digests import HELD_REASON, SCHEDULED, SqlDigestsMixin
 from herald.adapters.store.sql_events import SqlEventsMixin, event_rows, reopen_for_fallback
 from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
@@ -484,7 +485,7 @@ def _apply_results_pg(
     return {row.id: (row.channel, row.priority, row.due_at) for row in rows}
 
 
-class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
+class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
     """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue.
 
     ``outbox``: write an outbox row with every change that makes a delivery claimable, for a
@@ -495,7 +496,13 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin):
         self.db = db
         self.outbox = outbox
         self._expired_routing_checked = -math.inf  # when claim_unrouted last looked for those
-        self._ins = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        if db.dialect == "postgresql":
+            # Imported here: a command on SQLite (herald keys create) need not load it.
+            from sqlalchemy.dialects import postgresql  # noqa: PLC0415
+
+            self._ins = postgresql.insert
+        else:
+            self._ins = sqlite.insert
 
     async def start(self) -> None:
         await self.db.upgrade_async()

@@ -20,6 +20,7 @@ from herald.entrypoints.api import (
     routes_templates,
     routes_topics,
     routes_users,
+    routes_users_batch,
     routes_webhooks,
 )
 from herald.entrypoints.api.fast_send import HeraldApi
@@ -79,6 +80,7 @@ def create_app(
         routes_notifications,
         routes_events,
         routes_topics,
+        routes_users_batch,
         routes_users,
         routes_templates,
         routes_inbox,
