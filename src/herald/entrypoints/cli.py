@@ -109,8 +109,17 @@ def _serve(
 
     from herald.bootstrap import build  # noqa: PLC0415
     from herald.entrypoints.api.app import create_app  # noqa: PLC0415
+    from herald.entrypoints.cli_config import check_providers  # noqa: PLC0415
     from herald.entrypoints.serving import ReadyServer  # noqa: PLC0415
 
+    # What the application's start-up would refuse about providers (an extra not installed, a
+    # bad setting), said in one line before the server starts rather than as its traceback.
+    problems = check_providers(settings, unknown_tables=False)
+    if problems:
+        raise fail(
+            problems[0]
+            + (f" (and {len(problems) - 1} more: herald config check)" if len(problems) > 1 else "")
+        )
     sys.setswitchinterval(SWITCH_INTERVAL)
 
     async def make() -> Container:

@@ -50,8 +50,9 @@ def config_check(
     typer.echo(f"{where}: ok ({channels})")
 
 
-def check_providers(settings: Any) -> list[str]:
-    """What the start would refuse about providers, every problem at once."""
+def check_providers(settings: Any, *, unknown_tables: bool = True) -> list[str]:
+    """What the start would refuse about providers, every problem at once (``unknown_tables``:
+    also a [providers.NAME] table no provider reads, likely a typo)."""
     from pydantic import ValidationError  # noqa: PLC0415
 
     from herald.bootstrap import PROVIDER_MODULES, import_provider_module  # noqa: PLC0415
@@ -71,7 +72,7 @@ def check_providers(settings: Any) -> list[str]:
                 )
             elif ch.enabled:
                 used.add(name)
-    for name in sorted(set(tables) - known):
+    for name in sorted(set(tables) - known) if unknown_tables else ():
         problems.append(f"providers.{name}: unknown provider; known: {', '.join(sorted(known))}")
     for name in sorted((used | set(tables)) & set(PROVIDER_MODULES)):
         raw = tables.get(name)
