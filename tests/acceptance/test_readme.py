@@ -89,7 +89,7 @@ def test_the_quick_start_works_pasted_into_a_fresh_clone(tmp_path: Path) -> None
         out, err = out_path.read_text(), err_path.read_text()
         assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
         assert f"herald listening on http://127.0.0.1:{port}" in out
-        assert '"unread"' in out and "Welcome" in out  # the inbox answered with the in-app item
+        assert '"unread_count":' in out and '"title":"Welcome"' in out  # the inbox: the in-app item
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             sent = console.read_text(encoding="utf-8") if console.exists() else ""
