@@ -31,6 +31,43 @@ ENV_PREFIX = "HERALD_"
 REGENERATE = "herald config reference > docs/configuration.md"
 
 
+# Descriptions of keys whose class has no comment for them, by full key, then by name.
+_KEYED = {
+    "server.host": "listen address",
+    "server.port": "listen port",
+    "server.max_body_bytes": "largest request body accepted (413 above)",
+    "server.public_url": "herald's address as users reach it: unsubscribe, preference and tracking links",
+    "database.url": "sqlite:///PATH, or postgresql://USER@HOST/DB (the postgres extra)",
+    "queue.url": "sql (the deliveries table is the queue), or amqp://… (the rabbitmq extra)",
+    "queue.lease_seconds": "a claimed delivery returns to the queue if its sender has not finished by then",
+    "queue.claim_batch": "deliveries claimed at once by a sender",
+    "queue.idle_wait_seconds": "longest sleep of an idle poll (wake-ups end it sooner)",
+    "cache.url": "memory (one process), or redis://… (the redis extra): dedup, budgets, rates shared",
+    "worker.shutdown_grace_seconds": "on stop, time given to sends in flight",
+    "events.rule_cache_seconds": "how long a routing rule read from the database is reused",
+    "providers.smtp.from_address": "the sender address",
+    "providers.ses.access_key_id": "static AWS keys; unset: botocore's chain (environment, files, role)",
+    "providers.ses.secret_access_key": "with access_key_id (a secret: prefer the environment variable)",
+    "providers.ses.session_token": "with temporary credentials",
+    "providers.ses.from_address": "the sender address (a verified SES identity)",
+    "providers.ses.configuration_set": "SES configuration set: event destinations for bounces and complaints",
+    "providers.fcm.token_refresh_margin": "seconds before expiry at which the OAuth token is renewed",
+    "providers.apns.team_id": "Apple developer team id",
+    "providers.apns.key_id": "id of the .p8 token-signing key",
+    "providers.apns.sandbox": "use the development APNs endpoint",
+    "providers.apns.verify_tls": "check the APNs server's certificate (off only for an emulator)",
+    "providers.apns.keepalive_seconds": "an idle HTTP/2 connection is closed after this long",
+    "providers.webpush.vapid_private_key": "the VAPID private key (PEM or base64url; a secret)",
+    "providers.webpush.vapid_subject": "mailto: or https: contact sent in the VAPID claim",
+    "providers.webpush.default_ttl": "seconds a push service keeps an undelivered message",
+    "providers.webpush.token_lifetime": "seconds a VAPID token is valid",
+    "providers.webpush.allowed_hosts": 'endpoints exempt from the SSRF checks ("host" or "host:port")',
+    "providers.webpush.allowed_networks": "CIDR blocks allowed although private",
+    "providers.chat.allowed_networks": "CIDR blocks allowed although private",
+    "providers.chat.read_timeout": "cap on a chat service's read timeout",
+    "providers.chat.max_workers": "threads running Apprise's blocking sends",
+}
+
 _FALLBACK = {
     "timeout": "seconds before a request to the provider is abandoned (a transient failure, retried)",
     "connect_timeout": "seconds to establish a connection",
@@ -209,7 +246,9 @@ def rows(model: type[BaseModel], prefix: str, env: str) -> Iterator[Row]:
         key = info.alias or name
         if _model_of(info.annotation) is not None:
             continue  # a section of its own
-        description = info.description or notes.get(name) or _FALLBACK.get(key, "")
+        description = (
+            info.description or notes.get(name) or _KEYED.get(f"{prefix}{key}") or _FALLBACK.get(key, "")
+        )
         yield Row(
             key=f"{prefix}{key}",
             type=_escape(_type_name(info.annotation) + _bounds(info)),
