@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import text
 
+from herald import store_root
 from herald.adapters.cache.memory import MemoryCache
 from herald.adapters.live.local import LocalLiveSignals
 from herald.adapters.providers.composite import FailoverProvider, PushDispatcher, RateLimit
@@ -25,7 +26,6 @@ from herald.adapters.providers.in_app import InAppProvider
 from herald.adapters.providers.smtp import SmtpConfig, SmtpProvider
 from herald.adapters.queue.outbox_relay import OutboxRelay
 from herald.adapters.queue.sql import SqlQueue
-from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
 from herald.adapters.store.sql_console import SqlConsoleReads
 from herald.adapters.store.sql_inbox import SqlInboxFeed
@@ -96,18 +96,38 @@ def _external(name: str) -> ProviderFactory:
 
     def factory(settings: Settings, _hub: InboxHub) -> Provider:
         raw = _section(settings, name)
-        try:
-            module = importlib.import_module(f"herald.adapters.providers.{_MODULES[name][0]}")
-        except ModuleNotFoundError as exc:
-            raise ConfigurationError(
-                f"providers.{name}: a dependency is missing ({exc.name}); reinstall herald"
-            ) from None
+        module = import_provider_module(name)
         config_cls, provider_cls = (getattr(module, n) for n in _MODULES[name][1:])
         provider: Provider = provider_cls(_validated(name, config_cls, raw))
         return provider
 
     return factory
 
+
+def import_provider_module(name: str) -> Any:
+    """The provider's adapter module; ConfigurationError naming the extra it needs if missing."""
+    extra, packages = PROVIDER_EXTRAS.get(name, (None, ()))
+    try:
+        for package in packages:
+            importlib.import_module(package)
+        return importlib.import_module(f"herald.adapters.providers.{_MODULES[name][0]}")
+    except ModuleNotFoundError as exc:
+        if extra is not None:
+            raise ConfigurationError(
+                f"providers.{name} needs the '{extra}' extra ({exc.name} is not installed): "
+                f"pip install 'herald[{extra}]'"
+            ) from None
+        raise ConfigurationError(
+            f"providers.{name}: a dependency is missing ({exc.name}); reinstall herald"
+        ) from None
+
+
+# Providers whose SDKs are not in the default install: the extra and the packages it brings.
+PROVIDER_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ses": ("ses", ("botocore",)),
+    "chat": ("chat", ("apprise",)),
+    "apns": ("apns", ("httpx", "h2")),
+}
 
 _MODULES = {
     "sendgrid": ("sendgrid", "SendGridConfig", "SendGridProvider"),
@@ -128,6 +148,9 @@ def _smtp_config(settings: Settings) -> SmtpConfig:
         raise ConfigurationError("providers.smtp: must be a table")
     config: SmtpConfig = _validated("smtp", SmtpConfig, raw)
     return config
+
+
+PROVIDER_MODULES = _MODULES  # name -> (module, config class, provider class)
 
 
 def _provider_factories() -> dict[str, ProviderFactory]:
@@ -281,11 +304,7 @@ async def apply_config_rules(settings: Settings, store: Store, catalog: Catalog,
 
 
 def build_store(settings: Settings) -> SqlStore:
-    # A broker queue needs the outbox: rows written with every change that makes a delivery claimable.
-    return SqlStore(
-        Database(settings.database.url, pool_size=settings.database.pool_size),
-        outbox=settings.queue.url != "sql",
-    )
+    return store_root.build_store(settings)
 
 
 _GRACEFUL_TASKS = frozenset({"herald-leader", "herald-outbox-relay", "herald-broker-events"})

@@ -32,6 +32,16 @@ from herald.domain.models import (
 from herald.domain.rules import Rule
 
 
+@dataclass(slots=True)
+class UserImport:
+    """One checked user object of a batch (services.user_import), ready to be written."""
+
+    user: User
+    devices: list[Device] = field(default_factory=list)
+    preferences: Preferences | None = None
+    topics: list[str] = field(default_factory=list)
+
+
 class Clock(Protocol):
     """Wall-clock time. Tests substitute a clock they can move."""
 
@@ -225,6 +235,16 @@ class Store(Protocol):
 
     async def get_api_key(self, key_hash: str) -> ApiKey | None: ...
 
+    async def list_api_keys(self, *, include_revoked: bool = False) -> list[ApiKey]:
+        """Keys with their name, scopes, creation and last use; never their hash."""
+        ...
+
+    async def revoke_api_keys(self, ids_or_names: Sequence[str], *, now: float) -> list[ApiKey]:
+        """Revoke the live keys with these ids or names; return those revoked."""
+        ...
+
+    async def touch_api_key(self, key_id: str, now: float) -> None: ...
+
     async def get_setting(self, name: str) -> str | None: ...
 
     async def put_setting_if_absent(self, name: str, value: str) -> str:
@@ -253,6 +273,15 @@ class Store(Protocol):
     async def get_preferences_many(self, user_ids: Sequence[str]) -> dict[str, Preferences]: ...
 
     async def put_preferences(self, prefs: Preferences) -> None: ...
+
+    async def existing_topics(self, keys: Sequence[str]) -> set[str]: ...
+
+    async def import_users(
+        self, items: Sequence[UserImport], *, now: float, checkpoint: tuple[str, str] | None = None
+    ) -> None:
+        """Upsert users with their devices (matched on kind and token), preferences (replaced)
+        and topic subscriptions (added), and the ``checkpoint`` setting, in one transaction."""
+        ...
 
     # Templates ----------------------------------------------------------------------------------
     async def put_template(self, template: Template) -> Template:

@@ -20,7 +20,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 from herald.adapters.store import pg_batch, sqlite_hot
 from herald.adapters.store import schema as t
@@ -37,6 +37,7 @@ from herald.adapters.store.rows import (
     _template,
     _user,
 )
+from herald.adapters.store.sql_admin import SqlAdminMixin
 from herald.adapters.store.sql_dead_letters import SqlDeadLettersMixin
 from herald.adapters.store.sql_digests import HELD_REASON, SCHEDULED, SqlDigestsMixin
 from herald.adapters.store.sql_engagement import SqlEngagementMixin
@@ -305,6 +306,7 @@ class SqlStore(
     SqlInsightMixin,
     SqlEngagementMixin,
     SqlStatsMixin,
+    SqlAdminMixin,
 ):
     """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue.
 
@@ -316,7 +318,13 @@ class SqlStore(
         self.db = db
         self.outbox = outbox
         self._expired_routing_checked = -math.inf  # when claim_unrouted last looked for those
-        self._ins = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        if db.dialect == "postgresql":
+            # Imported here: a command on SQLite (herald keys create) need not load it.
+            from sqlalchemy.dialects import postgresql  # noqa: PLC0415
+
+            self._ins = postgresql.insert
+        else:
+            self._ins = sqlite.insert
 
     async def start(self) -> None:
         await self.db.upgrade_async()

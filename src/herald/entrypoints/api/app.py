@@ -23,6 +23,7 @@ from herald.entrypoints.api import (
     routes_topics,
     routes_tracking,
     routes_users,
+    routes_users_batch,
     routes_webhooks,
 )
 from herald.entrypoints.api.cors import UserCors
@@ -100,6 +101,7 @@ def create_app(
         routes_notifications,
         routes_events,
         routes_topics,
+        routes_users_batch,
         routes_users,
         routes_templates,
         routes_inbox,
