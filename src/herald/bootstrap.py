@@ -40,6 +40,8 @@ from herald.services.digest import DigestService
 from herald.services.events import EventService
 from herald.services.leader import LeaderLease
 from herald.services.lookups import Lookups
+from herald.services import rendering
+from herald.services.render_budget import RenderLimits
 from herald.services.route import RouterService
 from herald.services.schedule import SchedulerService
 from herald.services.signing import Signer, UnsubscribeSigner, UserTokens
@@ -251,6 +253,17 @@ async def apply_config_rules(settings: Settings, store: Store, catalog: Catalog,
         await store.put_rule(rule, now=clock.now())
 
 
+def render_limits(settings: Settings) -> RenderLimits:
+    t = settings.templates
+    return RenderLimits(
+        timeout_ms=t.render_timeout_ms,
+        max_work=t.render_max_work,
+        max_output=t.render_max_output,
+        max_value=t.render_max_value,
+        max_depth=t.render_max_depth,
+    )
+
+
 def build_store(settings: Settings) -> SqlStore:
     # A broker queue needs the outbox: rows written with every change that makes a delivery claimable.
     return SqlStore(
@@ -338,6 +351,7 @@ async def build(
     unsubscribe = UnsubscribeSigner(signer, settings.server.public_url)
     user_tokens = UserTokens(signer, settings.auth.user_token_ttl_seconds)
 
+    rendering.configure(render_limits(settings))
     hub = InboxHub()
     metrics = Metrics()
     alerter = OpsAlerter(settings.alerts.webhook_url, min_interval=settings.alerts.min_interval_seconds)

@@ -272,6 +272,17 @@ class EventsConfig(_Section):
     rule_cache_seconds: float = Field(default=2.0, ge=0)
 
 
+class TemplatesConfig(_Section):
+    """The budget of one render of a user template (preview, PUT with sample data, routing,
+    digests): no honest template comes near it; a render past it is refused, naming the key."""
+
+    render_timeout_ms: int = Field(default=200, ge=10, le=10_000)
+    render_max_work: int = Field(default=300_000, ge=1_000, le=100_000_000)  # iterations, calls, items walked
+    render_max_output: int = Field(default=512 * 1024, ge=1024, le=16 * 1024 * 1024)  # characters
+    render_max_value: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)  # one value's size
+    render_max_depth: int = Field(default=64, ge=1, le=200)  # nested macro calls
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HERALD_", env_nested_delimiter="__", extra="forbid", populate_by_name=True
@@ -294,6 +305,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     default_locale: str = "en"
     events: EventsConfig = Field(default_factory=EventsConfig)
+    templates: TemplatesConfig = Field(default_factory=TemplatesConfig)
     # Routing rules by event type, as the body of PUT /v1/rules/{event_type}; applied at start.
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
