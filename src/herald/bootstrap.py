@@ -25,7 +25,7 @@ from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
 from herald.alerts import Observers, OpsAlerter
-from herald.config import ChannelConfig, Settings
+from herald.config import SECRET_KEY_NAMES, ChannelConfig, Settings
 from herald.domain.errors import ConfigurationError
 from herald.domain.models import Category, Priority
 from herald.domain.policies import RetrySchedule
@@ -40,6 +40,7 @@ from herald.services.digest import DigestService
 from herald.services.events import EventService
 from herald.services.leader import LeaderLease
 from herald.services.lookups import Lookups
+from herald.redact import register_secrets
 from herald.services import rendering
 from herald.services.render_budget import RenderLimits
 from herald.services.route import RouterService
@@ -253,6 +254,26 @@ async def apply_config_rules(settings: Settings, store: Store, catalog: Catalog,
         await store.put_rule(rule, now=clock.now())
 
 
+def _configured_secrets(settings: Settings, auth_secret: str) -> list[Any]:
+    """Every credential in the configuration, masked wherever it would appear in a log."""
+    found: list[Any] = [auth_secret, settings.providers.smtp.password]
+    stack: list[Any] = list((settings.providers.model_extra or {}).values())
+    while stack:
+        table = stack.pop()
+        if isinstance(table, dict):
+            for key, value in table.items():
+                if SECRET_KEY_NAMES.search(str(key)):
+                    found.append(value)  # a string, or a list of them (previous secrets)
+                elif isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(table, list):
+            stack.extend(table)
+    url = settings.database.url
+    if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+        found.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])  # the password
+    return [v for v in found if v is not None]
+
+
 def render_limits(settings: Settings) -> RenderLimits:
     t = settings.templates
     return RenderLimits(
@@ -346,7 +367,9 @@ async def build(
     await queue.start()  # sql on PostgreSQL: LISTEN for wake-ups; amqp: connect
     cache: Cache = build_cache(settings)
 
-    secret = settings.auth.secret or await store.put_setting_if_absent("auth_secret", secrets.token_hex(32))
+    configured = settings.auth.secret.get_secret_value() if settings.auth.secret else None
+    secret = configured or await store.put_setting_if_absent("auth_secret", secrets.token_hex(32))
+    register_secrets(_configured_secrets(settings, secret))
     signer = Signer(secret.encode())
     unsubscribe = UnsubscribeSigner(signer, settings.server.public_url)
     user_tokens = UserTokens(signer, settings.auth.user_token_ttl_seconds)

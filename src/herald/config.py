@@ -7,11 +7,12 @@ Read only by entrypoints and the bootstrap. ``HERALD_DATABASE__URL`` overrides
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -137,7 +138,7 @@ class CacheConfig(_Section):
 
 
 class AuthConfig(_Section):
-    secret: str | None = None  # signs user inbox tokens; generated and stored when absent
+    secret: SecretStr | None = None  # signs user inbox tokens; generated and stored when absent
     user_token_ttl_seconds: int = Field(default=3600, ge=60)
 
 
@@ -233,13 +234,29 @@ class SmtpConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=25, ge=1, le=65535)
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None
     security: Literal["none", "starttls", "tls"] = "none"
     validate_certs: bool = True
     timeout: float = Field(default=30.0, gt=0)
     from_address: str = "herald@localhost"
     from_name: str | None = None
     pool_size: int = Field(default=4, ge=1, le=64)
+
+
+SECRET_KEY_NAMES = re.compile(r"(?i)(password|secret|token|api_?key|private_?key|credential|auth)")
+
+
+class MaskedTable(dict[str, Any]):
+    """A provider's raw ``[providers.<name>]`` table: a dict whose text form masks every value
+    under a key that names a secret (tracebacks, reprs, accidental logs)."""
+
+    def __repr__(self) -> str:
+        shown = {
+            k: ("**********" if SECRET_KEY_NAMES.search(str(k)) and v is not None else v) for k, v in self.items()
+        }
+        return repr(shown)
+
+    __str__ = __repr__
 
 
 class ProvidersConfig(BaseModel):
@@ -249,6 +266,17 @@ class ProvidersConfig(BaseModel):
 
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+
+    @model_validator(mode="after")
+    def _masked(self) -> ProvidersConfig:
+        # The raw tables of the other providers hold credentials as plain strings until the
+        # provider validates its own (SecretStr): they print masked meanwhile.
+        extra = self.__pydantic_extra__
+        if extra:
+            for name, table in extra.items():
+                if isinstance(table, dict) and not isinstance(table, MaskedTable):
+                    extra[name] = MaskedTable(table)
+        return self
 
 
 class LoggingConfig(_Section):

@@ -117,7 +117,8 @@ class SmtpProvider:
             ) from None
         if self.config.username:
             try:
-                await client.login(self.config.username, self.config.password or "")
+                password = self.config.password
+                await client.login(self.config.username, password.get_secret_value() if password else "")
             except aiosmtplib.SMTPAuthenticationError as exc:
                 with contextlib.suppress(Exception):
                     client.close()

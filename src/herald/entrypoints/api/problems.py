@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from herald.domain.errors import HeraldError
+from herald.domain.models import new_id
 
 log = structlog.get_logger("herald.api")
 PROBLEM = "application/problem+json"
@@ -51,13 +52,16 @@ def herald_problem(exc: HeraldError, path: str) -> JSONResponse:
 
 
 def unexpected_problem(path: str) -> JSONResponse:
-    """Call from an ``except`` block: the exception is logged with its traceback."""
-    log.exception("api.unhandled", path=path)
+    """Call from an ``except`` block: the exception is logged as one line (type, message, a
+    short stack; never local variables) under an error id that the 500 answer carries."""
+    error_id = new_id("err")
+    log.error("api.unhandled", path=path, error_id=error_id, exc_info=True)
     return problem(
         500,
         "Internal error",
-        "the server failed to handle this request; it has been logged",
+        f"the server failed to handle this request; it has been logged as {error_id}",
         instance=path,
+        error_id=error_id,
     )
 
 
