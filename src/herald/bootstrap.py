@@ -33,6 +33,8 @@ from herald.domain.rules import parse_rule
 from herald.inbox import InboxHub
 from herald.metrics import Metrics
 from herald.ports import Cache, Clock, Provider, Queue, Store
+from herald.redact import register_secrets
+from herald.services import rendering
 from herald.services.accept import AcceptService
 from herald.services.catalog import Catalog
 from herald.services.deliver import ChannelPool, DeliveryService
@@ -40,8 +42,6 @@ from herald.services.digest import DigestService
 from herald.services.events import EventService
 from herald.services.leader import LeaderLease
 from herald.services.lookups import Lookups
-from herald.redact import register_secrets
-from herald.services import rendering
 from herald.services.render_budget import RenderLimits
 from herald.services.route import RouterService
 from herald.services.schedule import SchedulerService

@@ -251,9 +251,8 @@ class MaskedTable(dict[str, Any]):
     under a key that names a secret (tracebacks, reprs, accidental logs)."""
 
     def __repr__(self) -> str:
-        shown = {
-            k: ("**********" if SECRET_KEY_NAMES.search(str(k)) and v is not None else v) for k, v in self.items()
-        }
+        secret = SECRET_KEY_NAMES.search
+        shown = {k: ("**********" if secret(str(k)) and v is not None else v) for k, v in self.items()}
         return repr(shown)
 
     __str__ = __repr__

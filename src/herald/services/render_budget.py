@@ -130,9 +130,7 @@ def too_big(what: str) -> RenderLimitExceeded:
 def check_width(value: Any, what: str = "a width, padding or count") -> None:
     b = active()
     if isinstance(value, int) and not isinstance(value, bool) and value > b.limits.max_width:
-        raise RenderLimitExceeded(
-            f"{what} of {value} is above the limit of {b.limits.max_width}", "width"
-        )
+        raise RenderLimitExceeded(f"{what} of {value} is above the limit of {b.limits.max_width}", "width")
 
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -150,7 +148,7 @@ def weight(value: Any, *, printing: bool = True) -> int:
         v = stack.pop()
         if isinstance(v, str):
             total += len(v)
-        elif isinstance(v, _SCALARS) or isinstance(v, Undefined):
+        elif isinstance(v, (*_SCALARS, Undefined)):
             total += 1
         elif isinstance(v, range):
             total += len(v)
@@ -184,7 +182,7 @@ def _kind(v: Any) -> str:
 
 def opaque(v: Any) -> bool:
     """A function, class or internal object: never an argument a text operation may print."""
-    return not isinstance(v, _SCALARS + _CONTAINERS + (dict, Undefined))
+    return not isinstance(v, (*_SCALARS, *_CONTAINERS, dict, Undefined))
 
 
 # Format specs: "{:>999999999}" and "%999999999d" are refused before str.format / % run.

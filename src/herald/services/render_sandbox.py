@@ -215,12 +215,20 @@ class HeraldSandbox(ImmutableSandboxedEnvironment):
         # attribute of that name, and the AttributeError it raises cost ~0.4 us a lookup. A
         # plain dict has no attribute outside dir(dict), so for any other name the answer is
         # its item, or undefined, as the sandbox itself would conclude.
+        if attribute.startswith("_") and not isinstance(obj, dict):
+            # Private and dunder names: refused whether or not the object has one.
+            kind = type(obj).__name__
+            raise SecurityError(f"access to attribute {attribute!r} of {kind!r} object is unsafe")
         if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
             try:
                 return obj[attribute]
             except KeyError:
                 return self.undefined(obj=obj, name=attribute)
         return super().getattr(obj, attribute)
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
+        # Jinja answers an undefined that prints as nothing: refused outright, an author sees why.
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
         budget = rb.active()
@@ -246,9 +254,9 @@ class HeraldSandbox(ImmutableSandboxedEnvironment):
                     if size > limits.max_value:
                         raise rb.too_big("repetition")
                     budget.spend(1 + max(size, 0))
-            if isinstance(left, int) and isinstance(right, int):
-                if left.bit_length() + right.bit_length() > 65_536:
-                    raise RenderLimitExceeded("number too large", "width")
+            both_int = isinstance(left, int) and isinstance(right, int)
+            if both_int and left.bit_length() + right.bit_length() > 65_536:
+                raise RenderLimitExceeded("number too large", "width")
             budget.spend()
             return operator.mul(left, right)
         if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
@@ -260,7 +268,7 @@ class HeraldSandbox(ImmutableSandboxedEnvironment):
             budget.spend()
         return operator.add(left, right)
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         budget = rb.active()
         # The sandbox hands str.format out wrapped (functools.update_wrapper keeps __wrapped__).
         inner = getattr(__obj, "__wrapped__", __obj)

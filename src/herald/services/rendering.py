@@ -152,10 +152,12 @@ def _render(template: Any, parent: dict[str, Any]) -> str:
         raise TemplateError(f"template error: {_clean(str(exc))}") from None
     except RecursionError:
         key = rb.LIMIT_KEYS["max_depth"]
-        raise RenderBudgetError(f"template exceeded its render budget: recursion too deep ({key})", limit=key) from None
+        detail = f"template exceeded its render budget: recursion too deep ({key})"
+        raise RenderBudgetError(detail, limit=key) from None
     except MemoryError:
         key = rb.LIMIT_KEYS["max_value"]
-        raise RenderBudgetError(f"template exceeded its render budget: out of memory ({key})", limit=key) from None
+        detail = f"template exceeded its render budget: out of memory ({key})"
+        raise RenderBudgetError(detail, limit=key) from None
     except Exception as exc:  # whatever a template's own mistakes raise (TypeError, ValueError ...)
         raise TemplateError(f"template error: {type(exc).__name__}: {_clean(str(exc))}") from None
 

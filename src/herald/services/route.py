@@ -36,8 +36,8 @@ from herald.domain.models import (
 )
 from herald.domain.quiet_hours import next_digest_time, parse_budget, quiet_until
 from herald.ports import Cache, Clock, RecipientContext, RoutedBatch, RoutedClaim, Store
-from herald.services.catalog import Catalog
 from herald.services import render_pool
+from herald.services.catalog import Catalog
 from herald.services.rendering import RenderBudgetError, render_variant
 from herald.services.signing import UnsubscribeSigner
 

@@ -12,8 +12,8 @@ from herald.domain.validation import check_id, check_locale
 from herald.entrypoints.api.deps import Caller, ContainerDep, require
 from herald.entrypoints.api.schemas import RenderBody, TemplateBody
 from herald.entrypoints.api.views import template_view
-from herald.services.accept import inline_user
 from herald.services import render_pool
+from herald.services.accept import inline_user
 from herald.services.rendering import RenderBudgetError, check_variant, render_variant
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
@@ -35,9 +35,7 @@ def _trial(variant: dict[str, Any], data: dict[str, Any] | None, where: str) -> 
         render_variant(variant, _sample_context(data or {}))
     except RenderBudgetError as exc:
         what = "with the sample data" if data is not None else "without data"
-        raise RenderBudgetError(
-            f"{where}: {what}, {exc.detail}", limit=exc.limit, field=where
-        ) from None
+        raise RenderBudgetError(f"{where}: {what}, {exc.detail}", limit=exc.limit, field=where) from None
     except TemplateError as exc:
         if data is not None:
             raise TemplateError(f"{where}: with the sample data, {exc.detail}", field=where) from None
