@@ -19,6 +19,7 @@ import structlog
 from herald.redact import redact_event
 
 _STACK_FRAMES = 12
+_TRACEBACK = "Traceback (most recent call last):"
 _MESSAGE_CHARS = 500
 
 
@@ -36,6 +37,12 @@ def _exc_tuple(value: Any) -> tuple[type[BaseException], BaseException, Tracebac
 def compact_exc_info(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
     """Replace ``exc_info`` by ``error_type``, ``error`` (bounded) and ``frames``: the innermost
     frames as ``file:line function``, without source lines or local variables."""
+    text = event.get("event")
+    if isinstance(text, str) and _TRACEBACK in text:
+        # A traceback formatted into a message (Starlette's lifespan failure): its last line.
+        head, _, tail = text.partition(_TRACEBACK)
+        last = tail.strip().splitlines()[-1:] or [""]
+        event["event"] = (head.strip() + " " + last[0]).strip()[:_MESSAGE_CHARS]
     raw = event.pop("exc_info", None)
     event.pop("exception", None)
     info = _exc_tuple(raw)

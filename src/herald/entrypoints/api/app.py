@@ -87,5 +87,6 @@ def create_app(
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(problems.CatchAll)  # outermost: an exception anywhere is one log line
     app.enable_fast_send(max_body_bytes)  # POST /v1/notifications without the stack (fast_send.py)
     return app
