@@ -268,8 +268,8 @@ def test_no_secret_reaches_the_log(tmp_path: Path, smtp_server: SmtpTestServer, 
     leaks = {name: value for name, value in _forbidden(s, api_key, user_token).items() if value in log}
     assert leaks == {}, {name: [ln[:300] for ln in lines if v in ln][:3] for name, v in leaks.items()}
     assert "Traceback" not in log and "BEGIN PRIVATE KEY" not in log
-    assert [ln for ln in lines if "RuntimeError" in ln] == error_lines  # logged once, not twice
     error_lines = [ln for ln in lines if error_id in ln]
+    assert [ln for ln in lines if "RuntimeError" in ln] == error_lines  # logged once, not twice
     assert len(error_lines) == 1, error_lines  # one unhandled error = one line
     assert "RuntimeError" in error_lines[0] and len(error_lines[0]) < 4000
     assert "e***@example.com" not in log  # sanity: the masking keeps the first character
