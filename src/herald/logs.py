@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -26,15 +27,15 @@ _MESSAGE_CHARS = 500
 def _exc_tuple(value: Any) -> tuple[type[BaseException], BaseException, TracebackType | None] | None:
     if value is True:
         info = sys.exc_info()
-        return None if info[0] is None else info  # type: ignore[return-value]  # checked just above
+        return None if info[0] is None or info[1] is None else (info[0], info[1], info[2])
     if isinstance(value, BaseException):
         return type(value), value, value.__traceback__
-    if isinstance(value, tuple) and len(value) == 3 and value[0] is not None:
-        return value  # type: ignore[return-value]  # the (type, value, traceback) of logging
+    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException):
+        return type(value[1]), value[1], value[1].__traceback__  # the (type, value, tb) of logging
     return None
 
 
-def compact_exc_info(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def compact_exc_info(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Replace ``exc_info`` by ``error_type``, ``error`` (bounded) and ``frames``: the innermost
     frames as ``file:line function``, without source lines or local variables."""
     text = event.get("event")
@@ -62,11 +63,11 @@ def compact_exc_info(_logger: Any, _method: str, event: dict[str, Any]) -> dict[
     return event
 
 
-def _redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return redact_event(event)
 
 
-def _one_line(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _one_line(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """The console renderer prints values as they are: a newline inside one would split the
     event over several lines."""
     for key, value in event.items():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from pydantic import SecretBytes, SecretStr
@@ -113,7 +113,7 @@ def redact_value(value: Any, key: str = "", depth: int = 0) -> Any:
     return redact_text(repr(value))
 
 
-def redact_event(event: dict[str, Any]) -> dict[str, Any]:
+def redact_event(event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
         if key.startswith("_") or key in ("timestamp", "level"):
             continue  # _record (the stdlib formatter's) and the fields herald sets itself

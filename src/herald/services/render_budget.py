@@ -16,11 +16,11 @@ import re
 import string
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Undefined
@@ -64,15 +64,20 @@ class NotPrintable(SecurityError):
     """A template tried to turn a function, class or other Python object into text."""
 
 
+# The clock is read every few steps (a step costs a microsecond or more; a step that walks
+# many items, at once).
+_CLOCK_EVERY = 16
+
+
 class Budget:
-    __slots__ = ("deadline", "depth", "limits", "started", "work")
+    __slots__ = ("deadline", "depth", "limits", "ticks", "work")
 
     def __init__(self, limits: RenderLimits) -> None:
         self.limits = limits
-        self.started = time.monotonic()
-        self.deadline = self.started + limits.timeout_ms / 1000
+        self.deadline = time.monotonic() + limits.timeout_ms / 1000
         self.work = limits.max_work
         self.depth = 0
+        self.ticks = _CLOCK_EVERY
 
     def spend(self, n: int = 1) -> None:
         self.work -= n
@@ -81,6 +86,12 @@ class Budget:
                 f"work over {self.limits.max_work} operations ({LIMIT_KEYS['max_work']})",
                 LIMIT_KEYS["max_work"],
             )
+        self.ticks -= 1
+        if self.ticks <= 0 or n > 1_000:
+            self.ticks = _CLOCK_EVERY
+            self.check_time()
+
+    def check_time(self) -> None:
         if time.monotonic() > self.deadline:
             raise RenderLimitExceeded(
                 f"render time over {self.limits.timeout_ms} ms ({LIMIT_KEYS['timeout_ms']})",
@@ -88,18 +99,21 @@ class Budget:
             )
 
 
-_local = threading.local()
+class _Local(threading.local):
+    budget: Budget | None = None
+
+
+_local = _Local()
 
 
 def current() -> Budget | None:
-    budget: Budget | None = getattr(_local, "budget", None)
-    return budget
+    return _local.budget
 
 
 def active() -> Budget:
     """The running render's budget. Outside a render nothing may run: jinja folds constant
     filter calls at compile time, and refusing here keeps that work inside a budget too."""
-    budget = current()
+    budget = _local.budget
     if budget is None:
         raise RenderLimitExceeded("evaluated outside a render", "none")
     return budget
@@ -116,7 +130,10 @@ def budget_for(limits: RenderLimits) -> Iterator[Budget]:
 
 
 def spend(n: int = 1) -> None:
-    active().spend(n)
+    budget = _local.budget
+    if budget is None:
+        raise RenderLimitExceeded("evaluated outside a render", "none")
+    budget.spend(n)
 
 
 def too_big(what: str) -> RenderLimitExceeded:
@@ -134,7 +151,8 @@ def check_width(value: Any, what: str = "a width, padding or count") -> None:
 
 
 _SCALARS = (str, int, float, bool, type(None))
-_CONTAINERS = (list, tuple, set, frozenset, range, type({}.keys()), type({}.values()), type({}.items()))
+_VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
+_CONTAINERS: tuple[type, ...] = (list, tuple, set, frozenset, range, *_VIEWS)
 
 
 def weight(value: Any, *, printing: bool = True) -> int:
@@ -158,9 +176,10 @@ def weight(value: Any, *, printing: bool = True) -> int:
                 stack.extend(v.keys())
                 stack.extend(v.values())
         elif isinstance(v, _CONTAINERS):
-            total += len(v)
+            items = cast("Collection[Any]", v)  # one of _CONTAINERS
+            total += len(items)
             if total <= cap:
-                stack.extend(v)
+                stack.extend(items)
         elif printing:
             raise NotPrintable(f"a template cannot print {_kind(v)}; print text, numbers, lists or mappings")
         else:
@@ -194,6 +213,8 @@ _FORMATTER = string.Formatter()
 def check_brace_format(fmt: str) -> None:
     """``str.format`` specs: numbers within the width limit, no nested replacement fields
     (``'{:{}}'.format(1, 999999999)`` would take the width from an argument)."""
+    if ":" not in fmt:
+        return  # no format spec at all
     try:
         parsed = list(_FORMATTER.parse(fmt))
     except ValueError as exc:
@@ -207,7 +228,12 @@ def check_brace_format(fmt: str) -> None:
             check_width(int(number), "a format width or precision")
 
 
+_PERCENT_RISK = re.compile(r"%[^a-zA-Z%]*(?:\*|\d{5,})")
+
+
 def check_percent_format(fmt: str) -> None:
+    if not _PERCENT_RISK.search(fmt):
+        return  # no '*' and no number of five digits or more: every width is below the limit
     for m in _PERCENT_SPEC.finditer(fmt):
         width, precision = m.group(1), m.group(2)
         if "*" in (width, precision):

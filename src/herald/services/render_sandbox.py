@@ -25,6 +25,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import LoopContext, Macro, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
+from markupsafe import Markup
 
 from herald.domain.errors import TemplateError
 from herald.services import render_budget as rb
@@ -42,6 +43,8 @@ _ITERATING = frozenset(
 )  # fmt: skip
 _WIDTH_FILTERS = frozenset({"center", "indent", "truncate", "wordwrap", "batch", "slice"})
 _QUADRATIC = frozenset({"striptags", "urlize"})
+_PRECHECKED = frozenset({"format", "replace", "indent", "wordwrap", "join", "sum"})
+_SHORT_ARGS = frozenset({int, float, bool, type(None), str})
 
 
 def _replace_size(s: str, old: Any, new: Any, count: Any) -> int:
@@ -103,14 +106,26 @@ def guard_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     pass_arg = getattr(fn, "jinja_pass_arg", None)
     skip = 1 if pass_arg is not None else 0  # the context/environment comes before the value
     iterating = name in _ITERATING
+    checked = name in _QUADRATIC or name in _WIDTH_FILTERS or name in _PRECHECKED
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
         budget = rb.active()
         value, rest = args[skip], args[skip + 1 :]
         for a in (*rest, *kwargs.values()):
+            if type(a) in _SHORT_ARGS and (type(a) is not str or len(a) <= 64):
+                continue  # a number or a short text: nothing to check
             if rb.opaque(a):
                 raise rb.NotPrintable(f"filter {name} cannot take a function or object as an argument")
             rb.weight(a)
+        kind = type(value)
+        if (kind is str or kind is Markup) and len(value) <= 64 and not checked:
+            budget.spend()  # the common case: a short text through upper, e, default ...
+            result = fn(*args, **kwargs)
+            if type(result) is str or type(result) is Markup:
+                budget.spend(len(result))
+            elif isinstance(result, list | tuple | dict):
+                budget.spend(rb.weight(result, printing=False))
+            return result
         if iterating and (hasattr(value, "__next__") or not hasattr(value, "__len__")):
             budget.spend()  # a generator: its items are charged as they are produced
         else:
@@ -155,12 +170,22 @@ def _concat(*parts: Any) -> str:
     return "".join(str(p) for p in parts)
 
 
+_NUMBERS = frozenset({int, float, bool, type(None)})
+
+
 def finalize(value: Any) -> Any:
-    """What ``{{ ... }}`` prints: text, numbers, lists and mappings of them; never an object."""
-    if type(value) is str:
-        rb.spend(1 + len(value))
-        if len(value) > rb.active().limits.max_value:
-            raise rb.too_big("a printed value")
+    """What ``{{ ... }}`` prints: text, numbers, lists and mappings of them; never an object.
+    Short text and numbers cost nothing here (the loop or call that printed them paid); longer
+    text costs its length, so a ``{% set %}`` block cannot gather unbounded output."""
+    kind = type(value)
+    if kind is str or kind is Markup:
+        if len(value) > 64:
+            budget = rb.active()
+            budget.spend(len(value))
+            if len(value) > budget.limits.max_value:
+                raise rb.too_big("a printed value")
+        return value
+    if kind in _NUMBERS:
         return value
     rb.spend(1 + rb.weight(value))
     return value
@@ -205,10 +230,10 @@ class HeraldSandbox(ImmutableSandboxedEnvironment):
         )
         # lipsum(n) is unbounded and says nothing; the other globals stay callable, never printable.
         self.globals.pop("lipsum", None)
-        self.globals.update(
-            range=_safe_range, __herald_iter=_budgeted, __herald_concat=_concat, __herald_value=_value
-        )
+        self.globals["range"] = _safe_range
         self.filters = {name: guard_filter(name, fn) for name, fn in self.filters.items()}
+        # The rewriter's own steps: filters are called directly, not through the sandbox's call.
+        self.filters.update(herald_iter=_budgeted, herald_concat=_concat, herald_value=_value)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # ``user.data.name`` on the dicts a render sees: the sandbox first asks the dict for an
@@ -308,22 +333,19 @@ class _Rewriter(NodeTransformer):
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         self.generic_visit(node)
-        node.iter = nodes.Call(
-            nodes.Name("__herald_iter", "load"), [node.iter], [], None, None, lineno=node.lineno
-        )
+        node.iter = nodes.Filter(node.iter, "herald_iter", [], [], None, None, lineno=node.lineno)
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
         self.generic_visit(node)
-        return nodes.Call(
-            nodes.Name("__herald_concat", "load"), list(node.nodes), [], None, None, lineno=node.lineno
-        )
+        first, rest = node.nodes[0], list(node.nodes[1:])
+        return nodes.Filter(first, "herald_concat", rest, [], None, None, lineno=node.lineno)
 
     def _literal(self, node: nodes.Node) -> nodes.Node:
         self.generic_visit(node)
         if getattr(node, "ctx", "load") != "load":
             return node  # an assignment target: ``{% for a, b in ... %}``
-        return nodes.Call(nodes.Name("__herald_value", "load"), [node], [], None, None, lineno=node.lineno)
+        return nodes.Filter(node, "herald_value", [], [], None, None, lineno=node.lineno)
 
     visit_List = visit_Tuple = visit_Dict = _literal
 

@@ -63,7 +63,9 @@ def _compile(source: str, html: bool) -> Any:
         tree = _Rewriter().visit(tree)
         code = env.compile(tree)
     except TemplateSyntaxError as exc:
-        raise TemplateError(f"template syntax error on line {exc.lineno}: {_clean(exc.message)}") from None
+        raise TemplateError(
+            f"template syntax error on line {exc.lineno}: {_clean(exc.message or 'invalid syntax')}"
+        ) from None
     except (RecursionError, MemoryError):
         raise TemplateError("template nests too deeply to compile") from None
     except SyntaxError:  # the generated Python: Python's own nesting limits
