@@ -303,7 +303,7 @@ class TemplatesConfig(_Section):
     """The budget of one render of a user template (preview, PUT with sample data, routing,
     digests): no honest template comes near it; a render past it is refused, naming the key."""
 
-    render_timeout_ms: int = Field(default=200, ge=10, le=10_000)
+    render_timeout_ms: int = Field(default=200, ge=10, le=10_000)  # the render's CPU time (wall: 10x)
     render_max_work: int = Field(default=300_000, ge=1_000, le=100_000_000)  # iterations, calls, items walked
     render_max_output: int = Field(default=512 * 1024, ge=1024, le=16 * 1024 * 1024)  # characters
     render_max_value: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)  # one value's size

@@ -9,6 +9,7 @@ print every local: the Authorization header, provider passwords) nor a megabyte 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import traceback
 from collections.abc import MutableMapping
@@ -21,6 +22,7 @@ from herald.redact import redact_event
 
 _STACK_FRAMES = 12
 _TRACEBACK = "Traceback (most recent call last):"
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
 _MESSAGE_CHARS = 500
 
 
@@ -40,10 +42,11 @@ def compact_exc_info(_logger: Any, _method: str, event: MutableMapping[str, Any]
     frames as ``file:line function``, without source lines or local variables."""
     text = event.get("event")
     if isinstance(text, str) and _TRACEBACK in text:
-        # A traceback formatted into a message (Starlette's lifespan failure): its last line.
+        # A traceback formatted into a message (Starlette's lifespan failure): its exception line.
         head, _, tail = text.partition(_TRACEBACK)
-        last = tail.strip().splitlines()[-1:] or [""]
-        event["event"] = (head.strip() + " " + last[0]).strip()[:_MESSAGE_CHARS]
+        lines = [ln for ln in tail.splitlines() if _EXCEPTION_LINE.match(ln)] or tail.strip().splitlines()
+        last = lines[-1] if lines else ""
+        event["event"] = (head.strip() + " " + last).strip()[:_MESSAGE_CHARS]
     raw = event.pop("exc_info", None)
     event.pop("exception", None)
     info = _exc_tuple(raw)

@@ -124,7 +124,7 @@ def _output_error(lim: RenderLimits) -> RenderBudgetError:
 def render_string(source: str, context: dict[str, Any], *, html: bool = False) -> str:
     if _is_plain(source):
         return _plain(source)
-    template = _compiled(source, html)
+    template = _compiled(source, html)  # outside the budget, as in render_variant
     with rb.budget_for(_limits):
         return _render(template, _parent(html, context))
 
@@ -171,15 +171,27 @@ def render_variant(variant: dict[str, Any], context: dict[str, Any]) -> dict[str
     """Render every string field of a channel variant within one budget; ``data`` maps render
     value by value. Synchronous and bounded: call it off the event loop (render_pool)."""
     parents: dict[bool, dict[str, Any]] = {}
+    # Compile first, outside the budget: compiling is cached (and was done at PUT already);
+    # a slow first compile on a loaded machine must not fail an honest render.
+    compiled: dict[tuple[str, bool], Any] = {}
+    for field, value in variant.items():
+        if isinstance(value, str) and not _is_plain(value):
+            html = field in HTML_FIELDS
+            compiled[value, html] = _compiled(value, html)
+        elif isinstance(value, dict):
+            for v in value.values():
+                if isinstance(v, str) and not _is_plain(v):
+                    compiled[v, False] = _compiled(v, False)
     with rb.budget_for(_limits):
 
         def render(source: str, html: bool) -> str:
-            if _is_plain(source):
+            template = compiled.get((source, html))
+            if template is None:
                 return _plain(source)
             parent = parents.get(html)
             if parent is None:
                 parent = parents[html] = _parent(html, context)
-            return _render(_compiled(source, html), parent)
+            return _render(template, parent)
 
         out: dict[str, Any] = {}
         for field, value in variant.items():
