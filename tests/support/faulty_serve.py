@@ -33,9 +33,8 @@ def main() -> None:
 
         async def get_user(user_id: str) -> Any:
             if user_id == "boom":
-                smtp_password = settings.providers.smtp.password
-                plain_password = smtp_password.get_secret_value() if smtp_password else ""
                 raw_tables = dict(settings.providers.model_extra or {})
+                plain_password = raw_tables["smtp"]["password"]
                 twilio_token = raw_tables["twilio"]["auth_token"]
                 raise RuntimeError(
                     f"database exploded at postgresql://herald:{plain_password}@db.internal/herald "
