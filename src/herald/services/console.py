@@ -43,6 +43,11 @@ STATUS_GROUPS = {
 _GROUP_OF = {s: g for g, members in STATUS_GROUPS.items() for s in members}
 
 
+def _variants(template: Template) -> int:
+    """How many renders' time a template's compile check may take (render_pool.for_request)."""
+    return 2 + len(template.channels) + sum(len(chans) for chans in template.locales.values())
+
+
 @dataclass(slots=True)
 class _Bucket:
     counts: list[Any]
@@ -319,7 +324,8 @@ class ConsoleService:
 
     async def save_template(self, template: Template) -> Template:
         template.created_at = self.clock.now()
-        await render_pool.for_request(self.check_template, template)  # compiling: off the loop
+        # Compiling: off the loop.
+        await render_pool.for_request(self.check_template, template, renders=_variants(template))
         stored = await self.store.put_template(template)
         self.lookups.forget_template(template.name)
         return stored
@@ -329,7 +335,7 @@ class ConsoleService:
     ) -> dict[str, dict[str, Any]]:
         """Render every channel of ``template`` (saved or not) in the sandbox, as a send would
         (off the event loop, within the render budget: render_pool)."""
-        await render_pool.for_request(self.check_template, template)
+        await render_pool.for_request(self.check_template, template, renders=_variants(template))
         user = User(id="preview")
         if user_id:
             found = await self.store.get_user(user_id)
