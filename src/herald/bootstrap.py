@@ -30,7 +30,7 @@ from herald.adapters.store.sql import SqlStore
 from herald.adapters.store.sql_console import SqlConsoleReads
 from herald.adapters.store.sql_inbox import SqlInboxFeed
 from herald.alerts import Observers, OpsAlerter
-from herald.config import ChannelConfig, Settings
+from herald.config import SECRET_KEY_NAMES, ChannelConfig, Settings
 from herald.domain.engagement import MachinePolicy
 from herald.domain.errors import ConfigurationError
 from herald.domain.models import Category, Priority
@@ -39,6 +39,8 @@ from herald.domain.rules import parse_rule
 from herald.inbox import InboxHub
 from herald.metrics import Metrics
 from herald.ports import Cache, Clock, LiveSignals, Provider, Queue, Store
+from herald.redact import register_secrets
+from herald.services import rendering
 from herald.services.accept import AcceptService
 from herald.services.callbacks import CallbackService
 from herald.services.catalog import Catalog
@@ -50,6 +52,7 @@ from herald.services.events import EventService
 from herald.services.leader import LeaderLease
 from herald.services.link_tracking import LinkTracker
 from herald.services.lookups import Lookups
+from herald.services.render_budget import RenderLimits
 from herald.services.route import RouterService
 from herald.services.schedule import SchedulerService
 from herald.services.signing import Signer, UnsubscribeSigner, UserTokens
@@ -303,6 +306,37 @@ async def apply_config_rules(settings: Settings, store: Store, catalog: Catalog,
         await store.put_rule(rule, now=clock.now())
 
 
+def _configured_secrets(settings: Settings, auth_secret: str) -> list[Any]:
+    """Every credential in the configuration, masked wherever it would appear in a log."""
+    found: list[Any] = [auth_secret]
+    stack: list[Any] = list((settings.providers.model_extra or {}).values())
+    while stack:
+        table = stack.pop()
+        if isinstance(table, dict):
+            for key, value in table.items():
+                if SECRET_KEY_NAMES.search(str(key)):
+                    found.append(value)  # a string, or a list of them (previous secrets)
+                elif isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(table, list):
+            stack.extend(table)
+    url = settings.database.url
+    if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+        found.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])  # the password
+    return [v for v in found if v is not None]
+
+
+def render_limits(settings: Settings) -> RenderLimits:
+    t = settings.templates
+    return RenderLimits(
+        timeout_ms=t.render_timeout_ms,
+        max_work=t.render_max_work,
+        max_output=t.render_max_output,
+        max_value=t.render_max_value,
+        max_depth=t.render_max_depth,
+    )
+
+
 def build_store(settings: Settings) -> SqlStore:
     return store_root.build_store(settings)
 
@@ -402,12 +436,15 @@ async def build(
     await queue.start()  # sql on PostgreSQL: LISTEN for wake-ups; amqp: connect
     cache: Cache = build_cache(settings)
 
-    secret = settings.auth.secret or await store.put_setting_if_absent("auth_secret", secrets.token_hex(32))
+    configured = settings.auth.secret.get_secret_value() if settings.auth.secret else None
+    secret = configured or await store.put_setting_if_absent("auth_secret", secrets.token_hex(32))
+    register_secrets(_configured_secrets(settings, secret))
     signer = Signer(secret.encode())
     unsubscribe = UnsubscribeSigner(signer, settings.server.public_url)
     links = LinkTracker(signer, settings.server.public_url)
     user_tokens = UserTokens(signer, settings.auth.user_token_ttl_seconds)
 
+    rendering.configure(render_limits(settings))
     hub = await build_inbox_hub(settings, store)
     metrics = Metrics()
     alerter = OpsAlerter(settings.alerts.webhook_url, min_interval=settings.alerts.min_interval_seconds)

@@ -7,11 +7,12 @@ Read only by entrypoints and the bootstrap. ``HERALD_DATABASE__URL`` overrides
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -155,7 +156,7 @@ class CacheConfig(_Section):
 
 
 class AuthConfig(_Section):
-    secret: str | None = None  # signs user inbox tokens; generated and stored when absent
+    secret: SecretStr | None = None  # signs user inbox tokens; generated and stored when absent
     user_token_ttl_seconds: int = Field(default=3600, ge=60)
 
 
@@ -253,12 +254,38 @@ class ConsoleConfig(_Section):
     path: str = "herald-console.jsonl"
 
 
+SECRET_KEY_NAMES = re.compile(r"(?i)(password|secret|token|api_?key|private_?key|credential|auth)")
+
+
+class MaskedTable(dict[str, Any]):
+    """A provider's raw ``[providers.<name>]`` table: a dict whose text form masks every value
+    under a key that names a secret (tracebacks, reprs, accidental logs)."""
+
+    def __repr__(self) -> str:
+        secret = SECRET_KEY_NAMES.search
+        shown = {k: ("**********" if secret(str(k)) and v is not None else v) for k, v in self.items()}
+        return repr(shown)
+
+    __str__ = __repr__
+
+
 class ProvidersConfig(BaseModel):
     # Every provider but the console keeps its own section (smtp, sendgrid, twilio, ...): the
     # provider module validates it (its config class beside it), the composition root applies it.
     model_config = ConfigDict(extra="allow")
 
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+
+    @model_validator(mode="after")
+    def _masked(self) -> ProvidersConfig:
+        # The raw tables of the other providers hold credentials as plain strings until the
+        # provider validates its own (SecretStr): they print masked meanwhile.
+        extra = self.__pydantic_extra__
+        if extra:
+            for name, table in extra.items():
+                if isinstance(table, dict) and not isinstance(table, MaskedTable):
+                    extra[name] = MaskedTable(table)
+        return self
 
 
 class LoggingConfig(_Section):
@@ -280,6 +307,17 @@ class EventsConfig(_Section):
     # An event type without a rule: "reject" answers 422; "store" keeps it as unrouted.
     unrouted: Literal["reject", "store"] = "reject"
     rule_cache_seconds: float = Field(default=2.0, ge=0)
+
+
+class TemplatesConfig(_Section):
+    """The budget of one render of a user template (preview, PUT with sample data, routing,
+    digests): no honest template comes near it; a render past it is refused, naming the key."""
+
+    render_timeout_ms: int = Field(default=200, ge=10, le=10_000)  # the render's CPU time (wall: 10x)
+    render_max_work: int = Field(default=300_000, ge=1_000, le=100_000_000)  # iterations, calls, items walked
+    render_max_output: int = Field(default=512 * 1024, ge=1024, le=16 * 1024 * 1024)  # characters
+    render_max_value: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)  # one value's size
+    render_max_depth: int = Field(default=64, ge=1, le=200)  # nested macro calls
 
 
 class Settings(BaseSettings):
@@ -304,6 +342,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     default_locale: str = "en"
     events: EventsConfig = Field(default_factory=EventsConfig)
+    templates: TemplatesConfig = Field(default_factory=TemplatesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     # Routing rules by event type, as the body of PUT /v1/rules/{event_type}; applied at start.
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)

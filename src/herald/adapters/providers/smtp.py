@@ -26,7 +26,7 @@ from typing import Literal
 
 import aiosmtplib
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from herald.domain.errors import (
     DeadAddressError,
@@ -57,7 +57,7 @@ class SmtpConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=25, ge=1, le=65535)
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None  # prints masked
     security: Literal["none", "starttls", "tls"] = "none"
     validate_certs: bool = True
     timeout: float = Field(default=30.0, gt=0)
@@ -135,7 +135,8 @@ class SmtpProvider:
             ) from None
         if self.config.username:
             try:
-                await client.login(self.config.username, self.config.password or "")
+                password = self.config.password
+                await client.login(self.config.username, password.get_secret_value() if password else "")
             except aiosmtplib.SMTPAuthenticationError as exc:
                 with contextlib.suppress(Exception):
                     client.close()

@@ -115,6 +115,7 @@ def create_app(
     console.install(app)  # /console (issue 20)
     openapi_doc.install(app)  # /docs, /redoc offline; bearer auth and problem+json declared
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(problems.CatchAll)  # outermost: an exception anywhere is one log line
     app.add_middleware(UserCors, origins=lambda: _cors_origins(app))
     app.enable_fast_send(max_body_bytes)  # POST /v1/notifications without the stack (fast_send.py)
     return app

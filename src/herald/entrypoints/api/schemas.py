@@ -73,6 +73,9 @@ class TemplateBody(_Body):
     channels: dict[str, dict[str, Any]] = Field(min_length=1)
     locales: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     default_locale: str = Field(default="en", max_length=35)
+    # Rendered once at PUT (as preview data): a template over its render budget, or failing
+    # with this data, is refused with a 422 rather than failing sends. Not stored.
+    sample_data: dict[str, Any] | None = None
 
 
 class RenderBody(_Body):

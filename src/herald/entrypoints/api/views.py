@@ -73,6 +73,8 @@ def delivery_view(d: Delivery, *, with_content: bool = False) -> dict[str, Any]:
         "next_attempt_at": iso(d.due_at) if d.status.value in ("retrying", "scheduled", "queued") else None,
         "provider_message_id": d.provider_message_id,
     }
+    if d.reason == "render_error":  # why the template could not be rendered (names the limit)
+        out["error"] = d.content.get("error")
     if with_content:
         out["content"] = {k: v for k, v in d.content.items() if k not in _PRIVATE_CONTENT}
     return out
