@@ -68,8 +68,13 @@ class IdempotencyRecord:
 
 @dataclass(slots=True)
 class NotificationFilter:
+    """``status``: the notification's status as the API shows it (``accepted``, ``routing``,
+    ``in_progress``, ``completed``, ``cancelled``, ``failed``; ``routed`` is either of the two);
+    ``delivery_status``: it has at least one delivery in that status."""
+
     user_id: str | None = None
     status: str | None = None
+    delivery_status: str | None = None
     channel: str | None = None
     since: float | None = None
     until: float | None = None
@@ -319,6 +324,10 @@ class Store(Protocol):
     async def get_notification(self, notification_id: str) -> Notification | None: ...
 
     async def list_notifications(self, flt: NotificationFilter) -> list[Notification]: ...
+
+    async def notifications_in_progress(self, notification_ids: Sequence[str]) -> set[str]:
+        """Those of ``notification_ids`` with a delivery that is not final yet."""
+        ...
 
     async def claim_unrouted(self, *, owner: str, limit: int, lease: float, now: float) -> list[Notification]:
         """Lease accepted notifications (or ones whose routing lease expired) for routing."""

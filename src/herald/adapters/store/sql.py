@@ -43,6 +43,7 @@ from herald.adapters.store.sql_digests import HELD_REASON, SCHEDULED, SqlDigests
 from herald.adapters.store.sql_engagement import SqlEngagementMixin
 from herald.adapters.store.sql_events import SqlEventsMixin, event_rows, reopen_for_fallback
 from herald.adapters.store.sql_insight import SqlInsightMixin
+from herald.adapters.store.sql_listing import SqlListingMixin
 from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
 from herald.adapters.store.sql_rollups import Tally, bump, count_changed, templates_of
 from herald.adapters.store.sql_stats import SqlStatsMixin
@@ -69,7 +70,6 @@ from herald.domain.models import (
 from herald.domain.states import CANCELLABLE, check_transition, sources_of
 from herald.ports import (
     IdempotencyRecord,
-    NotificationFilter,
     Promoted,
     RecipientContext,
     RoutedBatch,
@@ -307,12 +307,15 @@ class SqlStore(
     SqlEngagementMixin,
     SqlStatsMixin,
     SqlAdminMixin,
+    SqlListingMixin,
 ):
     """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue.
 
     ``outbox``: write an outbox row with every change that makes a delivery claimable, for a
     broker queue (see :mod:`herald.adapters.store.sql_outbox`). Off for the ``sql`` queue.
     """
+
+    notification_from_row = staticmethod(_notification)
 
     def __init__(self, db: Database, *, outbox: bool = False) -> None:
         self.db = db
@@ -721,37 +724,6 @@ class SqlStore(
         def op(c: Connection) -> Notification | None:
             row = c.execute(select(t.notifications).where(t.notifications.c.id == notification_id)).first()
             return _notification(row) if row else None
-
-        return await self.db.run(op)
-
-    async def list_notifications(self, flt: NotificationFilter) -> list[Notification]:
-        n, d = t.notifications, t.deliveries
-
-        def op(c: Connection) -> list[Notification]:
-            q = select(n)
-            if flt.user_id is not None or flt.channel is not None or flt.status is not None:
-                sub = select(d.c.notification_id)
-                if flt.user_id is not None:
-                    sub = sub.where(d.c.user_id == flt.user_id)
-                if flt.channel is not None:
-                    sub = sub.where(d.c.channel == flt.channel)
-                if flt.status is not None and flt.status in {s.value for s in S}:
-                    sub = sub.where(d.c.status == flt.status)
-                    q = q.where(n.c.id.in_(sub))
-                elif flt.status is not None:
-                    q = q.where(n.c.status == flt.status)
-                    if flt.user_id is not None or flt.channel is not None:
-                        q = q.where(n.c.id.in_(sub))
-                else:
-                    q = q.where(n.c.id.in_(sub))
-            if flt.since is not None:
-                q = q.where(n.c.created_at >= flt.since)
-            if flt.until is not None:
-                q = q.where(n.c.created_at < flt.until)
-            if flt.cursor:
-                q = q.where(n.c.id < flt.cursor)
-            q = q.order_by(n.c.id.desc()).limit(flt.limit)
-            return [_notification(r) for r in c.execute(q)]
 
         return await self.db.run(op)
 

@@ -29,6 +29,7 @@ from herald.entrypoints.api import (
 from herald.entrypoints.api.cors import UserCors
 from herald.entrypoints.api.fast_send import HeraldApi
 from herald.entrypoints.api.limits import BodyLimit
+from herald.entrypoints.api.strict_body import StrictJsonBody
 from herald.entrypoints.children import WorkerChildren
 from herald.entrypoints.web import console
 from herald.entrypoints.web import pages as web_pages
@@ -114,6 +115,7 @@ def create_app(
         app.include_router(module.router)
     console.install(app)  # /console (issue 20)
     openapi_doc.install(app)  # /docs, /redoc offline; bearer auth and problem+json declared
+    app.add_middleware(StrictJsonBody)  # inside the body limit: what it buffers is bounded
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(problems.CatchAll)  # outermost: an exception anywhere is one log line
     app.add_middleware(UserCors, origins=lambda: _cors_origins(app))

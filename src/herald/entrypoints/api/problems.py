@@ -30,7 +30,8 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def _loc(loc: Any) -> str:
+def field_path(loc: Any) -> str:
+    """A pydantic error location as a field path: ``to[0].email``."""
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     out = ""
     for p in parts:
@@ -107,7 +108,7 @@ def install(app: FastAPI) -> None:
             tuple(first.get("loc", ())) == ("body",) and not _is_json(await request.body())
         ):
             return problem(400, "Malformed request", "the body is not valid JSON", instance=request.url.path)
-        field = _loc(first.get("loc", ()))
+        field = field_path(first.get("loc", ()))
         detail = f"{field}: {first['msg']}" if field else str(first["msg"])
         return problem(
             422,
@@ -115,7 +116,7 @@ def install(app: FastAPI) -> None:
             detail,
             instance=request.url.path,
             field=field or None,
-            errors=[{"field": _loc(e.get("loc", ())), "message": e.get("msg")} for e in errors[:20]],
+            errors=[{"field": field_path(e.get("loc", ())), "message": e.get("msg")} for e in errors[:20]],
         )
 
     @app.exception_handler(StarletteHTTPException)
