@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from herald.domain.models import DeliveryResult, Outcome, Priority
@@ -54,6 +56,20 @@ class Metrics(DeliveryObserver):
             ["channel", "lane"],
             registry=self.registry,
         )
+        self.kafka_lag = Gauge(
+            "herald_kafka_consumer_lag",
+            "Records of a topic not yet committed by this process's Kafka consumer "
+            "(high watermark at its last fetch minus the committed offset, over its partitions)",
+            ["group", "topic"],
+            registry=self.registry,
+        )
+        self.kafka_state = Gauge(
+            "herald_kafka_consumer_state",
+            "1 for the state of this process's Kafka consumer of a group "
+            "(consuming, paused: the database is down, disconnected, ...)",
+            ["group", "state"],
+            registry=self.registry,
+        )
         self.requests = Counter(
             "herald_http_requests", "API requests", ["method", "route", "status"], registry=self.registry
         )
@@ -73,7 +89,13 @@ class Metrics(DeliveryObserver):
     def config_error(self, channel: str, provider: str, detail: str) -> None:
         self.config_errors.labels(channel, provider).inc()
 
-    async def render(self, store: Store) -> bytes:
+    async def render(self, store: Store, consumers: list[dict[str, Any]] | None = None) -> bytes:
+        self.kafka_lag.clear()
+        self.kafka_state.clear()
+        for c in consumers or ():
+            self.kafka_state.labels(c["group"], c["state"]).set(1)
+            for topic, lag in c["topics"].items():
+                self.kafka_lag.labels(c["group"], topic).set(lag)
         self.deliveries.clear()
         for channel, status, provider, count in await store.delivery_counts():
             self.deliveries.labels(channel, provider or "-", status).set(count)
