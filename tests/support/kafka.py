@@ -163,17 +163,26 @@ async def consume_all(bootstrap: str, topic: str, *, expect: int, timeout: float
         await consumer.stop()
 
 
-async def group_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    """The offsets ``group`` committed, from the broker: (topic, partition) -> offset."""
-    from aiokafka.admin import AIOKafkaAdminClient
+async def group_offsets(bootstrap: str, group: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """The offsets ``group`` committed for ``topics``, from the broker: (topic, partition) -> offset.
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+    Read through a consumer of the group that does not join it (Tansu answers the admin
+    client's OffsetFetch version with a frame aiokafka cannot decode)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
     try:
-        got = await admin.list_consumer_group_offsets(group)
-        return {(tp.topic, tp.partition): meta.offset for tp, meta in got.items() if meta.offset >= 0}
+        out: dict[tuple[str, int], int] = {}
+        await consumer.topics()  # metadata of every topic
+        for topic in topics:
+            for p in sorted(consumer.partitions_for_topic(topic) or ()):
+                offset = await consumer.committed(TopicPartition(topic, p))
+                if offset is not None and offset >= 0:
+                    out[(topic, p)] = offset
+        return out
     finally:
-        await admin.close()
+        await consumer.stop()
 
 
 class KafkaHarness:
