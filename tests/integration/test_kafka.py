@@ -43,7 +43,10 @@ from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(180)]
 
-TEMPLATE = {"category": "transactional", "channels": {"email": {"subject": "Order {{ data.order }}", "text": "ok"}}}
+TEMPLATE = {
+    "category": "transactional",
+    "channels": {"email": {"subject": "Order {{ data.order }}", "text": "ok"}},
+}
 
 
 def events_config(broker: TansuBroker, topic: str, group: str) -> dict[str, Any]:
@@ -84,12 +87,19 @@ async def test_events_are_accepted_exactly_once_and_lag_shows_in_readyz_and_metr
     )
     async with running_herald(settings, providers={"rec": rec}) as h:
         await with_rule(h)
-        await eventually(lambda: _ready(h.container.kafka_events is not None and h.container.kafka_events.assigned != []), 30)
+        await eventually(
+            lambda: _ready(h.container.kafka_events is not None and h.container.kafka_events.assigned != []),
+            30,
+        )
         keyed = [(f"order-{i}".encode(), event(i)) for i in range(150)]
-        in_body = [(f"other-key-{i}".encode(), event(1000 + i, idempotency_key=f"body-{i}")) for i in range(20)]
+        in_body = [
+            (f"other-key-{i}".encode(), event(1000 + i, idempotency_key=f"body-{i}")) for i in range(20)
+        ]
         await produce(kafka_broker.bootstrap, topic, keyed + in_body)
         # The producer retried: the same record keys, the same body keys (under other record keys).
-        again = keyed[:30] + [(f"retry-{i}".encode(), event(1000 + i, idempotency_key=f"body-{i}")) for i in range(5)]
+        again = keyed[:30] + [
+            (f"retry-{i}".encode(), event(1000 + i, idempotency_key=f"body-{i}")) for i in range(5)
+        ]
         await produce(kafka_broker.bootstrap, topic, again)
         total = len(keyed) + len(in_body)
 
@@ -230,12 +240,16 @@ async def test_with_the_database_down_nothing_is_committed_then_everything_is_ac
         assert consumer is not None
 
         await pg_proxy.cut()
-        await produce(kafka_broker.bootstrap, topic, [(f"during-{i}".encode(), event(100 + i)) for i in range(20)])
+        await produce(
+            kafka_broker.bootstrap, topic, [(f"during-{i}".encode(), event(100 + i)) for i in range(20)]
+        )
         await eventually(lambda: _ready(consumer.state == "paused"), 30)
         ready = await h.client.get("/readyz")
         assert ready.status_code == 503  # the database is down
         await asyncio.sleep(2.0)  # retries meanwhile
-        assert await committed_total(kafka_broker, group, topic) == 10, "committed while the database was down"
+        assert await committed_total(kafka_broker, group, topic) == 10, (
+            "committed while the database was down"
+        )
         assert consumer.parked == 0
 
         await pg_proxy.restore()
@@ -336,7 +350,12 @@ async def test_the_broker_killed_and_restarted_empty_herald_keeps_serving(tmp_pa
         rec = RecordingProvider("rec")
         settings = make_settings(
             tmp_path,
-            queue={"url": broker.url, "prefix": unique_name("q"), "kafka_partitions": 2, "kafka_session_timeout_seconds": 3},
+            queue={
+                "url": broker.url,
+                "prefix": unique_name("q"),
+                "kafka_partitions": 2,
+                "kafka_session_timeout_seconds": 3,
+            },
             channels={"email": {"providers": ["rec"]}},
             events=events_config(broker, topic, group),
         )

@@ -147,7 +147,11 @@ async def consume_all(bootstrap: str, topic: str, *, expect: int, timeout: float
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     got: list[Any] = []
@@ -205,7 +209,9 @@ class KafkaHarness:
         store = store or self.store
         store.outbox = True
         conn = parse_kafka_url(self.broker.url, key="test")
-        q = KafkaQueue(conn, store, prefix=self.prefix, partitions=2, prefetch=1000, early=0.0, session_timeout=6)
+        q = KafkaQueue(
+            conn, store, prefix=self.prefix, partitions=2, prefetch=1000, early=0.0, session_timeout=6
+        )
         await q.start()
         self.queues.append(q)
         # Join the groups of the channels the contract uses at once: each join waits out the

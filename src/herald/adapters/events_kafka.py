@@ -189,7 +189,9 @@ class KafkaEventConsumer:
             if hw is not None:
                 self.highwater[p] = hw
 
-    async def _finish(self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord[Any, Any]], stopping: asyncio.Event) -> None:
+    async def _finish(
+        self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord[Any, Any]], stopping: asyncio.Event
+    ) -> None:
         """Accept or park every record, then commit; while the database is down, pause and retry."""
         pending = records
         pause = self.retry_pause

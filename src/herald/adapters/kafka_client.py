@@ -10,6 +10,7 @@ is named: ``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,13 @@ from urllib.parse import unquote
 
 try:
     from aiokafka import errors as kafka_errors
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
     from herald.domain.errors import ConfigurationError
 
-    raise ConfigurationError("a kafka:// URL is configured but aiokafka is not installed: "
-                             "pip install 'herald[kafka]'") from exc
+    raise ConfigurationError(
+        "a kafka:// URL is configured but aiokafka is not installed: pip install 'herald[kafka]'"
+    ) from exc
 
 from herald.domain.errors import ConfigurationError, HeraldError, ServiceUnavailable
 
@@ -86,8 +89,8 @@ def parse_kafka_url(
         username = username or unquote(user) or None
         password = password or unquote(secret) or None
     servers = []
-    for host in hosts.split(","):
-        host = host.strip()
+    for part in hosts.split(","):
+        host = part.strip()
         if not host:
             continue
         name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
@@ -116,7 +119,9 @@ def parse_kafka_url(
 
 def kafka_error(exc: BaseException, doing: str) -> HeraldError:
     """Translate an aiokafka error at the boundary."""
-    if isinstance(exc, kafka_errors.TopicAuthorizationFailedError | kafka_errors.GroupAuthorizationFailedError):
+    if isinstance(
+        exc, kafka_errors.TopicAuthorizationFailedError | kafka_errors.GroupAuthorizationFailedError
+    ):
         return ConfigurationError(f"Kafka refused access ({doing}): {type(exc).__name__}")
     if isinstance(exc, kafka_errors.IllegalSaslStateError | kafka_errors.UnsupportedSaslMechanismError):
         return ConfigurationError(f"Kafka refused the credentials ({doing})")
@@ -127,7 +132,6 @@ def kafka_error(exc: BaseException, doing: str) -> HeraldError:
 async def ensure_topics(conn: KafkaConnection, topics: dict[str, int], *, timeout: float = 10.0) -> None:
     """Create the topics missing from the cluster (name -> partitions); existing ones are kept
     as they are. Raises ServiceUnavailable when the cluster cannot be reached."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(**conn.client_args(), request_timeout_ms=int(timeout * 1000))
     try:
@@ -135,14 +139,11 @@ async def ensure_topics(conn: KafkaConnection, topics: dict[str, int], *, timeou
         existing = set(await asyncio.wait_for(admin.list_topics(), timeout))
         missing = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
         if missing:
-            try:
+            # TopicAlreadyExists: another process created it meanwhile.
+            with contextlib.suppress(kafka_errors.TopicAlreadyExistsError):
                 await asyncio.wait_for(admin.create_topics(missing), timeout)
-            except kafka_errors.TopicAlreadyExistsError:
-                pass  # another process created it meanwhile
     except KAFKA_ERRORS as exc:
         raise kafka_error(exc, f"creating topics {', '.join(topics)}") from exc
     finally:
-        try:
+        with contextlib.suppress(*KAFKA_ERRORS):
             await admin.close()
-        except KAFKA_ERRORS:
-            pass

@@ -328,7 +328,9 @@ class KafkaQueue:
                 max_poll_records=500,
             )
             c = _Consumer(channel, ranks, group, consumer)
-            consumer.subscribe([lane_topic(self.prefix, channel, r) for r in ranks], listener=_Rebalance(self, c))
+            consumer.subscribe(
+                [lane_topic(self.prefix, channel, r) for r in ranks], listener=_Rebalance(self, c)
+            )
             try:
                 await consumer.start()
             except BaseException as exc:
@@ -362,7 +364,9 @@ class KafkaQueue:
                 failures += 1
                 c.state = "failing"
                 if failures == 1:
-                    log.warning("queue.kafka_fetch_failed", channel=c.channel, error=str(exc) or type(exc).__name__)
+                    log.warning(
+                        "queue.kafka_fetch_failed", channel=c.channel, error=str(exc) or type(exc).__name__
+                    )
                 await asyncio.sleep(min(5.0, 0.25 * 2 ** min(failures, 5)))
                 continue
             if failures:
