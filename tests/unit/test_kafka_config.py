@@ -59,10 +59,10 @@ def test_configuration_keys(tmp_path: Path) -> None:
     assert settings.queue.url == "kafka://k:9092"
     assert (settings.events.kafka_topic, settings.events.kafka_group) == ("herald.events", "herald-events")
     path.write_text('[events]\nkafka_url = "http://k:9092"\n')
-    with pytest.raises(ConfigurationError, match="events.kafka_url"):
+    with pytest.raises(ConfigurationError, match=r"events\.kafka_url"):
         load_settings(path)
     path.write_text('[queue]\nurl = "kafka://k"\nkafka_partitions = 0\n')
-    with pytest.raises(ConfigurationError, match="queue.kafka_partitions"):
+    with pytest.raises(ConfigurationError, match=r"queue\.kafka_partitions"):
         load_settings(path)
 
 
