@@ -29,7 +29,7 @@ from tests.support.kafka import TansuBroker, produce, unique_name
 from tests.support.process import HeraldProcess, herald_cli
 from tests.support.smtp import SmtpTestServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(900)]
 
 
 @pytest.fixture
@@ -202,7 +202,7 @@ async def test_cluster_on_kafka_survives_a_worker_kill_lost_zero(
             assert r.status_code == 202 and r.json()["accepted"] == 1000, r.text
         received = smtp_server.handler.received
 
-        await _wait(lambda: len(received) >= 1_500, 180, "1,500 sends")
+        await _wait(lambda: len(received) >= 500, 300, "500 sends")  # under load: the kill
         victim = workers[0]
         assert victim.proc is not None
         victim.kill()
@@ -217,7 +217,7 @@ async def test_cluster_on_kafka_survives_a_worker_kill_lost_zero(
         def all_final() -> bool:
             return int(db.one(f"SELECT count(*) FROM deliveries WHERE status IN {FINAL}")) >= total  # type: ignore[call-overload]
 
-        await _wait(all_final, 300, "every delivery final")
+        await _wait(all_final, 720, "every delivery final")
         await asyncio.sleep(1.0)
         ready = (await clients[0].get("/readyz")).json()
         assert ready["status"] == "ready"
