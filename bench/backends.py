@@ -318,7 +318,7 @@ class BackendMonitor:
             out[name] = {
                 "cpu_s": round(cpu - self._start[name], 2),
                 "peak_rss_mb": peak_rss_mb(pid),
-                "shared": True,
+                "shared": name != "kafka",  # the Tansu broker is this run's own
             }
         return out
 
