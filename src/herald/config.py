@@ -100,7 +100,25 @@ class DatabaseConfig(_Section):
         return value
 
 
-class QueueConfig(_Section):
+class KafkaOptions(_Section):
+    """How to reach Kafka beyond the URL (kafka:// or kafkas://; user:password@ in the URL also
+    selects SASL). Shared by [queue] (kafka:// queue) and [events] (kafka_url)."""
+
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_username: str | None = None
+    kafka_password: str | None = None
+    kafka_ssl_cafile: str | None = None  # kafkas://: a CA bundle instead of the system's
+    # A member that stops heartbeating leaves its group (its partitions move) after this long.
+    kafka_session_timeout_seconds: float = Field(default=10.0, ge=1, le=300)
+    # Partitions of each topic herald creates (existing topics are kept as they are).
+    kafka_partitions: int = Field(default=6, ge=1, le=1000)
+
+
+def _kafka_scheme(value: str) -> bool:
+    return value.startswith(("kafka://", "kafkas://"))
+
+
+class QueueConfig(KafkaOptions):
     url: str = "sql"
     lease_seconds: float = Field(default=30.0, gt=0)
     claim_batch: int = Field(default=64, ge=1, le=1000)
@@ -129,8 +147,8 @@ class QueueConfig(_Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if value != "sql" and not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must be 'sql' or an amqp:// URL")
+        if value != "sql" and not value.startswith(("amqp://", "amqps://")) and not _kafka_scheme(value):
+            raise ValueError("must be 'sql', an amqp:// URL or a kafka:// URL")
         return value
 
 
@@ -303,10 +321,22 @@ class WorkerConfig(_Section):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
 
-class EventsConfig(_Section):
+class EventsConfig(KafkaOptions):
     # An event type without a rule: "reject" answers 422; "store" keeps it as unrouted.
     unrouted: Literal["reject", "store"] = "reject"
     rule_cache_seconds: float = Field(default=2.0, ge=0)
+    # Producers' events from Kafka (any queue.url): the bootstrap servers, the topic (records
+    # herald cannot accept go to "<topic>.invalid") and the consumer group of herald's workers.
+    kafka_url: str | None = None
+    kafka_topic: str = Field(default="herald.events", pattern=r"^[A-Za-z0-9_.-]{1,200}$")
+    kafka_group: str = Field(default="herald-events", min_length=1, max_length=200)
+
+    @field_validator("kafka_url")
+    @classmethod
+    def _kafka_url(cls, value: str | None) -> str | None:
+        if value is not None and not _kafka_scheme(value):
+            raise ValueError("must be a kafka:// or kafkas:// URL (bootstrap servers)")
+        return value
 
 
 class TemplatesConfig(_Section):
