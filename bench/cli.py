@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import MODES, SCENARIOS, Options, note
+from bench.scenarios import MODES, OWN_SCENARIOS, SCENARIOS, Options, note
 from bench.server import HeraldTuning
 
 
@@ -93,7 +93,7 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
         patches=[p for p in args.herald_patches.split(",") if p],
         max_seconds=args.max_seconds,
     )
-    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    names = list(OWN_SCENARIOS) if args.scenario == "all" else [args.scenario]
     return names, opts, args.output
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from bench.backends import BackendMonitor, ScaleoutStack
+from bench.celery_baseline import celery_baseline
 from bench.load import TEMPLATE, HeraldClient, HttpError, Payloads, Receipts, settle
 from bench.population import generate_postgres, generate_sqlite, index_of
 from bench.procs import (
@@ -80,6 +81,14 @@ def percentiles(values: Iterable[float]) -> dict[str, float | None]:
         "max": round(data[-1] * 1000, 2),
         "n": len(data),
     }
+
+
+def _processes(worker_processes: int | None) -> str:
+    if worker_processes is None:
+        return "one `herald serve` with herald's default worker children (from the cores)"
+    if not worker_processes:
+        return HERALD_PROCESSES
+    return f"one `herald serve` (api, router, scheduler) + {worker_processes} worker children (sends)"
 
 
 @dataclass
@@ -143,10 +152,7 @@ class Env:
             "count": count,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "herald_version": self.version,
-            "herald_processes": HERALD_PROCESSES
-            if not self.opts.tuning.worker_processes
-            else f"one `herald serve` (api, router, scheduler) + {self.opts.tuning.worker_processes} "
-            "worker children (sends)",
+            "herald_processes": _processes(self.opts.tuning.worker_processes),
             **({"scaleout": self.stack.describe()} if self.stack is not None else {}),
             **({"herald_patches": self.opts.patches} if self.opts.patches else {}),
         }
@@ -690,4 +696,7 @@ SCENARIOS: dict[str, Callable[[Options], Awaitable[list[dict[str, Any]]]]] = {
     "flood_critical": flood_critical,
     "flaky": flaky,
     "broadcast": broadcast,
+    "celery_baseline": celery_baseline,
 }
+# `all` runs herald's own scenarios; the Celery baseline needs Celery and the scale-out servers.
+OWN_SCENARIOS = [name for name in SCENARIOS if name != "celery_baseline"]
