@@ -151,7 +151,7 @@ def serve(
     settings = _settings(config)
     children = None
     delegated = [name for name, ch in settings.channels.items() if ch.enabled and name not in PARENT_CHANNELS]
-    if settings.server.worker_processes and delegated:
+    if settings.serve_worker_processes and delegated:
         lanes = settings.server.worker_lanes
         own = [p for p in Priority if p not in lanes or p in settings.server.serve_lanes]
         shared = _keep_other_lanes(settings, delegated, own)
@@ -161,7 +161,7 @@ def serve(
             # published at the children's CPU priority. Every lane has a relay.
             settings.queue.relay_lanes = own
         children = WorkerChildren(
-            settings.server.worker_processes,
+            settings.serve_worker_processes,
             delegated,
             config=config,
             grace=settings.worker.shutdown_grace_seconds,

@@ -16,7 +16,6 @@ Reply classification (RFC 5321, RFC 3463 enhanced codes):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import time
@@ -26,6 +25,7 @@ from email.utils import formataddr, formatdate, make_msgid
 import aiosmtplib
 import structlog
 
+from herald.adapters.providers.slots import PrioritySlots
 from herald.config import SmtpConfig
 from herald.domain.errors import (
     DeadAddressError,
@@ -91,7 +91,8 @@ class SmtpProvider:
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
         self._idle: list[aiosmtplib.SMTP] = []
-        self._slots = asyncio.Semaphore(config.pool_size)
+        # Connections by priority: critical and high first, `reserved_high` of them theirs alone.
+        self._slots = PrioritySlots(config.pool_size, config.reserved_high)
         self._domain = config.from_address.rpartition("@")[2] or "localhost"
 
     def _client(self) -> aiosmtplib.SMTP:
@@ -141,7 +142,7 @@ class SmtpProvider:
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         msg = build_message(self.config, message, self._domain)
-        async with self._slots:
+        async with self._slots.slot(message.priority.rank):
             client, reused = await self._acquire()
             try:
                 try:
