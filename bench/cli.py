@@ -27,7 +27,9 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
         default="embedded",
         choices=list(MODES),
         help="embedded: one `herald serve` on SQLite; scaleout: one `herald serve` on PostgreSQL + "
-        "Redis + RabbitMQ (a fresh schema and prefixes per run, removed afterwards)",
+        "Redis + RabbitMQ (a fresh schema and prefixes per run, removed afterwards); split: the same "
+        "servers, with herald api, a worker for critical+high, one for normal+low (nice 10) and "
+        "herald scheduler as separate processes",
     )
     parser.add_argument(
         "--payload",

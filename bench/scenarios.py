@@ -41,7 +41,7 @@ from bench.server import HeraldServer, HeraldTuning
 
 BATCH = 1000
 HERALD_PROCESSES = "one `herald serve` (api, router, workers, scheduler, outbox relay in one process)"
-MODES = ("embedded", "scaleout")
+MODES = ("embedded", "scaleout", "split")
 
 
 @dataclass
@@ -83,7 +83,12 @@ def percentiles(values: Iterable[float]) -> dict[str, float | None]:
     }
 
 
-def _processes(worker_processes: int | None) -> str:
+def _processes(worker_processes: int | None, mode: str = "embedded") -> str:
+    if mode == "split":
+        return (
+            "herald api + herald worker --lanes critical,high + herald worker --lanes normal,low "
+            "--nice 10 + herald scheduler"
+        )
     if worker_processes is None:
         return "one `herald serve` with herald's default worker children (from the cores)"
     if not worker_processes:
@@ -152,7 +157,7 @@ class Env:
             "count": count,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "herald_version": self.version,
-            "herald_processes": _processes(self.opts.tuning.worker_processes),
+            "herald_processes": _processes(self.opts.tuning.worker_processes, self.opts.mode),
             **({"scaleout": self.stack.describe()} if self.stack is not None else {}),
             **({"herald_patches": self.opts.patches} if self.opts.patches else {}),
         }
@@ -206,9 +211,14 @@ async def environment(
     emulator, emulator_url = emulator_service(
         workdir, latency=opts.latency, max_seconds=opts.max_seconds, **emulator_kw
     )
-    stack = ScaleoutStack() if opts.mode == "scaleout" else None
+    stack = ScaleoutStack() if opts.mode in ("scaleout", "split") else None
     herald = HeraldServer(
-        workdir, emulator_url, tuning or opts.tuning, opts.patches, stack.sections() if stack else None
+        workdir,
+        emulator_url,
+        tuning or opts.tuning,
+        opts.patches,
+        stack.sections() if stack else None,
+        split=opts.mode == "split",
     )
     client: HeraldClient | None = None
     receipts: Receipts | None = None
@@ -229,6 +239,10 @@ async def environment(
         emulator.start()
         await emulator.wait_ready(emulator_url + "/_bench/stats")
         await herald.start()
+        if stack is not None and opts.mode == "split":
+            from herald.adapters.queue.amqp import lane_queue
+
+            await stack.wait_consumers([lane_queue(stack.prefix, "email", rank) for rank in (0, 3)])
         client = HeraldClient(herald.url, herald.key)
         await client.setup(payloads)
         receipts = Receipts(emulator_url, key=receipt_key)

@@ -16,7 +16,15 @@ from typing import Any
 import aiohttp
 from tests.emulators.sendgrid import DEFAULT_API_KEY
 
-from bench.procs import Service, free_port, python_env
+from bench.procs import Service, ServiceGroup, free_port, python_env
+
+# --mode split: the roles as separate processes, a worker per lane set (the bulk one niced).
+SPLIT_ROLES: list[tuple[str, list[str]]] = [
+    ("api", ["api"]),
+    ("worker-urgent", ["worker", "--lanes", "critical,high"]),
+    ("worker-bulk", ["worker", "--lanes", "normal,low", "--nice", "10"]),
+    ("scheduler", ["scheduler"]),
+]
 
 
 @dataclass
@@ -135,19 +143,39 @@ class HeraldServer:
         tuning: HeraldTuning,
         patches: Sequence[str] = (),
         backends: dict[str, dict[str, str]] | None = None,
+        *,
+        split: bool = False,
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = write_config(workdir, self.port, provider_url, tuning, backends)
         self.key = ""
-        self.service = Service(
-            "herald",
-            [sys.executable, "-m", *herald_module(patches), "serve", "--config", str(self.config)],
-            cwd=workdir,
-            log=workdir / "herald.log",
-            env=python_env(),
-        )
+        module = herald_module(patches)
+        self.service: Service | ServiceGroup
+        if split:
+            self.service = ServiceGroup(
+                "herald",
+                [
+                    Service(
+                        f"herald {name}",
+                        [sys.executable, "-m", *module, *args, "--config", str(self.config)]
+                        + (["--port", str(self.port)] if name == "api" else []),
+                        cwd=workdir,
+                        log=workdir / f"herald-{name}.log",
+                        env=python_env(),
+                    )
+                    for name, args in SPLIT_ROLES
+                ],
+            )
+        else:
+            self.service = Service(
+                "herald",
+                [sys.executable, "-m", *module, "serve", "--config", str(self.config)],
+                cwd=workdir,
+                log=workdir / "herald.log",
+                env=python_env(),
+            )
 
     def create_key(self) -> str:
         done = subprocess.run(

@@ -257,7 +257,9 @@ class AmqpQueue:
         if self._wakeups_db is not None and self._wakeups is None:
             from herald.adapters.queue.pg_notify import start_wakeups  # noqa: PLC0415 - needs psycopg
 
-            self._wakeups = await start_wakeups(self._wakeups_db, Signals(), self._route_woken)
+            self._wakeups = await start_wakeups(
+                self._wakeups_db, self.signals, self._route_woken, on_channel=self._remote_wake
+            )
         try:
             await self._connect()
         except ServiceUnavailable as exc:
@@ -567,6 +569,16 @@ class AmqpQueue:
 
     def wake(self, channel: str | None = None, top_rank: int = 0) -> None:
         self.signals.wake(channel, top_rank)
+        for listener in self._wake_listeners:
+            listener(channel)
+        if top_rank == 0 and channel is not None and self._wakeups is not None:
+            # Critical work this process may not relay (a bulk worker's router routed it, its
+            # relay publishes the bulk lanes only): the relays of the other processes publish
+            # it now rather than at their next poll.
+            self._wakeups.notify(channel)
+
+    def _remote_wake(self, channel: str | None) -> None:
+        """Another process made work claimable: its outbox rows may be ours to relay."""
         for listener in self._wake_listeners:
             listener(channel)
 

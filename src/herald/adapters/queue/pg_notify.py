@@ -48,6 +48,7 @@ class PgWakeups:
         channel: str = "herald_queue",
         min_interval: float = 0.02,
         on_route: Callable[[bool], None] | None = None,
+        on_channel: Callable[[str | None], None] | None = None,
     ) -> None:
         if not _IDENT.match(channel):
             raise ValueError(f"not a plain PostgreSQL identifier: {channel!r}")
@@ -56,6 +57,8 @@ class PgWakeups:
         self.channel = channel
         self.min_interval = min_interval
         self.on_route = on_route  # this process's routers, woken with urgent=True/False
+        # A channel woken by another process (default: this process's signals for it).
+        self.on_channel: Callable[[str | None], None] = on_channel or signals.wake
         self.listening = asyncio.Event()
         self._pending: set[str] = set()
         self._sender: psycopg.AsyncConnection | None = None
@@ -148,7 +151,7 @@ class PgWakeups:
                     await conn.execute(f"LISTEN {self.channel}")
                     self.listening.set()
                     delay = 0.2
-                    self.signals.wake(None)  # whatever was sent while nobody listened
+                    self.on_channel(None)  # whatever was sent while nobody listened
                     if self.on_route is not None:
                         self.on_route(False)  # likewise for routers
                     async for note in conn.notifies():
@@ -157,7 +160,7 @@ class PgWakeups:
                             if self.on_route is not None:
                                 self.on_route(payload == ROUTE_URGENT)
                             continue
-                        self.signals.wake(None if payload == ALL else payload)
+                        self.on_channel(None if payload == ALL else payload)
                 finally:
                     self.listening.clear()
                     await conn.close()
@@ -168,7 +171,10 @@ class PgWakeups:
 
 
 async def start_wakeups(
-    db: Database, signals: Signals, on_route: Callable[[bool], None] | None = None
+    db: Database,
+    signals: Signals,
+    on_route: Callable[[bool], None] | None = None,
+    on_channel: Callable[[str | None], None] | None = None,
 ) -> PgWakeups:
     """Listen on the channel of ``db``'s schema (deployments sharing a database do not wake each
     other) and return the started :class:`PgWakeups`."""
@@ -177,6 +183,6 @@ async def start_wakeups(
     channel = "herald_queue"
     if schema and schema != "public":
         channel = (channel + "_" + re.sub(r"[^a-z0-9_]", "_", str(schema).lower()))[:63]
-    wakeups = PgWakeups(dsn, signals, channel=channel, on_route=on_route)
+    wakeups = PgWakeups(dsn, signals, channel=channel, on_route=on_route, on_channel=on_channel)
     await wakeups.start()
     return wakeups
