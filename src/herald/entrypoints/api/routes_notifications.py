@@ -13,6 +13,7 @@ from herald.bootstrap import Container
 from herald.domain.errors import HeraldError, NotFound, ValidationError
 from herald.domain.models import Notification
 from herald.entrypoints.api.deps import Caller, ContainerDep, require
+from herald.entrypoints.api.fast_json import FastJSONResponse, FastJSONRoute
 from herald.entrypoints.api.schemas import BatchBody, SendBody, epoch
 from herald.entrypoints.api.views import (
     MAX_DELIVERIES_PAGE,
@@ -23,7 +24,7 @@ from herald.entrypoints.api.views import (
 from herald.ports import NotificationFilter
 from herald.services.accept import Accepted, PrepareMemo, SendRequest
 
-router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_class=FastJSONRoute)
 _send_adapter = pydantic.TypeAdapter(SendBody)
 
 
@@ -73,7 +74,7 @@ async def send(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> JSONResponse:
     result = await accept_send(c, who, body, idempotency_key)
-    return JSONResponse(result.body, status_code=result.status_code)
+    return FastJSONResponse(result.body, status_code=result.status_code)
 
 
 @router.post("/batch", status_code=202)
@@ -129,7 +130,7 @@ async def send_batch(
     # Only an idempotency key needs the request's hash (1,000 items take a while to dump).
     payload = body.model_dump(mode="json", exclude={"idempotency_key"}) if key is not None else None
     result = await c.accept.idempotent(who.scope_id, key, payload, build)
-    return JSONResponse(result.body, status_code=result.status_code)
+    return FastJSONResponse(result.body, status_code=result.status_code)
 
 
 @router.get("/{notification_id}")
