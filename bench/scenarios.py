@@ -583,7 +583,8 @@ def _vm_kib(pid: int, field_name: str) -> int | None:
 
 async def broadcast(opts: Options) -> list[dict[str, Any]]:
     """One notification to a topic of N subscribers (1,000,000; 5,000 with ``--quick``), to
-    completion. The subscribers (users with an email address and ``data.name``) are written
+    completion. ``--payload inline``: the same inline content for every subscriber (no per-user
+    field), which herald sends in provider batches (SendGrid: 1,000 recipients a request). The subscribers (users with an email address and ``data.name``) are written
     straight into herald's database before the measured window (bench/population.py); the
     notification uses the stored template, category ``system`` (preferences are checked for
     every recipient), email only.
@@ -610,13 +611,21 @@ async def broadcast(opts: Options) -> list[dict[str, Any]]:
         pid = env.herald.service.pid
         rss_before = _vm_kib(pid, "VmRSS")
         env.mark()  # also restarts the window's CPU figures after the generation
-        body = {
+        body: dict[str, Any] = {
             "to": {"topic": BROADCAST_TOPIC},
             "template": TEMPLATE,
             "data": {"code": "000000"},
             "channels": ["email"],
             "category": "system",
         }
+        if opts.payload == "inline":
+            # Identical content for everyone (no per-user field): what a provider batch can carry.
+            del body["template"], body["data"]
+            body["content"] = {
+                "subject": "Scheduled maintenance tonight",
+                "text": "herald will be down from 22:00 to 22:15 UTC.",
+                "html": "<p>herald will be down from <b>22:00 to 22:15 UTC</b>.</p>",
+            }
         begin = time.time()
         answer = await env.client.must("POST", "/v1/notifications", body, ok=(202,))
         accepted_ms = round((time.time() - begin) * 1000, 2)
