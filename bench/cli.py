@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -100,6 +101,8 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
 
 
 def emit(result: dict[str, Any], output: Path | None) -> None:
+    if os.environ.get("CODE"):  # which checkout ran (old/new comparisons through PYTHONPATH)
+        result["code"] = os.environ["CODE"]
     line = json.dumps(result, separators=(",", ":"))
     print(line, flush=True)
     if output is not None:

@@ -584,7 +584,8 @@ def _vm_kib(pid: int, field_name: str) -> int | None:
 async def broadcast(opts: Options) -> list[dict[str, Any]]:
     """One notification to a topic of N subscribers (1,000,000; 5,000 with ``--quick``), to
     completion. ``--payload inline``: the same inline content for every subscriber (no per-user
-    field), which herald sends in provider batches (SendGrid: 1,000 recipients a request). The subscribers (users with an email address and ``data.name``) are written
+    field), which herald sends in provider batches (SendGrid: 1,000 recipients a request).
+    The subscribers (users with an email address and ``data.name``) are written
     straight into herald's database before the measured window (bench/population.py); the
     notification uses the stored template, category ``system`` (preferences are checked for
     every recipient), email only.
