@@ -246,6 +246,7 @@ async def run_celery(opts: Any, count: int) -> dict[str, Any]:
             "herald_version": source_version(),
             "celery_processes": f"celery worker --pool prefork --concurrency {CONCURRENCY} "
             "(RabbitMQ broker, PostgreSQL status rows, Redis dedup, requests.Session to the provider)",
+            "namespace": {"schema": stack.schema, "queue": queue, "redis_prefix": stack.cache_prefix},
             "accepted": len(starts),
             "received": len(received),
             "lost": lost,
