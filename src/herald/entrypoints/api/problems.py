@@ -39,7 +39,7 @@ def field_path(loc: Any) -> str:
     return out
 
 
-def _is_json(raw: bytes) -> bool:
+def _is_json(raw: bytes | str) -> bool:
     try:
         orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -104,8 +104,11 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"msg": "invalid request", "loc": ()}
+        # exc.body is what the route read; reading the request again would wait for a body
+        # that was already consumed (a POST without one hung until the client gave up).
+        raw = exc.body
         if first.get("type") == "json_invalid" or (
-            tuple(first.get("loc", ())) == ("body",) and not _is_json(await request.body())
+            tuple(first.get("loc", ())) == ("body",) and isinstance(raw, bytes | str) and not _is_json(raw)
         ):
             return problem(400, "Malformed request", "the body is not valid JSON", instance=request.url.path)
         field = field_path(first.get("loc", ()))

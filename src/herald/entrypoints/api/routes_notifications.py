@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import pydantic
@@ -15,7 +14,7 @@ from herald.domain.models import Channel, DeliveryStatus, Notification, Notifica
 from herald.entrypoints.api.deps import Caller, ContainerDep, require
 from herald.entrypoints.api.fast_json import FastJSONResponse, FastJSONRoute
 from herald.entrypoints.api.problems import PROBLEM, field_path
-from herald.entrypoints.api.schemas import BatchBody, SendBody, epoch
+from herald.entrypoints.api.schemas import BatchBody, IsoDatetime, SendBody, epoch
 from herald.entrypoints.api.views import (
     MAX_DELIVERIES_PAGE,
     ShownStatus,
@@ -174,8 +173,8 @@ async def list_notifications(
     status: ShownStatus | None = None,
     delivery_status: DeliveryStatus | None = None,
     channel: Channel | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoDatetime | None = None,
+    until: IsoDatetime | None = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -12,7 +11,7 @@ from herald.domain.errors import Conflict, HeraldError, NotFound
 from herald.domain.models import DeliveryStatus
 from herald.entrypoints.api.deps import Caller, ContainerDep, require
 from herald.entrypoints.api.problems import problem
-from herald.entrypoints.api.schemas import ReplayFilterBody, TrackBody, epoch
+from herald.entrypoints.api.schemas import IsoDatetime, ReplayFilterBody, TrackBody, epoch
 from herald.entrypoints.api.views import dead_letter_view, delivery_view
 from herald.entrypoints.children import WorkerChildren
 from herald.ports import DeadLetterFilter
@@ -98,8 +97,8 @@ async def dead_letters(
     provider: str | None = None,
     reason: str | None = None,
     code: Annotated[str | None, Query(max_length=64, description="the last attempt's code")] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoDatetime | None = None,
+    until: IsoDatetime | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from herald.entrypoints.api.deps import Caller, ContainerDep, require
-from herald.entrypoints.api.schemas import epoch
+from herald.entrypoints.api.schemas import IsoDatetime, epoch
 
 router = APIRouter(tags=["operations"])
 
@@ -21,8 +20,8 @@ async def stats(
         list[str], Query(description="group by template, category, channel and/or provider (repeat or comma)")
     ] = [],  # noqa: B006 - FastAPI copies query defaults
     bucket: Annotated[str | None, Query(description="hour or day (UTC); none: the whole range")] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: IsoDatetime | None = None,
+    until: IsoDatetime | None = None,
     template: Annotated[str | None, Query(max_length=128)] = None,
     category: Annotated[str | None, Query(max_length=64)] = None,
     channel: Annotated[str | None, Query(max_length=16)] = None,
