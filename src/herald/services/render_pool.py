@@ -36,7 +36,7 @@ async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
 async def for_request(fn: Callable[..., T], *args: Any, renders: int = 1) -> T:
     """Run ``fn`` (``renders`` renders, or template checks) for an API request, answering within
     about their time budget even should the thread overrun it (it stops at its next check)."""
-    grace = renders * rendering.limits().timeout_ms / 1000 + 0.6
+    grace = renders * rendering.limits().timeout_ms / 1000 + 0.4
     loop = asyncio.get_running_loop()
     started = asyncio.Event()
 
