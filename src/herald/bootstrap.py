@@ -38,7 +38,7 @@ from herald.domain.policies import RetrySchedule
 from herald.domain.rules import parse_rule
 from herald.inbox import InboxHub
 from herald.metrics import Metrics
-from herald.ports import Cache, Clock, LiveSignals, Provider, Queue, Store
+from herald.ports import Cache, Clock, LiveSignals, Provider, Queue, RouterWakeups, Store
 from herald.redact import register_secrets
 from herald.services import rendering
 from herald.services.accept import AcceptService
@@ -253,7 +253,10 @@ class Container:
         """
         if "router" in roles:
             self.accept.express = self.router  # critical/high routed as soon as committed
-            self._tasks.append(asyncio.create_task(self.router.run(self._stopping), name="herald-router"))
+            idle = self.settings.worker.router_idle_seconds
+            self._tasks.append(
+                asyncio.create_task(self.router.run(self._stopping, idle=idle), name="herald-router")
+            )
         if "worker" in roles:
             self._tasks.append(asyncio.create_task(self.delivery.run(channels), name="herald-workers"))
         if "scheduler" in roles:
@@ -395,6 +398,8 @@ def build_queue(settings: Settings, store: SqlStore, clock: Clock) -> tuple[Queu
         delivery_limit=q.delivery_limit,
         # Consume only the lanes this process sends (config.check_lanes keeps them sorted).
         lanes={name: [p.rank for p in ch.lanes] for name, ch in settings.channels.items()},
+        # Routers' wake-ups across processes: PostgreSQL NOTIFY (the broker carries deliveries).
+        wakeups_db=store.db if store.db.dialect == "postgresql" else None,
     )
     ranks = None if len(q.relay_lanes) == len(Priority) else [p.rank for p in q.relay_lanes]
     relay = OutboxRelay(
@@ -448,6 +453,20 @@ def build_cache(settings: Settings) -> Cache:
 
         return RedisCache(url, prefix=settings.cache.prefix)
     raise ConfigurationError(f"cache.url: expected 'memory' or a redis:// URL, got {url.split(':')[0]}:")
+
+
+def _wake_routers(
+    accept: AcceptService, router: RouterService, queue: RouterWakeups
+) -> Callable[[bool], None]:
+    """What an accept does for the notifications it did not route itself: wake this process's
+    router, and, in a process that runs none (``herald api``), every other process's."""
+
+    def wake(urgent: bool) -> None:
+        router.wake(urgent)
+        if accept.express is None:  # no router here (start_roles sets it with the router role)
+            queue.wake_routers(urgent)
+
+    return wake
 
 
 async def build(
@@ -530,6 +549,9 @@ async def build(
     )
     lookups = Lookups(store)
     accept = AcceptService(store, clock, catalog, router.wake, lookups=lookups)
+    if isinstance(queue, RouterWakeups):
+        accept.on_accepted = _wake_routers(accept, router, queue)
+        queue.add_route_listener(router.wake)
     events = EventService(
         store,
         clock,

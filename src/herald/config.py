@@ -22,6 +22,14 @@ from herald.domain.rates import RateLimit
 from herald.domain.rules import parse_rule
 
 
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -47,8 +55,9 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     public_url: str = "http://127.0.0.1:8025"
     # `herald serve`: send in this many supervised `herald worker` children (every channel but
-    # in_app); 0 sends in the serve process itself. One process uses about one core.
-    worker_processes: int = Field(default=0, ge=0, le=32)
+    # in_app); 0 sends in the serve process itself. One process uses about one core. Unset:
+    # picked from the cores this process may run on (Settings.serve_worker_processes).
+    worker_processes: int | None = Field(default=None, ge=0, le=32)
     # The priority lanes the children send; this process sends the others of the same channels
     # itself, so that critical mail does not share a busy bulk sender's event loop and CPU.
     worker_lanes: list[Priority] = Field(default_factory=lambda: list(ALL_LANES))
@@ -318,6 +327,9 @@ class AlertsConfig(_Section):
 
 class WorkerConfig(_Section):
     router_batch: int = Field(default=200, ge=1)  # notifications per routing pass (one claim, one write)
+    # How often an idle router looks for unrouted work. Accepts wake it at once (in its process,
+    # and on PostgreSQL from every other process too), so this is only the fallback.
+    router_idle_seconds: float = Field(default=1.0, gt=0, le=3600)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
 
@@ -404,6 +416,21 @@ class Settings(BaseSettings):
         if self.server.worker_nice is not None:
             return self.server.worker_nice
         return 0 if self.database.url.startswith("sqlite") else 10
+
+    @property
+    def serve_worker_processes(self) -> int:
+        """``herald serve``'s worker children: ``server.worker_processes``, else one per core
+        this process may use (none on a single core, where a child only adds a process to
+        schedule), at most 4 on SQLite (one writer lock: more children only queue at it) and 16
+        on PostgreSQL. Measured on 2 cores (BENCHMARKS.md, sessions 7-8, issue 23): the drain
+        at 1,500-1,900/s with none or one, 2,000-2,460/s with two; accept and critical latency
+        met their targets with children."""
+        if self.server.worker_processes is not None:
+            return self.server.worker_processes
+        cores = available_cores()
+        if cores < 2:
+            return 0
+        return min(cores, 4 if self.database.url.startswith("sqlite") else 16)
 
     @classmethod
     def settings_customise_sources(
