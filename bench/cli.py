@@ -33,6 +33,12 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
         "herald scheduler as separate processes",
     )
     parser.add_argument(
+        "--queue",
+        default="amqp",
+        choices=["amqp", "kafka"],
+        help="--mode scaleout: queue.url on the shared RabbitMQ (amqp) or a private Tansu broker (kafka)",
+    )
+    parser.add_argument(
         "--payload",
         default="template",
         choices=["template", "inline"],
@@ -85,6 +91,7 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
     opts = Options(
         quick=args.quick,
         mode=args.mode,
+        queue=args.queue,
         payload=args.payload,
         count=args.count,
         rates=args.rates or [],

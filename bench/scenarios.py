@@ -48,6 +48,7 @@ MODES = ("embedded", "scaleout", "split")
 class Options:
     quick: bool = False
     mode: str = "embedded"
+    queue: str = "amqp"  # --mode scaleout: amqp (the shared RabbitMQ) or kafka (a private Tansu)
     payload: str = "template"
     count: int | None = None  # overrides the scenario's notification count
     rates: list[float] = field(default_factory=list)  # accept: offered loads
@@ -152,6 +153,7 @@ class Env:
         return {
             "scenario": self.name,
             "mode": self.opts.mode,
+            **({"queue": self.opts.queue} if self.opts.mode == "scaleout" else {}),
             "quick": self.opts.quick,
             "payload": self.opts.payload,
             "count": count,
@@ -211,7 +213,9 @@ async def environment(
     emulator, emulator_url = emulator_service(
         workdir, latency=opts.latency, max_seconds=opts.max_seconds, **emulator_kw
     )
-    stack = ScaleoutStack() if opts.mode in ("scaleout", "split") else None
+    stack = ScaleoutStack(queue=opts.queue) if opts.mode in ("scaleout", "split") else None
+    if stack is not None and opts.queue == "kafka":
+        stack.start_kafka(workdir)
     herald = HeraldServer(
         workdir,
         emulator_url,
@@ -234,7 +238,7 @@ async def environment(
             note(
                 f"{name}: scaleout: schema {stack.schema}, cache prefix {stack.cache_prefix!r}, "
                 f"queue prefix {stack.prefix!r}; redis pid {backends.redis_pid}, "
-                f"rabbitmq pid {backends.rabbitmq_pid}"
+                f"{backends.queue_name} pid {backends.queue_pid}"
             )
         emulator.start()
         await emulator.wait_ready(emulator_url + "/_bench/stats")
@@ -282,6 +286,8 @@ async def environment(
             else:
                 for problem in await stack.drop():
                     note(f"{name}: cleanup: {problem}")
+        if stack is not None and stack.kafka is not None:
+            stack.kafka.stop()  # a private broker never outlives its run (--keep included)
         if failed:
             note(f"{name}: herald log tail:\n{herald.service.tail(3000)}")
         if opts.keep or failed:
