@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,7 @@ def latency(stack: str, count: int) -> dict[str, Any]:
             )
             page.wait_for_function("() => document.querySelector('herald-inbox').client?.connected === true")
             accepted: dict[str, float] = {}
+            ids: dict[str, str] = {}
             with h.client() as c:
                 for i in range(count):
                     title = f"n{i}"
@@ -176,13 +178,27 @@ def latency(stack: str, count: int) -> dict[str, Any]:
                     )
                     accepted[title] = time.time() * 1000
                     assert r.status_code == 202, r.text
+                    ids[title] = r.json()["id"]
                     page.wait_for_function(
                         f"() => window.seenAt[{json.dumps(title)}] !== undefined", timeout=60_000
                     )
             seen = page.evaluate("window.seenAt")
             browser.close()
         values = [seen[t] - accepted[t] for t in accepted]
-        return {"bench": "inbox_live.latency", "stack": stack, **_summary(values)}
+        # Where the time goes: accept -> sent (routing, then the in-app send, by the worker in
+        # scale-out) and sent -> visible (the feed, the wake-up, the stream, the browser).
+        sent: dict[str, float] = {}
+        with h.client() as c:
+            for title, nid in ids.items():
+                (d,) = c.get(f"/v1/notifications/{nid}").json()["deliveries"]
+                sent[title] = datetime.fromisoformat(d["sent_at"].replace("Z", "+00:00")).timestamp() * 1000
+        return {
+            "bench": "inbox_live.latency",
+            "stack": stack,
+            **_summary(values),
+            "accept_to_sent": _summary([sent[t] - accepted[t] for t in accepted]),
+            "sent_to_visible": _summary([seen[t] - sent[t] for t in accepted]),
+        }
     finally:
         h.stop()
         site.close()
