@@ -265,13 +265,21 @@ async def _streams(n: int) -> dict[str, Any]:
                 base_url=h.url, headers={"Authorization": f"Bearer {h.key}"}, timeout=120
             ) as c:
                 t0 = time.time() * 1000
+                nids: list[str] = []
                 for start in range(0, n, 1000):
                     r = await c.post(
                         "/v1/notifications/batch", json={"notifications": items[start : start + 1000]}
                     )
                     assert r.status_code in (202, 207), r.text
+                    nids += [x["id"] for x in r.json()["results"]]
                 accepted = time.time() * 1000
-            await asyncio.wait_for(asyncio.gather(*tasks), 300)
+                await asyncio.wait_for(asyncio.gather(*tasks), 300)
+                # Where the time goes: the in-app sends themselves, then each stream's wake-up.
+                sent: dict[str, float] = {}
+                for nid in nids:
+                    (d,) = (await c.get(f"/v1/notifications/{nid}")).json()["deliveries"]
+                    at = datetime.fromisoformat(d["sent_at"].replace("Z", "+00:00"))
+                    sent[d["user_id"]] = at.timestamp() * 1000
         values = [got[u] - accepted for u in users]
         return {
             "bench": "inbox_live.streams",
@@ -283,6 +291,8 @@ async def _streams(n: int) -> dict[str, Any]:
             "accept_batch_ms": round(accepted - t0, 1),
             "to_all_ms": round(max(got.values()) - accepted, 1),
             **{k: v for k, v in _summary(values).items() if k != "n"},
+            "last_sent_ms": round(max(sent.values()) - accepted, 1),
+            "sent_to_stream": _summary([got[u] - sent[u] for u in users]),
         }
     finally:
         h.stop()
