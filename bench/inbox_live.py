@@ -298,6 +298,50 @@ async def _streams(n: int) -> dict[str, Any]:
         h.stop()
 
 
+async def _sends(n: int) -> dict[str, Any]:
+    """In-app sends alone (no stream open): accept -> the last one ``sent``. Run against another
+    checkout's code with ``PYTHONPATH=<its src>`` for a before/after pair."""
+    h = Herald("embedded", "http://127.0.0.1").start()
+    try:
+        async with httpx.AsyncClient(
+            base_url=h.url, headers={"Authorization": f"Bearer {h.key}"}, timeout=120
+        ) as c:
+            for start in range(0, n, 50):
+                await asyncio.gather(
+                    *(c.put(f"/v1/users/u{i}", json={}) for i in range(start, min(n, start + 50)))
+                )
+            items = [
+                {"to": f"u{i}", "content": {"title": "t", "body": "b"}, "channels": ["in_app"]}
+                for i in range(n)
+            ]
+            t0 = time.time()
+            for start in range(0, n, 1000):
+                r = await c.post(
+                    "/v1/notifications/batch", json={"notifications": items[start : start + 1000]}
+                )
+                assert r.status_code in (202, 207), r.text
+            accepted = time.time()
+            db = h.dir / "herald.db"
+            import sqlite3
+
+            while True:
+                with sqlite3.connect(db, timeout=30) as conn:
+                    done = conn.execute("SELECT count(*) FROM deliveries WHERE status = 'sent'").fetchone()[0]
+                if done >= n:
+                    break
+                await asyncio.sleep(0.05)
+            last = time.time()
+        return {
+            "bench": "inbox_live.sends",
+            "sends": n,
+            "accept_batch_ms": round((accepted - t0) * 1000, 1),
+            "accept_to_all_sent_ms": round((last - accepted) * 1000, 1),
+            "sends_per_s": round(n / (last - accepted), 1),
+        }
+    finally:
+        h.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.inbox_live")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -306,7 +350,12 @@ def main() -> None:
     lat.add_argument("--count", type=int, default=100)
     st = sub.add_parser("streams")
     st.add_argument("--streams", type=int, default=1000)
+    se = sub.add_parser("sends")
+    se.add_argument("--count", type=int, default=1000)
     args = ap.parse_args()
+    if args.cmd == "sends":
+        print(json.dumps(asyncio.run(_sends(max(1, args.count)))))
+        return
     if args.cmd == "latency":
         if args.count < 1:
             raise SystemExit("--count must be at least 1")
