@@ -22,14 +22,16 @@ from herald.adapters.live.local import LocalLiveSignals
 from herald.adapters.providers.composite import FailoverProvider, PushDispatcher, RateLimit
 from herald.adapters.providers.console import ConsoleProvider
 from herald.adapters.providers.in_app import InAppProvider
-from herald.adapters.providers.smtp import SmtpProvider
+from herald.adapters.providers.smtp import SmtpConfig, SmtpProvider
 from herald.adapters.queue.outbox_relay import OutboxRelay
 from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
+from herald.adapters.store.sql_console import SqlConsoleReads
 from herald.adapters.store.sql_inbox import SqlInboxFeed
 from herald.alerts import Observers, OpsAlerter
 from herald.config import ChannelConfig, Settings
+from herald.domain.engagement import MachinePolicy
 from herald.domain.errors import ConfigurationError
 from herald.domain.models import Category, Priority
 from herald.domain.policies import RetrySchedule
@@ -38,15 +40,20 @@ from herald.inbox import InboxHub
 from herald.metrics import Metrics
 from herald.ports import Cache, Clock, LiveSignals, Provider, Queue, Store
 from herald.services.accept import AcceptService
+from herald.services.callbacks import CallbackService
 from herald.services.catalog import Catalog
+from herald.services.console import ConsoleService, provider_health
+from herald.services.console_auth import ConsoleSessions
 from herald.services.deliver import ChannelPool, DeliveryService
 from herald.services.digest import DigestService
 from herald.services.events import EventService
 from herald.services.leader import LeaderLease
+from herald.services.link_tracking import LinkTracker
 from herald.services.lookups import Lookups
 from herald.services.route import RouterService
 from herald.services.schedule import SchedulerService
 from herald.services.signing import Signer, UnsubscribeSigner, UserTokens
+from herald.services.stats import StatsService
 from herald.services.track import TrackService
 
 if TYPE_CHECKING:
@@ -114,10 +121,19 @@ _MODULES = {
 }
 
 
+def _smtp_config(settings: Settings) -> SmtpConfig:
+    """SMTP needs no table: without one it speaks to a relay on 127.0.0.1:25."""
+    raw = (settings.providers.model_extra or {}).get("smtp", {})
+    if not isinstance(raw, dict):
+        raise ConfigurationError("providers.smtp: must be a table")
+    config: SmtpConfig = _validated("smtp", SmtpConfig, raw)
+    return config
+
+
 def _provider_factories() -> dict[str, ProviderFactory]:
     factories: dict[str, ProviderFactory] = {
         "console": lambda s, _hub: ConsoleProvider(s.providers.console.path),
-        "smtp": lambda s, _hub: SmtpProvider(s.providers.smtp),
+        "smtp": lambda s, _hub: SmtpProvider(_smtp_config(s)),
         "in_app": lambda _s, hub: InAppProvider(hub),
     }
     for name in _MODULES:
@@ -153,6 +169,7 @@ def build_catalog(settings: Settings) -> Catalog:
             budget=c.budget,
             digest_template=c.digest_template,
             digest_items=c.digest_items,
+            tracking=c.tracking,
         )
         for name, c in settings.categories.items()
     }
@@ -187,12 +204,17 @@ class Container:
     user_tokens: UserTokens
     unsubscribe: UnsubscribeSigner
     tracker: TrackService
+    stats: StatsService
+    callbacks: CallbackService
     lookups: Lookups
     events: EventService
     # Scale-out (issue 5): the outbox relay (amqp queue), events from the broker, the scheduler lease.
     relay: OutboxRelay | None = None
     broker_events: AmqpEventConsumer | None = None
     leader: LeaderLease | None = None
+    # The operator console (issue 20): its read model and its sign-in.
+    console: ConsoleService | None = None
+    console_sessions: ConsoleSessions | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -224,6 +246,8 @@ class Container:
         self._stopping.set()
         self.router.wake()
         self.scheduler.wake()
+        if self.console is not None:
+            await self.console.close()  # its background counting, before the store closes
         await self.delivery.stop(self.settings.worker.shutdown_grace_seconds)
         await self.accept.writer.close()  # accepts under way commit before the store closes
         # The lease, relay and broker consumer watch _stopping: let them release and close.
@@ -362,6 +386,7 @@ async def build(
     secret = settings.auth.secret or await store.put_setting_if_absent("auth_secret", secrets.token_hex(32))
     signer = Signer(secret.encode())
     unsubscribe = UnsubscribeSigner(signer, settings.server.public_url)
+    links = LinkTracker(signer, settings.server.public_url)
     user_tokens = UserTokens(signer, settings.auth.user_token_ttl_seconds)
 
     hub = await build_inbox_hub(settings, store)
@@ -416,6 +441,7 @@ async def build(
         cache=cache,
         hand_over=queue.hand_over,
         senders=delivery,  # only while its pools run (the worker role of this process)
+        tracking=links if settings.tracking.enabled else None,
     )
     lookups = Lookups(store)
     accept = AcceptService(store, clock, catalog, router.wake, lookups=lookups)
@@ -435,7 +461,22 @@ async def build(
         digests=DigestService(store, clock, catalog, unsubscribe),
         promote_rate=settings.scheduler.promote_rate or None,
     )
+    tracker = TrackService(
+        store, clock, links=links, policy=MachinePolicy(machine_seconds=settings.tracking.machine_seconds)
+    )
+    console = ConsoleService(
+        store,
+        SqlConsoleReads(store.db),
+        queue,
+        clock,
+        catalog,
+        lookups,
+        provider_health=lambda: provider_health(delivery.pools, delivery.unhealthy),
+        forget_rule=events.forget,
+    )
     return Container(
+        console=console,
+        console_sessions=ConsoleSessions(signer, lookups),
         settings=settings,
         store=store,
         queue=queue,
@@ -452,7 +493,9 @@ async def build(
         scheduler=scheduler,
         user_tokens=user_tokens,
         unsubscribe=unsubscribe,
-        tracker=TrackService(store, clock),
+        tracker=tracker,
+        stats=StatsService(store, clock),
+        callbacks=CallbackService(built, tracker, public_base=settings.server.public_url),
         lookups=lookups,
         events=events,
         relay=relay,

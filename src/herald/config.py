@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from herald.domain.errors import ConfigurationError, ValidationError
 from herald.domain.models import ALL_CHANNELS, Priority
+from herald.domain.rates import RateLimit
 from herald.domain.rules import parse_rule
 
 
@@ -183,6 +184,7 @@ class CategoryConfig(_Section):
     budget: str | None = None  # per user, e.g. "3/day", "10/week", "5/1h"
     digest_template: str | None = None  # a stored template rendered for digests; built-in when None
     digest_items: int = Field(default=10, ge=1, le=100)  # items listed per digest, the rest "and N more"
+    tracking: bool | None = None  # email open/click tracking; None: on where users may opt out
 
     @model_validator(mode="after")
     def _digest_options(self) -> CategoryConfig:
@@ -209,6 +211,13 @@ def _default_categories() -> dict[str, CategoryConfig]:
     }
 
 
+class TrackingConfig(_Section):
+    """Email open and click tracking (issue 22); per category: ``categories.<name>.tracking``."""
+
+    enabled: bool = True  # false: no message is rewritten, whatever the categories say
+    machine_seconds: float = Field(default=2.0, ge=0, le=3600)  # events this soon after delivery are machines
+
+
 class ChannelConfig(_Section):
     providers: list[str] = Field(min_length=1)
     concurrency: int = Field(default=32, ge=1, le=4096)
@@ -229,8 +238,6 @@ class ChannelConfig(_Section):
     @field_validator("rate_limits")
     @classmethod
     def _rates(cls, value: dict[str, str]) -> dict[str, str]:
-        from herald.adapters.providers.composite import RateLimit  # noqa: PLC0415 - parse check only
-
         for rate in value.values():
             RateLimit.parse(rate)
         return value
@@ -246,26 +253,12 @@ class ConsoleConfig(_Section):
     path: str = "herald-console.jsonl"
 
 
-class SmtpConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=25, ge=1, le=65535)
-    username: str | None = None
-    password: str | None = None
-    security: Literal["none", "starttls", "tls"] = "none"
-    validate_certs: bool = True
-    timeout: float = Field(default=30.0, gt=0)
-    from_address: str = "herald@localhost"
-    from_name: str | None = None
-    pool_size: int = Field(default=4, ge=1, le=64)
-
-
 class ProvidersConfig(BaseModel):
-    # Further providers (sendgrid, twilio, ...) add their own sections; unknown sections are
-    # kept so that a provider module can validate its own.
+    # Every provider but the console keeps its own section (smtp, sendgrid, twilio, ...): the
+    # provider module validates it (its config class beside it), the composition root applies it.
     model_config = ConfigDict(extra="allow")
 
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
-    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
 
 
 class LoggingConfig(_Section):
@@ -311,6 +304,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     default_locale: str = "en"
     events: EventsConfig = Field(default_factory=EventsConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     # Routing rules by event type, as the body of PUT /v1/rules/{event_type}; applied at start.
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

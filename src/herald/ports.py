@@ -8,12 +8,14 @@ into :class:`herald.domain.errors.ServiceUnavailable` at the boundary.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from herald.domain.models import (
     JSON,
     ApiKey,
+    CallbackEvent,
+    CallbackRequest,
     Delivery,
     DeliveryResult,
     DeliveryStatus,
@@ -66,6 +68,47 @@ class NotificationFilter:
 
 
 @dataclass(slots=True)
+class EngagementEvent:
+    """An open or a click of a delivery: ``kind`` is ``opened`` or ``clicked`` (``link``: the
+    link's index in the message, ``url`` its target); ``source`` what reported it (``pixel``,
+    ``redirect``, ``client``, ``provider``); ``machine`` with ``why`` when a proxy, scanner
+    or bot did it (counted apart)."""
+
+    delivery_id: str
+    kind: str
+    at: float
+    source: str
+    machine: bool = False
+    why: str | None = None
+    link: int = -1
+    url: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(slots=True)
+class Engagement:
+    """What recording an event did: the delivery after it, the funnel metrics it counted
+    (empty for a repeat), and whether it moved the delivery to ``read``."""
+
+    delivery: Delivery
+    counted: tuple[str, ...]
+    moved: bool
+
+
+@dataclass(slots=True)
+class FunnelQuery:
+    """The funnel over [since, until) (epoch seconds; whole hours), grouped by ``by`` (any of
+    template, category, channel, provider) and ``bucket`` (``hour``, ``day`` or None: the whole
+    range), restricted by ``filters`` ({dimension: value})."""
+
+    by: tuple[str, ...] = ()
+    bucket: str | None = None
+    since: float | None = None
+    until: float | None = None
+    filters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class DeadLetterFilter:
     channel: str | None = None
     provider: str | None = None
@@ -74,6 +117,7 @@ class DeadLetterFilter:
     until: float | None = None
     cursor: str | None = None
     limit: int = 100
+    code: str | None = None  # the last attempt's code (a provider's error code)
 
 
 @dataclass(slots=True)
@@ -313,9 +357,16 @@ class Store(Protocol):
         ...
 
     async def mark_delivery(
-        self, delivery_id: str, status: DeliveryStatus, *, now: float, user_id: str | None = None
+        self,
+        delivery_id: str,
+        status: DeliveryStatus,
+        *,
+        now: float,
+        user_id: str | None = None,
+        reason: str | None = None,
     ) -> Delivery:
-        """A tracking event (delivered, read) from a client or provider callback."""
+        """A tracking event (delivered, read) from a client or provider callback; ``reason``
+        is kept on the delivery (``bounced``). Counted in the funnel in the same transaction."""
         ...
 
     async def promote_scheduled(
@@ -339,7 +390,9 @@ class Store(Protocol):
         ...
 
     # Dead letters --------------------------------------------------------------------------------
-    async def list_dead_letters(self, flt: DeadLetterFilter) -> list[Delivery]: ...
+    async def list_dead_letters(self, flt: DeadLetterFilter) -> list[Delivery]:
+        """Dead deliveries, newest first, each with every attempt (oldest first)."""
+        ...
 
     async def replay_dead_letters(self, delivery_ids: Sequence[str], *, now: float) -> list[Delivery]:
         """Requeue dead deliveries with a fresh attempt budget, keeping their history."""
@@ -492,6 +545,29 @@ class Store(Protocol):
 
     async def ambiguous_count(self) -> int: ...
 
+    async def record_engagement(self, event: EngagementEvent) -> Engagement | None:
+        """Record an open or click (None: no such delivery), idempotently: a delivery's first
+        open and first click per link are recorded, repeats bump a count. Counted in the funnel
+        and, for a human event, the delivery moved to ``read``, in one transaction."""
+        ...
+
+    async def list_engagement(self, delivery_id: str) -> list[dict[str, object]]:
+        """The delivery's recorded opens and clicks, oldest first."""
+        ...
+
+    async def funnel_counts(self, q: FunnelQuery) -> list[tuple[Any, ...]]:
+        """Rows of (*dimensions in ``q.by``, bucket start or None, metric, count), summed from
+        the rollups (see :mod:`herald.domain.funnel`)."""
+        ...
+
+    async def queue_ages(self, *, now: float) -> list[tuple[str, int, int, float]]:
+        """(channel, priority rank, waiting count, age in seconds of the oldest one due)."""
+        ...
+
+    async def oldest_unrouted(self) -> float | None:
+        """When the oldest accepted notification not yet routed was accepted (None: none)."""
+        ...
+
     async def maintain(self) -> list[str]:
         """Housekeeping the database may not do in time by itself: on PostgreSQL, vacuum and
         analyse the queue tables where many rows died. Returns the tables cleaned."""
@@ -596,6 +672,23 @@ class Provider(Protocol):
     async def send(self, message: OutboundMessage) -> SendReceipt: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class CallbackReceiver(Protocol):
+    """A provider that takes status callbacks (``POST /v1/webhooks/{provider}``).
+
+    ``parse_callback`` verifies the request with the provider's own scheme (the signature is the
+    authentication) and returns what it says in herald's terms. It raises
+    :class:`herald.domain.errors.PermissionDenied` for a forged, unsigned or stale request,
+    :class:`herald.domain.errors.MalformedRequest` for a body it cannot read, and
+    :class:`herald.domain.errors.ProviderConfigError` when herald lacks what is needed to verify.
+    ``public_base`` is herald's public URL, for providers that sign the URL they called.
+    """
+
+    name: str
+
+    def parse_callback(self, request: CallbackRequest, *, public_base: str) -> list[CallbackEvent]: ...
 
 
 class InboxPublisher(Protocol):

@@ -24,12 +24,13 @@ from herald.bootstrap import Container, build, build_store
 from herald.config import Settings, check_lanes, load_settings
 from herald.domain.errors import HeraldError
 from herald.domain.models import Priority
+from herald.entrypoints import stats_table
 from herald.entrypoints.api.app import create_app, end_streams
 from herald.entrypoints.api.deps import SCOPES, generate_key, hash_key
 from herald.entrypoints.api.schemas import epoch
 from herald.entrypoints.api.views import (
     MAX_DELIVERIES_PAGE,
-    delivery_view,
+    dead_letter_view,
     notification_page,
 )
 from herald.entrypoints.children import PARENT_CHANNELS, ParentLink, WorkerChildren
@@ -435,20 +436,56 @@ def status(
     typer.echo(json.dumps(view, indent=2))
 
 
+@app.command()
+@guarded
+def stats(
+    by: Annotated[
+        list[str] | None, typer.Option("--by", help="template, category, channel, provider (repeat or comma)")
+    ] = None,
+    bucket: Annotated[str | None, typer.Option(help="hour or day (UTC)")] = None,
+    since: Annotated[datetime | None, typer.Option(help="start (UTC unless an offset is given)")] = None,
+    until: Annotated[datetime | None, typer.Option(help="end, exclusive")] = None,
+    template: Annotated[str | None, typer.Option()] = None,
+    category: Annotated[str | None, typer.Option()] = None,
+    channel: Annotated[str | None, typer.Option()] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the same JSON as GET /v1/stats")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """The delivery funnel as GET /v1/stats answers it: sent, delivered, opened, clicked, bounced,
+    failed, skipped by reason, rates (default: the last 7 days, one row)."""
+    settings = _settings(config)
+
+    async def run(c: Container) -> dict[str, Any]:
+        q = c.stats.query(
+            by=by or (),
+            bucket=bucket,
+            since=epoch(since),
+            until=epoch(until),
+            filters={"template": template, "category": category, "channel": channel, "provider": provider},
+        )
+        return await c.stats.funnel(q)
+
+    funnel = _with_container(settings, run)
+    typer.echo(json.dumps(funnel, indent=2) if as_json else stats_table.render(funnel))
+
+
 @dl_app.command("list")
 @guarded
 def dl_list(
     channel: Annotated[str | None, typer.Option()] = None,
     reason: Annotated[str | None, typer.Option()] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    code: Annotated[str | None, typer.Option(help="the last attempt's code")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
     config: ConfigOpt = None,
 ) -> None:
-    """List dead deliveries as JSON lines."""
+    """List dead deliveries as JSON lines, each with its attempts and last error."""
     settings = _settings(config)
 
     async def run(c: Container) -> list[dict[str, Any]]:
-        items = await c.store.list_dead_letters(DeadLetterFilter(channel=channel, reason=reason, limit=limit))
-        return [delivery_view(d) for d in items]
+        flt = DeadLetterFilter(channel=channel, reason=reason, provider=provider, code=code, limit=limit)
+        return [dead_letter_view(d) for d in await c.store.list_dead_letters(flt)]
 
     for item in _with_container(settings, run):
         typer.echo(json.dumps(item))
@@ -462,6 +499,8 @@ def dl_replay(
     ] = None,
     channel: Annotated[str | None, typer.Option()] = None,
     reason: Annotated[str | None, typer.Option()] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    code: Annotated[str | None, typer.Option(help="the last attempt's code")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Put dead deliveries back in the queue with a fresh attempt budget."""
@@ -471,7 +510,7 @@ def dl_replay(
         chosen = list(ids or [])
         if not chosen:
             items = await c.store.list_dead_letters(
-                DeadLetterFilter(channel=channel, reason=reason, limit=10_000)
+                DeadLetterFilter(channel=channel, reason=reason, provider=provider, code=code, limit=10_000)
             )
             chosen = [d.id for d in items]
         replayed = await c.store.replay_dead_letters(chosen, now=c.clock.now())

@@ -37,6 +37,7 @@ from herald.domain.models import (
 from herald.domain.quiet_hours import next_digest_time, parse_budget, quiet_until
 from herald.ports import Cache, Clock, RecipientContext, RoutedBatch, RoutedClaim, Store
 from herald.services.catalog import Catalog
+from herald.services.link_tracking import LinkTracker
 from herald.services.rendering import render_variant
 from herald.services.signing import UnsubscribeSigner
 
@@ -126,8 +127,10 @@ class RouterService:
         cache: Cache | None = None,
         hand_over: Callable[[Sequence[Delivery]], None] | None = None,
         senders: LocalSenders | None = None,
+        tracking: LinkTracker | None = None,
     ) -> None:
         self.store = store
+        self.tracking = tracking  # email open and click tracking (services/link_tracking.py)
         self._hand_over = hand_over  # Queue.hand_over: critical/high straight to local senders
         self._senders = senders  # this process's DeliveryService: takes some as they are written
         self.cache = cache
@@ -686,6 +689,8 @@ class RouterService:
             }
         if channel == "email" and category.opt_out:
             d.content["unsubscribe_url"] = self.unsubscribe.url(user_id, category.name, channel)
+        if channel == "email":
+            self._track(d, category)
         if n.send_at is not None and n.send_at > now:
             d.status = DeliveryStatus.SCHEDULED
             d.due_at = n.send_at
@@ -713,6 +718,21 @@ class RouterService:
                 d.due_at = until
                 log.info("delivery.quiet_hours", delivery_id=d.id, notification_id=n.id, until=until)
         return d
+
+    def _track(self, d: Delivery, category: Category) -> None:
+        """Email open and click tracking: the template's email variant decides (``"tracking":
+        true/false``), else the category (``tracking``; by default on where users may opt out,
+        off for ``security`` and ``transactional``)."""
+        wanted = d.content.pop("tracking", None)
+        if not isinstance(wanted, bool):
+            wanted = category.tracking if category.tracking is not None else category.opt_out
+        html = d.content.get("html")
+        if not wanted or self.tracking is None or not isinstance(html, str) or not html.strip():
+            return
+        keep = {str(d.content["unsubscribe_url"])} if d.content.get("unsubscribe_url") else set()
+        done = self.tracking.rewrite(d.id, html, keep=keep)
+        d.content["html"] = done.html
+        d.content["_track"] = {"links": done.links}
 
     def _render(self, n: Notification, template: Template | None, channel: str, user: User) -> JSON:
         locale = user.locale or self.catalog.default_locale

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, and_, func, insert, select, text
 
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
-from herald.adapters.store.sql import _delivery
+from herald.adapters.store.rows import _delivery
 from herald.domain.models import DeliveryStatus as S
 from herald.ports import InboxEntry
 

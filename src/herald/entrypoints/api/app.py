@@ -12,13 +12,16 @@ from fastapi import FastAPI
 from herald import __version__
 from herald.bootstrap import Container
 from herald.entrypoints.api import (
+    openapi_doc,
     problems,
     routes_events,
     routes_inbox,
     routes_notifications,
     routes_ops,
+    routes_stats,
     routes_templates,
     routes_topics,
+    routes_tracking,
     routes_users,
     routes_webhooks,
 )
@@ -26,6 +29,7 @@ from herald.entrypoints.api.cors import UserCors
 from herald.entrypoints.api.fast_send import HeraldApi
 from herald.entrypoints.api.limits import BodyLimit
 from herald.entrypoints.children import WorkerChildren
+from herald.entrypoints.web import console
 from herald.entrypoints.web import pages as web_pages
 
 log = structlog.get_logger("herald.api")
@@ -88,6 +92,8 @@ def create_app(
         version=__version__,
         description="Self-hosted notification service: accept, route, deliver and prove every message.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package by openapi_doc (FastAPI's pages use a CDN)
+        redoc_url=None,
     )
     problems.install(app)
     for module in (
@@ -99,9 +105,13 @@ def create_app(
         routes_inbox,
         routes_ops,
         routes_webhooks,
+        routes_tracking,
+        routes_stats,
         web_pages,  # the end users' pages and the widget script (entrypoints/web)
     ):
         app.include_router(module.router)
+    console.install(app)  # /console (issue 20)
+    openapi_doc.install(app)  # /docs, /redoc offline; bearer auth and problem+json declared
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(UserCors, origins=lambda: _cors_origins(app))
     app.enable_fast_send(max_body_bytes)  # POST /v1/notifications without the stack (fast_send.py)

@@ -85,6 +85,7 @@ class RenderBody(_Body):
 
 class TrackBody(_Body):
     event: Literal["delivered", "read", "opened", "clicked"]
+    url: str | None = Field(default=None, max_length=2048)  # clicked: the link followed
 
 
 class TokenBody(_Body):
@@ -95,6 +96,7 @@ class ReplayFilterBody(_Body):
     channel: str | None = None
     provider: str | None = None
     reason: str | None = None
+    code: str | None = Field(default=None, max_length=64)
     since: datetime | None = None
     until: datetime | None = None
     limit: int = Field(default=1000, ge=1, le=10_000)

@@ -10,6 +10,7 @@ from herald.domain.states import FINAL
 from herald.ports import Store
 
 MAX_DELIVERIES_PAGE = 1_000
+_PRIVATE_CONTENT = frozenset({"_meta", "_track", "unsubscribe_url"})  # herald's own keys
 
 
 def iso(ts: float | None) -> str | None:
@@ -29,6 +30,26 @@ def attempt_view(a: Attempt) -> dict[str, Any]:
         "latency_ms": a.latency_ms,
         "ambiguous": a.ambiguous,
     }
+
+
+def last_error(d: Delivery) -> dict[str, Any] | None:
+    """The last attempt that did not succeed: why a dead or failed delivery is where it is."""
+    for a in reversed(d.attempts):
+        if a.outcome.value != "ok":
+            return {
+                "n": a.n,
+                "at": iso(a.at),
+                "provider": a.provider,
+                "outcome": a.outcome.value,
+                "code": a.code,
+                "detail": a.detail,
+            }
+    return None
+
+
+def dead_letter_view(d: Delivery) -> dict[str, Any]:
+    """A dead letter: the delivery, every attempt, and the last error (provider, code, detail)."""
+    return delivery_view(d) | {"last_error": last_error(d)}
 
 
 def delivery_view(d: Delivery, *, with_content: bool = False) -> dict[str, Any]:
@@ -53,7 +74,7 @@ def delivery_view(d: Delivery, *, with_content: bool = False) -> dict[str, Any]:
         "provider_message_id": d.provider_message_id,
     }
     if with_content:
-        out["content"] = {k: v for k, v in d.content.items() if k not in ("_meta", "unsubscribe_url")}
+        out["content"] = {k: v for k, v in d.content.items() if k not in _PRIVATE_CONTENT}
     return out
 
 

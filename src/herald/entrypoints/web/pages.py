@@ -24,7 +24,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from herald.bootstrap import Container
 from herald.domain.errors import AuthenticationError, NotFound, ValidationError
 from herald.domain.models import Preferences
-from herald.entrypoints.api.deps import ContainerDep
+from herald.entrypoints.deps import ContainerDep
 from herald.entrypoints.web.i18n import Strings, pick
 
 router = APIRouter(include_in_schema=False)
