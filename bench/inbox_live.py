@@ -64,7 +64,7 @@ def _rss_kib(pid: int) -> int:
 class Herald:
     """herald subprocesses in a temporary folder (the CLI, as users run it)."""
 
-    def __init__(self, stack: str, origin: str) -> None:
+    def __init__(self, stack: str, origin: str | None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="herald-bench-inbox-"))
         self.stack = stack
         self.schema: str | None = None
@@ -77,8 +77,10 @@ class Herald:
                 pg.execute(f'CREATE SCHEMA "{self.schema}"')
             sep = "&" if "?" in PG_URL else "?"
             db = f"{PG_URL}{sep}options=-csearch_path%3D{self.schema}"
+        # No [server] section without an origin: the same file works with code from before issue 19.
+        server = f'[server]\ncors_origins = ["{origin}"]\n' if origin else ""
         (self.dir / "herald.toml").write_text(
-            f'[database]\nurl = "{db}"\n[server]\ncors_origins = ["{origin}"]\nstreams_per_user = 8\n'
+            f'[database]\nurl = "{db}"\n{server}'
             f'[providers.console]\npath = "{self.dir / "console.jsonl"}"\n[logging]\nlevel = "warning"\n'
         )
         out = self._cli("keys", "create", "--scope", "admin")
@@ -301,7 +303,7 @@ async def _streams(n: int) -> dict[str, Any]:
 async def _sends(n: int) -> dict[str, Any]:
     """In-app sends alone (no stream open): accept -> the last one ``sent``. Run against another
     checkout's code with ``PYTHONPATH=<its src>`` for a before/after pair."""
-    h = Herald("embedded", "http://127.0.0.1").start()
+    h = Herald("embedded", None).start()
     try:
         async with httpx.AsyncClient(
             base_url=h.url, headers={"Authorization": f"Bearer {h.key}"}, timeout=120
