@@ -323,6 +323,8 @@ class ApiKey:
     name: str
     scopes: frozenset[str]
     created_at: float = 0.0
+    last_used_at: float | None = None
+    revoked_at: float | None = None
 
 
 @dataclass(slots=True)

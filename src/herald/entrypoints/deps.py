@@ -3,8 +3,6 @@ and the caller's identity."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -14,21 +12,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from herald.bootstrap import Container
 from herald.domain import urgency
 from herald.domain.errors import AuthenticationError, PermissionDenied
-from herald.domain.models import ApiKey, new_id
+from herald.domain.models import ApiKey
+from herald.services.api_keys import hash_key
 
-SCOPES = ("admin", "send", "read")
 # What each scope may do; admin may do everything.
 _IMPLIED = {"admin": {"admin", "send", "read"}, "send": {"send", "read"}, "read": {"read"}}
-
-
-def hash_key(raw: str) -> str:
-    # Keys are 32 random bytes: a fast hash is enough, and keeps authentication off the CPU.
-    return hashlib.sha256(raw.encode()).hexdigest()
-
-
-def generate_key(name: str, scopes: set[str], now: float) -> tuple[str, ApiKey]:
-    raw = "hk_" + secrets.token_urlsafe(32)
-    return raw, ApiKey(id=new_id("key"), name=name, scopes=frozenset(scopes), created_at=now)
 
 
 async def container(request: Request) -> Container:

@@ -34,6 +34,7 @@ api_keys = Table(
     Column("scopes", String(200), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+    Column("last_used_at", Float),  # written at most once a minute per key and process
 )
 
 settings = Table(

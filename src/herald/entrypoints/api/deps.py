@@ -4,17 +4,15 @@ browser faces (``entrypoints/web``) so that neither imports the other."""
 from __future__ import annotations
 
 from herald.entrypoints.deps import (
-    SCOPES,
     Caller,
     CallerDep,
     ContainerDep,
     caller,
     check_user_access,
     container,
-    generate_key,
-    hash_key,
     require,
 )
+from herald.services.api_keys import SCOPES, generate_key, hash_key
 
 __all__ = [
     "SCOPES",

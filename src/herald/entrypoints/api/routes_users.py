@@ -176,8 +176,9 @@ async def user_token(
 ) -> dict[str, Any]:
     if await c.store.get_user(user_id) is None:
         raise NotFound(f"user {user_id} does not exist")
-    token, expires = c.user_tokens.issue(user_id, c.clock.now())
-    return {"token": token, "expires_at": iso(expires)}
+    ttl = body.ttl_seconds if body is not None and body.ttl_seconds is not None else c.user_tokens.ttl
+    token, expires = c.user_tokens.issue(user_id, c.clock.now(), ttl)
+    return {"token": token, "expires_at": iso(expires), "ttl_seconds": ttl}
 
 
 # Unsubscribe links (GET: a confirmation page; POST: RFC 8058 one-click): entrypoints/web/pages.py

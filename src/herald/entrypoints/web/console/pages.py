@@ -11,7 +11,6 @@ from fastapi.responses import Response
 
 from herald.domain.errors import HeraldError, ValidationError
 from herald.domain.states import CANCELLABLE
-from herald.entrypoints.deps import hash_key
 from herald.entrypoints.web.console import charts
 from herald.entrypoints.web.console.base import (
     COOKIE,
@@ -28,6 +27,7 @@ from herald.entrypoints.web.console.base import (
     writer,
 )
 from herald.ports_console import SearchQuery
+from herald.services.api_keys import hash_key
 from herald.services.console import STATUS_GROUPS, WINDOWS
 
 router = APIRouter(prefix="/console", include_in_schema=False)
