@@ -20,7 +20,7 @@ def totals(rows: list[tuple[object, ...]]) -> dict[str, int]:
 
 
 async def test_results_routing_callbacks_and_engagement_are_counted(store: SqlStore, queue: SqlQueue) -> None:
-    a, b, c, skipped = await seed(store, {}, {}, {}, {"status": S.SKIPPED, "reason": "opted_out"})
+    a, b, c, _skipped = await seed(store, {}, {}, {}, {"status": S.SKIPPED, "reason": "opted_out"})
     sms = (await seed(store, {"channel": "sms", "address": "+336"}))[0]
     claimed = await queue.claim("email", owner="w", limit=10, max_rank=3, lease=30, now=NOW)
     assert {x.id for x in claimed} == {a.id, b.id, c.id}
