@@ -93,7 +93,8 @@ def fill_sql(pg: bool, n: int, templates: int, end: float) -> list[str]:
         "INSERT INTO deliveries (id, notification_id, user_id, channel, status, reason, priority, category, "
         "address, content, provider, retry_count, budget_used, due_at, created_at, sent_at, updated_at) "
         f"SELECT 'dlv_' || {pad.format(x='i')}, {nid}, 'u' || (i % 1000000), {channel}, {status}, "
-        f"{reason}, 2, 'marketing', NULL, '{{}}', {provider}, 1, 1, {created_d}, {created_d}, {created_d}, {created_d} "
+        f"{reason}, 2, 'marketing', NULL, '{{}}', {provider}, 1, 1, "
+        f"{created_d}, {created_d}, {created_d}, {created_d} "
         f"FROM ({seq_d}) AS q",
     ]
 
