@@ -30,7 +30,7 @@ def spans(q: FunnelQuery) -> list[tuple[int, float, float]]:
     last_day = hi if math.isinf(hi) else math.floor(hi / DAY) * DAY
     if first_day >= last_day:
         return [(HOUR, lo, hi)]
-    out = [(DAY, first_day, last_day)]
+    out: list[tuple[int, float, float]] = [(DAY, first_day, last_day)]
     if lo < first_day:
         out.append((HOUR, lo, first_day))
     if last_day < hi:
