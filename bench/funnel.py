@@ -62,8 +62,8 @@ def fill_sql(pg: bool, n: int, templates: int, end: float) -> list[str]:
     notes = max(1, n // PER_NOTIFICATION)
     span = 7 * 86_400.0
     if pg:
-        seq_n = f"SELECT g AS i FROM generate_series(0, {notes - 1}) AS g"
-        seq_d = f"SELECT g AS i FROM generate_series(0, {n - 1}) AS g"
+        seq_n = f"SELECT CAST(g AS bigint) AS i FROM generate_series(0, {notes - 1}) AS g"
+        seq_d = f"SELECT CAST(g AS bigint) AS i FROM generate_series(0, {n - 1}) AS g"
         pad = "lpad(CAST({x} AS text), 10, '0')"
         idiv = "({a} / {b})"
     else:
