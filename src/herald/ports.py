@@ -7,7 +7,7 @@ into :class:`herald.domain.errors.ServiceUnavailable` at the boundary.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -30,6 +30,16 @@ from herald.domain.models import (
     User,
 )
 from herald.domain.rules import Rule
+
+
+@dataclass(slots=True)
+class UserImport:
+    """One checked user object of a batch (services.user_import), ready to be written."""
+
+    user: User
+    devices: list[Device] = field(default_factory=list)
+    preferences: Preferences | None = None
+    topics: list[str] = field(default_factory=list)
 
 
 class Clock(Protocol):
@@ -58,8 +68,13 @@ class IdempotencyRecord:
 
 @dataclass(slots=True)
 class NotificationFilter:
+    """``status``: the notification's status as the API shows it (``accepted``, ``routing``,
+    ``in_progress``, ``completed``, ``cancelled``, ``failed``; ``routed`` is either of the two);
+    ``delivery_status``: it has at least one delivery in that status."""
+
     user_id: str | None = None
     status: str | None = None
+    delivery_status: str | None = None
     channel: str | None = None
     since: float | None = None
     until: float | None = None
@@ -225,6 +240,16 @@ class Store(Protocol):
 
     async def get_api_key(self, key_hash: str) -> ApiKey | None: ...
 
+    async def list_api_keys(self, *, include_revoked: bool = False) -> list[ApiKey]:
+        """Keys with their name, scopes, creation and last use; never their hash."""
+        ...
+
+    async def revoke_api_keys(self, ids_or_names: Sequence[str], *, now: float) -> list[ApiKey]:
+        """Revoke the live keys with these ids or names; return those revoked."""
+        ...
+
+    async def touch_api_key(self, key_id: str, now: float) -> None: ...
+
     async def get_setting(self, name: str) -> str | None: ...
 
     async def put_setting_if_absent(self, name: str, value: str) -> str:
@@ -253,6 +278,15 @@ class Store(Protocol):
     async def get_preferences_many(self, user_ids: Sequence[str]) -> dict[str, Preferences]: ...
 
     async def put_preferences(self, prefs: Preferences) -> None: ...
+
+    async def existing_topics(self, keys: Sequence[str]) -> set[str]: ...
+
+    async def import_users(
+        self, items: Sequence[UserImport], *, now: float, checkpoint: tuple[str, str] | None = None
+    ) -> None:
+        """Upsert users with their devices (matched on kind and token), preferences (replaced)
+        and topic subscriptions (added), and the ``checkpoint`` setting, in one transaction."""
+        ...
 
     # Templates ----------------------------------------------------------------------------------
     async def put_template(self, template: Template) -> Template:
@@ -290,6 +324,10 @@ class Store(Protocol):
     async def get_notification(self, notification_id: str) -> Notification | None: ...
 
     async def list_notifications(self, flt: NotificationFilter) -> list[Notification]: ...
+
+    async def notifications_in_progress(self, notification_ids: Sequence[str]) -> set[str]:
+        """Those of ``notification_ids`` with a delivery that is not final yet."""
+        ...
 
     async def claim_unrouted(self, *, owner: str, limit: int, lease: float, now: float) -> list[Notification]:
         """Lease accepted notifications (or ones whose routing lease expired) for routing."""
@@ -639,6 +677,21 @@ class Queue(Protocol):
         ...
 
 
+@runtime_checkable
+class RouterWakeups(Protocol):
+    """A queue that also wakes the routers of other processes (PostgreSQL ``NOTIFY``): what a
+    process without a router (``herald api``) accepted is routed at once, not at the routers'
+    next poll."""
+
+    def wake_routers(self, urgent: bool) -> None:
+        """New notifications to route; ``urgent``: a critical one among them."""
+        ...
+
+    def add_route_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(urgent)`` when another process wakes the routers."""
+        ...
+
+
 class Cache(Protocol):
     """Dedup keys and rate-limit counters shared by every process."""
 
@@ -675,6 +728,26 @@ class Provider(Protocol):
 
 
 @runtime_checkable
+class BatchProvider(Protocol):
+    """A provider that sends one content to many recipients in one call (SendGrid's
+    personalizations): a broadcast whose deliveries rendered to the same content goes out at the
+    provider's speed, each delivery still with its own outcome, receipt and callbacks.
+
+    ``batch_key`` says what must be equal for two messages to share a call (None: this one
+    cannot be batched). ``send_batch`` returns one outcome per message, in order: a receipt, or
+    the :class:`herald.domain.errors.DeliveryError` that message's delivery gets (the provider
+    isolates a refusal that concerns one recipient, e.g. by sending the batch one by one).
+    """
+
+    name: str
+    batch_limit: int
+
+    def batch_key(self, message: OutboundMessage) -> Hashable | None: ...
+
+    async def send_batch(self, messages: Sequence[OutboundMessage]) -> list[SendReceipt | Exception]: ...
+
+
+@runtime_checkable
 class CallbackReceiver(Protocol):
     """A provider that takes status callbacks (``POST /v1/webhooks/{provider}``).
 
@@ -692,6 +765,54 @@ class CallbackReceiver(Protocol):
 
 
 class InboxPublisher(Protocol):
-    """Fan-out of new in-app items to live inbox streams."""
+    """Fan-out of new in-app items to live inbox streams.
 
-    def publish(self, user_id: str, item: dict[str, Any]) -> None: ...
+    ``publish`` returns once the item has its place in the user's durable feed (so a stream
+    that reconnects later replays it) and the streams of every process have been told.
+    """
+
+    async def publish(self, user_id: str, item: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    seq: int  # the item's number in its user's feed: the stream's event id
+    delivery: Delivery
+
+
+class InboxFeed(Protocol):
+    """The durable order of live inbox items, numbered per user (issue 19).
+
+    Numbers are given in commit order per user: once a reader saw number ``n``, no item with a
+    lower number can appear later, so ``after(user, n)`` is a complete resume.
+    """
+
+    async def append(self, items: Sequence[tuple[str, str]], *, now: float) -> dict[str, int]:
+        """Number each ``(user_id, delivery_id)``; an item appended again keeps its number."""
+        ...
+
+    async def head(self, user_id: str) -> int:
+        """The user's last number (0: nothing yet)."""
+        ...
+
+    async def after(self, user_id: str, seq: int, *, limit: int) -> tuple[list[InboxEntry], int]:
+        """The user's items numbered above ``seq`` in order, and the user's unread count."""
+        ...
+
+
+class LiveSignals(Protocol):
+    """Wake-ups of live streams across processes: "user X has news". Best effort: streams
+    read what changed from the database (:class:`InboxFeed`) and also look on their own every
+    heartbeat, so a lost signal costs latency, never an item."""
+
+    async def start(self) -> None: ...
+
+    def notify(self, user_id: str) -> None:
+        """Wake the streams of ``user_id`` in every process (this one included)."""
+        ...
+
+    def on_wake(self, callback: Callable[[str | None], None]) -> None:
+        """Call ``callback(user_id)`` for every wake-up (``None``: everyone, after a gap)."""
+        ...
+
+    async def close(self) -> None: ...

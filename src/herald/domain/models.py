@@ -93,6 +93,8 @@ class Reason(enum.StrEnum):
     USER_DELETED = "user_deleted"
     DIGEST = "digest"  # scheduled: held for the user's digest of its category
     DIGESTED = "digested"  # skipped: went out inside a digest (content["digest"] names it)
+    BLOCKED_ADDRESS = "blocked_address"  # failed: the SSRF guard refused the destination
+    PROVIDER_CONFIG_ERROR = "provider_config_error"  # retrying: held while herald's own setup is wrong
 
 
 def now() -> float:
@@ -321,6 +323,8 @@ class ApiKey:
     name: str
     scopes: frozenset[str]
     created_at: float = 0.0
+    last_used_at: float | None = None
+    revoked_at: float | None = None
 
 
 @dataclass(slots=True)

@@ -36,9 +36,10 @@ from herald.domain.models import (
 )
 from herald.domain.quiet_hours import next_digest_time, parse_budget, quiet_until
 from herald.ports import Cache, Clock, RecipientContext, RoutedBatch, RoutedClaim, Store
+from herald.services import render_pool
 from herald.services.catalog import Catalog
 from herald.services.link_tracking import LinkTracker
-from herald.services.rendering import render_variant
+from herald.services.rendering import RenderBudgetError, render_variant
 from herald.services.signing import UnsubscribeSigner
 
 log = structlog.get_logger("herald.route")
@@ -145,6 +146,7 @@ class RouterService:
         self._urgent = asyncio.Event()
         self._nested = False  # a pass run between two slices of another (see route_pending)
         self._templates: dict[tuple[str, int | None], Template] = {}
+        self._over_budget: dict[tuple[str, str, str], RenderBudgetError] = {}
         self._express: set[asyncio.Task[None]] = set()
         self._express_pending: dict[int, list[Notification]] = {}  # by lane: waiting to be routed
         self._express_lanes: dict[int, asyncio.Task[None]] = {}  # by lane: the task routing them
@@ -309,16 +311,20 @@ class RouterService:
             [r for rs in recipients.values() for r in rs],
             push=any("push" in (n.channels or []) for n, _ in ready),
         )
+        # Rendering runs on the routing thread (render_pool), never on the loop: one hop.
+        built = await render_pool.for_routing(
+            lambda: [self._build(n, template, recipients[n.id], ctx) for n, template in ready]
+        )
         batches = [
             RoutedBatch(
                 notification_id=n.id,
-                deliveries=self._build(n, template, recipients[n.id], ctx),
+                deliveries=deliveries,
                 recipients_done=len(n.recipients),
                 finished=True,
                 dedup_key=n.dedup_key,
                 dedup_window=self.catalog.dedup_window,
             )
-            for n, template in ready
+            for (n, _), deliveries in zip(ready, built, strict=True)
         ]
         for (n, template), b in zip(ready, batches, strict=True):
             if n.fallback:
@@ -390,7 +396,7 @@ class RouterService:
             done = min(offset + CHUNK, total)
             batch = RoutedBatch(
                 notification_id=n.id,
-                deliveries=self._build(n, template, chunk, ctx),
+                deliveries=await render_pool.for_routing(self._build, n, template, chunk, ctx),
                 recipients_done=done,
                 finished=done >= total,
                 dedup_key=n.dedup_key,
@@ -432,7 +438,7 @@ class RouterService:
             deliveries: list[Delivery] = []
             if recipients:
                 ctx = await self._context(recipients, push=push)
-                deliveries = self._build(n, template, recipients, ctx)
+                deliveries = await render_pool.for_routing(self._build, n, template, recipients, ctx)
             if finished and n.fallback:
                 deliveries += await self._fallback_pass(n, template, set(page))
             routed += len(page)
@@ -473,9 +479,14 @@ class RouterService:
         ctx = await self._context(recipients, push="push" in (n.channels or []))
         category = self.catalog.category(n.category)
         now = self.clock.now()
-        out: list[Delivery] = []
-        for r in recipients:
-            out += self._chain(n, template, category, r.user_id, ctx, now, by_user[r.user_id])
+
+        def chains() -> list[Delivery]:
+            out: list[Delivery] = []
+            for r in recipients:
+                out += self._chain(n, template, category, r.user_id, ctx, now, by_user[r.user_id])
+            return out
+
+        out = await render_pool.for_routing(chains)
         if out:
             log.info("notification.fallback", notification_id=n.id, deliveries=len(out))
         return out
@@ -749,4 +760,17 @@ class RouterService:
             "user": user.template_view(),
             "notification": {"id": n.id, "category": n.category, "priority": n.priority.value},
         }
-        return render_variant(variant, context)
+        # A template over its budget for one recipient fails the notification's other
+        # recipients on that channel at once: a thousand of them must not cost a thousand
+        # time budgets of the routing thread.
+        key = (n.id, channel, locale)
+        over = self._over_budget.get(key)
+        if over is not None:
+            raise RenderBudgetError(over.detail, limit=over.limit)
+        try:
+            return render_variant(variant, context)
+        except RenderBudgetError as exc:
+            if len(self._over_budget) > 1024:
+                self._over_budget.clear()
+            self._over_budget[key] = exc
+            raise

@@ -34,6 +34,7 @@ api_keys = Table(
     Column("scopes", String(200), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+    Column("last_used_at", Float),  # written at most once a minute per key and process
 )
 
 settings = Table(
@@ -148,6 +149,15 @@ notifications = Table(
     Column("routed_at", Float),
     Index("ix_notifications_route", "status", "priority", "created_at"),
     Index("ix_notifications_user", "user_id", "id"),
+    # The console's search by template and its topic broadcasts (migration 0008).
+    Index("ix_notifications_template", "template", "id"),
+    Index(
+        "ix_notifications_topic",
+        "topic",
+        "id",
+        sqlite_where=text("topic IS NOT NULL"),
+        postgresql_where=text("topic IS NOT NULL"),
+    ),
 )
 
 deliveries = Table(
@@ -220,6 +230,20 @@ deliveries = Table(
         sqlite_where=text("expires_at IS NOT NULL"),
         postgresql_where=text("expires_at IS NOT NULL"),
     ),
+    # Dead letters and failures, newest first, without walking a million finished rows (the
+    # console; migration 0008). Partial: only deliveries in these states are in them.
+    Index(
+        "ix_deliveries_dead",
+        "id",
+        sqlite_where=text("status = 'dead'"),
+        postgresql_where=text("status = 'dead'"),
+    ),
+    Index(
+        "ix_deliveries_failed",
+        "id",
+        sqlite_where=text("status = 'failed'"),
+        postgresql_where=text("status = 'failed'"),
+    ),
 )
 
 attempts = Table(
@@ -236,6 +260,12 @@ attempts = Table(
     Column("latency_ms", Float),
     Column("ambiguous", Boolean, nullable=False),
     Index("ix_attempts_delivery", "delivery_id", "n"),
+    Index(
+        "ix_attempts_ambiguous",
+        "at",
+        sqlite_where=text("ambiguous = true"),
+        postgresql_where=text("ambiguous = true"),
+    ),
 )
 
 suppressions = Table(
@@ -354,7 +384,10 @@ delivery_rollups = Table(
     Column("provider", String(32), nullable=False),  # '-' before any provider was tried
     Column("metric", String(80), nullable=False),
     Column("count", BigInteger, nullable=False),
-    PrimaryKeyConstraint("size", "bucket", "template", "category", "channel", "provider", "metric"),
+    PrimaryKeyConstraint(
+        "size", "bucket", "template", "category", "channel", "provider", "metric",
+        name="pk_delivery_rollups_sized",  # created under that name by migration 0012
+    ),
     sqlite_with_rowid=False,
 )
 
@@ -377,4 +410,18 @@ delivery_events = Table(
     Column("last_at", Float, nullable=False),
     Column("count", Integer, nullable=False),
     PrimaryKeyConstraint("delivery_id", "kind", "link", "machine"),
+)
+
+# The live inbox's durable order (issue 19): one row per in-app item as it is sent, numbered per
+# user in commit order. Stream event ids are these numbers, so a reconnect resumes from the
+# database (``seq > Last-Event-ID``), whichever process sent the item and whichever streams it.
+inbox_feed = Table(
+    "inbox_feed",
+    metadata,
+    Column("user_id", String(128), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("delivery_id", String(40), nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("user_id", "seq", name="pk_inbox_feed"),
+    UniqueConstraint("delivery_id", name="uq_inbox_feed_delivery"),
 )

@@ -20,7 +20,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 from herald.adapters.store import pg_batch, sqlite_hot
 from herald.adapters.store import schema as t
@@ -37,11 +37,13 @@ from herald.adapters.store.rows import (
     _template,
     _user,
 )
+from herald.adapters.store.sql_admin import SqlAdminMixin
 from herald.adapters.store.sql_dead_letters import SqlDeadLettersMixin
 from herald.adapters.store.sql_digests import HELD_REASON, SCHEDULED, SqlDigestsMixin
 from herald.adapters.store.sql_engagement import SqlEngagementMixin
 from herald.adapters.store.sql_events import SqlEventsMixin, event_rows, reopen_for_fallback
 from herald.adapters.store.sql_insight import SqlInsightMixin
+from herald.adapters.store.sql_listing import SqlListingMixin
 from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
 from herald.adapters.store.sql_rollups import Tally, bump, count_changed, templates_of
 from herald.adapters.store.sql_stats import SqlStatsMixin
@@ -61,13 +63,13 @@ from herald.domain.models import (
     Outcome,
     Preferences,
     Priority,
+    Reason,
     Template,
     User,
 )
 from herald.domain.states import CANCELLABLE, check_transition, sources_of
 from herald.ports import (
     IdempotencyRecord,
-    NotificationFilter,
     Promoted,
     RecipientContext,
     RoutedBatch,
@@ -154,6 +156,9 @@ _UNROUTED_EXPIRED = (
     .order_by(_N.c.priority, _N.c.created_at)
     .limit(bindparam("b_limit"))
 )
+# Seconds after which a "pending" idempotency key is taken for abandoned (begin_idempotent).
+PENDING_STALE = 30.0
+
 _UNROUTED_NEW_PG = _UNROUTED_NEW.with_for_update(skip_locked=True)
 _UNROUTED_EXPIRED_PG = _UNROUTED_EXPIRED.with_for_update(skip_locked=True)
 _TAKE_UNROUTED = _per_dialect(
@@ -227,10 +232,12 @@ def _pick_due_lane(pg: bool) -> Any:
 
 PICK_DUE_LANE = pg_batch.per_dialect(_pick_due_lane)
 PROMOTE_IDS = pg_batch.per_dialect(
-    lambda pg: update(_D)
-    .where(pg_batch.ids_in(_D.c.id, pg), SCHEDULED)
-    .values(status=S.QUEUED.value, queued_at=bindparam("b_now"), updated_at=bindparam("b_now"))
-    .returning(_D.c.id, _D.c.channel, _D.c.priority, _D.c.due_at)
+    lambda pg: (
+        update(_D)
+        .where(pg_batch.ids_in(_D.c.id, pg), SCHEDULED)
+        .values(status=S.QUEUED.value, queued_at=bindparam("b_now"), updated_at=bindparam("b_now"))
+        .returning(_D.c.id, _D.c.channel, _D.c.priority, _D.c.due_at)
+    )
 )
 
 
@@ -304,6 +311,8 @@ class SqlStore(
     SqlInsightMixin,
     SqlEngagementMixin,
     SqlStatsMixin,
+    SqlAdminMixin,
+    SqlListingMixin,
 ):
     """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue.
 
@@ -311,11 +320,19 @@ class SqlStore(
     broker queue (see :mod:`herald.adapters.store.sql_outbox`). Off for the ``sql`` queue.
     """
 
+    notification_from_row = staticmethod(_notification)
+
     def __init__(self, db: Database, *, outbox: bool = False) -> None:
         self.db = db
         self.outbox = outbox
         self._expired_routing_checked = -math.inf  # when claim_unrouted last looked for those
-        self._ins = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+        if db.dialect == "postgresql":
+            # Imported here: a command on SQLite (herald keys create) need not load it.
+            from sqlalchemy.dialects import postgresql  # noqa: PLC0415
+
+            self._ins = postgresql.insert
+        else:
+            self._ins = sqlite.insert
 
     async def start(self) -> None:
         await self.db.upgrade_async()
@@ -606,7 +623,13 @@ class SqlStore(
         tbl = t.idempotency_keys
 
         def op(c: Connection) -> IdempotencyRecord | None:
-            c.execute(delete(tbl).where(tbl.c.scope == scope, tbl.c.key == key, tbl.c.expires_at < now))
+            # An expired key is forgotten; so is a "pending" one older than PENDING_STALE: its
+            # accept died with its process (an accept takes milliseconds; a Kafka consumer
+            # killed mid-batch left it), and its retry would otherwise get 409 for a whole TTL.
+            stale = and_(tbl.c.state == "pending", tbl.c.created_at < now - PENDING_STALE)
+            c.execute(
+                delete(tbl).where(tbl.c.scope == scope, tbl.c.key == key, or_(tbl.c.expires_at < now, stale))
+            )
             while True:
                 # RETURNING, not rowcount: SQLAlchemy reports -1 as the rowcount of an INSERT on
                 # psycopg, which reads as "inserted".
@@ -712,37 +735,6 @@ class SqlStore(
         def op(c: Connection) -> Notification | None:
             row = c.execute(select(t.notifications).where(t.notifications.c.id == notification_id)).first()
             return _notification(row) if row else None
-
-        return await self.db.run(op)
-
-    async def list_notifications(self, flt: NotificationFilter) -> list[Notification]:
-        n, d = t.notifications, t.deliveries
-
-        def op(c: Connection) -> list[Notification]:
-            q = select(n)
-            if flt.user_id is not None or flt.channel is not None or flt.status is not None:
-                sub = select(d.c.notification_id)
-                if flt.user_id is not None:
-                    sub = sub.where(d.c.user_id == flt.user_id)
-                if flt.channel is not None:
-                    sub = sub.where(d.c.channel == flt.channel)
-                if flt.status is not None and flt.status in {s.value for s in S}:
-                    sub = sub.where(d.c.status == flt.status)
-                    q = q.where(n.c.id.in_(sub))
-                elif flt.status is not None:
-                    q = q.where(n.c.status == flt.status)
-                    if flt.user_id is not None or flt.channel is not None:
-                        q = q.where(n.c.id.in_(sub))
-                else:
-                    q = q.where(n.c.id.in_(sub))
-            if flt.since is not None:
-                q = q.where(n.c.created_at >= flt.since)
-            if flt.until is not None:
-                q = q.where(n.c.created_at < flt.until)
-            if flt.cursor:
-                q = q.where(n.c.id < flt.cursor)
-            q = q.order_by(n.c.id.desc()).limit(flt.limit)
-            return [_notification(r) for r in c.execute(q)]
 
         return await self.db.run(op)
 
@@ -977,7 +969,7 @@ class SqlStore(
             cancelled = c.execute(
                 update(d)
                 .where(d.c.notification_id == notification_id, d.c.status.in_(_in(CANCELLABLE)))
-                .values(status=S.CANCELLED.value, reason="cancelled", updated_at=now, due_at=now)
+                .values(status=S.CANCELLED.value, reason=Reason.CANCELLED.value, updated_at=now, due_at=now)
             ).rowcount
             final = c.execute(
                 select(func.count())
@@ -1211,7 +1203,7 @@ class SqlStore(
                     c.execute(
                         update(d)
                         .where(d.c.status.in_(waiting), d.c.expires_at.is_not(None), d.c.expires_at <= now)
-                        .values(status=S.SKIPPED.value, reason="expired", updated_at=now)
+                        .values(status=S.SKIPPED.value, reason=Reason.EXPIRED.value, updated_at=now)
                         .returning(d.c.id)
                     ).scalars()
                 )

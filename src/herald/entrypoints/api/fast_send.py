@@ -22,16 +22,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 import pydantic
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from herald.bootstrap import Container
-from herald.domain import urgency
-from herald.domain.errors import HeraldError
+from herald.domain import strict_json, urgency
+from herald.domain.errors import HeraldError, MalformedRequest
 from herald.entrypoints.api.deps import Caller, hash_key
+from herald.entrypoints.api.fast_json import FastJSONResponse
 from herald.entrypoints.api.problems import herald_problem, unexpected_problem
 from herald.entrypoints.api.routes_notifications import accept_send
 from herald.entrypoints.api.schemas import SendBody
@@ -109,7 +109,7 @@ class FastSend:
                 await self.full(scope, _replay([whole], receive), send)
                 return
             result = await accept_send(container, who, body, None if idem is None else idem.decode("latin-1"))
-            response = JSONResponse(result.body, status_code=result.status_code)
+            response = FastJSONResponse(result.body, status_code=result.status_code)
         except HeraldError as exc:
             response = herald_problem(exc, path)
         except Exception:
@@ -122,9 +122,9 @@ class FastSend:
         if idem is not None and len(idem) > 255:
             return None
         try:
-            data: Any = orjson.loads(raw)
+            data: Any = strict_json.loads(raw)  # refused: the full stack answers the 400
             return _send_body.validate_python(data)
-        except (orjson.JSONDecodeError, pydantic.ValidationError):
+        except (MalformedRequest, pydantic.ValidationError):
             return None
 
     async def _caller(self, c: Container, auth: bytes | None) -> Caller | None:

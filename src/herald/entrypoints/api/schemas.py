@@ -73,6 +73,9 @@ class TemplateBody(_Body):
     channels: dict[str, dict[str, Any]] = Field(min_length=1)
     locales: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     default_locale: str = Field(default="en", max_length=35)
+    # Rendered once at PUT (as preview data): a template over its render budget, or failing
+    # with this data, is refused with a 422 rather than failing sends. Not stored.
+    sample_data: dict[str, Any] | None = None
 
 
 class RenderBody(_Body):
@@ -88,8 +91,13 @@ class TrackBody(_Body):
     url: str | None = Field(default=None, max_length=2048)  # clicked: the link followed
 
 
+MIN_TOKEN_TTL, MAX_TOKEN_TTL = 60, 86_400 * 30
+
+
 class TokenBody(_Body):
-    ttl_seconds: int | None = Field(default=None, ge=60, le=86_400 * 30)
+    # Out of range is a 422 naming the bounds (never silently clamped: the caller would hand an
+    # end user a token that lives longer, or shorter, than it asked for).
+    ttl_seconds: int | None = Field(default=None, ge=MIN_TOKEN_TTL, le=MAX_TOKEN_TTL, strict=True)
 
 
 class ReplayFilterBody(_Body):

@@ -1,4 +1,4 @@
-"""delivery funnel rollups per hour and day, and delivery engagement events (opens, clicks)
+"""delivery funnel rollups per hour, and delivery engagement events (opens, clicks)
 
 Revision ID: 0008
 Revises: 0007
@@ -19,7 +19,6 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "delivery_rollups",
-        sa.Column("size", sa.Integer(), nullable=False),
         sa.Column("bucket", sa.BigInteger(), nullable=False),
         sa.Column("template", sa.String(length=128), nullable=False),
         sa.Column("category", sa.String(length=64), nullable=False),
@@ -27,8 +26,7 @@ def upgrade() -> None:
         sa.Column("provider", sa.String(length=32), nullable=False),
         sa.Column("metric", sa.String(length=80), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("size", "bucket", "template", "category", "channel", "provider", "metric"),
-        sqlite_with_rowid=False,
+        sa.PrimaryKeyConstraint("bucket", "template", "category", "channel", "provider", "metric"),
     )
     op.create_table(
         "delivery_events",
