@@ -245,7 +245,8 @@ class ConsoleService:
         last = await self.reads.attempts([d.id for d, _ in found], last_only=True)
         out = []
         for d, template in found:
-            attempt = (last.get(d.id) or [None])[-1]
+            attempts = last.get(d.id)
+            attempt = attempts[-1] if attempts else None
             error = None
             if attempt is not None:
                 error = " ".join(x for x in (attempt.outcome.value, attempt.code, attempt.detail) if x)

@@ -127,7 +127,7 @@ def first(form: Mapping[str, list[str]], name: str, default: str = "") -> str:
 
 def page(
     request: Request, template: str, session: ConsoleSession | None, status: int = 200, **ctx: Any
-) -> HTMLResponse:
+) -> Response:
     html = env.get_template(template).render(
         session=session, path=request.url.path, request_query=request.url.query, **ctx
     )

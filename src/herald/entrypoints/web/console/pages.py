@@ -14,7 +14,6 @@ from herald.domain.states import CANCELLABLE
 from herald.entrypoints.api.deps import hash_key
 from herald.entrypoints.web.console import charts
 from herald.entrypoints.web.console.base import (
-    COOKIE,
     container,
     current,
     first,
@@ -29,6 +28,7 @@ from herald.entrypoints.web.console.base import (
 )
 from herald.ports_console import SearchQuery
 from herald.services.console import STATUS_GROUPS, WINDOWS
+from herald.services.console_auth import COOKIE
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 STATUSES = sorted({s for members in STATUS_GROUPS.values() for s in members})
