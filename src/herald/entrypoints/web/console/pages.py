@@ -14,6 +14,7 @@ from herald.domain.states import CANCELLABLE
 from herald.entrypoints.api.deps import hash_key
 from herald.entrypoints.web.console import charts
 from herald.entrypoints.web.console.base import (
+    ConsoleRoute,
     container,
     current,
     first,
@@ -30,7 +31,7 @@ from herald.ports_console import SearchQuery
 from herald.services.console import STATUS_GROUPS, WINDOWS
 from herald.services.console_auth import COOKIE
 
-router = APIRouter(prefix="/console", include_in_schema=False)
+router = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)
 STATUSES = sorted({s for members in STATUS_GROUPS.values() for s in members})
 CHANNELS = ["email", "sms", "push", "in_app", "webhook", "chat"]
 
