@@ -94,7 +94,8 @@ class Rollup:
         async with self.lock:
             stale = sorted((s for s in starts if self._stale(s, now)), reverse=True)
             began = time.monotonic()
-            while stale and time.monotonic() - began < self.budget:
+            # The newest hours at least, whatever the budget: what the operator looks at first.
+            while stale and (len(self.buckets) == 0 or time.monotonic() - began < self.budget):
                 part, stale = stale[:4], stale[4:]
                 await self._count(part, now)
             if stale and (self.background is None or self.background.done()):
