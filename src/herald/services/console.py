@@ -200,16 +200,23 @@ class ConsoleService:
         await self.rollup.close()
 
     async def overview(self, window: str) -> dict[str, Any]:
-        series = await self.series(window)
+        # Independent reads: side by side on PostgreSQL's pool (SQLite runs them in turn).
+        series, queued, dead, failed, ambiguous = await asyncio.gather(
+            self.series(window),
+            self.reads.queue_depth(sorted(self.catalog.enabled_channels)),
+            self.reads.status_total("dead"),
+            self.reads.status_total("failed"),
+            self.reads.ambiguous_total(),
+        )
         depth: dict[str, dict[str, int]] = {}
-        for channel, rank, count in await self.reads.queue_depth(sorted(self.catalog.enabled_channels)):
+        for channel, rank, count in queued:
             depth.setdefault(channel, {})[Priority.from_rank(rank).value] = count
         return {
             "series": series,
             "queue_depth": depth,
-            "dead_letters": await self.reads.status_total("dead"),
-            "failed": await self.reads.status_total("failed"),
-            "ambiguous": await self.reads.ambiguous_total(),
+            "dead_letters": dead,
+            "failed": failed,
+            "ambiguous": ambiguous,
             "providers": self._provider_health() if self._provider_health else [],
             "generated_at": self.clock.now(),
         }
