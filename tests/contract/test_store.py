@@ -366,6 +366,20 @@ async def test_idempotency_record_expires(store: SqlStore) -> None:
     assert rec is not None and (rec.state, rec.request_hash) == ("pending", "h2")
 
 
+async def test_idempotency_pending_key_of_a_dead_accept_is_taken_over(store: SqlStore) -> None:
+    """A process that died mid-accept (a Kafka consumer killed) left its key pending: a retry is
+    a 409 while it may still be at work, then takes the key over; a finished key never is."""
+    from herald.adapters.store.sql import PENDING_STALE
+
+    assert await store.begin_idempotent("k", "dead", "h", now=NOW, ttl=3600) is None
+    held = await store.begin_idempotent("k", "dead", "h", now=NOW + PENDING_STALE - 1, ttl=3600)
+    assert held is not None and held.state == "pending"
+    assert await store.begin_idempotent("k", "dead", "h", now=NOW + PENDING_STALE + 1, ttl=3600) is None
+    await store.finish_idempotent("k", "dead", 202, {"id": "x"})
+    done = await store.begin_idempotent("k", "dead", "h", now=NOW + 10 * PENDING_STALE, ttl=3600)
+    assert done is not None and done.state == "done"
+
+
 async def test_idempotency_has_one_winner_under_concurrency(backend: SqlBackend) -> None:
     stores = [backend.store, await backend.connect()]
     got = await asyncio.gather(
@@ -433,9 +447,16 @@ async def test_list_notifications_filters_and_pages(store: SqlStore, queue: SqlQ
     assert len(everything) == 3
     assert await ids(user_id="u2") == {sms_for_u2[0].notification_id}
     assert await ids(channel="sms") == {sms_for_u2[0].notification_id}
-    assert await ids(status="sent") == {email_u1.notification_id}  # a delivery status
+    assert await ids(delivery_status="sent") == {email_u1.notification_id}
     assert await ids(status="accepted") == {accepted.id}  # a notification status
     assert await ids(status="routed", user_id="u1") == {email_u1.notification_id}
+    # Routed, as the API shows it: completed once every delivery is final, else in progress.
+    assert await ids(status="completed") == {email_u1.notification_id}
+    assert await ids(status="in_progress") == {sms_for_u2[0].notification_id}
+    assert await ids(status="in_progress", channel="email") == set()
+    assert await store.notifications_in_progress(
+        [n.id for n in await store.list_notifications(NotificationFilter())]
+    ) == {sms_for_u2[0].notification_id}
     assert await ids(since=NOW + 50) == {accepted.id}
     assert await ids(until=NOW + 50) == everything - {accepted.id}
     # cursor pagination: newest first, disjoint pages that cover everything

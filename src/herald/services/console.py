@@ -25,6 +25,7 @@ from herald.domain.rules import Rule, parse_rule
 from herald.domain.validation import check_id, check_locale
 from herald.ports import Clock, Queue, Store
 from herald.ports_console import ConsoleReads, SearchQuery
+from herald.services import render_pool
 from herald.services.catalog import Catalog
 from herald.services.lookups import Lookups
 from herald.services.rendering import check_variant, render_variant
@@ -40,6 +41,11 @@ STATUS_GROUPS = {
     "skipped": ("skipped", "cancelled"),
 }
 _GROUP_OF = {s: g for g, members in STATUS_GROUPS.items() for s in members}
+
+
+def _variants(template: Template) -> int:
+    """How many renders' time a template's compile check may take (render_pool.for_request)."""
+    return 2 + len(template.channels) + sum(len(chans) for chans in template.locales.values())
 
 
 @dataclass(slots=True)
@@ -327,7 +333,8 @@ class ConsoleService:
 
     async def save_template(self, template: Template) -> Template:
         template.created_at = self.clock.now()
-        self.check_template(template)
+        # Compiling: off the loop.
+        await render_pool.for_request(self.check_template, template, renders=_variants(template))
         stored = await self.store.put_template(template)
         self.lookups.forget_template(template.name)
         return stored
@@ -335,8 +342,9 @@ class ConsoleService:
     async def preview(
         self, template: Template, *, data: dict[str, Any], user_id: str | None, locale: str | None
     ) -> dict[str, dict[str, Any]]:
-        """Render every channel of ``template`` (saved or not) in the sandbox, as a send would."""
-        self.check_template(template)
+        """Render every channel of ``template`` (saved or not) in the sandbox, as a send would
+        (off the event loop, within the render budget: render_pool)."""
+        await render_pool.for_request(self.check_template, template, renders=_variants(template))
         user = User(id="preview")
         if user_id:
             found = await self.store.get_user(user_id)
@@ -354,7 +362,7 @@ class ConsoleService:
             variant = template.variant(ch, loc)
             if variant is not None:
                 try:
-                    out[ch] = render_variant(variant, context)
+                    out[ch] = await render_pool.for_request(render_variant, variant, context)
                 except TemplateError as exc:
                     raise TemplateError(exc.detail, field=f"channels.{ch}") from None
         return out

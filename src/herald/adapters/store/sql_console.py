@@ -21,7 +21,7 @@ from sqlalchemy import Connection, bindparam, func, literal_column, select, text
 
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
-from herald.adapters.store.sql import _attempt, _delivery
+from herald.adapters.store.rows import _attempt, _delivery
 from herald.domain.models import Attempt, Delivery
 from herald.ports_console import BucketCount, SearchQuery
 

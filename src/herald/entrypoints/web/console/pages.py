@@ -11,7 +11,6 @@ from fastapi.responses import Response
 
 from herald.domain.errors import HeraldError, ValidationError
 from herald.domain.states import CANCELLABLE
-from herald.entrypoints.api.deps import hash_key
 from herald.entrypoints.web.console import charts
 from herald.entrypoints.web.console.base import (
     ConsoleRoute,
@@ -28,6 +27,7 @@ from herald.entrypoints.web.console.base import (
     writer,
 )
 from herald.ports_console import SearchQuery
+from herald.services.api_keys import hash_key
 from herald.services.console import STATUS_GROUPS, WINDOWS
 from herald.services.console_auth import COOKIE
 

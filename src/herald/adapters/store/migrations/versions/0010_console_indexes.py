@@ -1,7 +1,7 @@
 """console read indexes: dead and failed deliveries, notifications by template and topic, ambiguous attempts
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-07 02:30:00
 
 Each index is partial or on columns written once, so the delivery hot path (claim, result)
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0008'
-down_revision = '0007'
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
