@@ -93,6 +93,10 @@ async def overview(request: Request, window: str = "day", partial: int = 0) -> R
             groups[g] = groups.get(g, 0) + count
         channel_rows.append((channel, groups))
     f = series.funnel
+    steps = [("sent", f["sent"]), ("delivered", f["delivered"]), ("read", f["read"])]
+    engagement = await _engagement(request, series.slots[0])
+    if engagement is not None:  # human opens and clicks of email, from the hourly funnel rollups
+        steps += [("opened", engagement["opened"]), ("clicked", engagement["clicked"])]
     ctx: dict[str, Any] = {
         "window": window,
         "windows": list(WINDOWS),
@@ -102,12 +106,27 @@ async def overview(request: Request, window: str = "day", partial: int = 0) -> R
             f"deliveries per {window} slot", series.slots, series.slot_seconds, series.by_group
         ),
         "per_channel": charts.horizontal_bars("deliveries per channel", channel_rows),
-        "funnel": charts.funnel([("sent", f["sent"]), ("delivered", f["delivered"]), ("read", f["read"])]),
+        "funnel": charts.funnel(steps),
+        "engagement": engagement,
         "legend": charts.LABELS,
         "colours": charts.COLOURS,
         "partial": bool(partial),
     }
     return page(request, "overview_body.html" if partial else "overview.html", session, **ctx)
+
+
+async def _engagement(request: Request, since: float) -> dict[str, Any] | None:
+    """Opens and clicks (people's, machines' apart) of the deliveries created since ``since``,
+    from the funnel's hourly rollups (services/stats.py): the same buckets, never a scan."""
+    c = container(request)
+    stats = getattr(c, "stats", None)
+    if stats is None:
+        return None
+    try:
+        total: dict[str, Any] = (await stats.funnel(stats.query(since=since - since % 3600)))["total"]
+    except HeraldError:
+        return None
+    return total
 
 
 # Notifications -------------------------------------------------------------------------------
