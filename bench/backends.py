@@ -169,6 +169,35 @@ class ScaleoutStack:
         finally:
             await client.aclose()
 
+    async def wait_consumers(self, queues: list[str], timeout: float = 180.0) -> None:
+        """Until each of ``queues`` (lane queues) has a consumer: ``--mode split``'s workers are
+        up (they have no HTTP port to ask), so that their start-up is not measured."""
+        import aio_pika
+
+        deadline = asyncio.get_running_loop().time() + timeout
+        conn = await aio_pika.connect(RABBITMQ_URL, timeout=5)
+        try:
+            while True:
+                missing = []
+                for name in queues:
+                    channel = await conn.channel()
+                    try:
+                        queue = await channel.declare_queue(name, passive=True)
+                        if not queue.declaration_result.consumer_count:
+                            missing.append(name)
+                    except aio_pika.exceptions.ChannelClosed:  # not declared yet
+                        missing.append(name)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await channel.close()
+                if not missing:
+                    return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"no consumer on {missing} after {timeout:.0f}s")
+                await asyncio.sleep(0.5)
+        finally:
+            await conn.close()
+
     def queue_names(self) -> list[str]:
         from herald.adapters.queue.amqp import dead_letter_queue, lane_queue
         from herald.domain.models import Priority

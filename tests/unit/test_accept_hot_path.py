@@ -74,6 +74,9 @@ class FakeStore:
         self.reads.append(f"key:{key_hash}")
         return self.keys.get(key_hash)
 
+    async def touch_api_key(self, key_id: str, now: float) -> None:
+        self.reads.append(f"touch:{key_id}")
+
 
 async def test_concurrent_commits_share_one_transaction() -> None:
     store = FakeStore()
@@ -150,6 +153,8 @@ async def test_lookups_cache_hits_and_forget() -> None:
         assert await lookups.existing_users(["u1", "u2"]) == {"u1"}
     # hits are cached; misses (unknown key, unknown user) are asked again every time
     assert store.reads.count("key:h") == 1
+    await asyncio.sleep(0)  # the key's use is recorded in the background, once a minute at most
+    assert store.reads.count("touch:k") == 1
     assert store.reads.count("template:t") == 1
     assert store.reads.count("users:u1,u2") == 1 and store.reads.count("users:u2") == 2
     store.templates["t"] = template(2)

@@ -1,87 +1,79 @@
-"""The ``herald`` command. Errors are one line on stderr and a non-zero exit."""
+"""The ``herald`` command. Errors are one line on stderr and a non-zero exit.
+
+Start-up is kept short (``herald --help`` in well under a second): this module imports typer
+and herald's command definitions only; every command imports what it uses when it runs (see
+cli_common.py, and tests/unit/test_cli_imports.py for the budget).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import gc
 import json
 import os
-import signal
 import stat
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-import uvicorn
 
-from herald.bootstrap import Container, build, build_store
-from herald.config import Settings, check_lanes, load_settings
-from herald.domain.errors import HeraldError
-from herald.domain.models import Priority
-from herald.entrypoints.api.app import create_app
-from herald.entrypoints.api.deps import SCOPES, generate_key, hash_key
-from herald.entrypoints.api.schemas import epoch
-from herald.entrypoints.api.views import (
-    MAX_DELIVERIES_PAGE,
-    delivery_view,
-    notification_page,
+from herald.entrypoints import cli_admin, cli_config, cli_users
+from herald.entrypoints.cli_common import ConfigOpt, fail, guarded, load, with_container
+
+if TYPE_CHECKING:
+    from herald.bootstrap import Container
+    from herald.config import Settings
+    from herald.domain.models import Priority
+    from herald.entrypoints.children import WorkerChildren
+
+
+def _version(value: bool) -> None:
+    if value:
+        from herald import __version__  # noqa: PLC0415
+
+        typer.echo(f"herald {__version__}")
+        raise typer.Exit()
+
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="herald: self-hosted notification service",
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-from herald.entrypoints.children import PARENT_CHANNELS, ParentLink, WorkerChildren
-from herald.logs import configure
-from herald.ports import DeadLetterFilter
-from herald.services.accept import Accepted, SendRequest
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="herald: self-hosted notification service")
-keys_app = typer.Typer(no_args_is_help=True, help="API keys")
-db_app = typer.Typer(no_args_is_help=True, help="Database schema")
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """herald: self-hosted notification service."""
+
+
+keys_app = cli_admin.keys_app
+db_app = cli_admin.db_app
 dl_app = typer.Typer(no_args_is_help=True, help="Dead-letter queue")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(dl_app, name="dead-letters")
+app.add_typer(cli_users.users_app, name="users")
+app.add_typer(cli_config.config_app, name="config")
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+app.command("bench", context_settings=_PASS_THROUGH)(cli_admin.bench)
 
 T = TypeVar("T")
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML file (default ./herald.toml)")]
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def guarded(fn: Callable[..., T]) -> Callable[..., T]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except HeraldError as exc:
-            where = f" ({exc.field})" if exc.field else ""
-            raise fail(f"{exc.detail}{where}") from None
-        except KeyboardInterrupt:
-            raise fail("interrupted", 130) from None
-
-    return wrapper
 
 
 def _settings(config: Path | None, **overrides: Any) -> Settings:
-    settings = load_settings(config, **overrides)
-    configure(settings.logging.level, json=settings.logging.json_logs)
-    return settings
+    return load(config, **overrides)
 
 
 def _with_container(settings: Settings, fn: Callable[[Container], Awaitable[T]]) -> T:
-    async def main() -> T:
-        container = await build(settings)
-        try:
-            return await fn(container)
-        finally:
-            await container.stop()
-
-    return asyncio.run(main())
+    return with_container(settings, fn)
 
 
 # A long-running herald has two busy threads: the event loop and the database thread (which
@@ -101,6 +93,8 @@ def freeze_startup_heap() -> None:
     the database thread. ``gc.freeze()`` moves everything alive now to a permanent generation
     that collections skip (what long-running CPython services do after start-up).
     """
+    import gc  # noqa: PLC0415
+
     gc.collect()
     gc.freeze()
 
@@ -112,6 +106,21 @@ def _serve(
     port: int | None,
     children: WorkerChildren | None = None,
 ) -> None:
+    import uvicorn  # noqa: PLC0415 - commands import what they use
+
+    from herald.bootstrap import build  # noqa: PLC0415
+    from herald.entrypoints.api.app import create_app  # noqa: PLC0415
+    from herald.entrypoints.cli_config import check_providers  # noqa: PLC0415
+    from herald.entrypoints.serving import ReadyServer  # noqa: PLC0415
+
+    # What the application's start-up would refuse about providers (an extra not installed, a
+    # bad setting), said in one line before the server starts rather than as its traceback.
+    problems = check_providers(settings, unknown_tables=False)
+    if problems:
+        raise fail(
+            problems[0]
+            + (f" (and {len(problems) - 1} more: herald config check)" if len(problems) > 1 else "")
+        )
     sys.setswitchinterval(SWITCH_INTERVAL)
 
     async def make() -> Container:
@@ -134,7 +143,7 @@ def _serve(
         lifespan="on",
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
+    server = ReadyServer(config)
     server.run()
     if not server.started:
         raise fail(f"could not start the HTTP server on {config.host}:{config.port}")
@@ -148,10 +157,13 @@ def serve(
     port: Annotated[int | None, typer.Option(help="listen port")] = None,
 ) -> None:
     """Run everything: API, routing, workers, scheduler (sends in children with server.worker_processes)."""
+    from herald.domain.models import Priority  # noqa: PLC0415
+    from herald.entrypoints.children import PARENT_CHANNELS, WorkerChildren  # noqa: PLC0415
+
     settings = _settings(config)
     children = None
     delegated = [name for name, ch in settings.channels.items() if ch.enabled and name not in PARENT_CHANNELS]
-    if settings.server.worker_processes and delegated:
+    if settings.serve_worker_processes and delegated:
         lanes = settings.server.worker_lanes
         own = [p for p in Priority if p not in lanes or p in settings.server.serve_lanes]
         shared = _keep_other_lanes(settings, delegated, own)
@@ -161,7 +173,7 @@ def serve(
             # published at the children's CPU priority. Every lane has a relay.
             settings.queue.relay_lanes = own
         children = WorkerChildren(
-            settings.server.worker_processes,
+            settings.serve_worker_processes,
             delegated,
             config=config,
             grace=settings.worker.shutdown_grace_seconds,
@@ -175,6 +187,8 @@ def serve(
 def _keep_other_lanes(settings: Settings, channels: list[str], own: list[Priority]) -> frozenset[str]:
     """The channels of the children whose lanes ``own`` (those the children do not send, and
     ``server.serve_lanes``) this process sends itself (and narrows their ``lanes`` to those)."""
+    from herald.config import check_lanes  # noqa: PLC0415
+
     shared = set()
     for name in channels:
         ch = settings.channels[name]
@@ -193,6 +207,9 @@ def _keep_other_lanes(settings: Settings, channels: list[str], own: list[Priorit
 
 
 def _parse_lanes(text: str) -> list[Priority]:
+    from herald.config import check_lanes  # noqa: PLC0415
+    from herald.domain.models import Priority  # noqa: PLC0415
+
     names = [x.strip() for x in text.split(",") if x.strip()]
     try:
         return check_lanes([Priority(x) for x in names])
@@ -215,6 +232,13 @@ def api(
 def _run_roles(
     settings: Settings, roles: set[str], wake_fd: int | None = None, channels: list[str] | None = None
 ) -> None:
+    import asyncio  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    from herald.bootstrap import build  # noqa: PLC0415
+    from herald.entrypoints.children import ParentLink  # noqa: PLC0415
+    from herald.entrypoints.loop import run as run_loop  # noqa: PLC0415
+
     sys.setswitchinterval(SWITCH_INTERVAL)
 
     async def main() -> None:
@@ -235,7 +259,7 @@ def _run_roles(
         if link is not None:
             await link.close()
 
-    asyncio.run(main())
+    run_loop(main())  # uvloop: the workers' sends cost less CPU (entrypoints/loop.py)
 
 
 @app.command()
@@ -277,6 +301,8 @@ def worker(
         if not is_socket:
             raise fail(f"--wake-fd {wake_fd}: not an open socket (herald serve sets it for its children)")
     if lanes is not None:
+        from herald.config import check_lanes  # noqa: PLC0415
+
         serves = _parse_lanes(lanes)
         settings.queue.relay_lanes = serves  # the outbox rows of the lanes it sends
         for name in list(sends):
@@ -303,47 +329,6 @@ def scheduler(config: ConfigOpt = None) -> None:
     _run_roles(_settings(config), {"scheduler"})
 
 
-@keys_app.command("create")
-@guarded
-def keys_create(
-    scope: Annotated[list[str], typer.Option("--scope", help="admin, send or read (repeatable)")],
-    name: Annotated[str, typer.Option(help="a label for the key")] = "default",
-    config: ConfigOpt = None,
-) -> None:
-    """Create an API key and print it alone on stdout (it is stored hashed: keep it)."""
-    bad = [s for s in scope if s not in SCOPES]
-    if bad or not scope:
-        raise fail(f"--scope must be one of {', '.join(SCOPES)}")
-    settings = _settings(config)
-
-    async def main() -> str:
-        store = build_store(settings)
-        await store.start()
-        try:
-            raw, key = generate_key(name, set(scope), time.time())
-            await store.create_api_key(key, hash_key(raw))
-            return raw
-        finally:
-            await store.close()
-
-    typer.echo(asyncio.run(main()))
-
-
-@db_app.command("upgrade")
-@guarded
-def db_upgrade(config: ConfigOpt = None) -> None:
-    """Create or migrate the database schema to the newest revision."""
-    settings = _settings(config)
-
-    async def main() -> None:
-        store = build_store(settings)
-        await store.start()
-        await store.close()
-
-    asyncio.run(main())
-    typer.echo("database is up to date", err=True)
-
-
 def _json_arg(value: str | None, name: str) -> Any:
     if value is None:
         return None
@@ -356,6 +341,10 @@ def _json_arg(value: str | None, name: str) -> Any:
 def _when(value: str | None, name: str) -> float | None:
     if value is None:
         return None
+    from datetime import datetime  # noqa: PLC0415
+
+    from herald.entrypoints.api.schemas import epoch  # noqa: PLC0415
+
     try:
         return epoch(datetime.fromisoformat(value))
     except ValueError:
@@ -377,6 +366,8 @@ def send(
     config: ConfigOpt = None,
 ) -> None:
     """Send a notification and print its id."""
+    from herald.services.accept import Accepted, SendRequest  # noqa: PLC0415
+
     settings = _settings(config)
     req = SendRequest(
         to=to if len(to) > 1 else to[0],
@@ -407,13 +398,15 @@ def status(
     notification_id: str,
     config: ConfigOpt = None,
     deliveries_limit: Annotated[
-        int, typer.Option(min=1, max=MAX_DELIVERIES_PAGE, help="deliveries shown (a page)")
+        int, typer.Option(min=1, max=1000, help="deliveries shown (a page, at most 1,000)")
     ] = 100,
     deliveries_after: Annotated[
         str | None, typer.Option(help="the page after this delivery id (deliveries_next)")
     ] = None,
 ) -> None:
     """Show a notification, its counts per status and a page of its deliveries as JSON."""
+    from herald.entrypoints.api.views import notification_page  # noqa: PLC0415
+
     settings = _settings(config)
 
     async def run(c: Container) -> dict[str, Any] | None:
@@ -426,20 +419,62 @@ def status(
     typer.echo(json.dumps(view, indent=2))
 
 
+@app.command()
+@guarded
+def stats(
+    by: Annotated[
+        list[str] | None, typer.Option("--by", help="template, category, channel, provider (repeat or comma)")
+    ] = None,
+    bucket: Annotated[str | None, typer.Option(help="hour or day (UTC)")] = None,
+    since: Annotated[datetime | None, typer.Option(help="start (UTC unless an offset is given)")] = None,
+    until: Annotated[datetime | None, typer.Option(help="end, exclusive")] = None,
+    template: Annotated[str | None, typer.Option()] = None,
+    category: Annotated[str | None, typer.Option()] = None,
+    channel: Annotated[str | None, typer.Option()] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the same JSON as GET /v1/stats")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """The delivery funnel as GET /v1/stats answers it: sent, delivered, opened, clicked, bounced,
+    failed, skipped by reason, rates (default: the last 7 days, one row)."""
+    from herald.entrypoints import stats_table  # noqa: PLC0415
+    from herald.entrypoints.api.schemas import epoch  # noqa: PLC0415
+
+    settings = _settings(config)
+
+    async def run(c: Container) -> dict[str, Any]:
+        q = c.stats.query(
+            by=by or (),
+            bucket=bucket,
+            since=epoch(since),
+            until=epoch(until),
+            filters={"template": template, "category": category, "channel": channel, "provider": provider},
+        )
+        return await c.stats.funnel(q)
+
+    funnel = _with_container(settings, run)
+    typer.echo(json.dumps(funnel, indent=2) if as_json else stats_table.render(funnel))
+
+
 @dl_app.command("list")
 @guarded
 def dl_list(
     channel: Annotated[str | None, typer.Option()] = None,
     reason: Annotated[str | None, typer.Option()] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    code: Annotated[str | None, typer.Option(help="the last attempt's code")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
     config: ConfigOpt = None,
 ) -> None:
-    """List dead deliveries as JSON lines."""
+    """List dead deliveries as JSON lines, each with its attempts and last error."""
+    from herald.entrypoints.api.views import dead_letter_view  # noqa: PLC0415
+    from herald.ports import DeadLetterFilter  # noqa: PLC0415
+
     settings = _settings(config)
 
     async def run(c: Container) -> list[dict[str, Any]]:
-        items = await c.store.list_dead_letters(DeadLetterFilter(channel=channel, reason=reason, limit=limit))
-        return [delivery_view(d) for d in items]
+        flt = DeadLetterFilter(channel=channel, reason=reason, provider=provider, code=code, limit=limit)
+        return [dead_letter_view(d) for d in await c.store.list_dead_letters(flt)]
 
     for item in _with_container(settings, run):
         typer.echo(json.dumps(item))
@@ -448,31 +483,75 @@ def dl_list(
 @dl_app.command("replay")
 @guarded
 def dl_replay(
-    ids: Annotated[
-        list[str] | None, typer.Argument(help="delivery ids; none = every match of the filters")
-    ] = None,
-    channel: Annotated[str | None, typer.Option()] = None,
-    reason: Annotated[str | None, typer.Option()] = None,
+    ids: Annotated[list[str] | None, typer.Argument(help="delivery ids to replay")] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="replay every dead delivery matching the filters")
+    ] = False,
+    channel: Annotated[str | None, typer.Option(help="with --all: only this channel")] = None,
+    reason: Annotated[str | None, typer.Option(help="with --all: only this reason")] = None,
+    provider: Annotated[str | None, typer.Option(help="with --all: only this provider")] = None,
+    code: Annotated[str | None, typer.Option(help="with --all: only this last attempt's code")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Put dead deliveries back in the queue with a fresh attempt budget."""
+    """Put dead deliveries back in the queue with a fresh attempt budget.
+
+    Name the deliveries, or pass --all (with --channel/--reason to narrow it). An id that is
+    not a dead delivery fails the command (nothing is replayed then).
+    """
+    from herald.ports import DeadLetterFilter  # noqa: PLC0415
+
+    if ids and all_:
+        raise fail("give delivery ids or --all, not both")
+    filtered = bool(channel or reason or provider or code)
+    if ids and filtered:
+        raise fail("--channel, --reason, --provider and --code filter --all; they do not apply to named ids")
     settings = _settings(config)
 
-    async def run(c: Container) -> int:
-        chosen = list(ids or [])
-        if not chosen:
-            items = await c.store.list_dead_letters(
-                DeadLetterFilter(channel=channel, reason=reason, limit=10_000)
-            )
-            chosen = [d.id for d in items]
-        replayed = await c.store.replay_dead_letters(chosen, now=c.clock.now())
-        return len(replayed)
+    matching_filters = DeadLetterFilter(
+        channel=channel, reason=reason, provider=provider, code=code, limit=10_000
+    )
 
-    count = _with_container(settings, run)
+    async def count_matching(c: Container) -> int:
+        return len(await c.store.list_dead_letters(matching_filters))
+
+    if not ids and not all_:
+        matching = _with_container(settings, count_matching)
+        what = " matching the filters" if filtered else ""
+        raise fail(
+            f"{matching} dead deliveries{what}; name the ids to replay, or pass --all to replay "
+            f"{'all of them' if matching != 1 else 'it'}",
+            2,
+        )
+
+    async def run(c: Container) -> tuple[int, list[str]]:
+        if all_:
+            chosen: list[str] = []
+            while True:  # pages of 10,000 until none is left (replayed ones are no longer dead)
+                page = await c.store.list_dead_letters(matching_filters)
+                if not page:
+                    return len(chosen), []
+                done = await c.store.replay_dead_letters([d.id for d in page], now=c.clock.now())
+                chosen += [d.id for d in done]
+                if not done:
+                    return len(chosen), []
+        wanted = list(dict.fromkeys(ids or []))
+        found = [await c.store.get_delivery(i) for i in wanted]
+        unknown = [i for i, d in zip(wanted, found, strict=True) if d is None or d.status.value != "dead"]
+        if unknown:
+            return 0, unknown
+        replayed = await c.store.replay_dead_letters(wanted, now=c.clock.now())
+        return len(replayed), []
+
+    count, unknown = _with_container(settings, run)
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        raise fail(f"not dead deliveries (unknown ids, or not dead): {shown}; nothing was replayed")
     typer.echo(f"replayed {count}")
 
 
 def main() -> None:
+    from herald.domain.errors import HeraldError  # noqa: PLC0415
+
     try:
         app()
     except HeraldError as exc:  # raised while loading configuration outside a command body

@@ -20,12 +20,18 @@ Time is ``time.monotonic``: this is about freshness on this machine, not the dom
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
 
+import structlog
+
 from herald.domain.models import ApiKey, Template
 from herald.ports import Store
+from herald.services.api_keys import LAST_USED_RESOLUTION_SECONDS
+
+log = structlog.get_logger("herald.lookups")
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -79,6 +85,8 @@ class Lookups:
         self._users: TtlCache[str, bool] = TtlCache(user_ttl, max_size=100_000)
         self._template_reads: dict[str, asyncio.Future[Template | None]] = {}
         self._generations: dict[str, int] = {}  # bumped by forget_template
+        self._key_used: dict[str, float] = {}  # key id -> when this process last recorded a use
+        self._touches: set[asyncio.Task[None]] = set()
 
     async def api_key(self, key_hash: str) -> ApiKey | None:
         key = self._keys.get(key_hash)
@@ -86,7 +94,26 @@ class Lookups:
             key = await self.store.get_api_key(key_hash)
             if key is not None:
                 self._keys.put(key_hash, key)
+        if key is not None:
+            self._note_use(key.id)
         return key
+
+    def _note_use(self, key_id: str) -> None:
+        """Record that a key was used (``herald keys list``), at most once a minute per key
+        and process, in the background: authentication itself stays a cache read."""
+        now = time.time()
+        if now - self._key_used.get(key_id, -math.inf) < LAST_USED_RESOLUTION_SECONDS:
+            return
+        self._key_used[key_id] = now
+        task = asyncio.get_running_loop().create_task(self.store.touch_api_key(key_id, now))
+        self._touches.add(task)
+        task.add_done_callback(self._touched)
+
+    def _touched(self, task: asyncio.Task[None]) -> None:
+        self._touches.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Losing a "last used" mark is harmless; the next use writes it again.
+            log.warning("api_key.last_used_not_recorded", error=type(task.exception()).__name__)
 
     async def template(self, name: str) -> Template | None:
         """The latest version of ``name`` (None when it does not exist or was deleted)."""

@@ -16,17 +16,18 @@ Reply classification (RFC 5321, RFC 3463 enhanced codes):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import time
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
+from typing import Literal
 
 import aiosmtplib
 import structlog
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from herald.config import SmtpConfig
+from herald.adapters.providers.slots import PrioritySlots
 from herald.domain.errors import (
     DeadAddressError,
     DeliveryError,
@@ -46,6 +47,26 @@ _DEAD_MAILBOX = {"5.1.1", "5.1.10", "5.1.2", "5.1.6"}
 def enhanced_code(message: str) -> str | None:
     m = _ENHANCED.match(message or "")
     return ".".join(m.groups()) if m else None
+
+
+class SmtpConfig(BaseModel):
+    """``[providers.smtp]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None  # prints masked
+    security: Literal["none", "starttls", "tls"] = "none"
+    validate_certs: bool = True
+    timeout: float = Field(default=30.0, gt=0)
+    from_address: str = "herald@localhost"
+    from_name: str | None = None
+    # Connections: critical and high get the next free one first, and `reserved_high` of them
+    # only they may use, so a bulk backlog never makes them wait (the bulk keeps 4 by default).
+    pool_size: int = Field(default=5, ge=1, le=64)
+    reserved_high: int = Field(default=1, ge=0, le=63)
 
 
 def build_message(cfg: SmtpConfig, message: OutboundMessage, domain: str) -> EmailMessage:
@@ -91,7 +112,8 @@ class SmtpProvider:
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
         self._idle: list[aiosmtplib.SMTP] = []
-        self._slots = asyncio.Semaphore(config.pool_size)
+        # Connections by priority: critical and high first, `reserved_high` of them theirs alone.
+        self._slots = PrioritySlots(config.pool_size, config.reserved_high)
         self._domain = config.from_address.rpartition("@")[2] or "localhost"
 
     def _client(self) -> aiosmtplib.SMTP:
@@ -117,7 +139,8 @@ class SmtpProvider:
             ) from None
         if self.config.username:
             try:
-                await client.login(self.config.username, self.config.password or "")
+                password = self.config.password
+                await client.login(self.config.username, password.get_secret_value() if password else "")
             except aiosmtplib.SMTPAuthenticationError as exc:
                 with contextlib.suppress(Exception):
                     client.close()
@@ -141,7 +164,7 @@ class SmtpProvider:
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         msg = build_message(self.config, message, self._domain)
-        async with self._slots:
+        async with self._slots.slot(message.priority.rank):
             client, reused = await self._acquire()
             try:
                 try:

@@ -16,6 +16,7 @@ import itertools
 import os
 import queue
 import random
+import re
 import sqlite3
 import sys
 import threading
@@ -25,8 +26,6 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.pool import StaticPool
 
@@ -45,6 +44,26 @@ _RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadl
 _TX_ATTEMPTS = 5
 _RECONNECT_ATTEMPTS = 3  # a dead pooled connection, then a server not back yet: then give up
 _MIGRATION_LOCK_KEY = 0x68_65_72_61_6C_64  # "herald": the advisory lock held while migrating
+
+
+_REVISION = re.compile(r"^(revision|down_revision)\s*=\s*['\"]([^'\"]+)['\"]", re.M)
+
+
+@functools.cache
+def head_revision() -> str | None:
+    """The newest revision of the migration scripts, read without loading alembic (whose
+    import and script scan cost most of a short command's start). None when the scripts do not
+    form one simple chain: alembic then decides."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (_MIGRATIONS / "versions").glob("*.py"):
+        found = dict(_REVISION.findall(path.read_text(encoding="utf-8")))
+        if "revision" in found:
+            revisions.add(found["revision"])
+            if "down_revision" in found:
+                parents.add(found["down_revision"])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
 
 
 class SerialExecutor(Executor):
@@ -314,6 +333,11 @@ class Database:
         schema current; SQLite's ``BEGIN IMMEDIATE`` does the same. Alembic keeps its context
         in module globals, so upgrades inside one process are serialised as well.
         """
+        if self.current_revision() == head_revision():
+            return  # the common case (every start but the first): no need to load alembic
+        from alembic import command  # noqa: PLC0415 - only when there is something to migrate
+        from alembic.config import Config  # noqa: PLC0415
+
         cfg = Config()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
         cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
@@ -327,6 +351,32 @@ class Database:
             if self.is_sqlite:
                 raise
             raise ServiceUnavailable(f"database unavailable: {type(err.orig).__name__}") from err
+
+    def current_revision(self) -> str | None:
+        """The schema's alembic revision; None for a database herald has not set up yet."""
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except exc.OperationalError as err:
+            if self.is_sqlite and "no such table" in str(err):
+                return None
+            raise ServiceUnavailable(f"database unavailable: {type(err.orig).__name__}") from err
+        except exc.ProgrammingError as err:  # PostgreSQL: relation "alembic_version" does not exist
+            if getattr(err.orig, "sqlstate", None) == "42P01":
+                return None
+            raise
+        except exc.InterfaceError as err:
+            raise ServiceUnavailable(f"database unavailable: {type(err.orig).__name__}") from err
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for messages."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def dispose(self) -> None:
+        """Close everything from synchronous code (a command that ran without an event loop)."""
+        self._dispose()
+        self._executor.shutdown(wait=True)
 
     async def upgrade_async(self) -> None:
         loop = asyncio.get_running_loop()
