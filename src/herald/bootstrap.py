@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -14,35 +15,48 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy import text
 
+from herald import store_root
 from herald.adapters.cache.memory import MemoryCache
+from herald.adapters.live.local import LocalLiveSignals
 from herald.adapters.providers.composite import FailoverProvider, PushDispatcher, RateLimit
 from herald.adapters.providers.console import ConsoleProvider
 from herald.adapters.providers.in_app import InAppProvider
-from herald.adapters.providers.smtp import SmtpProvider
+from herald.adapters.providers.smtp import SmtpConfig, SmtpProvider
 from herald.adapters.queue.outbox_relay import OutboxRelay
 from herald.adapters.queue.sql import SqlQueue
-from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
+from herald.adapters.store.sql_console import SqlConsoleReads
+from herald.adapters.store.sql_inbox import SqlInboxFeed
 from herald.alerts import Observers, OpsAlerter
-from herald.config import ChannelConfig, Settings
+from herald.config import SECRET_KEY_NAMES, ChannelConfig, Settings
+from herald.domain.engagement import MachinePolicy
 from herald.domain.errors import ConfigurationError
 from herald.domain.models import Category, Priority
 from herald.domain.policies import RetrySchedule
 from herald.domain.rules import parse_rule
 from herald.inbox import InboxHub
 from herald.metrics import Metrics
-from herald.ports import Cache, Clock, Provider, Queue, Store
+from herald.ports import Cache, Clock, LiveSignals, Provider, Queue, Store
+from herald.redact import register_secrets
+from herald.services import rendering
 from herald.services.accept import AcceptService
+from herald.services.callbacks import CallbackService
 from herald.services.catalog import Catalog
+from herald.services.console import ConsoleService, provider_health
+from herald.services.console_auth import ConsoleSessions
 from herald.services.deliver import ChannelPool, DeliveryService
 from herald.services.digest import DigestService
 from herald.services.events import EventService
 from herald.services.leader import LeaderLease
+from herald.services.link_tracking import LinkTracker
 from herald.services.lookups import Lookups
+from herald.services.render_budget import RenderLimits
 from herald.services.route import RouterService
 from herald.services.schedule import SchedulerService
 from herald.services.signing import Signer, UnsubscribeSigner, UserTokens
+from herald.services.stats import StatsService
 from herald.services.track import TrackService
 
 if TYPE_CHECKING:
@@ -130,13 +144,22 @@ _MODULES = {
 }
 
 
+def _smtp_config(settings: Settings) -> SmtpConfig:
+    """SMTP needs no table: without one it speaks to a relay on 127.0.0.1:25."""
+    raw = (settings.providers.model_extra or {}).get("smtp", {})
+    if not isinstance(raw, dict):
+        raise ConfigurationError("providers.smtp: must be a table")
+    config: SmtpConfig = _validated("smtp", SmtpConfig, raw)
+    return config
+
+
 PROVIDER_MODULES = _MODULES  # name -> (module, config class, provider class)
 
 
 def _provider_factories() -> dict[str, ProviderFactory]:
     factories: dict[str, ProviderFactory] = {
         "console": lambda s, _hub: ConsoleProvider(s.providers.console.path),
-        "smtp": lambda s, _hub: SmtpProvider(s.providers.smtp),
+        "smtp": lambda s, _hub: SmtpProvider(_smtp_config(s)),
         "in_app": lambda _s, hub: InAppProvider(hub),
     }
     for name in _MODULES:
@@ -172,6 +195,7 @@ def build_catalog(settings: Settings) -> Catalog:
             budget=c.budget,
             digest_template=c.digest_template,
             digest_items=c.digest_items,
+            tracking=c.tracking,
         )
         for name, c in settings.categories.items()
     }
@@ -206,12 +230,17 @@ class Container:
     user_tokens: UserTokens
     unsubscribe: UnsubscribeSigner
     tracker: TrackService
+    stats: StatsService
+    callbacks: CallbackService
     lookups: Lookups
     events: EventService
     # Scale-out (issue 5): the outbox relay (amqp queue), events from the broker, the scheduler lease.
     relay: OutboxRelay | None = None
     broker_events: AmqpEventConsumer | None = None
     leader: LeaderLease | None = None
+    # The operator console (issue 20): its read model and its sign-in.
+    console: ConsoleService | None = None
+    console_sessions: ConsoleSessions | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -243,6 +272,8 @@ class Container:
         self._stopping.set()
         self.router.wake()
         self.scheduler.wake()
+        if self.console is not None:
+            await self.console.close()  # its background counting, before the store closes
         await self.delivery.stop(self.settings.worker.shutdown_grace_seconds)
         await self.accept.writer.close()  # accepts under way commit before the store closes
         # The lease, relay and broker consumer watch _stopping: let them release and close.
@@ -259,6 +290,7 @@ class Container:
             with contextlib.suppress(Exception):
                 await p.close()
         await self.alerter.close()
+        await self.hub.close()
         await self.cache.close()
         await self.queue.close()
         await self.store.close()
@@ -274,12 +306,39 @@ async def apply_config_rules(settings: Settings, store: Store, catalog: Catalog,
         await store.put_rule(rule, now=clock.now())
 
 
-def build_store(settings: Settings) -> SqlStore:
-    # A broker queue needs the outbox: rows written with every change that makes a delivery claimable.
-    return SqlStore(
-        Database(settings.database.url, pool_size=settings.database.pool_size),
-        outbox=settings.queue.url != "sql",
+def _configured_secrets(settings: Settings, auth_secret: str) -> list[Any]:
+    """Every credential in the configuration, masked wherever it would appear in a log."""
+    found: list[Any] = [auth_secret]
+    stack: list[Any] = list((settings.providers.model_extra or {}).values())
+    while stack:
+        table = stack.pop()
+        if isinstance(table, dict):
+            for key, value in table.items():
+                if SECRET_KEY_NAMES.search(str(key)):
+                    found.append(value)  # a string, or a list of them (previous secrets)
+                elif isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(table, list):
+            stack.extend(table)
+    url = settings.database.url
+    if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+        found.append(url.split("@", 1)[0].split("//", 1)[-1].split(":", 1)[1])  # the password
+    return [v for v in found if v is not None]
+
+
+def render_limits(settings: Settings) -> RenderLimits:
+    t = settings.templates
+    return RenderLimits(
+        timeout_ms=t.render_timeout_ms,
+        max_work=t.render_max_work,
+        max_output=t.render_max_output,
+        max_value=t.render_max_value,
+        max_depth=t.render_max_depth,
     )
+
+
+def build_store(settings: Settings) -> SqlStore:
+    return store_root.build_store(settings)
 
 
 _GRACEFUL_TASKS = frozenset({"herald-leader", "herald-outbox-relay", "herald-broker-events"})
@@ -329,6 +388,27 @@ def build_broker_events(settings: Settings, events: EventService) -> AmqpEventCo
     return AmqpEventConsumer(q.url, handle, prefix=q.prefix, delivery_limit=q.delivery_limit)
 
 
+async def build_inbox_hub(settings: Settings, store: SqlStore) -> InboxHub:
+    """Live inbox streams: the feed in the database; wake-ups in-process, or through PostgreSQL
+    ``NOTIFY`` when the database is PostgreSQL (any process may send what another streams)."""
+    signals: LiveSignals
+    if store.db.dialect == "postgresql":
+        from herald.adapters.live.pg import PgLiveSignals  # noqa: PLC0415 - needs psycopg
+
+        dsn = store.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # One NOTIFY channel per schema: deployments sharing a database do not wake each other.
+        schema = await store.db.run(lambda c: c.execute(text("SELECT current_schema()")).scalar())
+        channel = "herald_inbox"
+        if schema and schema != "public":
+            channel = (channel + "_" + re.sub(r"[^a-z0-9_]", "_", str(schema).lower()))[:63]
+        signals = PgLiveSignals(dsn, channel=channel)
+    else:
+        signals = LocalLiveSignals()
+    hub = InboxHub(SqlInboxFeed(store.db), signals, per_user=settings.server.streams_per_user)
+    await hub.start()
+    return hub
+
+
 def build_cache(settings: Settings) -> Cache:
     url = settings.cache.url
     if url == "memory":
@@ -356,12 +436,16 @@ async def build(
     await queue.start()  # sql on PostgreSQL: LISTEN for wake-ups; amqp: connect
     cache: Cache = build_cache(settings)
 
-    secret = settings.auth.secret or await store.put_setting_if_absent("auth_secret", secrets.token_hex(32))
+    configured = settings.auth.secret.get_secret_value() if settings.auth.secret else None
+    secret = configured or await store.put_setting_if_absent("auth_secret", secrets.token_hex(32))
+    register_secrets(_configured_secrets(settings, secret))
     signer = Signer(secret.encode())
     unsubscribe = UnsubscribeSigner(signer, settings.server.public_url)
+    links = LinkTracker(signer, settings.server.public_url)
     user_tokens = UserTokens(signer, settings.auth.user_token_ttl_seconds)
 
-    hub = InboxHub()
+    rendering.configure(render_limits(settings))
+    hub = await build_inbox_hub(settings, store)
     metrics = Metrics()
     alerter = OpsAlerter(settings.alerts.webhook_url, min_interval=settings.alerts.min_interval_seconds)
     catalog = build_catalog(settings)
@@ -413,6 +497,7 @@ async def build(
         cache=cache,
         hand_over=queue.hand_over,
         senders=delivery,  # only while its pools run (the worker role of this process)
+        tracking=links if settings.tracking.enabled else None,
     )
     lookups = Lookups(store)
     accept = AcceptService(store, clock, catalog, router.wake, lookups=lookups)
@@ -432,7 +517,22 @@ async def build(
         digests=DigestService(store, clock, catalog, unsubscribe),
         promote_rate=settings.scheduler.promote_rate or None,
     )
+    tracker = TrackService(
+        store, clock, links=links, policy=MachinePolicy(machine_seconds=settings.tracking.machine_seconds)
+    )
+    console = ConsoleService(
+        store,
+        SqlConsoleReads(store.db),
+        queue,
+        clock,
+        catalog,
+        lookups,
+        provider_health=lambda: provider_health(delivery.pools, delivery.unhealthy),
+        forget_rule=events.forget,
+    )
     return Container(
+        console=console,
+        console_sessions=ConsoleSessions(signer, lookups),
         settings=settings,
         store=store,
         queue=queue,
@@ -449,7 +549,9 @@ async def build(
         scheduler=scheduler,
         user_tokens=user_tokens,
         unsubscribe=unsubscribe,
-        tracker=TrackService(store, clock),
+        tracker=tracker,
+        stats=StatsService(store, clock),
+        callbacks=CallbackService(built, tracker, public_base=settings.server.public_url),
         lookups=lookups,
         events=events,
         relay=relay,

@@ -7,16 +7,18 @@ Read only by entrypoints and the bootstrap. ``HERALD_DATABASE__URL`` overrides
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from herald.domain.errors import ConfigurationError, ValidationError
 from herald.domain.models import ALL_CHANNELS, Priority
+from herald.domain.rates import RateLimit
 from herald.domain.rules import parse_rule
 
 
@@ -57,7 +59,24 @@ class ServerConfig(_Section):
     # claimed by its own senders and sent at once, without a claim or the children's busy loops;
     # what they cannot take at once either side claims. [] leaves them to the children alone.
     serve_lanes: list[Priority] = Field(default_factory=lambda: [Priority.CRITICAL])
+    # Browser origins (scheme://host[:port]) allowed to call the end-user endpoints (inbox,
+    # stream, preferences, user-token calls); API-key endpoints never answer a browser origin.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Live inbox streams (issue 19): at most this many open at once per user, and a heartbeat
+    # (an SSE comment, and a look at the feed) every this many seconds.
+    streams_per_user: int = Field(default=8, ge=1, le=1000)
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for origin in value:
+            o = origin.strip().rstrip("/")
+            if o != "*" and (not o.startswith(("http://", "https://")) or "/" in o.split("://", 1)[1]):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+            out.append(o)
+        return out
     @field_validator("worker_lanes")
     @classmethod
     def _worker_lanes(cls, value: list[Priority]) -> list[Priority]:
@@ -137,7 +156,7 @@ class CacheConfig(_Section):
 
 
 class AuthConfig(_Section):
-    secret: str | None = None  # signs user inbox tokens; generated and stored when absent
+    secret: SecretStr | None = None  # signs user inbox tokens; generated and stored when absent
     user_token_ttl_seconds: int = Field(default=3600, ge=60)
 
 
@@ -166,6 +185,7 @@ class CategoryConfig(_Section):
     budget: str | None = None  # per user, e.g. "3/day", "10/week", "5/1h"
     digest_template: str | None = None  # a stored template rendered for digests; built-in when None
     digest_items: int = Field(default=10, ge=1, le=100)  # items listed per digest, the rest "and N more"
+    tracking: bool | None = None  # email open/click tracking; None: on where users may opt out
 
     @model_validator(mode="after")
     def _digest_options(self) -> CategoryConfig:
@@ -192,6 +212,13 @@ def _default_categories() -> dict[str, CategoryConfig]:
     }
 
 
+class TrackingConfig(_Section):
+    """Email open and click tracking (issue 22); per category: ``categories.<name>.tracking``."""
+
+    enabled: bool = True  # false: no message is rewritten, whatever the categories say
+    machine_seconds: float = Field(default=2.0, ge=0, le=3600)  # events this soon after delivery are machines
+
+
 class ChannelConfig(_Section):
     providers: list[str] = Field(min_length=1)
     concurrency: int = Field(default=32, ge=1, le=4096)
@@ -212,8 +239,6 @@ class ChannelConfig(_Section):
     @field_validator("rate_limits")
     @classmethod
     def _rates(cls, value: dict[str, str]) -> dict[str, str]:
-        from herald.adapters.providers.composite import RateLimit  # noqa: PLC0415 - parse check only
-
         for rate in value.values():
             RateLimit.parse(rate)
         return value
@@ -229,26 +254,38 @@ class ConsoleConfig(_Section):
     path: str = "herald-console.jsonl"
 
 
-class SmtpConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=25, ge=1, le=65535)
-    username: str | None = None
-    password: str | None = None
-    security: Literal["none", "starttls", "tls"] = "none"
-    validate_certs: bool = True
-    timeout: float = Field(default=30.0, gt=0)
-    from_address: str = "herald@localhost"
-    from_name: str | None = None
-    pool_size: int = Field(default=4, ge=1, le=64)
+SECRET_KEY_NAMES = re.compile(r"(?i)(password|secret|token|api_?key|private_?key|credential|auth)")
+
+
+class MaskedTable(dict[str, Any]):
+    """A provider's raw ``[providers.<name>]`` table: a dict whose text form masks every value
+    under a key that names a secret (tracebacks, reprs, accidental logs)."""
+
+    def __repr__(self) -> str:
+        secret = SECRET_KEY_NAMES.search
+        shown = {k: ("**********" if secret(str(k)) and v is not None else v) for k, v in self.items()}
+        return repr(shown)
+
+    __str__ = __repr__
 
 
 class ProvidersConfig(BaseModel):
-    # Further providers (sendgrid, twilio, ...) add their own sections; unknown sections are
-    # kept so that a provider module can validate its own.
+    # Every provider but the console keeps its own section (smtp, sendgrid, twilio, ...): the
+    # provider module validates it (its config class beside it), the composition root applies it.
     model_config = ConfigDict(extra="allow")
 
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
-    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+
+    @model_validator(mode="after")
+    def _masked(self) -> ProvidersConfig:
+        # The raw tables of the other providers hold credentials as plain strings until the
+        # provider validates its own (SecretStr): they print masked meanwhile.
+        extra = self.__pydantic_extra__
+        if extra:
+            for name, table in extra.items():
+                if isinstance(table, dict) and not isinstance(table, MaskedTable):
+                    extra[name] = MaskedTable(table)
+        return self
 
 
 class LoggingConfig(_Section):
@@ -270,6 +307,17 @@ class EventsConfig(_Section):
     # An event type without a rule: "reject" answers 422; "store" keeps it as unrouted.
     unrouted: Literal["reject", "store"] = "reject"
     rule_cache_seconds: float = Field(default=2.0, ge=0)
+
+
+class TemplatesConfig(_Section):
+    """The budget of one render of a user template (preview, PUT with sample data, routing,
+    digests): no honest template comes near it; a render past it is refused, naming the key."""
+
+    render_timeout_ms: int = Field(default=200, ge=10, le=10_000)  # the render's CPU time (wall: 10x)
+    render_max_work: int = Field(default=300_000, ge=1_000, le=100_000_000)  # iterations, calls, items walked
+    render_max_output: int = Field(default=512 * 1024, ge=1024, le=16 * 1024 * 1024)  # characters
+    render_max_value: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)  # one value's size
+    render_max_depth: int = Field(default=64, ge=1, le=200)  # nested macro calls
 
 
 class Settings(BaseSettings):
@@ -294,6 +342,8 @@ class Settings(BaseSettings):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     default_locale: str = "en"
     events: EventsConfig = Field(default_factory=EventsConfig)
+    templates: TemplatesConfig = Field(default_factory=TemplatesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     # Routing rules by event type, as the body of PUT /v1/rules/{event_type}; applied at start.
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

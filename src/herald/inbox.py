@@ -1,29 +1,108 @@
-"""Live inbox streams: in-process fan-out of new in-app items to connected clients."""
+"""Live inbox streams: the durable feed, the wake-ups, and the streams this process holds.
+
+An in-app item is *numbered* in its user's feed as it is sent (:class:`herald.ports.InboxFeed`,
+in the database), then every process is *told* (:class:`herald.ports.LiveSignals`: in-process,
+or PostgreSQL ``NOTIFY`` across processes). A stream never carries what the signal said: woken,
+it reads the feed after the last number it sent. So a stream that reconnects, to this process
+or another, resumes from its ``Last-Event-ID`` with nothing missed, and a lost signal costs at
+most one heartbeat of latency.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass, field
 from typing import Any
+
+from herald.domain.errors import HeraldError, ServiceUnavailable
+from herald.ports import InboxFeed, LiveSignals
+
+
+class TooManyStreams(HeraldError):
+    status = 429
+    title = "Too many streams"
+
+
+@dataclass(eq=False, slots=True)
+class StreamSub:
+    """One open stream: woken when its user has news, or when the process shuts down."""
+
+    user_id: str
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: bool = False
 
 
 class InboxHub:
-    def __init__(self, max_queue: int = 100) -> None:
-        self._subs: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
-        self.max_queue = max_queue
+    def __init__(self, feed: InboxFeed, signals: LiveSignals, *, per_user: int = 8) -> None:
+        self.feed = feed
+        self.signals = signals
+        self.per_user = per_user
+        self._subs: dict[str, set[StreamSub]] = {}
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        signals.on_wake(self.wake)
 
-    def subscribe(self, user_id: str) -> asyncio.Queue[dict[str, Any]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.max_queue)
-        self._subs.setdefault(user_id, set()).add(q)
-        return q
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.signals.start()
 
-    def unsubscribe(self, user_id: str, q: asyncio.Queue[dict[str, Any]]) -> None:
-        subs = self._subs.get(user_id)
+    async def close(self) -> None:
+        self.close_streams()
+        await self.signals.close()
+
+    # The sending side (the in_app provider) -----------------------------------------------------
+    async def publish(self, user_id: str, item: dict[str, Any]) -> None:
+        await self.feed.append([(user_id, str(item["id"]))], now=time.time())
+        self.signals.notify(user_id)
+
+    def changed(self, user_id: str) -> None:
+        """Something else changed for the user (items read): streams send the unread count."""
+        self.signals.notify(user_id)
+
+    # The streams -------------------------------------------------------------------------------
+    @property
+    def open_streams(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    def subscribe(self, user_id: str) -> StreamSub:
+        if self._closing:
+            raise ServiceUnavailable("this herald is shutting down: reconnect to another one")
+        subs = self._subs.setdefault(user_id, set())
+        if len(subs) >= self.per_user:
+            raise TooManyStreams(f"at most {self.per_user} open streams per user")
+        sub = StreamSub(user_id)
+        subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: StreamSub) -> None:
+        subs = self._subs.get(sub.user_id)
         if subs is not None:
-            subs.discard(q)
+            subs.discard(sub)
             if not subs:
-                del self._subs[user_id]
+                del self._subs[sub.user_id]
 
-    def publish(self, user_id: str, item: dict[str, Any]) -> None:
-        for q in self._subs.get(user_id, ()):
-            if not q.full():  # a slow client misses live items, never the inbox itself
-                q.put_nowait(item)
+    def wake(self, user_id: str | None) -> None:
+        if user_id is None:
+            for subs in self._subs.values():
+                for sub in subs:
+                    sub.event.set()
+            return
+        for sub in self._subs.get(user_id, ()):
+            sub.event.set()
+
+    def close_streams(self) -> None:
+        """End every stream (shutdown): clients reconnect, to another process, and resume."""
+        self._closing = True
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.closing = True
+                sub.event.set()
+
+    def close_streams_threadsafe(self) -> None:
+        """From a signal handler or another thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._closing = True
+            return
+        loop.call_soon_threadsafe(self.close_streams)

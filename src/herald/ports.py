@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from herald.domain.models import (
     JSON,
     ApiKey,
+    CallbackEvent,
+    CallbackRequest,
     Delivery,
     DeliveryResult,
     DeliveryStatus,
@@ -66,13 +68,59 @@ class IdempotencyRecord:
 
 @dataclass(slots=True)
 class NotificationFilter:
+    """``status``: the notification's status as the API shows it (``accepted``, ``routing``,
+    ``in_progress``, ``completed``, ``cancelled``, ``failed``; ``routed`` is either of the two);
+    ``delivery_status``: it has at least one delivery in that status."""
+
     user_id: str | None = None
     status: str | None = None
+    delivery_status: str | None = None
     channel: str | None = None
     since: float | None = None
     until: float | None = None
     cursor: str | None = None
     limit: int = 50
+
+
+@dataclass(slots=True)
+class EngagementEvent:
+    """An open or a click of a delivery: ``kind`` is ``opened`` or ``clicked`` (``link``: the
+    link's index in the message, ``url`` its target); ``source`` what reported it (``pixel``,
+    ``redirect``, ``client``, ``provider``); ``machine`` with ``why`` when a proxy, scanner
+    or bot did it (counted apart)."""
+
+    delivery_id: str
+    kind: str
+    at: float
+    source: str
+    machine: bool = False
+    why: str | None = None
+    link: int = -1
+    url: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(slots=True)
+class Engagement:
+    """What recording an event did: the delivery after it, the funnel metrics it counted
+    (empty for a repeat), and whether it moved the delivery to ``read``."""
+
+    delivery: Delivery
+    counted: tuple[str, ...]
+    moved: bool
+
+
+@dataclass(slots=True)
+class FunnelQuery:
+    """The funnel over [since, until) (epoch seconds; whole hours), grouped by ``by`` (any of
+    template, category, channel, provider) and ``bucket`` (``hour``, ``day`` or None: the whole
+    range), restricted by ``filters`` ({dimension: value})."""
+
+    by: tuple[str, ...] = ()
+    bucket: str | None = None
+    since: float | None = None
+    until: float | None = None
+    filters: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -84,6 +132,7 @@ class DeadLetterFilter:
     until: float | None = None
     cursor: str | None = None
     limit: int = 100
+    code: str | None = None  # the last attempt's code (a provider's error code)
 
 
 @dataclass(slots=True)
@@ -276,6 +325,10 @@ class Store(Protocol):
 
     async def list_notifications(self, flt: NotificationFilter) -> list[Notification]: ...
 
+    async def notifications_in_progress(self, notification_ids: Sequence[str]) -> set[str]:
+        """Those of ``notification_ids`` with a delivery that is not final yet."""
+        ...
+
     async def claim_unrouted(self, *, owner: str, limit: int, lease: float, now: float) -> list[Notification]:
         """Lease accepted notifications (or ones whose routing lease expired) for routing."""
         ...
@@ -342,9 +395,16 @@ class Store(Protocol):
         ...
 
     async def mark_delivery(
-        self, delivery_id: str, status: DeliveryStatus, *, now: float, user_id: str | None = None
+        self,
+        delivery_id: str,
+        status: DeliveryStatus,
+        *,
+        now: float,
+        user_id: str | None = None,
+        reason: str | None = None,
     ) -> Delivery:
-        """A tracking event (delivered, read) from a client or provider callback."""
+        """A tracking event (delivered, read) from a client or provider callback; ``reason``
+        is kept on the delivery (``bounced``). Counted in the funnel in the same transaction."""
         ...
 
     async def promote_scheduled(
@@ -368,7 +428,9 @@ class Store(Protocol):
         ...
 
     # Dead letters --------------------------------------------------------------------------------
-    async def list_dead_letters(self, flt: DeadLetterFilter) -> list[Delivery]: ...
+    async def list_dead_letters(self, flt: DeadLetterFilter) -> list[Delivery]:
+        """Dead deliveries, newest first, each with every attempt (oldest first)."""
+        ...
 
     async def replay_dead_letters(self, delivery_ids: Sequence[str], *, now: float) -> list[Delivery]:
         """Requeue dead deliveries with a fresh attempt budget, keeping their history."""
@@ -521,6 +583,29 @@ class Store(Protocol):
 
     async def ambiguous_count(self) -> int: ...
 
+    async def record_engagement(self, event: EngagementEvent) -> Engagement | None:
+        """Record an open or click (None: no such delivery), idempotently: a delivery's first
+        open and first click per link are recorded, repeats bump a count. Counted in the funnel
+        and, for a human event, the delivery moved to ``read``, in one transaction."""
+        ...
+
+    async def list_engagement(self, delivery_id: str) -> list[dict[str, object]]:
+        """The delivery's recorded opens and clicks, oldest first."""
+        ...
+
+    async def funnel_counts(self, q: FunnelQuery) -> list[tuple[Any, ...]]:
+        """Rows of (*dimensions in ``q.by``, bucket start or None, metric, count), summed from
+        the rollups (see :mod:`herald.domain.funnel`)."""
+        ...
+
+    async def queue_ages(self, *, now: float) -> list[tuple[str, int, int, float]]:
+        """(channel, priority rank, waiting count, age in seconds of the oldest one due)."""
+        ...
+
+    async def oldest_unrouted(self) -> float | None:
+        """When the oldest accepted notification not yet routed was accepted (None: none)."""
+        ...
+
     async def maintain(self) -> list[str]:
         """Housekeeping the database may not do in time by itself: on PostgreSQL, vacuum and
         analyse the queue tables where many rows died. Returns the tables cleaned."""
@@ -627,7 +712,72 @@ class Provider(Protocol):
     async def close(self) -> None: ...
 
 
-class InboxPublisher(Protocol):
-    """Fan-out of new in-app items to live inbox streams."""
+@runtime_checkable
+class CallbackReceiver(Protocol):
+    """A provider that takes status callbacks (``POST /v1/webhooks/{provider}``).
 
-    def publish(self, user_id: str, item: dict[str, Any]) -> None: ...
+    ``parse_callback`` verifies the request with the provider's own scheme (the signature is the
+    authentication) and returns what it says in herald's terms. It raises
+    :class:`herald.domain.errors.PermissionDenied` for a forged, unsigned or stale request,
+    :class:`herald.domain.errors.MalformedRequest` for a body it cannot read, and
+    :class:`herald.domain.errors.ProviderConfigError` when herald lacks what is needed to verify.
+    ``public_base`` is herald's public URL, for providers that sign the URL they called.
+    """
+
+    name: str
+
+    def parse_callback(self, request: CallbackRequest, *, public_base: str) -> list[CallbackEvent]: ...
+
+
+class InboxPublisher(Protocol):
+    """Fan-out of new in-app items to live inbox streams.
+
+    ``publish`` returns once the item has its place in the user's durable feed (so a stream
+    that reconnects later replays it) and the streams of every process have been told.
+    """
+
+    async def publish(self, user_id: str, item: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    seq: int  # the item's number in its user's feed: the stream's event id
+    delivery: Delivery
+
+
+class InboxFeed(Protocol):
+    """The durable order of live inbox items, numbered per user (issue 19).
+
+    Numbers are given in commit order per user: once a reader saw number ``n``, no item with a
+    lower number can appear later, so ``after(user, n)`` is a complete resume.
+    """
+
+    async def append(self, items: Sequence[tuple[str, str]], *, now: float) -> dict[str, int]:
+        """Number each ``(user_id, delivery_id)``; an item appended again keeps its number."""
+        ...
+
+    async def head(self, user_id: str) -> int:
+        """The user's last number (0: nothing yet)."""
+        ...
+
+    async def after(self, user_id: str, seq: int, *, limit: int) -> tuple[list[InboxEntry], int]:
+        """The user's items numbered above ``seq`` in order, and the user's unread count."""
+        ...
+
+
+class LiveSignals(Protocol):
+    """Wake-ups of live streams across processes: "user X has news". Best effort: streams
+    read what changed from the database (:class:`InboxFeed`) and also look on their own every
+    heartbeat, so a lost signal costs latency, never an item."""
+
+    async def start(self) -> None: ...
+
+    def notify(self, user_id: str) -> None:
+        """Wake the streams of ``user_id`` in every process (this one included)."""
+        ...
+
+    def on_wake(self, callback: Callable[[str | None], None]) -> None:
+        """Call ``callback(user_id)`` for every wake-up (``None``: everyone, after a gap)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -433,9 +433,16 @@ async def test_list_notifications_filters_and_pages(store: SqlStore, queue: SqlQ
     assert len(everything) == 3
     assert await ids(user_id="u2") == {sms_for_u2[0].notification_id}
     assert await ids(channel="sms") == {sms_for_u2[0].notification_id}
-    assert await ids(status="sent") == {email_u1.notification_id}  # a delivery status
+    assert await ids(delivery_status="sent") == {email_u1.notification_id}
     assert await ids(status="accepted") == {accepted.id}  # a notification status
     assert await ids(status="routed", user_id="u1") == {email_u1.notification_id}
+    # Routed, as the API shows it: completed once every delivery is final, else in progress.
+    assert await ids(status="completed") == {email_u1.notification_id}
+    assert await ids(status="in_progress") == {sms_for_u2[0].notification_id}
+    assert await ids(status="in_progress", channel="email") == set()
+    assert await store.notifications_in_progress(
+        [n.id for n in await store.list_notifications(NotificationFilter())]
+    ) == {sms_for_u2[0].notification_id}
     assert await ids(since=NOW + 50) == {accepted.id}
     assert await ids(until=NOW + 50) == everything - {accepted.id}
     # cursor pagination: newest first, disjoint pages that cover everything

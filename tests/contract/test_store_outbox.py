@@ -297,8 +297,10 @@ async def test_named_lease_has_one_holder_at_a_time(backend: SqlBackend) -> None
 
 async def test_leader_election_takes_over_when_the_holder_stops_renewing(backend: SqlBackend) -> None:
     """Two schedulers: one leads; it dies (stops renewing, no release); the other takes over
-    within about the lease's ttl; a graceful stop hands over at once."""
-    ttl = 1.0
+    once the lease ran out; a graceful stop hands over. The timings (within the ttl, at once) are
+    asserted on a fake clock in tests/unit/test_leader.py; here the real loop on each backend, with
+    deadlines a loaded machine cannot miss."""
+    ttl = 3.0
     clock = SystemClock()
     one = LeaderLease(backend.store, clock, ttl=ttl, owner="one")
     two = LeaderLease(await backend.connect(), clock, ttl=ttl, owner="two")
@@ -313,9 +315,8 @@ async def test_leader_election_takes_over_when_the_holder_stops_renewing(backend
         run_one.cancel()  # the holder dies: it neither renews nor releases
         died = time.monotonic()
         await asyncio.gather(run_one, return_exceptions=True)
-        assert await two.wait_leader(stop_two, ttl * 3)
+        assert await two.wait_leader(stop_two, ttl * 10)
         takeover = time.monotonic() - died
-        assert takeover <= ttl + ttl / 5 + 0.5, takeover  # expiry plus one contention round
         # the dead holder would not act either: its lease ran out on its own clock
         await asyncio.sleep(max(0.0, ttl - takeover) + 0.05)
         assert not one.is_leader
@@ -329,8 +330,8 @@ async def test_leader_election_takes_over_when_the_holder_stops_renewing(backend
         stop_two.set()
         await run_two
         handed = time.monotonic()
-        assert await three.wait_leader(stop_three, ttl * 3)
-        assert time.monotonic() - handed < ttl / 5 + 0.5
+        assert await three.wait_leader(stop_three, ttl * 10)
+        assert time.monotonic() - handed < ttl, "released: no wait for the lease to run out"
         stop_three.set()
         await run_three
     acquired = [e for e in logs if e["event"] == "scheduler.leader_acquired"]
@@ -361,7 +362,7 @@ async def test_only_the_leader_runs_the_scheduler(backend: SqlBackend, ttl: floa
 
     async def until(condition: Callable[[], bool]) -> None:
         # Polled, not slept: on a slow machine the first lease can take a while to take.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not condition():
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
@@ -401,7 +402,7 @@ async def test_maintain_vacuums_a_queue_table_full_of_dead_rows(backend: SqlBack
         )
         return int(got[0][0])
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     cleaned: list[str] = []
     while not cleaned:  # the statistics of a finished transaction arrive within a second or so
         assert time.monotonic() < deadline, f"never vacuumed; dead rows {dead()}"

@@ -23,8 +23,8 @@ from herald.domain.models import OutboundMessage
 from herald.ports import DigestPlan, DigestSaved
 from herald.services.digest import DigestService
 from herald.testing import FakeClock, RecordingProvider
-from tests.integration.test_reliability import delivery, eventually, tick, wait_status
 from tests.support.herald import Running, make_settings, running_herald
+from tests.support.waits import delivery, eventually, tick, wait_status
 
 NY = ZoneInfo("America/New_York")
 NO_SCHEDULER = frozenset({"router", "worker"})  # the test drives the scheduler's ticks itself

@@ -314,12 +314,16 @@ async def test_bad_input_gets_problem_json_and_changes_nothing(
             assert r.status_code == 422, (source, r.status_code, r.text)
             assert r.headers["content-type"] == "application/problem+json"
             assert "<class" not in r.text and "subclasses" not in r.text.replace(source, "")
-        # A hostile template that got stored fails its deliveries, never runs; nothing reaches SMTP.
+        # A template hostile only with the data of a send is stored (its trial render at PUT
+        # stays within budget); its deliveries fail, it never runs; nothing reaches SMTP.
+        hostile_with_data = "{% for i in range(data.n|default(1)) %}x{% endfor %}"
         r = await c.put(
-            "/v1/templates/evil", json={"channels": {"email": {"subject": "s", "text": HOSTILE_TEMPLATES[2]}}}
+            "/v1/templates/evil", json={"channels": {"email": {"subject": "s", "text": hostile_with_data}}}
         )
         assert r.status_code == 200
-        r = await c.post("/v1/notifications", json={"to": "ana", "template": "evil"})
+        r = await c.post(
+            "/v1/notifications", json={"to": "ana", "template": "evil", "data": {"n": 100_000_000}}
+        )
         body = await h.wait_final(r.json()["id"])
         assert (
             body["deliveries"][0]["status"] == "failed" and body["deliveries"][0]["reason"] == "render_error"

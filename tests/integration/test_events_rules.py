@@ -13,8 +13,8 @@ from herald.config import load_settings
 from herald.domain.errors import ConfigurationError, PermanentDeliveryError
 from herald.domain.models import DeliveryStatus
 from herald.testing import RecordingProvider
-from tests.integration.test_reliability import eventually
 from tests.support.herald import Running, make_settings, running_herald
+from tests.support.waits import eventually
 
 CHANNELS = {
     "push": {"providers": ["console"]},

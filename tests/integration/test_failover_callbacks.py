@@ -18,9 +18,9 @@ from twilio.request_validator import RequestValidator
 
 from tests.emulators.sendgrid import DEFAULT_API_KEY, SendGridEmulator
 from tests.emulators.twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, TwilioEmulator
-from tests.integration.test_reliability import eventually
 from tests.support.herald import Running, make_settings, running_herald
 from tests.support.smtp import SmtpTestServer
+from tests.support.waits import eventually
 
 PUBLIC = "https://herald.example.com"
 

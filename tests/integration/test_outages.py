@@ -13,9 +13,9 @@ import pytest
 
 from herald.testing import RecordingProvider
 from tests.contract.conftest import PG_URL, REDIS_URL, pg_execute, require_postgres
-from tests.integration.test_reliability import eventually
 from tests.support.herald import Running, make_settings, running_herald
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import eventually
 
 MAIL = {"subject": "s", "text": "t"}
 

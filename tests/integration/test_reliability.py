@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,56 +15,15 @@ from herald.testing import FakeClock, RecordingProvider
 from tests.emulators.sendgrid import DEFAULT_API_KEY, SendGridEmulator
 from tests.support.herald import Running, make_settings, running_herald
 from tests.support.smtp import SmtpTestServer
+from tests.support.waits import MAIL, add_user, delivery, eventually, tick, wait_status
 
 pytestmark = pytest.mark.usefixtures("stack")  # embedded and scale-out (tests/support/stack.py)
-
-MAIL = {"subject": "Hi", "text": "hello"}
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not met in {timeout}s (last: {last!r})")
-
-
-async def delivery(h: Running, nid: str, channel: str = "email") -> dict[str, Any]:
-    body = (await h.client.get(f"/v1/notifications/{nid}")).json()
-    for d in body.get("deliveries", []):
-        if d["channel"] == channel:
-            return dict(d)
-    return {}
-
-
-async def wait_status(h: Running, nid: str, *statuses: str, attempts: int | None = None) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        d = await delivery(h, nid)
-        if d.get("status") in statuses and (attempts is None or len(d["attempts"]) == attempts):
-            return d
-        return None
-
-    result: dict[str, Any] = await eventually(check)
-    return result
-
 
 async def send(h: Running, user: str = "u1", **extra: Any) -> str:
     body = {"to": user, "content": MAIL, "channels": ["email"], **extra}
     r = await h.client.post("/v1/notifications", json=body)
     assert r.status_code == 202, r.text
     return str(r.json()["id"])
-
-
-async def add_user(h: Running, uid: str = "u1", email: str = "u1@example.com") -> None:
-    assert (await h.client.put(f"/v1/users/{uid}", json={"email": email})).status_code == 200
-
-
-def tick(h: Running, clock: FakeClock, seconds: float) -> None:
-    clock.advance(seconds)
-    h.container.scheduler.wake()
 
 
 async def test_451_twice_then_250_is_sent_on_the_third_attempt_on_schedule(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from herald.domain.models import Delivery
 from herald.testing import RecordingProvider
-from tests.integration.test_reliability import eventually
 from tests.support.herald import Running, make_settings, running_herald
+from tests.support.waits import eventually
 
 
 async def users(h: Running, n: int, prefix: str = "t") -> list[str]:

@@ -13,8 +13,8 @@ import pytest
 
 from herald.domain.errors import ConfigurationError
 from herald.testing import FakeClock, RecordingProvider
-from tests.integration.test_reliability import delivery, eventually, tick, wait_status
 from tests.support.herald import Running, make_settings, running_herald
+from tests.support.waits import delivery, eventually, tick, wait_status
 
 PARIS = ZoneInfo("Europe/Paris")
 MAIL = {"subject": "Hi", "text": "hello"}

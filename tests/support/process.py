@@ -58,7 +58,7 @@ class HeraldProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"herald {self.role} exited: {self.log.read_text()[-2000:]}")
             return self
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a deadline, not a timing: a loaded machine starts slowly
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"herald exited: {self.log.read_text()[-2000:]}")

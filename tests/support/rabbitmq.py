@@ -147,7 +147,7 @@ class AmqpHarness:
         async with self._lock:  # a concurrent sync's publishes count as published once done
             relay = OutboxRelay(self.store, self._publish, FakeClock(now))
             await relay.flush(now=now)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while sum(q.received[channel] for q in self.queues) < self.published[channel]:
                 assert time.monotonic() < deadline, "published messages did not reach the consumers"
                 await asyncio.sleep(0.005)
@@ -183,7 +183,7 @@ class SyncedAmqpQueue:
         min_rank: int = 0,
     ) -> list[Delivery]:
         await self.inner.wait(channel, 0)  # make sure this process consumes the channel
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while channel not in self.inner._lanes:  # consumers declared and registered
             assert time.monotonic() < deadline, "could not start consuming"
             await asyncio.sleep(0.005)

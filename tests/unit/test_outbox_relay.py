@@ -15,7 +15,7 @@ from herald.domain.models import Priority
 from herald.ports import OutboxItem
 from herald.testing import memory_store
 from tests.contract.conftest import seed
-from tests.integration.test_reliability import eventually
+from tests.support.waits import eventually
 
 
 async def test_the_relay_outlives_an_unexpected_error_and_says_so() -> None:

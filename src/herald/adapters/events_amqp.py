@@ -35,12 +35,12 @@ import contextlib
 from typing import Any, Protocol
 
 import aio_pika  # the rabbitmq extra; bootstrap imports this module only for amqp:// URLs
-import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from herald.adapters.queue.amqp import BROKER_ERRORS, QUORUM, broker_error, connect
-from herald.domain.errors import Conflict, HeraldError, ServiceUnavailable
+from herald.domain import strict_json
+from herald.domain.errors import Conflict, HeraldError, MalformedRequest, ServiceUnavailable
 
 log = structlog.get_logger("herald.events.amqp")
 
@@ -150,9 +150,9 @@ class AmqpEventConsumer:
         reason = None
         payload: Any = None
         try:
-            payload = orjson.loads(message.body)
-        except orjson.JSONDecodeError as exc:
-            reason = f"invalid JSON: {exc}"
+            payload = strict_json.loads(message.body)  # what the HTTP API would refuse, parked
+        except MalformedRequest as exc:
+            reason = f"invalid JSON: {exc.detail}"
         if reason is None and not isinstance(payload, dict):
             reason = f"the body must be a JSON object, not {type(payload).__name__}"
         if reason is None:

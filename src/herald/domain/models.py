@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,8 @@ class Reason(enum.StrEnum):
     USER_DELETED = "user_deleted"
     DIGEST = "digest"  # scheduled: held for the user's digest of its category
     DIGESTED = "digested"  # skipped: went out inside a digest (content["digest"] names it)
+    BLOCKED_ADDRESS = "blocked_address"  # failed: the SSRF guard refused the destination
+    PROVIDER_CONFIG_ERROR = "provider_config_error"  # retrying: held while herald's own setup is wrong
 
 
 def now() -> float:
@@ -170,6 +173,7 @@ class Category:
     budget: str | None = None
     digest_template: str | None = None  # stored template for digests; None: the built-in one
     digest_items: int = 10  # items listed in a digest; the rest are counted as "more"
+    tracking: bool | None = None  # email opens and clicks; None: tracked where users may opt out
 
 
 @dataclass(slots=True)
@@ -339,6 +343,21 @@ class DeliveryResult:
     channel: str = ""
     notification_id: str = ""
     fallback: bool = False  # a failure hands over to the next channel of the notification's chain
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRequest:
+    """A provider's status callback as it arrived: what a provider needs to verify and parse it.
+
+    ``url`` is the public URL the provider called (what it signed), built from the configured
+    public base; ``headers`` have lower-case names.
+    """
+
+    url: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
 
 
 @dataclass(slots=True)

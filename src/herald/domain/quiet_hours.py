@@ -38,7 +38,7 @@ def zone(name: str | None) -> ZoneInfo:
         return ZoneInfo("UTC")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError, UnicodeError):  # a folder, a bad name
         return ZoneInfo("UTC")
 
 

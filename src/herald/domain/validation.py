@@ -60,9 +60,13 @@ def normalize_phone(value: str, field: str = "phone") -> str:
 
 
 def check_timezone(value: str, field: str = "timezone") -> str:
+    # ZoneInfo reads a file named by the key: a folder of the database ("America", "Etc") is an
+    # IsADirectoryError, an over-long name another OSError; all of them are "not a zone".
+    if not value or len(value) > 64 or "\x00" in value:
+        raise ValidationError(f"{field} is not a known IANA time zone: {value[:64]!r}", field=field)
     try:
         zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError, UnicodeError):
         raise ValidationError(f"{field} is not a known IANA time zone: {value!r}", field=field) from None
     return value
 

@@ -12,6 +12,7 @@ import os
 import stat
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -417,23 +418,62 @@ def status(
     typer.echo(json.dumps(view, indent=2))
 
 
+@app.command()
+@guarded
+def stats(
+    by: Annotated[
+        list[str] | None, typer.Option("--by", help="template, category, channel, provider (repeat or comma)")
+    ] = None,
+    bucket: Annotated[str | None, typer.Option(help="hour or day (UTC)")] = None,
+    since: Annotated[datetime | None, typer.Option(help="start (UTC unless an offset is given)")] = None,
+    until: Annotated[datetime | None, typer.Option(help="end, exclusive")] = None,
+    template: Annotated[str | None, typer.Option()] = None,
+    category: Annotated[str | None, typer.Option()] = None,
+    channel: Annotated[str | None, typer.Option()] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the same JSON as GET /v1/stats")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """The delivery funnel as GET /v1/stats answers it: sent, delivered, opened, clicked, bounced,
+    failed, skipped by reason, rates (default: the last 7 days, one row)."""
+    from herald.entrypoints import stats_table  # noqa: PLC0415
+    from herald.entrypoints.api.schemas import epoch  # noqa: PLC0415
+
+    settings = _settings(config)
+
+    async def run(c: Container) -> dict[str, Any]:
+        q = c.stats.query(
+            by=by or (),
+            bucket=bucket,
+            since=epoch(since),
+            until=epoch(until),
+            filters={"template": template, "category": category, "channel": channel, "provider": provider},
+        )
+        return await c.stats.funnel(q)
+
+    funnel = _with_container(settings, run)
+    typer.echo(json.dumps(funnel, indent=2) if as_json else stats_table.render(funnel))
+
+
 @dl_app.command("list")
 @guarded
 def dl_list(
     channel: Annotated[str | None, typer.Option()] = None,
     reason: Annotated[str | None, typer.Option()] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    code: Annotated[str | None, typer.Option(help="the last attempt's code")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
     config: ConfigOpt = None,
 ) -> None:
-    """List dead deliveries as JSON lines."""
-    from herald.entrypoints.api.views import delivery_view  # noqa: PLC0415
+    """List dead deliveries as JSON lines, each with its attempts and last error."""
+    from herald.entrypoints.api.views import dead_letter_view  # noqa: PLC0415
     from herald.ports import DeadLetterFilter  # noqa: PLC0415
 
     settings = _settings(config)
 
     async def run(c: Container) -> list[dict[str, Any]]:
-        items = await c.store.list_dead_letters(DeadLetterFilter(channel=channel, reason=reason, limit=limit))
-        return [delivery_view(d) for d in items]
+        flt = DeadLetterFilter(channel=channel, reason=reason, provider=provider, code=code, limit=limit)
+        return [dead_letter_view(d) for d in await c.store.list_dead_letters(flt)]
 
     for item in _with_container(settings, run):
         typer.echo(json.dumps(item))
@@ -448,6 +488,8 @@ def dl_replay(
     ] = False,
     channel: Annotated[str | None, typer.Option(help="with --all: only this channel")] = None,
     reason: Annotated[str | None, typer.Option(help="with --all: only this reason")] = None,
+    provider: Annotated[str | None, typer.Option(help="with --all: only this provider")] = None,
+    code: Annotated[str | None, typer.Option(help="with --all: only this last attempt's code")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Put dead deliveries back in the queue with a fresh attempt budget.
@@ -459,17 +501,21 @@ def dl_replay(
 
     if ids and all_:
         raise fail("give delivery ids or --all, not both")
-    if ids and (channel or reason):
-        raise fail("--channel and --reason filter --all; they do not apply to named ids")
+    filtered = bool(channel or reason or provider or code)
+    if ids and filtered:
+        raise fail("--channel, --reason, --provider and --code filter --all; they do not apply to named ids")
     settings = _settings(config)
 
+    matching_filters = DeadLetterFilter(
+        channel=channel, reason=reason, provider=provider, code=code, limit=10_000
+    )
+
     async def count_matching(c: Container) -> int:
-        wanted = DeadLetterFilter(channel=channel, reason=reason, limit=10_000)
-        return len(await c.store.list_dead_letters(wanted))
+        return len(await c.store.list_dead_letters(matching_filters))
 
     if not ids and not all_:
         matching = _with_container(settings, count_matching)
-        what = " matching the filters" if channel or reason else ""
+        what = " matching the filters" if filtered else ""
         raise fail(
             f"{matching} dead deliveries{what}; name the ids to replay, or pass --all to replay "
             f"{'all of them' if matching != 1 else 'it'}",
@@ -480,9 +526,7 @@ def dl_replay(
         if all_:
             chosen: list[str] = []
             while True:  # pages of 10,000 until none is left (replayed ones are no longer dead)
-                page = await c.store.list_dead_letters(
-                    DeadLetterFilter(channel=channel, reason=reason, limit=10_000)
-                )
+                page = await c.store.list_dead_letters(matching_filters)
                 if not page:
                     return len(chosen), []
                 done = await c.store.replay_dead_letters([d.id for d in page], now=c.clock.now())

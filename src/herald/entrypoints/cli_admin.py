@@ -130,10 +130,10 @@ def keys_revoke(
 @guarded
 def db_upgrade(config: ConfigOpt = None) -> None:
     """Create or migrate the database schema to the newest revision, and say which it did."""
-    from herald.adapters.store.database import Database  # noqa: PLC0415
+    from herald.store_root import open_database  # noqa: PLC0415
 
     settings = load(config, logs=False)
-    db = Database(settings.database.url, pool_size=1)
+    db = open_database(settings.database.url)
     try:
         before = db.current_revision()
         db.upgrade()

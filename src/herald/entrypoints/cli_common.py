@@ -78,16 +78,10 @@ def with_store(settings: Settings, fn: Callable[[Store], Awaitable[T]]) -> T:
     """Only the database (migrated to the newest schema): what admin commands need."""
     import asyncio  # noqa: PLC0415
 
-    from herald.adapters.store.database import Database  # noqa: PLC0415
-    from herald.adapters.store.sql import SqlStore  # noqa: PLC0415
+    from herald.store_root import build_store  # noqa: PLC0415 - not the whole composition root
 
     async def main() -> T:
-        # As bootstrap.build_store, without importing the whole composition root: a broker
-        # queue needs the outbox written with every change that makes a delivery claimable.
-        store = SqlStore(
-            Database(settings.database.url, pool_size=settings.database.pool_size),
-            outbox=settings.queue.url != "sql",
-        )
+        store = build_store(settings)
         await store.start()
         try:
             return await fn(store)

@@ -171,10 +171,9 @@ def users_import(
     settings = load(config)
     import asyncio  # noqa: PLC0415
 
-    from herald.adapters.store.database import Database  # noqa: PLC0415
-    from herald.adapters.store.sql import SqlStore  # noqa: PLC0415
+    from herald.store_root import build_store  # noqa: PLC0415 - not the whole composition root
 
-    store = SqlStore(Database(settings.database.url, pool_size=2), outbox=settings.queue.url != "sql")
+    store = build_store(settings, pool_size=2)
     categories = _categories(settings)
     stat = file.stat()
     name = _checkpoint_name(file)

@@ -25,7 +25,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from herald.bootstrap import PROVIDER_EXTRAS, PROVIDER_MODULES
-from herald.config import CategoryConfig, ChannelConfig, ConsoleConfig, Settings, SmtpConfig
+from herald.config import CategoryConfig, ChannelConfig, ConsoleConfig, Settings
 
 ENV_PREFIX = "HERALD_"
 REGENERATE = "herald config reference > docs/configuration.md"
@@ -325,8 +325,9 @@ def reference() -> str:
     _section(
         out, "providers.console", ConsoleConfig, "providers.console.", f"{ENV_PREFIX}PROVIDERS__CONSOLE__"
     )
-    _section(out, "providers.smtp", SmtpConfig, "providers.smtp.", f"{ENV_PREFIX}PROVIDERS__SMTP__")
-    for name, (module, cls_name, _provider) in PROVIDER_MODULES.items():
+    # SMTP is built in (it needs no table of its own); the others are imported when configured.
+    documented = {"smtp": ("smtp", "SmtpConfig", "SmtpProvider"), **PROVIDER_MODULES}
+    for name, (module, cls_name, _provider) in documented.items():
         extra = PROVIDER_EXTRAS.get(name, (None, ()))[0]
         title = f"providers.{name}"
         guide = f"Guide: [docs/providers/{name}.md](providers/{name}.md)."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -23,3 +24,11 @@ class ReadyServer(uvicorn.Server):
                 port = self.servers[0].sockets[0].getsockname()[1]
             sys.stdout.write(f"herald listening on http://{shown}:{port}\n")
             sys.stdout.flush()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn waits for open responses before it shuts down: live streams end now (their
+        # clients reconnect to another process and resume), so the process exits in seconds.
+        from herald.entrypoints.api.app import end_streams  # noqa: PLC0415 - loaded by then
+
+        end_streams(self.config.app)

@@ -447,8 +447,8 @@ class DeliveryService:
         if isinstance(exc, PermanentDeliveryError):
             log.warning("delivery.failed", **ctx, detail=detail)
             # A refused destination (SSRF guard) says so; other permanent errors are generic.
-            reason = "blocked_address" if code == "blocked_address" else Reason.PERMANENT_ERROR.value
-            return result(S.FAILED, reason=reason)
+            reason = Reason.BLOCKED_ADDRESS if code == Reason.BLOCKED_ADDRESS else Reason.PERMANENT_ERROR
+            return result(S.FAILED, reason=reason.value)
         if isinstance(exc, ProviderConfigError):
             # Never the user's fault: hold the delivery without spending its retry budget.
             log.error("provider.config_error", **ctx, detail=detail)
@@ -462,7 +462,7 @@ class DeliveryService:
             hold = max(self.catalog.config_hold_seconds, retry_after or 0.0)
             return result(
                 S.RETRYING,
-                reason="provider_config_error",
+                reason=Reason.PROVIDER_CONFIG_ERROR.value,
                 due_at=now + hold,
                 counts=False,
             )

@@ -52,6 +52,7 @@ from herald.domain.models import (
 )
 from herald.domain.quiet_hours import next_digest_time, quiet_until, zone
 from herald.ports import Clock, DigestGroup, DigestPlan, RecipientContext, Store
+from herald.services import render_pool
 from herald.services.catalog import Catalog
 from herald.services.rendering import render_variant
 from herald.services.route import address_for, channel_enabled
@@ -353,10 +354,11 @@ class DigestService:
                 log.info("digest.template_has_no_variant", template=name, channel=channel)
             else:
                 try:
-                    return render_variant(variant, context), template
+                    return await render_pool.for_routing(render_variant, variant, context), template
                 except TemplateError as exc:
                     log.warning("digest.template_failed", template=name, channel=channel, error=exc.detail)
-        return render_variant(BUILTIN_DIGEST.get(channel, _GENERIC), context), None
+        builtin = BUILTIN_DIGEST.get(channel, _GENERIC)
+        return await render_pool.for_routing(render_variant, builtin, context), None
 
 
 __all__ = ["BUILTIN_DIGEST", "DigestService", "digest_ids", "item_view"]

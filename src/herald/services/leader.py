@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -38,25 +39,29 @@ class LeaderLease:
         name: str = "scheduler",
         ttl: float = 5.0,
         owner: str | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``monotonic`` is this process's own clock for how long its lease is still valid
+        (never the store's or another host's); tests pass a fake one."""
         self.store = store
         self.clock = clock
         self.name = name
         self.ttl = ttl
+        self._monotonic = monotonic
         self.owner = owner or f"{name}-{os.getpid()}-{new_id('l')[-8:]}"
         self._valid_until = 0.0  # monotonic
         self._changed = asyncio.Event()
-        self._waiting_since = time.monotonic()
+        self._waiting_since = self._monotonic()
 
     @property
     def is_leader(self) -> bool:
-        return time.monotonic() < self._valid_until
+        return self._monotonic() < self._valid_until
 
     async def wait_leader(self, stopping: asyncio.Event, timeout: float) -> bool:
         """Return True once this process leads (at once if it does), False on timeout or stop."""
-        deadline = time.monotonic() + timeout
+        deadline = self._monotonic() + timeout
         while not self.is_leader and not stopping.is_set():
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._monotonic()
             if remaining <= 0:
                 return False
             self._changed.clear()
@@ -67,7 +72,7 @@ class LeaderLease:
     async def try_acquire(self) -> bool:
         """One attempt to take or renew the lease; True while this process leads."""
         was_leader = self.is_leader
-        sent = time.monotonic()
+        sent = self._monotonic()
         now = self.clock.now()
         previous = None if was_leader else await self.store.get_lease(self.name)
         held = await self.store.acquire_or_renew(self.name, self.owner, ttl=self.ttl, now=now)
@@ -77,7 +82,7 @@ class LeaderLease:
             if not was_leader:
                 fields: dict[str, object] = {
                     "owner": self.owner,
-                    "waited_s": round(time.monotonic() - self._waiting_since, 3),
+                    "waited_s": round(self._monotonic() - self._waiting_since, 3),
                 }
                 if previous is not None and previous.owner != self.owner:
                     # How long after the previous holder's last renewal, and after its expiry.
@@ -94,7 +99,7 @@ class LeaderLease:
         if self._valid_until:
             log.warning("scheduler.leader_lost", owner=self.owner)
         self._valid_until = 0.0
-        self._waiting_since = time.monotonic()
+        self._waiting_since = self._monotonic()
         self._changed.set()
 
     async def run(self, stopping: asyncio.Event) -> None:

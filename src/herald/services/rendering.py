@@ -1,200 +1,75 @@
-"""Template rendering in Jinja2's immutable sandbox, with resource limits.
+"""Rendering of user templates: compiled once, each render within a budget.
 
-Template authors are untrusted. The sandbox already refuses ``__class__``-style attribute
-access and mutation of data; on top of it:
+Template authors are untrusted: services/render_sandbox.py hardens Jinja2's immutable sandbox
+and services/render_budget.py holds the budget of one render (time, work, depth, sizes). The
+functions here are synchronous and must run off the event loop (services/render_pool.py).
 
-* every ``for`` loop draws from one iteration budget per render (nested loops cannot explode);
-* ``range`` is capped, and ``*``, ``**``, ``+`` and ``~`` refuse results past a size limit;
-* string padding methods and filters refuse huge widths;
-* the output is cut off at a size limit.
-
-Compiled templates are cached by (name, version, channel, locale, field): compiling is ~70x
-more expensive than rendering.
+Compiled templates are cached by source: compiling is ~70x more expensive than rendering.
 """
 
 from __future__ import annotations
 
-import contextvars
-import operator
-from collections.abc import Callable, Iterable, Iterator
+import re
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import TemplateSyntaxError
 from jinja2.exceptions import SecurityError
-from jinja2.runtime import Undefined, new_context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.visitor import NodeTransformer
+from jinja2.exceptions import TemplateError as JinjaTemplateError
+from jinja2.runtime import new_context
 
 from herald.domain.errors import TemplateError
+from herald.services import render_budget as rb
+from herald.services.render_budget import RenderLimitExceeded, RenderLimits
+from herald.services.render_sandbox import HeraldSandbox, _Rewriter
 
-MAX_ITERATIONS = 10_000
-MAX_RANGE = 10_000
-MAX_STRING = 256 * 1024
-MAX_OUTPUT = 512 * 1024
-MAX_WIDTH = 10_000
-
-_budget: contextvars.ContextVar[list[int]] = contextvars.ContextVar("herald_render_budget")
-
-_DICT_ATTRIBUTES = frozenset(dir(dict))
-_PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "format", "format_map"})
+MAX_SOURCE = 256 * 1024  # characters of one template field
 
 
-class RenderLimitExceeded(SecurityError):
-    pass
+class RenderBudgetError(TemplateError):
+    """A render refused for exceeding its budget; ``limit`` names the configuration key."""
+
+    def __init__(self, detail: str, *, limit: str, field: str | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.limit = limit
 
 
-def _spend(n: int = 1) -> None:
-    budget = _budget.get(None)
-    if budget is None:
-        return
-    budget[0] -= n
-    if budget[0] < 0:
-        raise RenderLimitExceeded(f"template exceeded {MAX_ITERATIONS} loop iterations")
+_limits = RenderLimits()
 
 
-def _budgeted(iterable: Iterable[Any]) -> Iterator[Any]:
-    for item in iterable:
-        _spend()
-        yield item
+def configure(limits: RenderLimits) -> None:
+    """Set this process's render budget (``[templates]`` in the configuration)."""
+    global _limits  # noqa: PLW0603 - one budget per process, set once at start
+    _limits = limits
 
 
-def _sized(value: Any) -> Any:
-    if isinstance(value, str | bytes | list | tuple) and len(value) > MAX_STRING:
-        raise RenderLimitExceeded("template produced a value over the size limit")
-    return value
-
-
-def _concat(*parts: Any) -> str:
-    return str(_sized("".join(str(p) for p in parts)))
-
-
-def _safe_range(*args: int) -> range:
-    rng = range(*args)
-    if len(rng) > MAX_RANGE:
-        raise RenderLimitExceeded(f"range() is limited to {MAX_RANGE} items")
-    return rng
-
-
-def _check_widths(args: Iterable[Any]) -> None:
-    for a in args:
-        if isinstance(a, int) and a > MAX_WIDTH:
-            raise RenderLimitExceeded(f"a width or count above {MAX_WIDTH} is not allowed")
-
-
-def _guard_filter(fn: Callable[..., Any]) -> Callable[..., Any]:
-    pass_arg = getattr(fn, "jinja_pass_arg", None)
-    skip = 2 if pass_arg is not None else 1  # the context/environment, then the filtered value
-
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        _check_widths(args[skip:])
-        _check_widths(kwargs.values())
-        return _sized(fn(*args, **kwargs))
-
-    if pass_arg is not None:
-        guarded.jinja_pass_arg = pass_arg  # type: ignore[attr-defined]  # jinja's own marker
-    return guarded
-
-
-class HeraldSandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "+"})
-
-    def __init__(self, *, autoescape: bool) -> None:
-        super().__init__(autoescape=autoescape, undefined=Undefined, auto_reload=False, cache_size=0)
-        # Keep jinja's harmless globals (dict, cycler, joiner, namespace); lipsum(n) is unbounded.
-        self.globals.pop("lipsum", None)
-        self.globals.update(range=_safe_range, __herald_iter=_budgeted, __herald_concat=_concat)
-        self.filters = {name: _guard_filter(fn) for name, fn in self.filters.items()}
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        # ``user.data.name`` on the dicts a render sees: the sandbox first asks the dict for an
-        # attribute of that name, and the AttributeError it raises cost ~0.4 us a lookup (a
-        # tenth of the router's time in the drain profile). A plain dict has no attribute
-        # outside dir(dict), so for any other name the answer is its item, or undefined, as
-        # the sandbox itself would conclude.
-        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
-            try:
-                return obj[attribute]
-            except KeyError:
-                return self.undefined(obj=obj, name=attribute)
-        return super().getattr(obj, attribute)
-
-    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
-        if operator_name == "**":
-            if isinstance(right, int | float) and abs(right) > 100:
-                raise RenderLimitExceeded("exponent too large")
-            if isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > 65_536:
-                raise RenderLimitExceeded("number too large")
-            return _sized(left**right)
-        if operator_name == "*":
-            for side, other in ((left, right), (right, left)):
-                if (
-                    isinstance(side, str | list | tuple)
-                    and isinstance(other, int)
-                    and len(side) * other > MAX_STRING
-                ):
-                    raise RenderLimitExceeded("template produced a value over the size limit")
-            return _sized(operator.mul(left, right))
-        return _sized(operator.add(left, right))
-
-    def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        name = getattr(__obj, "__name__", "")
-        if name in _PADDING_METHODS and isinstance(getattr(__obj, "__self__", None), str):
-            _check_widths(args)
-            _check_widths(kwargs.values())
-            if name in {"format", "format_map"}:
-                # Format specs can ask for any width ("{:>999999999}"); refuse width digits.
-                fmt = __obj.__self__
-                if any(len(chunk) > 4 and chunk.isdigit() for chunk in _digit_runs(fmt)):
-                    raise RenderLimitExceeded("format width too large")
-        return _sized(super().call(__context, __obj, *args, **kwargs))
-
-
-def _digit_runs(text: str) -> list[str]:
-    runs, cur = [], ""
-    for ch in text:
-        if ch.isdigit():
-            cur += ch
-        else:
-            if cur:
-                runs.append(cur)
-            cur = ""
-    if cur:
-        runs.append(cur)
-    return runs
-
-
-class _Rewriter(NodeTransformer):
-    """Route every loop through the iteration budget and every ``~`` through the size check."""
-
-    def visit_For(self, node: nodes.For) -> nodes.Node:
-        self.generic_visit(node)
-        node.iter = nodes.Call(
-            nodes.Name("__herald_iter", "load"), [node.iter], [], None, None, lineno=node.lineno
-        )
-        return node
-
-    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
-        self.generic_visit(node)
-        return nodes.Call(
-            nodes.Name("__herald_concat", "load"), list(node.nodes), [], None, None, lineno=node.lineno
-        )
+def limits() -> RenderLimits:
+    return _limits
 
 
 _TEXT_ENV = HeraldSandbox(autoescape=False)
 _HTML_ENV = HeraldSandbox(autoescape=True)
 _TEXT_GLOBALS = dict(_TEXT_ENV.globals)  # compiled templates' globals (make_globals(None))
 _HTML_GLOBALS = dict(_HTML_ENV.globals)
+_ADDRESS = re.compile(r"\s*(?:object )?at 0x[0-9a-fA-F]+")
 
 
 def _compile(source: str, html: bool) -> Any:
     env = _HTML_ENV if html else _TEXT_ENV
+    if len(source) > MAX_SOURCE:
+        raise TemplateError(f"template field over {MAX_SOURCE} characters")
     try:
         tree = env.parse(source)
+        tree = _Rewriter().visit(tree)
+        code = env.compile(tree)
     except TemplateSyntaxError as exc:
-        raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
-    tree = _Rewriter().visit(tree)
-    code = env.compile(tree)
+        raise TemplateError(
+            f"template syntax error on line {exc.lineno}: {_clean(exc.message or 'invalid syntax')}"
+        ) from None
+    except (RecursionError, MemoryError):
+        raise TemplateError("template nests too deeply to compile") from None
+    except SyntaxError:  # the generated Python: Python's own nesting limits
+        raise TemplateError("template nests too deeply to compile") from None
     return env.template_class.from_code(env, code, env.make_globals(None), None)
 
 
@@ -216,8 +91,8 @@ def _plain(source: str) -> str:
         source = source.replace("\r\n", "\n").replace("\r", "\n")
     if source.endswith("\n"):
         source = source[:-1]
-    if len(source) > MAX_OUTPUT:
-        raise TemplateError("template output exceeds the size limit")
+    if len(source) > _limits.max_output:
+        raise _output_error(_limits)
     return source
 
 
@@ -233,14 +108,30 @@ def _parent(html: bool, context: dict[str, Any]) -> dict[str, Any]:
     return {**(_HTML_GLOBALS if html else _TEXT_GLOBALS), **context}
 
 
+def _clean(message: str) -> str:
+    """An error message for a client or a log: no object addresses, bounded."""
+    message = _ADDRESS.sub("", message)
+    return message if len(message) <= 300 else message[:300] + "..."
+
+
+def _output_error(lim: RenderLimits) -> RenderBudgetError:
+    key = rb.LIMIT_KEYS["max_output"]
+    return RenderBudgetError(
+        f"template exceeded its render budget: output over {lim.max_output} characters ({key})", limit=key
+    )
+
+
 def render_string(source: str, context: dict[str, Any], *, html: bool = False) -> str:
     if _is_plain(source):
         return _plain(source)
-    return _render(_compiled(source, html), _parent(html, context))
+    template = _compiled(source, html)  # outside the budget, as in render_variant
+    with rb.budget_for(_limits):
+        return _render(template, _parent(html, context))
 
 
 def _render(template: Any, parent: dict[str, Any]) -> str:
-    token = _budget.set([MAX_ITERATIONS])
+    """One field, under the budget already set for the whole variant."""
+    lim = _limits
     try:
         out: list[str] = []
         size = 0
@@ -249,56 +140,68 @@ def _render(template: Any, parent: dict[str, Any]) -> str:
         ctx = new_context(template.environment, template.name, template.blocks, parent, shared=True)
         for chunk in template.root_render_func(ctx):
             size += len(chunk)
-            if size > MAX_OUTPUT:
-                raise TemplateError("template output exceeds the size limit")
+            if size > lim.max_output:
+                raise _output_error(lim)
             out.append(chunk)
         return "".join(out)
     except TemplateError:
         raise
+    except RenderLimitExceeded as exc:
+        raise RenderBudgetError(f"template exceeded its render budget: {exc}", limit=exc.limit) from None
     except SecurityError as exc:
-        raise TemplateError(f"template refused by the sandbox: {exc}") from None
-    except UndefinedError as exc:
-        raise TemplateError(f"template error: {exc}") from None
-    except (
-        TypeError,
-        ValueError,
-        ZeroDivisionError,
-        OverflowError,
-        AttributeError,
-        KeyError,
-        IndexError,
-    ) as exc:
-        raise TemplateError(f"template error: {type(exc).__name__}: {exc}") from None
+        raise TemplateError(f"template refused by the sandbox: {_clean(str(exc))}") from None
+    except JinjaTemplateError as exc:
+        raise TemplateError(f"template error: {_clean(str(exc))}") from None
     except RecursionError:
-        raise TemplateError("template recursion too deep") from None
-    finally:
-        _budget.reset(token)
+        key = rb.LIMIT_KEYS["max_depth"]
+        detail = f"template exceeded its render budget: recursion too deep ({key})"
+        raise RenderBudgetError(detail, limit=key) from None
+    except MemoryError:
+        key = rb.LIMIT_KEYS["max_value"]
+        detail = f"template exceeded its render budget: out of memory ({key})"
+        raise RenderBudgetError(detail, limit=key) from None
+    except Exception as exc:  # whatever a template's own mistakes raise (TypeError, ValueError ...)
+        raise TemplateError(f"template error: {type(exc).__name__}: {_clean(str(exc))}") from None
 
 
 HTML_FIELDS = frozenset({"html"})
 
 
 def render_variant(variant: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
-    """Render every string field of a channel variant; ``data`` maps render value by value."""
+    """Render every string field of a channel variant within one budget; ``data`` maps render
+    value by value. Synchronous and bounded: call it off the event loop (render_pool)."""
     parents: dict[bool, dict[str, Any]] = {}
-
-    def render(source: str, html: bool) -> str:
-        if _is_plain(source):
-            return _plain(source)
-        parent = parents.get(html)
-        if parent is None:
-            parent = parents[html] = _parent(html, context)
-        return _render(_compiled(source, html), parent)
-
-    out: dict[str, Any] = {}
+    # Compile first, outside the budget: compiling is cached (and was done at PUT already);
+    # a slow first compile on a loaded machine must not fail an honest render.
+    compiled: dict[tuple[str, bool], Any] = {}
     for field, value in variant.items():
-        if isinstance(value, str):
-            out[field] = render(value, field in HTML_FIELDS)
+        if isinstance(value, str) and not _is_plain(value):
+            html = field in HTML_FIELDS
+            compiled[value, html] = _compiled(value, html)
         elif isinstance(value, dict):
-            out[field] = {k: render(v, False) if isinstance(v, str) else v for k, v in value.items()}
-        else:
-            out[field] = value
-    return out
+            for v in value.values():
+                if isinstance(v, str) and not _is_plain(v):
+                    compiled[v, False] = _compiled(v, False)
+    with rb.budget_for(_limits):
+
+        def render(source: str, html: bool) -> str:
+            template = compiled.get((source, html))
+            if template is None:
+                return _plain(source)
+            parent = parents.get(html)
+            if parent is None:
+                parent = parents[html] = _parent(html, context)
+            return _render(template, parent)
+
+        out: dict[str, Any] = {}
+        for field, value in variant.items():
+            if isinstance(value, str):
+                out[field] = render(value, field in HTML_FIELDS)
+            elif isinstance(value, dict):
+                out[field] = {k: render(v, False) if isinstance(v, str) else v for k, v in value.items()}
+            else:
+                out[field] = value
+        return out
 
 
 def check_variant(variant: dict[str, Any]) -> None:
@@ -309,3 +212,16 @@ def check_variant(variant: dict[str, Any]) -> None:
             for v in value.values():
                 if isinstance(v, str):
                     compile_check(v)
+
+
+__all__ = [
+    "HTML_FIELDS",
+    "RenderBudgetError",
+    "RenderLimits",
+    "check_variant",
+    "compile_check",
+    "configure",
+    "limits",
+    "render_string",
+    "render_variant",
+]

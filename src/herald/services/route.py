@@ -36,8 +36,10 @@ from herald.domain.models import (
 )
 from herald.domain.quiet_hours import next_digest_time, parse_budget, quiet_until
 from herald.ports import Cache, Clock, RecipientContext, RoutedBatch, RoutedClaim, Store
+from herald.services import render_pool
 from herald.services.catalog import Catalog
-from herald.services.rendering import render_variant
+from herald.services.link_tracking import LinkTracker
+from herald.services.rendering import RenderBudgetError, render_variant
 from herald.services.signing import UnsubscribeSigner
 
 log = structlog.get_logger("herald.route")
@@ -126,8 +128,10 @@ class RouterService:
         cache: Cache | None = None,
         hand_over: Callable[[Sequence[Delivery]], None] | None = None,
         senders: LocalSenders | None = None,
+        tracking: LinkTracker | None = None,
     ) -> None:
         self.store = store
+        self.tracking = tracking  # email open and click tracking (services/link_tracking.py)
         self._hand_over = hand_over  # Queue.hand_over: critical/high straight to local senders
         self._senders = senders  # this process's DeliveryService: takes some as they are written
         self.cache = cache
@@ -142,6 +146,7 @@ class RouterService:
         self._urgent = asyncio.Event()
         self._nested = False  # a pass run between two slices of another (see route_pending)
         self._templates: dict[tuple[str, int | None], Template] = {}
+        self._over_budget: dict[tuple[str, str, str], RenderBudgetError] = {}
         self._express: set[asyncio.Task[None]] = set()
         self._express_pending: dict[int, list[Notification]] = {}  # by lane: waiting to be routed
         self._express_lanes: dict[int, asyncio.Task[None]] = {}  # by lane: the task routing them
@@ -306,16 +311,20 @@ class RouterService:
             [r for rs in recipients.values() for r in rs],
             push=any("push" in (n.channels or []) for n, _ in ready),
         )
+        # Rendering runs on the routing thread (render_pool), never on the loop: one hop.
+        built = await render_pool.for_routing(
+            lambda: [self._build(n, template, recipients[n.id], ctx) for n, template in ready]
+        )
         batches = [
             RoutedBatch(
                 notification_id=n.id,
-                deliveries=self._build(n, template, recipients[n.id], ctx),
+                deliveries=deliveries,
                 recipients_done=len(n.recipients),
                 finished=True,
                 dedup_key=n.dedup_key,
                 dedup_window=self.catalog.dedup_window,
             )
-            for n, template in ready
+            for (n, _), deliveries in zip(ready, built, strict=True)
         ]
         for (n, template), b in zip(ready, batches, strict=True):
             if n.fallback:
@@ -387,7 +396,7 @@ class RouterService:
             done = min(offset + CHUNK, total)
             batch = RoutedBatch(
                 notification_id=n.id,
-                deliveries=self._build(n, template, chunk, ctx),
+                deliveries=await render_pool.for_routing(self._build, n, template, chunk, ctx),
                 recipients_done=done,
                 finished=done >= total,
                 dedup_key=n.dedup_key,
@@ -429,7 +438,7 @@ class RouterService:
             deliveries: list[Delivery] = []
             if recipients:
                 ctx = await self._context(recipients, push=push)
-                deliveries = self._build(n, template, recipients, ctx)
+                deliveries = await render_pool.for_routing(self._build, n, template, recipients, ctx)
             if finished and n.fallback:
                 deliveries += await self._fallback_pass(n, template, set(page))
             routed += len(page)
@@ -470,9 +479,14 @@ class RouterService:
         ctx = await self._context(recipients, push="push" in (n.channels or []))
         category = self.catalog.category(n.category)
         now = self.clock.now()
-        out: list[Delivery] = []
-        for r in recipients:
-            out += self._chain(n, template, category, r.user_id, ctx, now, by_user[r.user_id])
+
+        def chains() -> list[Delivery]:
+            out: list[Delivery] = []
+            for r in recipients:
+                out += self._chain(n, template, category, r.user_id, ctx, now, by_user[r.user_id])
+            return out
+
+        out = await render_pool.for_routing(chains)
         if out:
             log.info("notification.fallback", notification_id=n.id, deliveries=len(out))
         return out
@@ -686,6 +700,8 @@ class RouterService:
             }
         if channel == "email" and category.opt_out:
             d.content["unsubscribe_url"] = self.unsubscribe.url(user_id, category.name, channel)
+        if channel == "email":
+            self._track(d, category)
         if n.send_at is not None and n.send_at > now:
             d.status = DeliveryStatus.SCHEDULED
             d.due_at = n.send_at
@@ -714,6 +730,21 @@ class RouterService:
                 log.info("delivery.quiet_hours", delivery_id=d.id, notification_id=n.id, until=until)
         return d
 
+    def _track(self, d: Delivery, category: Category) -> None:
+        """Email open and click tracking: the template's email variant decides (``"tracking":
+        true/false``), else the category (``tracking``; by default on where users may opt out,
+        off for ``security`` and ``transactional``)."""
+        wanted = d.content.pop("tracking", None)
+        if not isinstance(wanted, bool):
+            wanted = category.tracking if category.tracking is not None else category.opt_out
+        html = d.content.get("html")
+        if not wanted or self.tracking is None or not isinstance(html, str) or not html.strip():
+            return
+        keep = {str(d.content["unsubscribe_url"])} if d.content.get("unsubscribe_url") else set()
+        done = self.tracking.rewrite(d.id, html, keep=keep)
+        d.content["html"] = done.html
+        d.content["_track"] = {"links": done.links}
+
     def _render(self, n: Notification, template: Template | None, channel: str, user: User) -> JSON:
         locale = user.locale or self.catalog.default_locale
         if template is not None:
@@ -729,4 +760,17 @@ class RouterService:
             "user": user.template_view(),
             "notification": {"id": n.id, "category": n.category, "priority": n.priority.value},
         }
-        return render_variant(variant, context)
+        # A template over its budget for one recipient fails the notification's other
+        # recipients on that channel at once: a thousand of them must not cost a thousand
+        # time budgets of the routing thread.
+        key = (n.id, channel, locale)
+        over = self._over_budget.get(key)
+        if over is not None:
+            raise RenderBudgetError(over.detail, limit=over.limit)
+        try:
+            return render_variant(variant, context)
+        except RenderBudgetError as exc:
+            if len(self._over_budget) > 1024:
+                self._over_budget.clear()
+            self._over_budget[key] = exc
+            raise

@@ -72,8 +72,9 @@ class UserTokens:
         self._signer = signer
         self.ttl = ttl
 
-    def issue(self, user_id: str, now: float) -> tuple[str, float]:
-        expires = int(now + self.ttl)
+    def issue(self, user_id: str, now: float, ttl: float | None = None) -> tuple[str, float]:
+        """A token valid ``ttl`` seconds (default: the configured one) from ``now``."""
+        expires = int(now + (self.ttl if ttl is None else ttl))
         return "ut_" + self._signer.sign("user", user_id, str(expires)), float(expires)
 
     def verify(self, token: str, now: float) -> str:

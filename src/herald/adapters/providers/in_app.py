@@ -1,7 +1,9 @@
 """The ``in_app`` provider: herald's own inbox.
 
 The delivery row itself is the inbox item; once it is ``sent`` it shows in
-``GET /v1/users/{id}/inbox``. Sending publishes it to the user's live streams.
+``GET /v1/users/{id}/inbox``. Sending numbers it in the user's live feed and wakes the user's
+streams in every process (:class:`herald.inbox.InboxHub`); the receipt waits for that, so an
+item reported ``sent`` is one a reconnecting stream replays.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ class InAppProvider:
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         if self.publisher is not None:
-            self.publisher.publish(
+            await self.publisher.publish(
                 message.user_id,
                 {
                     "id": message.delivery_id,

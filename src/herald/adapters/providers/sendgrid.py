@@ -41,10 +41,11 @@ from herald.domain.errors import (
     DeliveryError,
     MalformedRequest,
     PermanentDeliveryError,
+    PermissionDenied,
     ProviderConfigError,
     TransientDeliveryError,
 )
-from herald.domain.models import CallbackEvent, OutboundMessage, SendReceipt
+from herald.domain.models import CallbackEvent, CallbackRequest, OutboundMessage, SendReceipt
 from herald.domain.validation import mask
 
 log = structlog.get_logger("herald.providers.sendgrid")
@@ -228,6 +229,18 @@ class SendGridProvider:
         return verify_sendgrid_signature(
             key, payload, signature, timestamp, max_age=self.config.event_webhook_max_age, now=self._now()
         )
+
+    def parse_callback(self, request: CallbackRequest, *, public_base: str) -> list[CallbackEvent]:
+        """A signed Event Webhook batch (``X-Twilio-Email-Event-Webhook-Signature``)."""
+        del public_base  # SendGrid signs the body and timestamp, not the URL
+        signature = request.headers.get("x-twilio-email-event-webhook-signature", "")
+        timestamp = request.headers.get("x-twilio-email-event-webhook-timestamp", "")
+        if not signature or not timestamp or not self.verify_events(request.body, signature, timestamp):
+            raise PermissionDenied("the event webhook signature is missing, wrong or too old")
+        try:
+            return list(parse_sendgrid_events(request.body))
+        except ValueError as exc:
+            raise MalformedRequest(f"not a SendGrid event batch: {exc}") from None
 
     async def close(self) -> None:
         await self._http.close()

@@ -22,11 +22,12 @@ import re
 import time
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
+from typing import Literal
 
 import aiosmtplib
 import structlog
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from herald.config import SmtpConfig
 from herald.domain.errors import (
     DeadAddressError,
     DeliveryError,
@@ -46,6 +47,23 @@ _DEAD_MAILBOX = {"5.1.1", "5.1.10", "5.1.2", "5.1.6"}
 def enhanced_code(message: str) -> str | None:
     m = _ENHANCED.match(message or "")
     return ".".join(m.groups()) if m else None
+
+
+class SmtpConfig(BaseModel):
+    """``[providers.smtp]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None  # prints masked
+    security: Literal["none", "starttls", "tls"] = "none"
+    validate_certs: bool = True
+    timeout: float = Field(default=30.0, gt=0)
+    from_address: str = "herald@localhost"
+    from_name: str | None = None
+    pool_size: int = Field(default=4, ge=1, le=64)
 
 
 def build_message(cfg: SmtpConfig, message: OutboundMessage, domain: str) -> EmailMessage:
@@ -117,7 +135,8 @@ class SmtpProvider:
             ) from None
         if self.config.username:
             try:
-                await client.login(self.config.username, self.config.password or "")
+                password = self.config.password
+                await client.login(self.config.username, password.get_secret_value() if password else "")
             except aiosmtplib.SMTPAuthenticationError as exc:
                 with contextlib.suppress(Exception):
                     client.close()

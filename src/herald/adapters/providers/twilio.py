@@ -32,7 +32,7 @@ import hmac
 import re
 import time
 from collections.abc import Mapping
-from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -43,10 +43,11 @@ from herald.domain.errors import (
     DeliveryError,
     MalformedRequest,
     PermanentDeliveryError,
+    PermissionDenied,
     ProviderConfigError,
     TransientDeliveryError,
 )
-from herald.domain.models import CallbackEvent, OutboundMessage, SendReceipt
+from herald.domain.models import CallbackEvent, CallbackRequest, OutboundMessage, SendReceipt
 from herald.domain.validation import mask
 
 log = structlog.get_logger("herald.providers.twilio")
@@ -229,6 +230,22 @@ class TwilioProvider:
     def verify_callback(self, url: str, params: Mapping[str, str], signature: str) -> bool:
         """Check a status callback's ``X-Twilio-Signature`` with this account's token."""
         return verify_twilio_signature(url, params, signature, self.config.auth_token.get_secret_value())
+
+    def parse_callback(self, request: CallbackRequest, *, public_base: str) -> list[CallbackEvent]:
+        """A message status callback (form fields), checked against ``X-Twilio-Signature``.
+
+        Twilio signs the URL it called: the configured ``status_callback_base_url`` (else
+        herald's public URL) with the request's path and query.
+        """
+        try:
+            params = dict(parse_qsl(request.body.decode(), keep_blank_values=True))
+        except UnicodeDecodeError:
+            raise MalformedRequest("the callback body is not UTF-8 form data") from None
+        base = (self.config.status_callback_base_url or public_base).rstrip("/")
+        url = base + request.path + (f"?{request.query}" if request.query else "")
+        if not self.verify_callback(url, params, request.headers.get("x-twilio-signature", "")):
+            raise PermissionDenied("the X-Twilio-Signature does not match this request")
+        return [parse_twilio_callback(params, url=url)]
 
     async def close(self) -> None:
         await self._http.close()

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Row, bindparam, func, select, update
 from herald.adapters.queue.signals import Signals
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
-from herald.adapters.store.sql import _delivery
+from herald.adapters.store.rows import _delivery
 from herald.adapters.store.sql_outbox import take_by_ids
 from herald.domain.models import Delivery, DeliveryStatus
 

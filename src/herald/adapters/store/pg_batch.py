@@ -104,7 +104,8 @@ RECORD_RESULTS = text(
     "failed_at = coalesce(v.failed_at, d.failed_at), due_at = coalesce(v.due_at, d.due_at) "
     f"FROM unnest({_RESULT_ARRAYS}) AS v({_RESULT_NAMES}) "
     "WHERE d.id = v.id AND d.status = 'sending' AND d.lease_owner = v.owner "
-    "RETURNING d.id, d.channel, d.priority, d.due_at"
+    "RETURNING d.id, d.channel, d.priority, d.due_at, d.created_at, d.category, "
+    "(SELECT n.template FROM notifications AS n WHERE n.id = d.notification_id) AS template"
 )
 
 

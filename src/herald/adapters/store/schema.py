@@ -149,6 +149,15 @@ notifications = Table(
     Column("routed_at", Float),
     Index("ix_notifications_route", "status", "priority", "created_at"),
     Index("ix_notifications_user", "user_id", "id"),
+    # The console's search by template and its topic broadcasts (migration 0008).
+    Index("ix_notifications_template", "template", "id"),
+    Index(
+        "ix_notifications_topic",
+        "topic",
+        "id",
+        sqlite_where=text("topic IS NOT NULL"),
+        postgresql_where=text("topic IS NOT NULL"),
+    ),
 )
 
 deliveries = Table(
@@ -221,6 +230,20 @@ deliveries = Table(
         sqlite_where=text("expires_at IS NOT NULL"),
         postgresql_where=text("expires_at IS NOT NULL"),
     ),
+    # Dead letters and failures, newest first, without walking a million finished rows (the
+    # console; migration 0008). Partial: only deliveries in these states are in them.
+    Index(
+        "ix_deliveries_dead",
+        "id",
+        sqlite_where=text("status = 'dead'"),
+        postgresql_where=text("status = 'dead'"),
+    ),
+    Index(
+        "ix_deliveries_failed",
+        "id",
+        sqlite_where=text("status = 'failed'"),
+        postgresql_where=text("status = 'failed'"),
+    ),
 )
 
 attempts = Table(
@@ -237,6 +260,12 @@ attempts = Table(
     Column("latency_ms", Float),
     Column("ambiguous", Boolean, nullable=False),
     Index("ix_attempts_delivery", "delivery_id", "n"),
+    Index(
+        "ix_attempts_ambiguous",
+        "at",
+        sqlite_where=text("ambiguous = true"),
+        postgresql_where=text("ambiguous = true"),
+    ),
 )
 
 suppressions = Table(
@@ -333,4 +362,58 @@ leases = Table(
     Column("owner", String(128), nullable=False),
     Column("until", Float, nullable=False),
     Column("acquired_at", Float, nullable=False),
+)
+
+# The delivery funnel, kept as counts per hour (issue 22): one row per (hour, template,
+# category, channel, provider, metric), bumped in the transaction of every change it counts
+# (sent, delivered, opened, clicked, bounced, failed, dead, skipped:<reason>, …), so that
+# GET /v1/stats reads a few thousand rows instead of scanning the deliveries. ``bucket`` is
+# the hour (epoch seconds) the delivery was created in: a delivery's later events count in its
+# own hour, so rates stay rates (of the messages of Monday, how many were opened).
+delivery_rollups = Table(
+    "delivery_rollups",
+    metadata,
+    Column("bucket", BigInteger, nullable=False),
+    Column("template", String(128), nullable=False),  # '-' for inline content
+    Column("category", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("provider", String(32), nullable=False),  # '-' before any provider was tried
+    Column("metric", String(80), nullable=False),
+    Column("count", BigInteger, nullable=False),
+    PrimaryKeyConstraint("bucket", "template", "category", "channel", "provider", "metric"),
+)
+
+# Engagement with a delivery: opens (the pixel, a client event, the widget) and clicks (each
+# tracked link). One row per (delivery, kind, link, machine): the first time is recorded with
+# what saw it; repeats bump ``count`` and ``last_at``. Machine events (privacy proxies, link
+# scanners, bots) are kept apart from human ones, so rates are human rates.
+delivery_events = Table(
+    "delivery_events",
+    metadata,
+    Column("delivery_id", String(40), nullable=False),
+    Column("kind", String(16), nullable=False),  # opened | clicked
+    Column("link", Integer, nullable=False),  # the link's index in the message; -1 for opens
+    Column("machine", Boolean, nullable=False),
+    Column("why", String(32)),  # for machine events: user_agent | too_fast | proxy
+    Column("url", Text),
+    Column("source", String(16), nullable=False),  # pixel | redirect | client | inbox
+    Column("user_agent", String(256)),
+    Column("at", Float, nullable=False),
+    Column("last_at", Float, nullable=False),
+    Column("count", Integer, nullable=False),
+    PrimaryKeyConstraint("delivery_id", "kind", "link", "machine"),
+)
+
+# The live inbox's durable order (issue 19): one row per in-app item as it is sent, numbered per
+# user in commit order. Stream event ids are these numbers, so a reconnect resumes from the
+# database (``seq > Last-Event-ID``), whichever process sent the item and whichever streams it.
+inbox_feed = Table(
+    "inbox_feed",
+    metadata,
+    Column("user_id", String(128), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("delivery_id", String(40), nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("user_id", "seq", name="pk_inbox_feed"),
+    UniqueConstraint("delivery_id", name="uq_inbox_feed_delivery"),
 )

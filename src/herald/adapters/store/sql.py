@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import collections
 import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     Connection,
-    Row,
     and_,
     bindparam,
     delete,
@@ -28,15 +25,34 @@ from sqlalchemy.dialects import sqlite
 from herald.adapters.store import pg_batch, sqlite_hot
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
+from herald.adapters.store.rows import (
+    _attempt,
+    _delivery,
+    _delivery_rows,
+    _device,
+    _dumps,
+    _loads,
+    _notification,
+    _notification_body,
+    _template,
+    _user,
+)
 from herald.adapters.store.sql_admin import SqlAdminMixin
+from herald.adapters.store.sql_dead_letters import SqlDeadLettersMixin
 from herald.adapters.store.sql_digests import HELD_REASON, SCHEDULED, SqlDigestsMixin
+from herald.adapters.store.sql_engagement import SqlEngagementMixin
 from herald.adapters.store.sql_events import SqlEventsMixin, event_rows, reopen_for_fallback
+from herald.adapters.store.sql_insight import SqlInsightMixin
+from herald.adapters.store.sql_listing import SqlListingMixin
 from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
+from herald.adapters.store.sql_rollups import Tally, bump, count_changed, templates_of
+from herald.adapters.store.sql_stats import SqlStatsMixin
+from herald.adapters.store.sqlite_hot import Changed
 from herald.domain.errors import IllegalTransition, NotFound
+from herald.domain.funnel import marked_metrics, result_metrics, routed_metrics
 from herald.domain.models import (
     JSON,
     ApiKey,
-    Attempt,
     Delivery,
     DeliveryResult,
     DeliveryStatus,
@@ -47,15 +63,13 @@ from herald.domain.models import (
     Outcome,
     Preferences,
     Priority,
-    Recipient,
+    Reason,
     Template,
     User,
 )
 from herald.domain.states import CANCELLABLE, check_transition, sources_of
 from herald.ports import (
-    DeadLetterFilter,
     IdempotencyRecord,
-    NotificationFilter,
     Promoted,
     RecipientContext,
     RoutedBatch,
@@ -64,14 +78,7 @@ from herald.ports import (
 
 S = DeliveryStatus
 _CLAIMABLE = frozenset({S.QUEUED.value, S.RETRYING.value})
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _loads(value: str | None) -> Any:
-    return orjson.loads(value) if value else None
+_ENDED_AT_ROUTING = frozenset({S.SKIPPED.value, S.FAILED.value})
 
 
 def _in(statuses: Sequence[S] | frozenset[S]) -> list[str]:
@@ -83,173 +90,8 @@ def _in(statuses: Sequence[S] | frozenset[S]) -> list[str]:
 SQLITE_EXPIRY_SWEEP = text(
     "UPDATE deliveries SET status = :skipped, reason = 'expired', updated_at = :now "  # noqa: S608
     f"WHERE +status IN ({', '.join(repr(w) for w in _in(sources_of(S.SKIPPED) - {S.SENDING, S.PENDING}))}) "
-    "AND expires_at IS NOT NULL AND expires_at <= :now"
+    "AND expires_at IS NOT NULL AND expires_at <= :now RETURNING id"
 )
-
-
-@functools.lru_cache(maxsize=128)
-def _row_type(fields: tuple[str, ...]) -> Any:
-    try:
-        return collections.namedtuple("_Row", fields)
-    except ValueError:  # a name a tuple cannot have: keep the Row
-        return None
-
-
-def _plain(row: Row[Any]) -> Row[Any]:
-    """The row as a named tuple: the decoders below read ~20 columns by name each, and a
-    SQLAlchemy Row's attribute access costs ~10x a tuple's (a tenth of a routing pass)."""
-    if not isinstance(row, Row):
-        return row  # already plain (the SQLite claim path builds its own)
-    kind = _row_type(row._fields)
-    if kind is None:
-        return row
-    plain: Row[Any] = kind._make(row)
-    return plain
-
-
-def _user(row: Row[Any]) -> User:
-    row = _plain(row)
-    return User(
-        id=row.id,
-        email=row.email,
-        phone=row.phone,
-        locale=row.locale,
-        timezone=row.timezone,
-        data=_loads(row.data) or {},
-        webhook_url=row.webhook_url,
-        chat=_loads(row.chat) or {},
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
-def _device(row: Row[Any]) -> Device:
-    return Device(
-        id=row.id,
-        user_id=row.user_id,
-        kind=row.kind,
-        token=row.token,
-        data=_loads(row.data) or {},
-        active=bool(row.active),
-        created_at=row.created_at,
-    )
-
-
-def _template(row: Row[Any]) -> Template:
-    return Template(
-        name=row.name,
-        version=row.version,
-        category=row.category,
-        channels=_loads(row.channels),
-        locales=_loads(row.locales) or {},
-        default_locale=row.default_locale,
-        created_at=row.created_at,
-    )
-
-
-def _notification(row: Row[Any]) -> Notification:
-    row = _plain(row)
-    body = _loads(row.content)
-    recipients = []
-    for r in body.get("recipients", []):
-        inline = User(**r["inline"]) if r.get("inline") else None
-        recipients.append(Recipient(user_id=r["user_id"], inline=inline))
-    return Notification(
-        id=row.id,
-        status=NotificationStatus(row.status),
-        recipients=recipients,
-        template=row.template,
-        template_version=row.template_version,
-        content=body.get("content"),
-        data=body.get("data") or {},
-        channels=body.get("channels"),
-        category=row.category,
-        priority=Priority.from_rank(row.priority),
-        send_at=row.send_at,
-        expires_at=row.expires_at,
-        dedup_key=row.dedup_key,
-        api_key_id=row.api_key_id,
-        topic=row.topic,
-        event_type=body.get("event_type"),
-        recipients_total=row.recipients_total,
-        recipients_routed=row.recipients_routed,
-        error=row.error,
-        created_at=row.created_at,
-        routed_at=row.routed_at,
-        fallback=bool(body.get("fallback")),
-        route_cursor=row.route_cursor,
-    )
-
-
-def _notification_body(n: Notification) -> str:
-    recipients = []
-    for r in n.recipients:
-        item: JSON = {"user_id": r.user_id}
-        if r.inline is not None:
-            u = r.inline
-            item["inline"] = {
-                "id": u.id,
-                "email": u.email,
-                "phone": u.phone,
-                "locale": u.locale,
-                "timezone": u.timezone,
-                "data": u.data,
-                "webhook_url": u.webhook_url,
-                "chat": u.chat,
-            }
-        recipients.append(item)
-    return _dumps(
-        {
-            "recipients": recipients,
-            "content": n.content,
-            "data": n.data,
-            "channels": n.channels,
-            "event_type": n.event_type,
-            "fallback": n.fallback,
-        }
-    )
-
-
-def _delivery(row: Row[Any]) -> Delivery:
-    row = _plain(row)
-    return Delivery(
-        id=row.id,
-        notification_id=row.notification_id,
-        user_id=row.user_id,
-        channel=row.channel,
-        status=S(row.status),
-        priority=Priority.from_rank(row.priority),
-        category=row.category,
-        address=row.address,
-        content=_loads(row.content) or {},
-        reason=row.reason,
-        provider=row.provider,
-        attempts_made=row.retry_count,
-        budget_used=row.budget_used,
-        due_at=row.due_at,
-        expires_at=row.expires_at,
-        created_at=row.created_at,
-        queued_at=row.queued_at,
-        sent_at=row.sent_at,
-        delivered_at=row.delivered_at,
-        read_at=row.read_at,
-        failed_at=row.failed_at,
-        updated_at=row.updated_at,
-        provider_message_id=row.provider_message_id,
-    )
-
-
-def _attempt(row: Row[Any]) -> Attempt:
-    return Attempt(
-        n=row.n,
-        at=row.at,
-        provider=row.provider,
-        outcome=Outcome(row.outcome),
-        code=row.code,
-        detail=row.detail,
-        latency_ms=row.latency_ms,
-        ambiguous=bool(row.ambiguous),
-    )
 
 
 _D = t.deliveries
@@ -394,36 +236,6 @@ PROMOTE_IDS = pg_batch.per_dialect(
 )
 
 
-def _delivery_rows(deliveries: Sequence[Delivery], now: float) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": x.id,
-            "notification_id": x.notification_id,
-            "user_id": x.user_id,
-            "channel": x.channel,
-            "status": x.status.value,
-            "reason": x.reason,
-            "priority": x.priority.rank,
-            "category": x.category,
-            "address": x.address,
-            "content": _dumps(x.content),
-            "provider": x.provider,
-            "retry_count": x.attempts_made,
-            "budget_used": x.budget_used,
-            "due_at": x.due_at,
-            "expires_at": x.expires_at,
-            "created_at": now,
-            "queued_at": now if x.status == S.QUEUED else None,
-            "failed_at": now if x.status == S.FAILED else None,
-            "updated_at": now,
-            "lease_owner": None,
-            "lease_until": None,
-            "sending_at": None,
-        }
-        for x in deliveries
-    ]
-
-
 # PostgreSQL: deliveries are inserted as one array per column through ``unnest`` (see
 # :mod:`pg_batch`). SQLAlchemy's multi-row ``VALUES (...), (...)`` for a routing page was
 # re-parsed by psycopg every time (20% of herald's time when draining on PostgreSQL).
@@ -475,22 +287,35 @@ def _result_params(r: DeliveryResult, now: float) -> dict[str, Any]:
     }
 
 
-def _apply_results_pg(
-    c: Connection, batch: dict[str, DeliveryResult], now: float
-) -> dict[str, tuple[str, int, float]]:
+def _apply_results_pg(c: Connection, batch: dict[str, DeliveryResult], now: float) -> dict[str, Changed]:
     """PostgreSQL: one ``UPDATE … FROM unnest(…)`` for the batch (see :mod:`pg_batch`)."""
     ordered = sorted(batch.values(), key=lambda x: x.delivery_id)  # lock rows in one order
     named = [{k[2:]: v for k, v in _result_params(r, now).items()} for r in ordered]
     rows = c.execute(pg_batch.RECORD_RESULTS, pg_batch.result_params(named, now))
-    return {row.id: (row.channel, row.priority, row.due_at) for row in rows}
+    return {
+        row.id: Changed(row.channel, row.priority, row.due_at, row.created_at, row.category, row.template)
+        for row in rows
+    }
 
 
-class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
+class SqlStore(
+    SqlEventsMixin,
+    SqlDigestsMixin,
+    SqlOutboxMixin,
+    SqlDeadLettersMixin,
+    SqlInsightMixin,
+    SqlEngagementMixin,
+    SqlStatsMixin,
+    SqlAdminMixin,
+    SqlListingMixin,
+):
     """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue.
 
     ``outbox``: write an outbox row with every change that makes a delivery claimable, for a
     broker queue (see :mod:`herald.adapters.store.sql_outbox`). Off for the ``sql`` queue.
     """
+
+    notification_from_row = staticmethod(_notification)
 
     def __init__(self, db: Database, *, outbox: bool = False) -> None:
         self.db = db
@@ -902,37 +727,6 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
 
         return await self.db.run(op)
 
-    async def list_notifications(self, flt: NotificationFilter) -> list[Notification]:
-        n, d = t.notifications, t.deliveries
-
-        def op(c: Connection) -> list[Notification]:
-            q = select(n)
-            if flt.user_id is not None or flt.channel is not None or flt.status is not None:
-                sub = select(d.c.notification_id)
-                if flt.user_id is not None:
-                    sub = sub.where(d.c.user_id == flt.user_id)
-                if flt.channel is not None:
-                    sub = sub.where(d.c.channel == flt.channel)
-                if flt.status is not None and flt.status in {s.value for s in S}:
-                    sub = sub.where(d.c.status == flt.status)
-                    q = q.where(n.c.id.in_(sub))
-                elif flt.status is not None:
-                    q = q.where(n.c.status == flt.status)
-                    if flt.user_id is not None or flt.channel is not None:
-                        q = q.where(n.c.id.in_(sub))
-                else:
-                    q = q.where(n.c.id.in_(sub))
-            if flt.since is not None:
-                q = q.where(n.c.created_at >= flt.since)
-            if flt.until is not None:
-                q = q.where(n.c.created_at < flt.until)
-            if flt.cursor:
-                q = q.where(n.c.id < flt.cursor)
-            q = q.order_by(n.c.id.desc()).limit(flt.limit)
-            return [_notification(r) for r in c.execute(q)]
-
-        return await self.db.run(op)
-
     async def claim_unrouted(self, *, owner: str, limit: int, lease: float, now: float) -> list[Notification]:
         pg = self.db.dialect == "postgresql"
         new, expired = (_UNROUTED_NEW_PG, _UNROUTED_EXPIRED_PG) if pg else (_UNROUTED_NEW, _UNROUTED_EXPIRED)
@@ -1001,15 +795,20 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
                                 )
                                 taken.add(x.id)
                     rows.extend(written)
-            if rows and (self.outbox or taken):
+            ended = [r for r in rows if r["status"] in _ENDED_AT_ROUTING]  # counted in the funnel
+            if rows and (self.outbox or taken or ended):
                 # Outbox rows only for deliveries this call inserted (a routing pass taken over
                 # after a lost lease writes some again; those have theirs), and none for those
-                # written claimed; a claim holds only for rows this call inserted.
+                # written claimed; a claim holds only for rows this call inserted. Likewise the
+                # funnel counts only rows inserted here.
                 new = _insert_deliveries(c, rows, returning=True)
                 if self.outbox:
                     claimable = [r for r in new if r.status in _CLAIMABLE]
                     add_outbox(c, [(r.id, r.channel, r.priority, r.due_at) for r in claimable], now)
                 taken &= {r.id for r in new}
+                if ended:
+                    inserted = {r.id for r in new}
+                    self._count_routed(c, [r for r in ended if r["id"] in inserted], now)
             elif rows:
                 _insert_deliveries(c, rows, returning=False)
             finished = [b.notification_id for b in batches if b.finished and b.notification_id in held]
@@ -1049,6 +848,18 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
                     if x.id in taken:
                         x.status = S.SENDING
         return oks
+
+    @staticmethod
+    def _count_routed(c: Connection, rows: list[dict[str, Any]], now: float) -> None:
+        """The funnel's counts of deliveries that routing ended (skipped, failed renders)."""
+        if not rows:
+            return
+        templates = templates_of(c, [r["notification_id"] for r in rows])
+        tally = Tally()
+        for r in rows:
+            metrics = routed_metrics(S(r["status"]), r["reason"])
+            tally.add(now, templates.get(r["notification_id"]), r["category"], r["channel"], None, metrics)
+        bump(c, tally)
 
     async def recipient_context(self, user_ids: Sequence[str], *, with_devices: bool) -> RecipientContext:
         ids = list(dict.fromkeys(user_ids))
@@ -1147,7 +958,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
             cancelled = c.execute(
                 update(d)
                 .where(d.c.notification_id == notification_id, d.c.status.in_(_in(CANCELLABLE)))
-                .values(status=S.CANCELLED.value, reason="cancelled", updated_at=now, due_at=now)
+                .values(status=S.CANCELLED.value, reason=Reason.CANCELLED.value, updated_at=now, due_at=now)
             ).rowcount
             final = c.execute(
                 select(func.count())
@@ -1233,14 +1044,18 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
                 changed = sqlite_hot.apply_results(c, batch, now, _result_params)
             attempts: list[dict[str, Any]] = []
             requeued: list[tuple[str, str, int, float]] = []  # outbox rows (broker queue only)
+            tally = Tally()  # the funnel's counts (sql_rollups.py), written last
             for r in batch.values():
                 row = changed.get(r.delivery_id)
                 if row is None:
                     continue
-                channel, priority, due_at = row
+                channel = row.channel
                 if self.outbox and r.new_status.value in _CLAIMABLE:
-                    requeued.append((r.delivery_id, channel, priority, due_at))
+                    requeued.append((r.delivery_id, channel, row.priority, row.due_at))
                 at = r.attempt
+                counted = result_metrics(r.new_status, r.reason, at.outcome)
+                if counted:
+                    tally.add(row.created_at, row.template, row.category, channel, at.provider, counted)
                 attempts.append(
                     {
                         "delivery_id": r.delivery_id,
@@ -1268,6 +1083,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
                 sqlite_hot.insert_attempts(c, attempts)
             if requeued:
                 add_outbox(c, requeued, now)
+            bump(c, tally)
             # Rejected: lost its lease (or not sending any more), or given twice.
             return [
                 r.delivery_id
@@ -1292,7 +1108,13 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
         )
 
     async def mark_delivery(
-        self, delivery_id: str, status: DeliveryStatus, *, now: float, user_id: str | None = None
+        self,
+        delivery_id: str,
+        status: DeliveryStatus,
+        *,
+        now: float,
+        user_id: str | None = None,
+        reason: str | None = None,
     ) -> Delivery:
         d = t.deliveries
         stamp = {S.DELIVERED: "delivered_at", S.READ: "read_at", S.FAILED: "failed_at"}.get(status)
@@ -1311,6 +1133,8 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
             values: dict[str, Any] = {"status": status.value, "updated_at": now}
             if stamp:
                 values[stamp] = now
+            if reason is not None:
+                values["reason"] = reason
             if status == S.READ and row.delivered_at is None:
                 values["delivered_at"] = now
             changed = c.execute(
@@ -1318,6 +1142,12 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
             )
             if not changed.rowcount:
                 raise IllegalTransition("the delivery changed concurrently; try again")
+            counted = marked_metrics(row.channel, current, status, reason)
+            if counted:
+                tally = Tally()
+                template = templates_of(c, [row.notification_id]).get(row.notification_id)
+                tally.add(row.created_at, template, row.category, row.channel, row.provider, counted)
+                bump(c, tally)
             marked = _delivery(c.execute(select(d).where(d.c.id == delivery_id)).one())
             if status == S.FAILED and (marked.content.get("_meta") or {}).get("fallback"):
                 reopen_for_fallback(c, marked.notification_id)  # a bounce moves the chain on too
@@ -1352,18 +1182,24 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
     async def expire_deliveries(self, *, now: float) -> int:
         d = t.deliveries
         waiting = _in(sources_of(S.SKIPPED) - {S.SENDING, S.PENDING})
-        if self.db.is_sqlite:
-            params = {"skipped": S.SKIPPED.value, "now": now}
-            return await self.db.run(lambda c: c.execute(SQLITE_EXPIRY_SWEEP, params).rowcount)
-        return await self.db.run(
-            lambda c: (
-                c.execute(
-                    update(d)
-                    .where(d.c.status.in_(waiting), d.c.expires_at.is_not(None), d.c.expires_at <= now)
-                    .values(status=S.SKIPPED.value, reason="expired", updated_at=now)
-                ).rowcount
-            )
-        )
+
+        def op(c: Connection) -> int:
+            if self.db.is_sqlite:
+                params = {"skipped": S.SKIPPED.value, "now": now}
+                ids = list(c.execute(SQLITE_EXPIRY_SWEEP, params).scalars())
+            else:
+                ids = list(
+                    c.execute(
+                        update(d)
+                        .where(d.c.status.in_(waiting), d.c.expires_at.is_not(None), d.c.expires_at <= now)
+                        .values(status=S.SKIPPED.value, reason=Reason.EXPIRED.value, updated_at=now)
+                        .returning(d.c.id)
+                    ).scalars()
+                )
+            count_changed(c, ids, ("skipped:expired",))  # the funnel, same transaction
+            return len(ids)
+
+        return await self.db.run(op)
 
     async def reclaim_expired_leases(self, *, now: float) -> list[str]:
         d, a = t.deliveries, t.attempts
@@ -1423,28 +1259,7 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
 
         return await self.db.run(op)
 
-    # Dead letters ------------------------------------------------------------------------------
-    async def list_dead_letters(self, flt: DeadLetterFilter) -> list[Delivery]:
-        d = t.deliveries
-
-        def op(c: Connection) -> list[Delivery]:
-            q = select(d).where(d.c.status == S.DEAD.value)
-            if flt.channel:
-                q = q.where(d.c.channel == flt.channel)
-            if flt.provider:
-                q = q.where(d.c.provider == flt.provider)
-            if flt.reason:
-                q = q.where(d.c.reason == flt.reason)
-            if flt.since is not None:
-                q = q.where(d.c.failed_at >= flt.since)
-            if flt.until is not None:
-                q = q.where(d.c.failed_at < flt.until)
-            if flt.cursor:
-                q = q.where(d.c.id < flt.cursor)
-            return [_delivery(r) for r in c.execute(q.order_by(d.c.id.desc()).limit(flt.limit))]
-
-        return await self.db.run(op)
-
+    # Dead letters: listed by SqlDeadLettersMixin (sql_dead_letters.py) ----------------------
     async def replay_dead_letters(self, delivery_ids: Sequence[str], *, now: float) -> list[Delivery]:
         d = t.deliveries
         ids = list(delivery_ids)
@@ -1541,8 +1356,9 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
 
     async def mark_all_read(self, user_id: str, *, now: float) -> int:
         d = t.deliveries
-        return await self.db.run(
-            lambda c: (
+
+        def op(c: Connection) -> int:
+            ids = list(
                 c.execute(
                     update(d)
                     .where(
@@ -1551,9 +1367,13 @@ class SqlStore(SqlEventsMixin, SqlDigestsMixin, SqlOutboxMixin, SqlAdminMixin):
                         d.c.status.in_([S.SENT.value, S.DELIVERED.value]),
                     )
                     .values(status=S.READ.value, read_at=now, updated_at=now)
-                ).rowcount
+                    .returning(d.c.id)
+                ).scalars()
             )
-        )
+            count_changed(c, ids, ("opened",))  # an in-app message read is opened (the funnel)
+            return len(ids)
+
+        return await self.db.run(op)
 
     # Stats ----------------------------------------------------------------------------------
     async def delivery_counts(self, *, since: float | None = None) -> list[tuple[str, str, str | None, int]]:

@@ -16,7 +16,9 @@ from sqlalchemy import Connection, bindparam, func, literal_column, or_, select,
 
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
+from herald.adapters.store.rows import _delivery, _delivery_rows, _notification_body
 from herald.adapters.store.sql_outbox import add_outbox
+from herald.adapters.store.sql_rollups import count_changed
 from herald.domain.models import Delivery, DeliveryStatus, Reason
 from herald.domain.states import check_transition
 from herald.ports import DigestGroup, DigestPlan, DigestSaved
@@ -75,7 +77,6 @@ class SqlDigestsMixin:
     async def held_digest_items(
         self, user_id: str, category: str, channel: str, *, now: float
     ) -> list[Delivery]:
-        from herald.adapters.store.sql import _delivery  # noqa: PLC0415 - sql.py imports this module
 
         d = t.deliveries
 
@@ -91,10 +92,6 @@ class SqlDigestsMixin:
         return await self.db.run(op)
 
     async def save_digest(self, plan: DigestPlan, *, now: float) -> DigestSaved:
-        from herald.adapters.store.sql import (  # noqa: PLC0415 - sql.py imports this module
-            _delivery_rows,
-            _notification_body,
-        )
 
         n, d = t.notifications, t.deliveries
         check_transition(S.SCHEDULED, S.SKIPPED)
@@ -155,6 +152,7 @@ class SqlDigestsMixin:
                 ),
                 [{"b_id": i, "b_content": _dumps(plan.item_contents[i])} for i in ids],
             )
+            count_changed(c, ids, ("skipped:digested",))  # the funnel, same transaction
             return "saved"
 
         return await self.db.run(op)

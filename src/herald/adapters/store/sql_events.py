@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Row, delete, func, select, update
 
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
+from herald.adapters.store.rows import _delivery
 from herald.domain.models import Delivery, DeliveryStatus, EventRecord, NotificationStatus, Topic
 from herald.domain.rules import Rule, parse_rule
 
@@ -115,7 +116,6 @@ class SqlEventsMixin:
         )
         q = select(d).where(d.c.notification_id == notification_id, d.c.user_id.in_(failed))
         rows = await self.db.run(lambda c: list(c.execute(q)))
-        from herald.adapters.store.sql import _delivery  # noqa: PLC0415 - sql.py imports this module
 
         return [_delivery(r) for r in rows]
 

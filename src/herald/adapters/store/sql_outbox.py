@@ -39,6 +39,7 @@ from sqlalchemy import (
 from herald.adapters.store import pg_batch
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
+from herald.adapters.store.rows import _delivery
 from herald.domain.models import Delivery, DeliveryStatus, Priority
 from herald.ports import NamedLease, OutboxItem
 
@@ -205,7 +206,6 @@ class SqlOutboxMixin:
     async def claim_ids(
         self, delivery_ids: Sequence[str], *, owner: str, lease: float, now: float, early: float = 0.0
     ) -> list[Delivery]:
-        from herald.adapters.store.sql import _delivery  # noqa: PLC0415 - sql.py imports this module
 
         d = t.deliveries
         ids = sorted(set(delivery_ids))  # sorted: concurrent claimers lock rows in one order

@@ -20,7 +20,7 @@ import operator
 import sqlite3
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Float, String, bindparam, func, insert, update
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -237,14 +237,28 @@ ATTEMPT_COLUMNS = (
 INSERT_ATTEMPTS = NamedStatement(insert(t.attempts), ATTEMPT_COLUMNS)
 
 
+class Changed(NamedTuple):
+    """A delivery a result changed: its queue keys after the change, and its rollup keys."""
+
+    channel: str
+    priority: int
+    due_at: float
+    created_at: float
+    category: str
+    template: str | None
+
+
 @functools.lru_cache(maxsize=16)
 def _held_leases(n: int) -> str:
     # ``+status``: by primary key. Without statistics SQLite plans ``status = 'sending'`` on
     # ix_deliveries_lease and reads every delivery being sent (as the claim would, see
     # queue/sql.py).
+    # The notification's template and the delivery's category and creation time: the funnel
+    # rollups' keys (sql_rollups.py), read with the lease, by primary key on both tables.
     return (
-        "SELECT id, lease_owner, channel, priority, due_at FROM deliveries "  # noqa: S608
-        f"WHERE id IN ({marks(n)}) AND +status = 'sending'"
+        "SELECT d.id, d.lease_owner, d.channel, d.priority, d.due_at, d.created_at, d.category, "  # noqa: S608
+        "n.template FROM deliveries AS d LEFT JOIN notifications AS n ON n.id = d.notification_id "
+        f"WHERE d.id IN ({marks(n)}) AND +d.status = 'sending'"
     )
 
 
@@ -253,21 +267,24 @@ def apply_results(
     batch: dict[str, DeliveryResult],
     now: float,
     params: Callable[[DeliveryResult, float], dict[str, Any]],
-) -> dict[str, tuple[str, int, float]]:
+) -> dict[str, Changed]:
     """The held leases read once (the write lock keeps them until commit), then one
     ``executemany`` for the results whose lease is still the sender's. Returns {delivery id:
-    (channel, priority, due_at after the change)} of the rows changed."""
+    :class:`Changed`} of the rows changed."""
     conn = raw(c)
     ids = list(batch)
-    changed: dict[str, tuple[str, int, float]] = {}
+    changed: dict[str, Changed] = {}
     updates: list[dict[str, Any]] = []
     for i in range(0, len(ids), CHUNK):
         part = ids[i : i + CHUNK]
-        for delivery_id, owner, channel, priority, due_at in conn.execute(_held_leases(len(part)), part):
+        for delivery_id, owner, channel, priority, due_at, created_at, category, template in conn.execute(
+            _held_leases(len(part)), part
+        ):
             r = batch[delivery_id]
             if owner is not None and owner == r.lease_owner:
                 updates.append(params(r, now))
-                changed[delivery_id] = (channel, priority, due_at if r.due_at is None else r.due_at)
+                due = due_at if r.due_at is None else r.due_at
+                changed[delivery_id] = Changed(channel, priority, due, created_at, category, template)
     if updates:
         RECORD_RESULT.executemany(conn, updates)
     return changed

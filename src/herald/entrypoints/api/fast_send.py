@@ -22,15 +22,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 import pydantic
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from herald.bootstrap import Container
-from herald.domain import urgency
-from herald.domain.errors import HeraldError
+from herald.domain import strict_json, urgency
+from herald.domain.errors import HeraldError, MalformedRequest
 from herald.entrypoints.api.deps import Caller, hash_key
 from herald.entrypoints.api.problems import herald_problem, unexpected_problem
 from herald.entrypoints.api.routes_notifications import accept_send
@@ -122,9 +121,9 @@ class FastSend:
         if idem is not None and len(idem) > 255:
             return None
         try:
-            data: Any = orjson.loads(raw)
+            data: Any = strict_json.loads(raw)  # refused: the full stack answers the 400
             return _send_body.validate_python(data)
-        except (orjson.JSONDecodeError, pydantic.ValidationError):
+        except (MalformedRequest, pydantic.ValidationError):
             return None
 
     async def _caller(self, c: Container, auth: bytes | None) -> Caller | None:
@@ -150,12 +149,43 @@ class HeraldApi(FastAPI):
         self.fast_send = FastSend(self, super().__call__, max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self.fast_send is not None
-            and scope["type"] == "http"
-            and scope["path"] == SEND_PATH
-            and scope["method"] == "POST"
-        ):
-            await self.fast_send(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        counted = RequestCount(scope, send)
+        try:
+            if self.fast_send is not None and scope["path"] == SEND_PATH and scope["method"] == "POST":
+                await self.fast_send(scope, receive, counted.send)
+            else:
+                await super().__call__(scope, receive, counted.send)
+        finally:
+            container: Container | None = getattr(self.state, "container", None)
+            if container is not None:
+                container.metrics.request(scope["method"], counted.route(), counted.status)
+
+
+class RequestCount:
+    """The status a request was answered with, and the route template it matched.
+
+    FastAPI's router puts the matched route in the scope; the fast send path is its own
+    route. A request that matched none (a 404 scan) counts under one label, never its path.
+    """
+
+    __slots__ = ("_send", "scope", "status")
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self.scope = scope
+        self._send = send
+        self.status = 500  # an exception before any answer: the server failed it
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        await self._send(message)
+
+    def route(self) -> str:
+        if self.scope["path"] == SEND_PATH and self.scope["method"] == "POST":
+            return SEND_PATH
+        route = self.scope.get("route")
+        path = getattr(route, "path", None)
+        return path if isinstance(path, str) else "<unmatched>"

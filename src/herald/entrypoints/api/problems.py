@@ -10,8 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from herald.domain.errors import HeraldError
+from herald.domain.models import new_id
 
 log = structlog.get_logger("herald.api")
 PROBLEM = "application/problem+json"
@@ -28,7 +30,8 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def _loc(loc: Any) -> str:
+def field_path(loc: Any) -> str:
+    """A pydantic error location as a field path: ``to[0].email``."""
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     out = ""
     for p in parts:
@@ -51,14 +54,45 @@ def herald_problem(exc: HeraldError, path: str) -> JSONResponse:
 
 
 def unexpected_problem(path: str) -> JSONResponse:
-    """Call from an ``except`` block: the exception is logged with its traceback."""
-    log.exception("api.unhandled", path=path)
+    """Call from an ``except`` block: the exception is logged as one line (type, message, a
+    short stack; never local variables) under an error id that the 500 answer carries."""
+    error_id = new_id("err")
+    log.error("api.unhandled", path=path, error_id=error_id, exc_info=True)
     return problem(
         500,
         "Internal error",
-        "the server failed to handle this request; it has been logged",
+        f"the server failed to handle this request; it has been logged as {error_id}",
         instance=path,
+        error_id=error_id,
     )
+
+
+class CatchAll:
+    """The last resort for an exception no handler took: one log line with an error id and a
+    problem+json 500. Starlette's own last resort answers too but then re-raises, and the
+    server logs the exception a second time and drops the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            response = unexpected_problem(scope.get("path", ""))
+            if not started:
+                await response(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
@@ -74,7 +108,7 @@ def install(app: FastAPI) -> None:
             tuple(first.get("loc", ())) == ("body",) and not _is_json(await request.body())
         ):
             return problem(400, "Malformed request", "the body is not valid JSON", instance=request.url.path)
-        field = _loc(first.get("loc", ()))
+        field = field_path(first.get("loc", ()))
         detail = f"{field}: {first['msg']}" if field else str(first["msg"])
         return problem(
             422,
@@ -82,7 +116,7 @@ def install(app: FastAPI) -> None:
             detail,
             instance=request.url.path,
             field=field or None,
-            errors=[{"field": _loc(e.get("loc", ())), "message": e.get("msg")} for e in errors[:20]],
+            errors=[{"field": field_path(e.get("loc", ())), "message": e.get("msg")} for e in errors[:20]],
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -11,13 +11,16 @@ from fastapi.responses import JSONResponse
 
 from herald.bootstrap import Container
 from herald.domain.errors import HeraldError, NotFound, ValidationError
-from herald.domain.models import Notification
+from herald.domain.models import Channel, DeliveryStatus, Notification, NotificationStatus
 from herald.entrypoints.api.deps import Caller, ContainerDep, require
+from herald.entrypoints.api.problems import PROBLEM, field_path
 from herald.entrypoints.api.schemas import BatchBody, SendBody, epoch
 from herald.entrypoints.api.views import (
     MAX_DELIVERIES_PAGE,
+    ShownStatus,
     accepted_view,
     notification_page,
+    notification_status,
     notification_view,
 )
 from herald.ports import NotificationFilter
@@ -99,37 +102,52 @@ async def send_batch(
         if named:
             memo.known_users.update(await c.lookups.existing_users(list(dict.fromkeys(named))))
         for i, raw in enumerate(body.notifications):
+            prefix = f"notifications[{i}]"
             try:
                 item = _send_adapter.validate_python(raw)
                 n = await c.accept.prepare(
-                    to_request(item), api_key_id=who.scope_id, field_prefix=f"notifications[{i}].", memo=memo
+                    to_request(item), api_key_id=who.scope_id, field_prefix=prefix + ".", memo=memo
                 )
             except pydantic.ValidationError as exc:
                 err = exc.errors()[0]
-                loc = ".".join(str(p) for p in err["loc"])
-                results.append(
-                    {"index": i, "code": 422, "error": f"{loc}: {err['msg']}" if loc else err["msg"]}
-                )
+                loc = field_path(err["loc"])
+                field = f"{prefix}.{loc}" if loc else prefix
+                results.append(item_problem(i, 422, "Invalid request", f"{field}: {err['msg']}", field))
                 continue
             except HeraldError as exc:
-                results.append({"index": i, "code": exc.status, "error": exc.detail, "field": exc.field})
+                results.append(item_problem(i, exc.status, exc.title, exc.detail, exc.field))
                 continue
             notes.append(n)
             results.append({"index": i, "code": 202, **accepted_view(n)})
         accepted = sum(1 for r in results if r["code"] == 202)
+        summary = {"accepted": accepted, "rejected": len(results) - accepted, "results": results}
+        if accepted:
+            return notes, Accepted(202, summary)
+        # Nothing accepted: the answer is an error, in the API's one error form, with every item.
+        detail = f"none of the {len(results)} notifications was accepted; each result says why"
         return notes, Accepted(
-            202 if accepted else 422,
-            {
-                "accepted": accepted,
-                "rejected": len(results) - accepted,
-                "results": results,
-            },
+            422,
+            {"type": "about:blank", "title": "Invalid request", "status": 422, "detail": detail}
+            | {"instance": "/v1/notifications/batch"}
+            | summary,
         )
 
     # Only an idempotency key needs the request's hash (1,000 items take a while to dump).
     payload = body.model_dump(mode="json", exclude={"idempotency_key"}) if key is not None else None
     result = await c.accept.idempotent(who.scope_id, key, payload, build)
-    return JSONResponse(result.body, status_code=result.status_code)
+    return JSONResponse(
+        result.body, status_code=result.status_code, media_type=PROBLEM if result.status_code >= 400 else None
+    )
+
+
+def item_problem(index: int, status: int, title: str, detail: str, field: str | None) -> dict[str, Any]:
+    """One refused item of a batch: problem+json members, with its index (and the older
+    ``code`` and ``error`` names of the same facts)."""
+    out: dict[str, Any] = {"index": index, "type": "about:blank", "title": title, "status": status}
+    out |= {"detail": detail, "code": status, "error": detail}
+    if field:
+        out["field"] = field
+    return out
 
 
 @router.get("/{notification_id}")
@@ -151,38 +169,75 @@ async def get_notification(
 async def list_notifications(
     c: ContainerDep,
     who: Annotated[Caller, require("read")],
-    user_id: str | None = None,
-    status: str | None = None,
-    channel: str | None = None,
+    user_id: Annotated[str | None, Query(max_length=128)] = None,
+    status: ShownStatus | None = None,
+    delivery_status: DeliveryStatus | None = None,
+    channel: Channel | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
+    """Newest first. ``status`` is the status each item shows (as the detail does);
+    ``delivery_status``: with at least one delivery in that status."""
     items = await c.store.list_notifications(
         NotificationFilter(
             user_id=user_id,
             status=status,
-            channel=channel,
+            delivery_status=None if delivery_status is None else delivery_status.value,
+            channel=None if channel is None else channel.value,
             since=epoch(since),
             until=epoch(until),
             cursor=cursor,
             limit=limit,
         )
     )
+    routed = [n.id for n in items if n.status == NotificationStatus.ROUTED]
+    open_ids = await c.store.notifications_in_progress(routed) if routed else set()
     next_cursor = items[-1].id if len(items) == limit else None
-    return {"items": [notification_view(n) for n in items], "next_cursor": next_cursor}
+    return {
+        "items": [notification_view(n, in_progress=n.id in open_ids) for n in items],
+        "next_cursor": next_cursor,
+    }
 
 
 @router.post("/{notification_id}/cancel")
 async def cancel(
     notification_id: str, c: ContainerDep, who: Annotated[Caller, require("send")]
 ) -> dict[str, Any]:
+    """Cancel what has not been sent. The answer says what happened: whether routing was
+    stopped (nothing more will be made for it: a topic's fan-out, recipients not yet routed),
+    how many deliveries were cancelled, how many were already sent or finished."""
+    before = await c.store.get_notification(notification_id)
+    if before is None:
+        raise NotFound(f"notification {notification_id} does not exist")
     cancelled, remaining = await c.store.cancel_notification(notification_id, now=c.clock.now())
-    if cancelled == 0 and remaining > 0:
-        detail = "nothing was cancelled: every delivery was already sent or finished"
-    elif remaining > 0:
-        detail = f"{cancelled} cancelled; {remaining} were already sent or finished and are unchanged"
+    after = await c.store.get_notification(notification_id)
+    stopped = (
+        after is not None
+        and after.status == NotificationStatus.CANCELLED
+        and before.status != NotificationStatus.CANCELLED
+    )
+    parts: list[str] = []
+    if stopped:
+        parts.append("routing stopped: no further deliveries will be made")
+    elif before.status == NotificationStatus.CANCELLED:
+        parts.append("the notification was already cancelled")
+    if cancelled or not parts:
+        parts.append(f"{cancelled} deliveries cancelled")
+    if remaining:
+        parts.append(f"{remaining} already sent or finished, unchanged")
+    if after is None:
+        status = "cancelled"
+    elif after.status == NotificationStatus.ROUTED:
+        status = notification_status(after, await c.store.status_counts(notification_id))
     else:
-        detail = f"{cancelled} cancelled"
-    return {"id": notification_id, "cancelled": cancelled, "unchanged": remaining, "detail": detail}
+        status = after.status.value
+    return {
+        "id": notification_id,
+        "status": status,
+        "routing_stopped": stopped,
+        "cancelled": cancelled,
+        "unchanged": remaining,
+        "detail": "; ".join(parts),
+    }

@@ -7,12 +7,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
+from herald.bootstrap import Container
 from herald.domain.errors import Conflict, HeraldError, NotFound
 from herald.domain.models import DeliveryStatus
 from herald.entrypoints.api.deps import Caller, ContainerDep, require
 from herald.entrypoints.api.problems import problem
 from herald.entrypoints.api.schemas import ReplayFilterBody, TrackBody, epoch
-from herald.entrypoints.api.views import delivery_view
+from herald.entrypoints.api.views import dead_letter_view, delivery_view
 from herald.entrypoints.children import WorkerChildren
 from herald.ports import DeadLetterFilter
 
@@ -45,31 +46,23 @@ async def readyz(c: ContainerDep, request: Request) -> dict[str, Any] | Response
     }
 
 
+def _circuits(c: Container) -> list[tuple[str, str, str]]:
+    """(channel, provider, breaker state) of every provider with a circuit breaker here."""
+    out: list[tuple[str, str, str]] = []
+    for channel, pool in c.delivery.pools.items():
+        for provider in pool.providers:
+            states = getattr(provider, "states", None)  # FailoverProvider (providers/composite.py)
+            if callable(states):
+                out.extend((channel, name, state) for name, state in states().items())
+    return out
+
+
 @router.get("/metrics")
 async def metrics(c: ContainerDep) -> Response:
-    body = await c.metrics.render(c.store)
+    body = await c.metrics.render(
+        c.store, now=c.clock.now(), circuits=_circuits(c), held=c.delivery.unhealthy
+    )
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-@router.get("/v1/stats")
-async def stats(
-    c: ContainerDep, who: Annotated[Caller, require("read")], since: datetime | None = None
-) -> dict[str, Any]:
-    rows = await c.store.delivery_counts(since=epoch(since))
-    by_status: dict[str, int] = {}
-    by_channel: dict[str, dict[str, int]] = {}
-    for channel, status, _provider, count in rows:
-        by_status[status] = by_status.get(status, 0) + count
-        per = by_channel.setdefault(channel, {})
-        per[status] = per.get(status, 0) + count
-    return {
-        "by_status": by_status,
-        "by_channel": by_channel,
-        "by_channel_provider": [
-            {"channel": ch, "status": st, "provider": pr, "count": n} for ch, st, pr, n in rows
-        ],
-        "ambiguous_sends": await c.store.ambiguous_count(),
-    }
 
 
 _TRACK = {
@@ -84,6 +77,12 @@ _TRACK = {
 async def track(
     delivery_id: str, body: TrackBody, c: ContainerDep, who: Annotated[Caller, require("send")]
 ) -> dict[str, Any]:
+    if body.event in ("opened", "clicked"):  # engagement: recorded, counted, moves it to read
+        found = await c.store.get_delivery(delivery_id)
+        if found is None:
+            raise NotFound(f"delivery {delivery_id} does not exist")
+        done = await c.tracker.engage(found, body.event, source="client", url=body.url)
+        return delivery_view(done.delivery if done is not None else found)
     d = await c.store.mark_delivery(delivery_id, _TRACK[body.event], now=c.clock.now())
     return delivery_view(d)
 
@@ -95,16 +94,20 @@ async def dead_letters(
     channel: str | None = None,
     provider: str | None = None,
     reason: str | None = None,
+    code: Annotated[str | None, Query(max_length=64, description="the last attempt's code")] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
+    """Dead deliveries, newest first, each with its attempts and ``last_error``
+    (provider, code, detail); filter by channel, provider, reason or the last error's code."""
     items = await c.store.list_dead_letters(
         DeadLetterFilter(
             channel=channel,
             provider=provider,
             reason=reason,
+            code=code,
             since=epoch(since),
             until=epoch(until),
             cursor=cursor,
@@ -112,7 +115,7 @@ async def dead_letters(
         )
     )
     return {
-        "items": [delivery_view(d) for d in items],
+        "items": [dead_letter_view(d) for d in items],
         "next_cursor": items[-1].id if len(items) == limit else None,
     }
 
@@ -141,6 +144,7 @@ async def replay_many(
             channel=body.channel,
             provider=body.provider,
             reason=body.reason,
+            code=body.code,
             since=epoch(body.since),
             until=epoch(body.until),
             limit=body.limit,

@@ -12,16 +12,37 @@ from herald.domain.validation import check_id, check_locale
 from herald.entrypoints.api.deps import Caller, ContainerDep, require
 from herald.entrypoints.api.schemas import RenderBody, TemplateBody
 from herald.entrypoints.api.views import template_view
+from herald.services import render_pool
 from herald.services.accept import inline_user
-from herald.services.rendering import check_variant, render_variant
+from herald.services.rendering import RenderBudgetError, check_variant, render_variant
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 _CHANNELS = {c.value for c in ALL_CHANNELS}
 
 
+def _sample_context(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "data": data,
+        "user": User(id="sample").template_view(),
+        "notification": {"id": "sample", "category": None, "priority": "normal"},
+    }
+
+
+def _trial(variant: dict[str, Any], data: dict[str, Any] | None, where: str) -> None:
+    """Render ``variant`` with the sample data (or none): a template over its budget is
+    refused now rather than failing every send; with sample data any render error is too."""
+    try:
+        render_variant(variant, _sample_context(data or {}))
+    except RenderBudgetError as exc:
+        what = "with the sample data" if data is not None else "without data"
+        raise RenderBudgetError(f"{where}: {what}, {exc.detail}", limit=exc.limit, field=where) from None
+    except TemplateError as exc:
+        if data is not None:
+            raise TemplateError(f"{where}: with the sample data, {exc.detail}", field=where) from None
+
+
 def _check(body: TemplateBody, c: ContainerDep) -> None:
-    if body.category is not None:
-        c.catalog.category(body.category)
+    """Compile every variant and render it once with the sample data (run off the loop)."""
     for ch, variant in body.channels.items():
         if ch not in _CHANNELS:
             raise ValidationError(f"unknown channel {ch!r}", field=f"channels.{ch}")
@@ -41,6 +62,9 @@ def _check(body: TemplateBody, c: ContainerDep) -> None:
                 check_variant(variant)
             except TemplateError as exc:
                 raise TemplateError(exc.detail, field=f"locales.{locale}.{ch}") from None
+            _trial(variant, body.sample_data, f"locales.{locale}.{ch}")
+    for ch, variant in body.channels.items():
+        _trial(variant, body.sample_data, f"channels.{ch}")
 
 
 @router.put("/{name}")
@@ -48,7 +72,10 @@ async def put_template(
     name: str, body: TemplateBody, c: ContainerDep, who: Annotated[Caller, require("admin")]
 ) -> dict[str, Any]:
     check_id(name, "name")
-    _check(body, c)
+    if body.category is not None:
+        c.catalog.category(body.category)
+    variants = len(body.channels) + sum(len(chans) for chans in body.locales.values())
+    await render_pool.for_request(_check, body, c, renders=variants + 1)
     template = Template(
         name=name,
         version=0,
@@ -111,5 +138,5 @@ async def render_preview(
         variant = template.variant(ch, locale)
         if variant is None:
             raise ValidationError(f"template {name!r} has no {ch} variant", field="channel")
-        rendered[ch] = render_variant(variant, context)
+        rendered[ch] = await render_pool.for_request(render_variant, variant, context)
     return {"name": name, "version": template.version, "locale": locale, "channels": rendered}

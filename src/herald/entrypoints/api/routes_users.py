@@ -1,4 +1,4 @@
-"""Recipients: profiles, devices, preferences, end-user tokens, unsubscribe links."""
+"""Recipients: profiles, devices, preferences, end-user tokens."""
 
 from __future__ import annotations
 
@@ -176,22 +176,9 @@ async def user_token(
 ) -> dict[str, Any]:
     if await c.store.get_user(user_id) is None:
         raise NotFound(f"user {user_id} does not exist")
-    token, expires = c.user_tokens.issue(user_id, c.clock.now())
-    return {"token": token, "expires_at": iso(expires)}
+    ttl = body.ttl_seconds if body is not None and body.ttl_seconds is not None else c.user_tokens.ttl
+    token, expires = c.user_tokens.issue(user_id, c.clock.now(), ttl)
+    return {"token": token, "expires_at": iso(expires), "ttl_seconds": ttl}
 
 
-@router.post("/v1/unsubscribe/{token}")
-async def unsubscribe(token: str, c: ContainerDep) -> dict[str, Any]:
-    """RFC 8058 one-click unsubscribe (mail clients POST here)."""
-    user_id, category, channel = c.unsubscribe.verify(token)
-    prefs = await c.store.get_preferences(user_id) or Preferences(user_id=user_id)
-    prefs.categories.setdefault(category, {})[channel] = False
-    if await c.store.get_user(user_id) is not None:
-        await c.store.put_preferences(prefs)
-    return {"unsubscribed": True, "category": category, "channel": channel}
-
-
-@router.get("/v1/unsubscribe/{token}")
-async def unsubscribe_link(token: str, c: ContainerDep) -> dict[str, Any]:
-    """The same, for a person following the link."""
-    return await unsubscribe(token, c)
+# Unsubscribe links (GET: a confirmation page; POST: RFC 8058 one-click): entrypoints/web/pages.py

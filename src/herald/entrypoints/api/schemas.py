@@ -73,6 +73,9 @@ class TemplateBody(_Body):
     channels: dict[str, dict[str, Any]] = Field(min_length=1)
     locales: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     default_locale: str = Field(default="en", max_length=35)
+    # Rendered once at PUT (as preview data): a template over its render budget, or failing
+    # with this data, is refused with a 422 rather than failing sends. Not stored.
+    sample_data: dict[str, Any] | None = None
 
 
 class RenderBody(_Body):
@@ -85,16 +88,23 @@ class RenderBody(_Body):
 
 class TrackBody(_Body):
     event: Literal["delivered", "read", "opened", "clicked"]
+    url: str | None = Field(default=None, max_length=2048)  # clicked: the link followed
+
+
+MIN_TOKEN_TTL, MAX_TOKEN_TTL = 60, 86_400 * 30
 
 
 class TokenBody(_Body):
-    ttl_seconds: int | None = Field(default=None, ge=60, le=86_400 * 30)
+    # Out of range is a 422 naming the bounds (never silently clamped: the caller would hand an
+    # end user a token that lives longer, or shorter, than it asked for).
+    ttl_seconds: int | None = Field(default=None, ge=MIN_TOKEN_TTL, le=MAX_TOKEN_TTL, strict=True)
 
 
 class ReplayFilterBody(_Body):
     channel: str | None = None
     provider: str | None = None
     reason: str | None = None
+    code: str | None = Field(default=None, max_length=64)
     since: datetime | None = None
     until: datetime | None = None
     limit: int = Field(default=1000, ge=1, le=10_000)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from herald.domain.models import Attempt, Delivery, Device, Notification, NotificationStatus, Template, User
 from herald.domain.states import FINAL
 from herald.ports import Store
 
 MAX_DELIVERIES_PAGE = 1_000
+_PRIVATE_CONTENT = frozenset({"_meta", "_track", "unsubscribe_url"})  # herald's own keys
 
 
 def iso(ts: float | None) -> str | None:
@@ -29,6 +30,26 @@ def attempt_view(a: Attempt) -> dict[str, Any]:
         "latency_ms": a.latency_ms,
         "ambiguous": a.ambiguous,
     }
+
+
+def last_error(d: Delivery) -> dict[str, Any] | None:
+    """The last attempt that did not succeed: why a dead or failed delivery is where it is."""
+    for a in reversed(d.attempts):
+        if a.outcome.value != "ok":
+            return {
+                "n": a.n,
+                "at": iso(a.at),
+                "provider": a.provider,
+                "outcome": a.outcome.value,
+                "code": a.code,
+                "detail": a.detail,
+            }
+    return None
+
+
+def dead_letter_view(d: Delivery) -> dict[str, Any]:
+    """A dead letter: the delivery, every attempt, and the last error (provider, code, detail)."""
+    return delivery_view(d) | {"last_error": last_error(d)}
 
 
 def delivery_view(d: Delivery, *, with_content: bool = False) -> dict[str, Any]:
@@ -52,19 +73,30 @@ def delivery_view(d: Delivery, *, with_content: bool = False) -> dict[str, Any]:
         "next_attempt_at": iso(d.due_at) if d.status.value in ("retrying", "scheduled", "queued") else None,
         "provider_message_id": d.provider_message_id,
     }
+    if d.reason == "render_error":  # why the template could not be rendered (names the limit)
+        out["error"] = d.content.get("error")
     if with_content:
-        out["content"] = {k: v for k, v in d.content.items() if k not in ("_meta", "unsubscribe_url")}
+        out["content"] = {k: v for k, v in d.content.items() if k not in _PRIVATE_CONTENT}
     return out
 
 
-def notification_status(n: Notification, counts: dict[str, int] | None) -> str:
-    """``counts``: the notification's deliveries per status (None: not looked at)."""
+# The statuses a notification shows: its own, with ``routed`` told apart by its deliveries.
+ShownStatus = Literal["accepted", "routing", "in_progress", "completed", "cancelled", "failed"]
+
+
+def notification_status(
+    n: Notification, counts: dict[str, int] | None, *, in_progress: bool | None = None
+) -> str:
+    """``counts``: the notification's deliveries per status; or ``in_progress``: whether any
+    of them is not final (the list asks the store that instead of counting)."""
     if n.status != NotificationStatus.ROUTED:
         return n.status.value
-    final = {s.value for s in FINAL}
-    if counts is not None and all(status in final for status, k in counts.items() if k):
-        return "completed"
-    return "in_progress"
+    if in_progress is None:
+        if counts is None:
+            raise ValueError("a routed notification's status needs its deliveries")
+        final = {s.value for s in FINAL}
+        in_progress = not all(status in final for status, k in counts.items() if k)
+    return "in_progress" if in_progress else "completed"
 
 
 def _counts(deliveries: list[Delivery]) -> dict[str, int]:
@@ -80,14 +112,16 @@ def notification_view(
     *,
     counts: dict[str, int] | None = None,
     next_cursor: str | None = None,
+    in_progress: bool | None = None,
 ) -> dict[str, Any]:
     """``deliveries``: all of them, or one page when ``counts`` (of all) is given;
-    ``next_cursor``: where the next page starts, if there is one."""
+    ``next_cursor``: where the next page starts, if there is one; ``in_progress``: instead
+    of deliveries, whether any is not final (see :func:`notification_status`)."""
     if deliveries is not None and counts is None:
         counts = _counts(deliveries)
     out: dict[str, Any] = {
         "id": n.id,
-        "status": notification_status(n, counts),
+        "status": notification_status(n, counts, in_progress=in_progress),
         "template": n.template,
         "template_version": n.template_version,
         "category": n.category,

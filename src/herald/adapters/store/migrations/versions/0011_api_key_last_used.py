@@ -1,7 +1,7 @@
 """api_keys.last_used_at (herald keys list)
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-07 02:30:00
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0008'
-down_revision = '0007'
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,482 @@
+"""The operator console's use cases: what the pages show and the few things they change.
+
+Pages (``entrypoints/web/console``) call this service only. Reads go through the console's
+read model (:class:`herald.ports_console.ConsoleReads`), writes through the same store calls
+the API makes (replay, cancel, templates, rules), with the same wake-ups.
+
+The overview's week of counts comes from hourly buckets kept in memory (:class:`Rollup`): a
+bucket is counted from one primary-key range (ids are time-ordered), and counted again only
+when it is stale for its age, so a refresh every few seconds re-reads the current hour and a
+few old buckets, never the whole week (bench/console_pages.py measures it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from herald.domain.errors import Conflict, NotFound, TemplateError, ValidationError
+from herald.domain.models import ALL_CHANNELS, Delivery, Notification, Priority, Template, User
+from herald.domain.rules import Rule, parse_rule
+from herald.domain.validation import check_id, check_locale
+from herald.ports import Clock, Queue, Store
+from herald.ports_console import ConsoleReads, SearchQuery
+from herald.services import render_pool
+from herald.services.catalog import Catalog
+from herald.services.lookups import Lookups
+from herald.services.rendering import check_variant, render_variant
+
+HOUR = 3600.0
+WINDOWS = {"hour": (HOUR, 300.0), "day": (24 * HOUR, HOUR), "week": (7 * 24 * HOUR, 6 * HOUR)}
+MAX_REPLAY = 10_000  # one "replay all matching" at most; the confirmation names the count
+_CHANNELS = {c.value for c in ALL_CHANNELS}
+STATUS_GROUPS = {
+    "delivered": ("sent", "delivered", "read"),
+    "in_flight": ("pending", "scheduled", "queued", "sending", "retrying"),
+    "failed": ("failed", "dead"),
+    "skipped": ("skipped", "cancelled"),
+}
+_GROUP_OF = {s: g for g, members in STATUS_GROUPS.items() for s in members}
+
+
+def _variants(template: Template) -> int:
+    """How many renders' time a template's compile check may take (render_pool.for_request)."""
+    return 2 + len(template.channels) + sum(len(chans) for chans in template.locales.values())
+
+
+@dataclass(slots=True)
+class _Bucket:
+    counts: list[Any]
+    computed_at: float
+
+
+@dataclass(slots=True)
+class Rollup:
+    """Hourly counts per (channel, status) by creation hour, counted lazily and kept.
+
+    A finished hour is counted again once it is older than a tenth of its age (at least a
+    minute): statuses still move (retries, callbacks), more so in recent hours. A request
+    counts for at most ``budget`` seconds, newest hours first; hours it could not count (a
+    process's first look at a big week) are counted in the background and shown as pending,
+    and stale ones are shown as last counted meanwhile.
+    """
+
+    reads: ConsoleReads
+    budget: float = 0.25
+    buckets: dict[float, _Bucket] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    recounted: int = 0  # buckets counted since start (the benchmark reports it)
+    background: asyncio.Task[None] | None = None
+
+    def _stale(self, start: float, now: float) -> bool:
+        b = self.buckets.get(start)
+        if b is None:
+            return True
+        end = start + HOUR
+        if end > b.computed_at:  # counted while the hour was still running
+            return now - b.computed_at > min(15.0, max(1.0, end - b.computed_at))
+        return now - b.computed_at > max(60.0, (now - end) / 10)
+
+    async def _count(self, starts: list[float], now: float) -> None:
+        counted = await self.reads.bucket_counts([(s, s + HOUR) for s in starts])
+        for s, counts in zip(starts, counted, strict=True):
+            self.buckets[s] = _Bucket(counts, now)
+        self.recounted += len(starts)
+
+    async def _finish(self, starts: list[float], now: float) -> None:
+        # Four hours per database call and per hold of the lock: requests and the senders'
+        # own database work go between them.
+        for i in range(0, len(starts), 4):
+            async with self.lock:
+                await self._count([s for s in starts[i : i + 4] if self._stale(s, now)], now)
+
+    async def hours(self, first: float, last: float, now: float) -> dict[float, list[Any] | None]:
+        """Counts per hour from ``first`` to ``last``; None for an hour still being counted."""
+        starts = [first + i * HOUR for i in range(int((last - first) // HOUR) + 1)]
+        async with self.lock:
+            stale = sorted((s for s in starts if self._stale(s, now)), reverse=True)
+            began = time.monotonic()
+            while stale and time.monotonic() - began < self.budget:
+                part, stale = stale[:4], stale[4:]
+                await self._count(part, now)
+            if stale and (self.background is None or self.background.done()):
+                self.background = asyncio.create_task(self._finish(stale, now), name="console-rollup")
+            # Only what no window shows any more (the day and week views share the buckets).
+            for s in [s for s in self.buckets if s < now - WINDOWS["week"][0] - 2 * HOUR]:
+                del self.buckets[s]
+            return {s: (b.counts if (b := self.buckets.get(s)) is not None else None) for s in starts}
+
+    async def close(self) -> None:
+        if self.background is not None and not self.background.done():
+            self.background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.background
+
+
+@dataclass(slots=True)
+class Series:
+    """Counts per time slot: ``slots`` start times, ``by_group[group][i]``, ``by_channel``."""
+
+    window: str
+    slot_seconds: float
+    slots: list[float]
+    by_group: dict[str, list[int]]
+    by_channel: dict[str, dict[str, int]]  # channel -> status -> count (whole window)
+    by_status: dict[str, int]
+    funnel: dict[str, int]
+    pending_hours: int = 0  # hours of the window still being counted (shown as such)
+
+
+def _series(window: str, slot_seconds: float, slots: list[float], per_slot: list[list[Any]]) -> Series:
+    by_group = {g: [0] * len(slots) for g in STATUS_GROUPS}
+    by_channel: dict[str, dict[str, int]] = {}
+    by_status: dict[str, int] = {}
+    funnel = {"created": 0, "sent": 0, "delivered": 0, "read": 0}
+    for i, counts in enumerate(per_slot):
+        for bc in counts:
+            by_group[_GROUP_OF.get(bc.status, "in_flight")][i] += bc.count
+            per = by_channel.setdefault(bc.channel, {})
+            per[bc.status] = per.get(bc.status, 0) + bc.count
+            by_status[bc.status] = by_status.get(bc.status, 0) + bc.count
+            funnel["created"] += bc.count
+            funnel["sent"] += bc.sent
+            funnel["delivered"] += bc.delivered
+            funnel["read"] += bc.read
+    return Series(window, slot_seconds, slots, by_group, by_channel, by_status, funnel)
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    delivery: Delivery
+    template: str | None
+    last_error: str | None
+
+
+class ConsoleService:
+    def __init__(
+        self,
+        store: Store,
+        reads: ConsoleReads,
+        queue: Queue,
+        clock: Clock,
+        catalog: Catalog,
+        lookups: Lookups,
+        *,
+        provider_health: Any = None,
+        forget_rule: Any = None,
+    ) -> None:
+        self.store = store
+        self.reads = reads
+        self.queue = queue
+        self.clock = clock
+        self.catalog = catalog
+        self.lookups = lookups
+        self.rollup = Rollup(reads)
+        self._provider_health = provider_health  # () -> list of dicts (bootstrap wires it)
+        self._forget_rule = forget_rule  # (event_type) -> None: the event service's rule cache
+
+    # Overview ----------------------------------------------------------------------------------
+    async def series(self, window: str) -> Series:
+        if window not in WINDOWS:
+            raise ValidationError(f"window must be one of {', '.join(WINDOWS)}", field="window")
+        span, slot = WINDOWS[window]
+        now = self.clock.now()
+        if window == "hour":
+            # Five-minute slots of the last hour, counted live: one hour's rows at most.
+            first = (now // slot) * slot - span + slot
+            slots = [first + i * slot for i in range(int(span // slot))]
+            counted = await self.reads.bucket_counts([(s, s + slot) for s in slots])
+            return _series(window, slot, slots, counted)
+        this_hour = (now // HOUR) * HOUR
+        first_hour = this_hour - span + HOUR
+        hours = await self.rollup.hours(first_hour, this_hour, now)
+        per = int(slot // HOUR)
+        slots = [first_hour + i * slot for i in range(int(span // slot))]
+        grouped = [[bc for h in range(per) for bc in (hours.get(s + h * HOUR) or [])] for s in slots]
+        series = _series(window, slot, slots, grouped)
+        series.pending_hours = sum(1 for v in hours.values() if v is None)
+        return series
+
+    async def close(self) -> None:
+        await self.rollup.close()
+
+    async def overview(self, window: str) -> dict[str, Any]:
+        series = await self.series(window)
+        depth: dict[str, dict[str, int]] = {}
+        for channel, rank, count in await self.reads.queue_depth(sorted(self.catalog.enabled_channels)):
+            depth.setdefault(channel, {})[Priority.from_rank(rank).value] = count
+        return {
+            "series": series,
+            "queue_depth": depth,
+            "dead_letters": await self.reads.status_total("dead"),
+            "failed": await self.reads.status_total("failed"),
+            "ambiguous": await self.reads.ambiguous_total(),
+            "providers": self._provider_health() if self._provider_health else [],
+            "generated_at": self.clock.now(),
+        }
+
+    # Notifications -----------------------------------------------------------------------------
+    async def search(self, qry: SearchQuery) -> list[tuple[Delivery, str | None]]:
+        if qry.status is not None and qry.status not in _STATUSES:
+            raise ValidationError(f"unknown status {qry.status!r}", field="status")
+        return await self.reads.search(qry)
+
+    async def notification(
+        self, notification_id: str, *, after: str | None = None, limit: int = 200
+    ) -> tuple[Notification, list[Delivery], dict[str, int], str | None]:
+        """The notification, a page of its deliveries with their attempts, counts per status,
+        and where the next page starts."""
+        n = await self.store.get_notification(notification_id)
+        if n is None:
+            raise NotFound(f"notification {notification_id} does not exist")
+        page = await self.store.get_deliveries(notification_id, after=after, limit=limit + 1)
+        more = len(page) > limit
+        page = page[:limit]
+        counts = await self.store.status_counts(notification_id)
+        return n, page, counts, page[-1].id if more else None
+
+    async def cancel(self, notification_id: str) -> tuple[int, int]:
+        if await self.store.get_notification(notification_id) is None:
+            raise NotFound(f"notification {notification_id} does not exist")
+        return await self.store.cancel_notification(notification_id, now=self.clock.now())
+
+    # Dead letters ------------------------------------------------------------------------------
+    async def dead_letters(self, qry: SearchQuery) -> list[DeadLetter]:
+        qry.status = "dead"
+        found = await self.reads.search(qry)
+        last = await self.reads.attempts([d.id for d, _ in found], last_only=True)
+        out = []
+        for d, template in found:
+            attempt = (last.get(d.id) or [None])[-1]
+            error = None
+            if attempt is not None:
+                error = " ".join(x for x in (attempt.outcome.value, attempt.code, attempt.detail) if x)
+            out.append(DeadLetter(d, template, error or d.reason))
+        return out
+
+    async def count_dead(self, qry: SearchQuery) -> int:
+        qry.status = "dead"
+        return await self.reads.count_matching(qry, cap=MAX_REPLAY)
+
+    async def replay(self, delivery_ids: Iterable[str]) -> list[Delivery]:
+        """Replay these dead deliveries (the others are left alone) and wake their senders."""
+        ids = list(dict.fromkeys(delivery_ids))[:MAX_REPLAY]
+        replayed = await self.store.replay_dead_letters(ids, now=self.clock.now())
+        for ch in {d.channel for d in replayed}:
+            self.queue.wake(ch)
+        return replayed
+
+    async def replay_one(self, delivery_id: str) -> Delivery:
+        replayed = await self.replay([delivery_id])
+        if not replayed:
+            d = await self.store.get_delivery(delivery_id)
+            if d is None:
+                raise NotFound(f"delivery {delivery_id} does not exist")
+            raise Conflict(f"delivery {delivery_id} is {d.status.value}, not in the dead-letter queue")
+        return replayed[0]
+
+    async def replay_matching(self, qry: SearchQuery) -> list[Delivery]:
+        qry.status = "dead"
+        ids = await self.reads.matching_ids(qry, cap=MAX_REPLAY)
+        return await self.replay(ids)
+
+    # Templates ---------------------------------------------------------------------------------
+    async def templates(self) -> list[dict[str, Any]]:
+        return await self.reads.templates()
+
+    async def template(self, name: str, version: int | None = None) -> Template | None:
+        return await self.store.get_template(name, version)
+
+    async def template_versions(self, name: str) -> list[tuple[int, float, bool]]:
+        return await self.reads.template_versions(name)
+
+    def check_template(self, template: Template) -> None:
+        """The API's checks (routes_templates): category, channels, each variant compiles."""
+        check_id(template.name, "name")
+        if template.category is not None:
+            self.catalog.category(template.category)
+        if not template.channels:
+            raise ValidationError("a template needs at least one channel", field="channels")
+        check_locale(template.default_locale, "default_locale")
+        for ch, variant in template.channels.items():
+            if ch not in _CHANNELS:
+                raise ValidationError(f"unknown channel {ch!r}", field=f"channels.{ch}")
+            try:
+                check_variant(variant)
+            except TemplateError as exc:
+                raise TemplateError(exc.detail, field=f"channels.{ch}") from None
+        for locale, chans in template.locales.items():
+            check_locale(locale, f"locales.{locale}")
+            for ch, variant in chans.items():
+                if ch not in template.channels:
+                    raise ValidationError(
+                        f"locale {locale} overrides channel {ch!r} that has no default variant",
+                        field=f"locales.{locale}.{ch}",
+                    )
+                try:
+                    check_variant(variant)
+                except TemplateError as exc:
+                    raise TemplateError(exc.detail, field=f"locales.{locale}.{ch}") from None
+
+    async def save_template(self, template: Template) -> Template:
+        template.created_at = self.clock.now()
+        # Compiling: off the loop.
+        await render_pool.for_request(self.check_template, template, renders=_variants(template))
+        stored = await self.store.put_template(template)
+        self.lookups.forget_template(template.name)
+        return stored
+
+    async def preview(
+        self, template: Template, *, data: dict[str, Any], user_id: str | None, locale: str | None
+    ) -> dict[str, dict[str, Any]]:
+        """Render every channel of ``template`` (saved or not) in the sandbox, as a send would
+        (off the event loop, within the render budget: render_pool)."""
+        await render_pool.for_request(self.check_template, template, renders=_variants(template))
+        user = User(id="preview")
+        if user_id:
+            found = await self.store.get_user(user_id)
+            if found is None:
+                raise ValidationError(f"unknown user {user_id!r}", field="user_id")
+            user = found
+        loc = locale or user.locale or self.catalog.default_locale
+        context = {
+            "data": data,
+            "user": user.template_view(),
+            "notification": {"id": "preview", "category": template.category, "priority": "normal"},
+        }
+        out: dict[str, dict[str, Any]] = {}
+        for ch in template.channels:
+            variant = template.variant(ch, loc)
+            if variant is not None:
+                try:
+                    out[ch] = await render_pool.for_request(render_variant, variant, context)
+                except TemplateError as exc:
+                    raise TemplateError(exc.detail, field=f"channels.{ch}") from None
+        return out
+
+    # Users -------------------------------------------------------------------------------------
+    async def user(self, user_id: str) -> dict[str, Any]:
+        user = await self.store.get_user(user_id)
+        if user is None:
+            raise NotFound(f"user {user_id!r} does not exist")
+        prefs = await self.store.get_preferences(user_id)
+        addresses = [(ch, a) for ch, a in (("email", user.email), ("sms", user.phone)) if a]
+        if user.webhook_url:
+            addresses.append(("webhook", user.webhook_url))
+        inbox, unread = await self.store.list_inbox(user_id, unread_only=False, cursor=None, limit=20)
+        recent = await self.reads.search(SearchQuery(user_id=user_id, limit=30))
+        return {
+            "user": user,
+            "devices": await self.reads.devices(user_id),
+            "preferences": self.effective_preferences(prefs),
+            "quiet_hours": prefs.quiet_hours if prefs else None,
+            "digests": prefs.digests if prefs else {},
+            "suppressed": await self.reads.suppressions(addresses),
+            "inbox": inbox,
+            "unread": unread,
+            "recent": recent,
+        }
+
+    def effective_preferences(self, prefs: Any) -> list[dict[str, Any]]:
+        """Per category and channel: on or off, and why (the router's rule, route.channel_enabled)."""
+        rows = []
+        channels = sorted(self.catalog.enabled_channels)
+        for name, cat in sorted(self.catalog.categories.items()):
+            for ch in channels:
+                if not cat.opt_out:
+                    on, source = True, "category cannot be opted out of"
+                elif prefs is not None and ch in prefs.categories.get(name, {}):
+                    on, source = prefs.categories[name][ch], "user: this category on this channel"
+                elif prefs is not None and prefs.channels.get(ch) is False:
+                    on, source = False, "user: whole channel off"
+                else:
+                    on, source = True, "default"
+                rows.append({"category": name, "channel": ch, "enabled": on, "source": source})
+        return rows
+
+    # Rules and topics --------------------------------------------------------------------------
+    async def rules(self) -> list[Rule]:
+        return await self.store.list_rules()
+
+    async def rule(self, event_type: str) -> Rule | None:
+        return await self.store.get_rule(event_type)
+
+    async def save_rule(self, event_type: str, body: Any) -> Rule:
+        """The API's checks (routes_events.put_rule), then store it and drop cached copies."""
+        check_id(event_type, "event_type")
+        rule = parse_rule(event_type, body, source="api")
+        if rule.category is not None:
+            self.catalog.category(rule.category)
+        template = await self.store.get_template(rule.template)
+        if template is None:
+            raise ValidationError(f"unknown template {rule.template!r}", field="template")
+        missing = [ch for ch in rule.channels if ch not in template.channels]
+        if missing:
+            raise ValidationError(
+                f"template {rule.template!r} has no variant for channels {missing}",
+                field="fallback" if rule.fallback else "channels",
+            )
+        await self.store.put_rule(rule, now=self.clock.now())
+        if self._forget_rule is not None:
+            self._forget_rule(event_type)
+        return rule
+
+    async def topics(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return await self.reads.topics(), await self.reads.broadcasts()
+
+
+_STATUSES = {
+    "pending",
+    "scheduled",
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "read",
+    "retrying",
+    "failed",
+    "dead",
+    "skipped",
+    "cancelled",
+}
+
+
+def provider_health(pools: dict[str, Any], unhealthy: dict[str, dict[str, object]]) -> list[dict[str, Any]]:
+    """Each channel's providers with their circuit state (closed, open, half_open) and any
+    configuration error the senders of this process saw (``DeliveryService.unhealthy``)."""
+    out: list[dict[str, Any]] = []
+
+    def walk(channel: str, p: Any, breakers: dict[str, Any]) -> None:
+        inner = list(getattr(p, "providers", []) or [])
+        by_kind = getattr(p, "by_kind", None)
+        if isinstance(by_kind, dict):
+            inner += list(by_kind.values())
+        fallback = getattr(p, "fallback", None)
+        if fallback is not None:
+            inner.append(fallback)
+        own = getattr(p, "breakers", None)
+        if inner:
+            for q in inner:
+                walk(channel, q, own if isinstance(own, dict) else breakers)
+            return
+        name = str(getattr(p, "name", "?"))
+        breaker = breakers.get(name)
+        problem = unhealthy.get(name)
+        out.append(
+            {
+                "channel": channel,
+                "provider": name,
+                "circuit": breaker.state if breaker is not None else "none",
+                "failures": breaker.failures if breaker is not None else 0,
+                "problem": problem.get("detail") if problem else None,
+            }
+        )
+
+    for channel, pool in sorted(pools.items()):
+        for p in pool.providers:
+            walk(channel, p, {})
+    return out
