@@ -59,9 +59,12 @@ def _pg_connect(url: str = PG_URL) -> Any:
 
 @dataclass
 class ScaleoutStack:
-    """One run's schema and prefixes on the shared PostgreSQL, Redis and RabbitMQ."""
+    """One run's schema and prefixes on the shared PostgreSQL, Redis and RabbitMQ (or, with
+    ``queue = "kafka"``, a private Tansu broker started for the run: ``bench/tansu.py``)."""
 
     name: str = field(default_factory=lambda: f"herald_bench_{uuid.uuid4().hex[:12]}")
+    queue: str = "amqp"
+    kafka: Any = None  # bench.tansu.Tansu while the run lasts
 
     @property
     def schema(self) -> str:
@@ -88,7 +91,7 @@ class ScaleoutStack:
             "queue_prefix": self.prefix,
             "postgres": _redact(PG_URL),
             "redis": _redact(REDIS_URL),
-            "rabbitmq": _redact(RABBITMQ_URL),
+            **({"kafka": self.kafka.url} if self.kafka is not None else {"rabbitmq": _redact(RABBITMQ_URL)}),
         }
 
     def sections(self) -> dict[str, dict[str, str]]:
@@ -96,7 +99,7 @@ class ScaleoutStack:
         return {
             "database": {"url": self.database_url},
             "cache": {"url": REDIS_URL, "prefix": self.cache_prefix},
-            "queue": {"url": RABBITMQ_URL, "prefix": self.prefix},
+            "queue": {"url": RABBITMQ_URL if self.kafka is None else self.kafka.url, "prefix": self.prefix},
         }
 
     async def create(self) -> None:
@@ -110,8 +113,17 @@ class ScaleoutStack:
             await client.ping()
         finally:
             await client.aclose()
+        if self.queue == "kafka":
+            return  # the broker is started by start_kafka, before herald's configuration is written
         conn = await aio_pika.connect(RABBITMQ_URL, timeout=5)
         await conn.close()
+
+    def start_kafka(self, workdir: Path) -> None:
+        """``queue = "kafka"``: this run's own broker."""
+        from bench.tansu import Tansu
+
+        self.kafka = Tansu(workdir / "tansu.log")
+        self.kafka.start()
 
     def _create_schema(self) -> None:
         with _pg_connect() as pg:
@@ -128,6 +140,9 @@ class ScaleoutStack:
             await self._delete_redis_keys()
         except Exception as exc:
             problems.append(f"redis keys {self.cache_prefix}*: {exc}")
+        if self.kafka is not None:
+            self.kafka.stop()  # its topics and groups go with it (memory storage)
+            return problems
         try:
             await self._delete_rabbitmq()
         except Exception as exc:
@@ -153,6 +168,35 @@ class ScaleoutStack:
                 await client.delete(*keys[i : i + 1000])
         finally:
             await client.aclose()
+
+    async def wait_consumers(self, queues: list[str], timeout: float = 180.0) -> None:
+        """Until each of ``queues`` (lane queues) has a consumer: ``--mode split``'s workers are
+        up (they have no HTTP port to ask), so that their start-up is not measured."""
+        import aio_pika
+
+        deadline = asyncio.get_running_loop().time() + timeout
+        conn = await aio_pika.connect(RABBITMQ_URL, timeout=5)
+        try:
+            while True:
+                missing = []
+                for name in queues:
+                    channel = await conn.channel()
+                    try:
+                        queue = await channel.declare_queue(name, passive=True)
+                        if not queue.declaration_result.consumer_count:
+                            missing.append(name)
+                    except aio_pika.exceptions.ChannelClosed:  # not declared yet
+                        missing.append(name)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await channel.close()
+                if not missing:
+                    return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"no consumer on {missing} after {timeout:.0f}s")
+                await asyncio.sleep(0.5)
+        finally:
+            await conn.close()
 
     def queue_names(self) -> list[str]:
         from herald.adapters.queue.amqp import dead_letter_queue, lane_queue
@@ -226,6 +270,9 @@ class BackendMonitor:
         self.stack = stack
         self.redis_pid = _find_pid("redis-server")
         self.rabbitmq_pid = _find_pid("beam.smp", "rabbit")
+        # The queue's broker: RabbitMQ (shared), or this run's own Tansu (herald's alone).
+        self.queue_name = "kafka" if stack.kafka is not None else "rabbitmq"
+        self.queue_pid = stack.kafka.pid if stack.kafka is not None else self.rabbitmq_pid
         self._start: dict[str, float] = {}
         # herald's PostgreSQL backends and the server's background processes: pid -> [first, last]
         self._herald_pg: dict[int, list[float]] = {}
@@ -272,7 +319,7 @@ class BackendMonitor:
         self._herald_pg.clear()
         self._background_pg.clear()
         self._sample(first=True)
-        for name, pid in (("redis", self.redis_pid), ("rabbitmq", self.rabbitmq_pid)):
+        for name, pid in (("redis", self.redis_pid), (self.queue_name, self.queue_pid)):
             cpu = _cpu(pid) if pid else None
             if cpu is not None:
                 self._start[name] = cpu
@@ -292,7 +339,7 @@ class BackendMonitor:
                 "shared": True,
             },
         }
-        for name, pid in (("redis", self.redis_pid), ("rabbitmq", self.rabbitmq_pid)):
+        for name, pid in (("redis", self.redis_pid), (self.queue_name, self.queue_pid)):
             cpu = _cpu(pid) if pid else None
             if pid is None or cpu is None or name not in self._start:
                 out[name] = {"cpu_s": None, "shared": True}
@@ -300,7 +347,7 @@ class BackendMonitor:
             out[name] = {
                 "cpu_s": round(cpu - self._start[name], 2),
                 "peak_rss_mb": peak_rss_mb(pid),
-                "shared": True,
+                "shared": name != "kafka",  # the Tansu broker is this run's own
             }
         return out
 

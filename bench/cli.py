@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import MODES, SCENARIOS, Options, note
+from bench.scenarios import MODES, OWN_SCENARIOS, SCENARIOS, Options, note
 from bench.server import HeraldTuning
 
 
@@ -27,7 +28,15 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
         default="embedded",
         choices=list(MODES),
         help="embedded: one `herald serve` on SQLite; scaleout: one `herald serve` on PostgreSQL + "
-        "Redis + RabbitMQ (a fresh schema and prefixes per run, removed afterwards)",
+        "Redis + RabbitMQ (a fresh schema and prefixes per run, removed afterwards); split: the same "
+        "servers, with herald api, a worker for critical+high, one for normal+low (nice 10) and "
+        "herald scheduler as separate processes",
+    )
+    parser.add_argument(
+        "--queue",
+        default="amqp",
+        choices=["amqp", "kafka"],
+        help="--mode scaleout: queue.url on the shared RabbitMQ (amqp) or a private Tansu broker (kafka)",
     )
     parser.add_argument(
         "--payload",
@@ -82,6 +91,7 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
     opts = Options(
         quick=args.quick,
         mode=args.mode,
+        queue=args.queue,
         payload=args.payload,
         count=args.count,
         rates=args.rates or [],
@@ -93,11 +103,13 @@ def parse(argv: list[str] | None) -> tuple[list[str], Options, Path | None]:
         patches=[p for p in args.herald_patches.split(",") if p],
         max_seconds=args.max_seconds,
     )
-    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    names = list(OWN_SCENARIOS) if args.scenario == "all" else [args.scenario]
     return names, opts, args.output
 
 
 def emit(result: dict[str, Any], output: Path | None) -> None:
+    if os.environ.get("CODE"):  # which checkout ran (old/new comparisons through PYTHONPATH)
+        result["code"] = os.environ["CODE"]
     line = json.dumps(result, separators=(",", ":"))
     print(line, flush=True)
     if output is not None:

@@ -83,16 +83,19 @@ class BenchSendGridEmulator(SendGridEmulator):
         response = super()._answer(request, body, record, status, payload, headers)
         self.answered[status] += 1
         if 200 <= status < 300:
-            args = _custom_args(record.json)
-            nid = args.get("herald_notification_id")
-            self.receipts.append(
-                (
-                    sys.intern(nid) if isinstance(nid, str) else nid,  # one copy per broadcast
-                    args.get("herald_delivery_id"),
-                    record.at,
-                    _to_address(record.json),
+            # One receipt per personalization: a batched send carries many recipients, each
+            # with its own delivery id.
+            for personalization in _personalizations(record.json):
+                args = _custom_args(personalization)
+                nid = args.get("herald_notification_id")
+                self.receipts.append(
+                    (
+                        sys.intern(nid) if isinstance(nid, str) else nid,  # one copy per broadcast
+                        args.get("herald_delivery_id"),
+                        record.at,
+                        _to_address(personalization),
+                    )
                 )
-            )
         return response
 
     async def _mail_send(self, request: web.Request) -> web.StreamResponse:
@@ -125,18 +128,26 @@ class BenchSendGridEmulator(SendGridEmulator):
         return web.json_response({"answered": answered, "pid": os.getpid(), "gc": gc_ms})
 
 
-def _to_address(data: Any) -> str | None:
+def _personalizations(data: Any) -> list[Any]:
     try:
-        address = data["personalizations"][0]["to"][0]["email"]
+        found = data["personalizations"]
+    except (KeyError, TypeError):
+        return [None]
+    return found if isinstance(found, list) and found else [None]
+
+
+def _to_address(personalization: Any) -> str | None:
+    try:
+        address = personalization["to"][0]["email"]
     except (KeyError, IndexError, TypeError):
         return None
     return address if isinstance(address, str) else None
 
 
-def _custom_args(data: Any) -> dict[str, Any]:
+def _custom_args(personalization: Any) -> dict[str, Any]:
     try:
-        args = data["personalizations"][0]["custom_args"]
-    except (KeyError, IndexError, TypeError):
+        args = personalization["custom_args"]
+    except (KeyError, TypeError):
         return {}
     return args if isinstance(args, dict) else {}
 

@@ -254,7 +254,9 @@ async def settle(
                     await asyncio.sleep(0.5)  # late duplicates, if any, arrive now
                     await receipts.poll()
                     return "done"
-                if quiet > 2.0:
+                # Nothing received yet: routing may not have begun (no delivery exists, none
+                # is in progress) on a busy machine; give it time before calling it idle.
+                if quiet > (2.0 if receipts.first else 30.0):
                     return "idle"
             if quiet > stall:
                 return "stalled"

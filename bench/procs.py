@@ -276,3 +276,44 @@ def emulator_service(
     ]
     service = Service("emulator", argv, cwd=REPO, log=workdir / "emulator.log", env=python_env())
     return service, f"http://127.0.0.1:{port}"
+
+
+class ServiceGroup:
+    """Several herald processes measured as one (``--mode split``: ``herald api``, workers, a
+    scheduler): the first is the one with the HTTP port; CPU is everyone's; ``children`` in the
+    usage are the others, each."""
+
+    def __init__(self, name: str, services: list[Service]) -> None:
+        self.name = name
+        self.services = services
+
+    @property
+    def pid(self) -> int:
+        return self.services[0].pid
+
+    def start(self) -> ServiceGroup:
+        for s in self.services:
+            s.start()
+        return self
+
+    async def wait_ready(self, url: str, timeout: float = 60.0) -> None:
+        await self.services[0].wait_ready(url, timeout)
+
+    def tail(self, chars: int = 2000) -> str:
+        return "\n".join(f"--- {s.name}\n{s.tail(chars // len(self.services))}" for s in self.services)
+
+    def mark(self) -> None:
+        for s in self.services:
+            s.mark()
+
+    def usage(self) -> Usage:
+        each = [s.usage() for s in self.services]
+        first, rest = each[0], each[1:]
+        return Usage(sum(u.cpu_s for u in each), first.peak_rss_mb, rest or None)
+
+    def alive(self) -> bool:
+        return all(s.alive() for s in self.services)
+
+    def stop(self, grace: float = 20.0) -> None:
+        for s in reversed(self.services):
+            s.stop(grace)

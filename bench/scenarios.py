@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from bench.backends import BackendMonitor, ScaleoutStack
+from bench.celery_baseline import celery_baseline
 from bench.load import TEMPLATE, HeraldClient, HttpError, Payloads, Receipts, settle
 from bench.population import generate_postgres, generate_sqlite, index_of
 from bench.procs import (
@@ -40,13 +41,14 @@ from bench.server import HeraldServer, HeraldTuning
 
 BATCH = 1000
 HERALD_PROCESSES = "one `herald serve` (api, router, workers, scheduler, outbox relay in one process)"
-MODES = ("embedded", "scaleout")
+MODES = ("embedded", "scaleout", "split")
 
 
 @dataclass
 class Options:
     quick: bool = False
     mode: str = "embedded"
+    queue: str = "amqp"  # --mode scaleout: amqp (the shared RabbitMQ) or kafka (a private Tansu)
     payload: str = "template"
     count: int | None = None  # overrides the scenario's notification count
     rates: list[float] = field(default_factory=list)  # accept: offered loads
@@ -80,6 +82,19 @@ def percentiles(values: Iterable[float]) -> dict[str, float | None]:
         "max": round(data[-1] * 1000, 2),
         "n": len(data),
     }
+
+
+def _processes(worker_processes: int | None, mode: str = "embedded") -> str:
+    if mode == "split":
+        return (
+            "herald api + herald worker --lanes critical,high + herald worker --lanes normal,low "
+            "--nice 10 + herald scheduler"
+        )
+    if worker_processes is None:
+        return "one `herald serve` with herald's default worker children (from the cores)"
+    if not worker_processes:
+        return HERALD_PROCESSES
+    return f"one `herald serve` (api, router, scheduler) + {worker_processes} worker children (sends)"
 
 
 @dataclass
@@ -138,15 +153,13 @@ class Env:
         return {
             "scenario": self.name,
             "mode": self.opts.mode,
+            **({"queue": self.opts.queue} if self.opts.mode == "scaleout" else {}),
             "quick": self.opts.quick,
             "payload": self.opts.payload,
             "count": count,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "herald_version": self.version,
-            "herald_processes": HERALD_PROCESSES
-            if not self.opts.tuning.worker_processes
-            else f"one `herald serve` (api, router, scheduler) + {self.opts.tuning.worker_processes} "
-            "worker children (sends)",
+            "herald_processes": _processes(self.opts.tuning.worker_processes, self.opts.mode),
             **({"scaleout": self.stack.describe()} if self.stack is not None else {}),
             **({"herald_patches": self.opts.patches} if self.opts.patches else {}),
         }
@@ -200,9 +213,16 @@ async def environment(
     emulator, emulator_url = emulator_service(
         workdir, latency=opts.latency, max_seconds=opts.max_seconds, **emulator_kw
     )
-    stack = ScaleoutStack() if opts.mode == "scaleout" else None
+    stack = ScaleoutStack(queue=opts.queue) if opts.mode in ("scaleout", "split") else None
+    if stack is not None and opts.queue == "kafka":
+        stack.start_kafka(workdir)
     herald = HeraldServer(
-        workdir, emulator_url, tuning or opts.tuning, opts.patches, stack.sections() if stack else None
+        workdir,
+        emulator_url,
+        tuning or opts.tuning,
+        opts.patches,
+        stack.sections() if stack else None,
+        split=opts.mode == "split",
     )
     client: HeraldClient | None = None
     receipts: Receipts | None = None
@@ -218,11 +238,15 @@ async def environment(
             note(
                 f"{name}: scaleout: schema {stack.schema}, cache prefix {stack.cache_prefix!r}, "
                 f"queue prefix {stack.prefix!r}; redis pid {backends.redis_pid}, "
-                f"rabbitmq pid {backends.rabbitmq_pid}"
+                f"{backends.queue_name} pid {backends.queue_pid}"
             )
         emulator.start()
         await emulator.wait_ready(emulator_url + "/_bench/stats")
         await herald.start()
+        if stack is not None and opts.mode == "split":
+            from herald.adapters.queue.amqp import lane_queue
+
+            await stack.wait_consumers([lane_queue(stack.prefix, "email", rank) for rank in (0, 3)])
         client = HeraldClient(herald.url, herald.key)
         await client.setup(payloads)
         receipts = Receipts(emulator_url, key=receipt_key)
@@ -262,6 +286,8 @@ async def environment(
             else:
                 for problem in await stack.drop():
                     note(f"{name}: cleanup: {problem}")
+        if stack is not None and stack.kafka is not None:
+            stack.kafka.stop()  # a private broker never outlives its run (--keep included)
         if failed:
             note(f"{name}: herald log tail:\n{herald.service.tail(3000)}")
         if opts.keep or failed:
@@ -563,7 +589,9 @@ def _vm_kib(pid: int, field_name: str) -> int | None:
 
 async def broadcast(opts: Options) -> list[dict[str, Any]]:
     """One notification to a topic of N subscribers (1,000,000; 5,000 with ``--quick``), to
-    completion. The subscribers (users with an email address and ``data.name``) are written
+    completion. ``--payload inline``: the same inline content for every subscriber (no per-user
+    field), which herald sends in provider batches (SendGrid: 1,000 recipients a request).
+    The subscribers (users with an email address and ``data.name``) are written
     straight into herald's database before the measured window (bench/population.py); the
     notification uses the stored template, category ``system`` (preferences are checked for
     every recipient), email only.
@@ -590,13 +618,21 @@ async def broadcast(opts: Options) -> list[dict[str, Any]]:
         pid = env.herald.service.pid
         rss_before = _vm_kib(pid, "VmRSS")
         env.mark()  # also restarts the window's CPU figures after the generation
-        body = {
+        body: dict[str, Any] = {
             "to": {"topic": BROADCAST_TOPIC},
             "template": TEMPLATE,
             "data": {"code": "000000"},
             "channels": ["email"],
             "category": "system",
         }
+        if opts.payload == "inline":
+            # Identical content for everyone (no per-user field): what a provider batch can carry.
+            del body["template"], body["data"]
+            body["content"] = {
+                "subject": "Scheduled maintenance tonight",
+                "text": "herald will be down from 22:00 to 22:15 UTC.",
+                "html": "<p>herald will be down from <b>22:00 to 22:15 UTC</b>.</p>",
+            }
         begin = time.time()
         answer = await env.client.must("POST", "/v1/notifications", body, ok=(202,))
         accepted_ms = round((time.time() - begin) * 1000, 2)
@@ -690,4 +726,7 @@ SCENARIOS: dict[str, Callable[[Options], Awaitable[list[dict[str, Any]]]]] = {
     "flood_critical": flood_critical,
     "flaky": flaky,
     "broadcast": broadcast,
+    "celery_baseline": celery_baseline,
 }
+# `all` runs herald's own scenarios; the Celery baseline needs Celery and the scale-out servers.
+OWN_SCENARIOS = [name for name in SCENARIOS if name != "celery_baseline"]

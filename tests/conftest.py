@@ -11,6 +11,9 @@ from tests.support.smtp import SmtpTestServer
 
 REQUIRE_SERVICES = os.environ.get("HERALD_REQUIRE_SERVICES") == "1"
 
+# The Tansu broker fixtures (`kafka_broker`): started only by the tests that ask for one.
+pytest_plugins = ["tests.support.kafka"]
+
 
 if os.environ.get("HERALD_TEST_GC") == "1":
     # Leak hunting: collect garbage after every test, so that an object left open (a database

@@ -38,7 +38,7 @@ from herald.domain.policies import RetrySchedule
 from herald.domain.rules import parse_rule
 from herald.inbox import InboxHub
 from herald.metrics import Metrics
-from herald.ports import Cache, Clock, LiveSignals, Provider, Queue, Store
+from herald.ports import Cache, Clock, LiveSignals, Provider, Queue, RouterWakeups, Store
 from herald.redact import register_secrets
 from herald.services import rendering
 from herald.services.accept import AcceptService
@@ -61,6 +61,7 @@ from herald.services.track import TrackService
 
 if TYPE_CHECKING:
     from herald.adapters.events_amqp import AmqpEventConsumer
+    from herald.adapters.events_kafka import KafkaEventConsumer
 
 log = structlog.get_logger("herald.bootstrap")
 
@@ -241,6 +242,7 @@ class Container:
     # The operator console (issue 20): its read model and its sign-in.
     console: ConsoleService | None = None
     console_sessions: ConsoleSessions | None = None
+    kafka_events: KafkaEventConsumer | None = None  # issue 21: events from a Kafka topic
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -251,7 +253,10 @@ class Container:
         """
         if "router" in roles:
             self.accept.express = self.router  # critical/high routed as soon as committed
-            self._tasks.append(asyncio.create_task(self.router.run(self._stopping), name="herald-router"))
+            idle = self.settings.worker.router_idle_seconds
+            self._tasks.append(
+                asyncio.create_task(self.router.run(self._stopping, idle=idle), name="herald-router")
+            )
         if "worker" in roles:
             self._tasks.append(asyncio.create_task(self.delivery.run(channels), name="herald-workers"))
         if "scheduler" in roles:
@@ -267,6 +272,20 @@ class Container:
             self._tasks.append(
                 asyncio.create_task(self.broker_events.run(self._stopping), name="herald-broker-events")
             )
+        if self.kafka_events is not None and "worker" in roles:
+            self._tasks.append(
+                asyncio.create_task(self.kafka_events.run(self._stopping), name="herald-kafka-events")
+            )
+
+    def broker_status(self) -> list[dict[str, Any]]:
+        """The Kafka consumers of this process: state and lag (``/readyz``, ``/metrics``)."""
+        out: list[dict[str, Any]] = []
+        if self.kafka_events is not None and self.kafka_events.state != "stopped":
+            out.append(self.kafka_events.status())
+        status = getattr(self.queue, "status", None)
+        if callable(status):
+            out.extend(status())
+        return out
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -341,7 +360,9 @@ def build_store(settings: Settings) -> SqlStore:
     return store_root.build_store(settings)
 
 
-_GRACEFUL_TASKS = frozenset({"herald-leader", "herald-outbox-relay", "herald-broker-events"})
+_GRACEFUL_TASKS = frozenset(
+    {"herald-leader", "herald-outbox-relay", "herald-broker-events", "herald-kafka-events"}
+)
 
 
 def build_queue(settings: Settings, store: SqlStore, clock: Clock) -> tuple[Queue, OutboxRelay | None]:
@@ -349,6 +370,17 @@ def build_queue(settings: Settings, store: SqlStore, clock: Clock) -> tuple[Queu
     q = settings.queue
     if q.url == "sql":
         return SqlQueue(store.db), None
+    store.outbox = True
+    if q.url.startswith(("kafka://", "kafkas://")):
+        from herald.bootstrap_kafka import build_kafka_queue  # noqa: PLC0415 - the kafka extra
+
+        kafka = build_kafka_queue(settings, store, clock)
+        ranks = None if len(q.relay_lanes) == len(Priority) else [p.rank for p in q.relay_lanes]
+        kafka_relay = OutboxRelay(
+            store, kafka.publish, clock, batch=q.relay_batch, max_sleep=q.idle_wait_seconds, ranks=ranks
+        )
+        kafka.add_wake_listener(kafka_relay.wake)
+        return kafka, kafka_relay
     try:
         from herald.adapters.queue.amqp import AmqpQueue  # noqa: PLC0415 - the rabbitmq extra
     except ModuleNotFoundError as exc:
@@ -366,6 +398,8 @@ def build_queue(settings: Settings, store: SqlStore, clock: Clock) -> tuple[Queu
         delivery_limit=q.delivery_limit,
         # Consume only the lanes this process sends (config.check_lanes keeps them sorted).
         lanes={name: [p.rank for p in ch.lanes] for name, ch in settings.channels.items()},
+        # Routers' wake-ups across processes: PostgreSQL NOTIFY (the broker carries deliveries).
+        wakeups_db=store.db if store.db.dialect == "postgresql" else None,
     )
     ranks = None if len(q.relay_lanes) == len(Priority) else [p.rank for p in q.relay_lanes]
     relay = OutboxRelay(
@@ -378,7 +412,7 @@ def build_queue(settings: Settings, store: SqlStore, clock: Clock) -> tuple[Queu
 def build_broker_events(settings: Settings, events: EventService) -> AmqpEventConsumer | None:
     """Worker processes consume events published to the ``{prefix}.events`` exchange."""
     q = settings.queue
-    if q.url == "sql" or not q.consume_events:
+    if not q.url.startswith(("amqp://", "amqps://")) or not q.consume_events:
         return None
     from herald.adapters.events_amqp import AmqpEventConsumer  # noqa: PLC0415 - the rabbitmq extra
 
@@ -419,6 +453,20 @@ def build_cache(settings: Settings) -> Cache:
 
         return RedisCache(url, prefix=settings.cache.prefix)
     raise ConfigurationError(f"cache.url: expected 'memory' or a redis:// URL, got {url.split(':')[0]}:")
+
+
+def _wake_routers(
+    accept: AcceptService, router: RouterService, queue: RouterWakeups
+) -> Callable[[bool], None]:
+    """What an accept does for the notifications it did not route itself: wake this process's
+    router, and, in a process that runs none (``herald api``), every other process's."""
+
+    def wake(urgent: bool) -> None:
+        router.wake(urgent)
+        if accept.express is None:  # no router here (start_roles sets it with the router role)
+            queue.wake_routers(urgent)
+
+    return wake
 
 
 async def build(
@@ -501,6 +549,9 @@ async def build(
     )
     lookups = Lookups(store)
     accept = AcceptService(store, clock, catalog, router.wake, lookups=lookups)
+    if isinstance(queue, RouterWakeups):
+        accept.on_accepted = _wake_routers(accept, router, queue)
+        queue.add_route_listener(router.wake)
     events = EventService(
         store,
         clock,
@@ -557,4 +608,13 @@ async def build(
         relay=relay,
         broker_events=build_broker_events(settings, events),
         leader=LeaderLease(store, clock, ttl=settings.scheduler.leader_ttl_seconds),
+        kafka_events=_kafka_events(settings, events),
     )
+
+
+def _kafka_events(settings: Settings, events: EventService) -> KafkaEventConsumer | None:
+    if settings.events.kafka_url is None:
+        return None
+    from herald.bootstrap_kafka import build_kafka_events  # noqa: PLC0415 - the kafka extra
+
+    return build_kafka_events(settings, events)

@@ -22,6 +22,14 @@ from herald.domain.rates import RateLimit
 from herald.domain.rules import parse_rule
 
 
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -47,8 +55,9 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     public_url: str = "http://127.0.0.1:8025"
     # `herald serve`: send in this many supervised `herald worker` children (every channel but
-    # in_app); 0 sends in the serve process itself. One process uses about one core.
-    worker_processes: int = Field(default=0, ge=0, le=32)
+    # in_app); 0 sends in the serve process itself. One process uses about one core. Unset:
+    # picked from the cores this process may run on (Settings.serve_worker_processes).
+    worker_processes: int | None = Field(default=None, ge=0, le=32)
     # The priority lanes the children send; this process sends the others of the same channels
     # itself, so that critical mail does not share a busy bulk sender's event loop and CPU.
     worker_lanes: list[Priority] = Field(default_factory=lambda: list(ALL_LANES))
@@ -100,7 +109,25 @@ class DatabaseConfig(_Section):
         return value
 
 
-class QueueConfig(_Section):
+class KafkaOptions(_Section):
+    """How to reach Kafka beyond the URL (kafka:// or kafkas://; user:password@ in the URL also
+    selects SASL). Shared by [queue] (kafka:// queue) and [events] (kafka_url)."""
+
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_username: str | None = None
+    kafka_password: str | None = None
+    kafka_ssl_cafile: str | None = None  # kafkas://: a CA bundle instead of the system's
+    # A member that stops heartbeating leaves its group (its partitions move) after this long.
+    kafka_session_timeout_seconds: float = Field(default=10.0, ge=1, le=300)
+    # Partitions of each topic herald creates (existing topics are kept as they are).
+    kafka_partitions: int = Field(default=6, ge=1, le=1000)
+
+
+def _kafka_scheme(value: str) -> bool:
+    return value.startswith(("kafka://", "kafkas://"))
+
+
+class QueueConfig(KafkaOptions):
     url: str = "sql"
     lease_seconds: float = Field(default=30.0, gt=0)
     claim_batch: int = Field(default=64, ge=1, le=1000)
@@ -129,8 +156,8 @@ class QueueConfig(_Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if value != "sql" and not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must be 'sql' or an amqp:// URL")
+        if value != "sql" and not value.startswith(("amqp://", "amqps://")) and not _kafka_scheme(value):
+            raise ValueError("must be 'sql', an amqp:// URL or a kafka:// URL")
         return value
 
 
@@ -300,13 +327,28 @@ class AlertsConfig(_Section):
 
 class WorkerConfig(_Section):
     router_batch: int = Field(default=200, ge=1)  # notifications per routing pass (one claim, one write)
+    # How often an idle router looks for unrouted work. Accepts wake it at once (in its process,
+    # and on PostgreSQL from every other process too), so this is only the fallback.
+    router_idle_seconds: float = Field(default=1.0, gt=0, le=3600)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
 
-class EventsConfig(_Section):
+class EventsConfig(KafkaOptions):
     # An event type without a rule: "reject" answers 422; "store" keeps it as unrouted.
     unrouted: Literal["reject", "store"] = "reject"
     rule_cache_seconds: float = Field(default=2.0, ge=0)
+    # Producers' events from Kafka (any queue.url): the bootstrap servers, the topic (records
+    # herald cannot accept go to "<topic>.invalid") and the consumer group of herald's workers.
+    kafka_url: str | None = None
+    kafka_topic: str = Field(default="herald.events", pattern=r"^[A-Za-z0-9_.-]{1,200}$")
+    kafka_group: str = Field(default="herald-events", min_length=1, max_length=200)
+
+    @field_validator("kafka_url")
+    @classmethod
+    def _kafka_url(cls, value: str | None) -> str | None:
+        if value is not None and not _kafka_scheme(value):
+            raise ValueError("must be a kafka:// or kafkas:// URL (bootstrap servers)")
+        return value
 
 
 class TemplatesConfig(_Section):
@@ -374,6 +416,21 @@ class Settings(BaseSettings):
         if self.server.worker_nice is not None:
             return self.server.worker_nice
         return 0 if self.database.url.startswith("sqlite") else 10
+
+    @property
+    def serve_worker_processes(self) -> int:
+        """``herald serve``'s worker children: ``server.worker_processes``, else one per core
+        this process may use (none on a single core, where a child only adds a process to
+        schedule), at most 4 on SQLite (one writer lock: more children only queue at it) and 16
+        on PostgreSQL. Measured on 2 cores (BENCHMARKS.md, sessions 7-8, issue 23): the drain
+        at 1,500-1,900/s with none or one, 2,000-2,460/s with two; accept and critical latency
+        met their targets with children."""
+        if self.server.worker_processes is not None:
+            return self.server.worker_processes
+        cores = available_cores()
+        if cores < 2:
+            return 0
+        return min(cores, 4 if self.database.url.startswith("sqlite") else 16)
 
     @classmethod
     def settings_customise_sources(

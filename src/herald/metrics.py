@@ -17,6 +17,7 @@ What an on-call engineer reads (and ``deploy/prometheus/herald-alerts.yml`` aler
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -80,6 +81,20 @@ class Metrics(DeliveryObserver):
             "herald_queue_depth",
             "Deliveries waiting to be sent, by channel and priority lane",
             ["channel", "lane"],
+            registry=self.registry,
+        )
+        self.kafka_lag = Gauge(
+            "herald_kafka_consumer_lag",
+            "Records of a topic not yet committed by this process's Kafka consumer "
+            "(high watermark at its last fetch minus the committed offset, over its partitions)",
+            ["group", "topic"],
+            registry=self.registry,
+        )
+        self.kafka_state = Gauge(
+            "herald_kafka_consumer_state",
+            "1 for the state of this process's Kafka consumer of a group "
+            "(consuming, paused: the database is down, disconnected, ...)",
+            ["group", "state"],
             registry=self.registry,
         )
         self.queue_age = Gauge(
@@ -150,13 +165,20 @@ class Metrics(DeliveryObserver):
     async def render(
         self,
         store: Store,
+        consumers: list[dict[str, Any]] | None = None,
         *,
         now: float,
         circuits: Iterable[tuple[str, str, str]] = (),
         held: Mapping[str, Mapping[str, object]] | None = None,
     ) -> bytes:
-        """``circuits``: (channel, provider, breaker state); ``held``: providers held by a
-        configuration error ({provider: {"channel": …}})."""
+        """``consumers``: the Kafka consumers' state and lag; ``circuits``: (channel, provider,
+        breaker state); ``held``: providers held by a configuration error ({provider: {"channel": …}})."""
+        self.kafka_lag.clear()
+        self.kafka_state.clear()
+        for c in consumers or ():
+            self.kafka_state.labels(c["group"], c["state"]).set(1)
+            for topic, lag in c["topics"].items():
+                self.kafka_lag.labels(c["group"], topic).set(lag)
         self.deliveries.clear()
         self.dead_letters.clear()
         for channel, status, provider, count in await store.delivery_counts():

@@ -7,7 +7,7 @@ into :class:`herald.domain.errors.ServiceUnavailable` at the boundary.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -677,6 +677,21 @@ class Queue(Protocol):
         ...
 
 
+@runtime_checkable
+class RouterWakeups(Protocol):
+    """A queue that also wakes the routers of other processes (PostgreSQL ``NOTIFY``): what a
+    process without a router (``herald api``) accepted is routed at once, not at the routers'
+    next poll."""
+
+    def wake_routers(self, urgent: bool) -> None:
+        """New notifications to route; ``urgent``: a critical one among them."""
+        ...
+
+    def add_route_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(urgent)`` when another process wakes the routers."""
+        ...
+
+
 class Cache(Protocol):
     """Dedup keys and rate-limit counters shared by every process."""
 
@@ -710,6 +725,26 @@ class Provider(Protocol):
     async def send(self, message: OutboundMessage) -> SendReceipt: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchProvider(Protocol):
+    """A provider that sends one content to many recipients in one call (SendGrid's
+    personalizations): a broadcast whose deliveries rendered to the same content goes out at the
+    provider's speed, each delivery still with its own outcome, receipt and callbacks.
+
+    ``batch_key`` says what must be equal for two messages to share a call (None: this one
+    cannot be batched). ``send_batch`` returns one outcome per message, in order: a receipt, or
+    the :class:`herald.domain.errors.DeliveryError` that message's delivery gets (the provider
+    isolates a refusal that concerns one recipient, e.g. by sending the batch one by one).
+    """
+
+    name: str
+    batch_limit: int
+
+    def batch_key(self, message: OutboundMessage) -> Hashable | None: ...
+
+    async def send_batch(self, messages: Sequence[OutboundMessage]) -> list[SendReceipt | Exception]: ...
 
 
 @runtime_checkable

@@ -131,3 +131,24 @@ def test_small_transaction_timing_runs() -> None:
     assert result["rounds"] == 20
     for name in ("accept_commit_ms", "recipients_read_ms", "routed_write_ms"):
         assert _number(result[name]) and result[name] > 0, result
+
+
+def test_quick_celery_baseline_runs_both_and_cleans_up() -> None:
+    """``celery_baseline``: Celery's line and herald's, the ratio on herald's; nothing left behind
+    on the shared servers (schema, queue)."""
+    pytest.importorskip("celery", reason="the bench extra: pip install 'herald[bench]'")
+    from tests.contract.conftest import pg_execute, require_postgres
+
+    require_postgres()
+    done, results = _run("celery_baseline")
+    context = f"exit {done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, context
+    celery, herald = results
+    assert celery["system"] == "celery" and herald["system"] == "herald", context
+    for r in (celery, herald):
+        assert r["lost"] == 0 and r["dup"] == 0 and r["accepted"] == r["received"] > 0, context
+    assert celery["status_rows"] == {"sent": celery["count"] + 1}  # + the warm-up task
+    assert herald["vs_celery"]["throughput_ratio"] > 0
+    assert len(celery["processes"]["celery"]["children"]) == 8
+    schema = celery["namespace"]["schema"]
+    assert not pg_execute(f"SELECT nspname FROM pg_namespace WHERE nspname = '{schema}'")

@@ -1,5 +1,6 @@
-"""The Queue port's contract, on every adapter: the ``sql`` queue and the ``amqp`` queue
-(RabbitMQ, fed by the store's outbox), each over memory, sqlite and postgres stores.
+"""The Queue port's contract, on every adapter: the ``sql`` queue, the ``amqp`` queue (RabbitMQ)
+and the ``kafka`` queue (the Tansu broker, tests/support/kafka.py), the broker queues fed by
+the store's outbox, each over memory, sqlite and postgres stores.
 
 Deliveries are written through the Store port: for ``sql`` the deliveries table is the queue;
 for ``amqp`` the store writes outbox rows, which the harness relays to a per-test set of
@@ -19,19 +20,22 @@ from herald.adapters.store.sql import SqlStore
 from herald.domain.models import Attempt, DeliveryResult, Outcome, Priority
 from herald.ports import Queue
 from tests.contract.conftest import NOW, S, SqlBackend, pg_execute, result, seed, settle
+from tests.support.kafka import KafkaHarness, SyncedKafkaQueue, TansuBroker
 from tests.support.rabbitmq import AmqpHarness, SyncedAmqpQueue, require_rabbitmq, unique_prefix
 
 P = Priority
 MakeQueue = Callable[[SqlStore], Awaitable[Queue]]
 
 
-@pytest.fixture(params=["sql", "amqp"])
+@pytest.fixture(params=["sql", "amqp", "kafka"])
 def queue_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-async def make_queue(queue_kind: str, backend: SqlBackend) -> AsyncIterator[MakeQueue]:
+async def make_queue(
+    queue_kind: str, backend: SqlBackend, request: pytest.FixtureRequest
+) -> AsyncIterator[MakeQueue]:
     """Queues onto the backend's data, one per simulated process (its own pool, connection)."""
     if queue_kind == "sql":
         made: list[SqlQueue] = []
@@ -43,6 +47,19 @@ async def make_queue(queue_kind: str, backend: SqlBackend) -> AsyncIterator[Make
         yield make_sql
         for q in made:
             await q.close()
+        return
+    if queue_kind == "kafka":
+        broker: TansuBroker = request.getfixturevalue("kafka_broker")
+        kafka = KafkaHarness(backend.store, broker, unique_prefix())
+        backend.store.outbox = True
+
+        async def make_kafka(store: SqlStore) -> Queue:
+            return SyncedKafkaQueue(await kafka.new_queue(store), kafka)
+
+        try:
+            yield make_kafka
+        finally:
+            await kafka.aclose()
         return
     await require_rabbitmq()
     harness = AmqpHarness(backend.store, unique_prefix())
@@ -59,7 +76,7 @@ async def make_queue(queue_kind: str, backend: SqlBackend) -> AsyncIterator[Make
 
 @pytest.fixture
 async def queue(queue_kind: str, backend: SqlBackend, make_queue: MakeQueue) -> AsyncIterator[Queue]:
-    if queue_kind == "amqp":
+    if queue_kind in ("amqp", "kafka"):
         yield await make_queue(backend.store)
         return
     q = SqlQueue(backend.store.db)
@@ -210,7 +227,7 @@ async def test_concurrent_claimers_never_get_the_same_delivery(
     for i in range(0, len(specs), 60):
         await seed(store, *specs[i : i + 60])
     stores = [store] + [await backend.connect() for _ in range(2)]
-    queues = [await make_queue(s) for s in stores]
+    queues = list(await asyncio.gather(*(make_queue(s) for s in stores)))  # joins at once (kafka)
     claimed: dict[str, list[str]] = {}
 
     async def worker(i: int) -> None:
@@ -241,7 +258,7 @@ async def test_concurrent_claimers_on_the_same_rows_get_disjoint_batches(
     the single writer on SQLite; either way every delivery goes to exactly one claimer."""
     await seed(backend.store, *({"priority": P.HIGH} for _ in range(10)))
     stores = [backend.store] + [await backend.connect() for _ in range(3)]
-    queues = [await make_queue(s) for s in stores]
+    queues = list(await asyncio.gather(*(make_queue(s) for s in stores)))  # joins at once (kafka)
     batches = await asyncio.gather(
         *(
             queues[i % len(queues)].claim("email", owner=f"c{i}", limit=4, max_rank=3, lease=60, now=NOW)

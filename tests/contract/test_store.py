@@ -366,6 +366,20 @@ async def test_idempotency_record_expires(store: SqlStore) -> None:
     assert rec is not None and (rec.state, rec.request_hash) == ("pending", "h2")
 
 
+async def test_idempotency_pending_key_of_a_dead_accept_is_taken_over(store: SqlStore) -> None:
+    """A process that died mid-accept (a Kafka consumer killed) left its key pending: a retry is
+    a 409 while it may still be at work, then takes the key over; a finished key never is."""
+    from herald.adapters.store.sql import PENDING_STALE
+
+    assert await store.begin_idempotent("k", "dead", "h", now=NOW, ttl=3600) is None
+    held = await store.begin_idempotent("k", "dead", "h", now=NOW + PENDING_STALE - 1, ttl=3600)
+    assert held is not None and held.state == "pending"
+    assert await store.begin_idempotent("k", "dead", "h", now=NOW + PENDING_STALE + 1, ttl=3600) is None
+    await store.finish_idempotent("k", "dead", 202, {"id": "x"})
+    done = await store.begin_idempotent("k", "dead", "h", now=NOW + 10 * PENDING_STALE, ttl=3600)
+    assert done is not None and done.state == "done"
+
+
 async def test_idempotency_has_one_winner_under_concurrency(backend: SqlBackend) -> None:
     stores = [backend.store, await backend.connect()]
     got = await asyncio.gather(

@@ -56,6 +56,7 @@ from tests.emulators import specs_dir
 SPEC_FILE = "sendgrid_mail_send_v3.json"
 REAL_HOST = "https://api.sendgrid.com"
 DEFAULT_API_KEY = "SG.emulator-key.0123456789abcdefghijklmnopqrstuvwxyz"
+MAX_PERSONALIZATIONS = 1000  # SendGrid's limit on personalizations, and on recipients, per request
 _DOCUMENTED = {202, 400, 401, 403, 404, 405, 413, 500}
 
 
@@ -312,6 +313,16 @@ class SendGridEmulator:
                 "The personalizations field is required and must have at least one personalization.",
                 "personalizations",
             )
+        if len(personalizations) > MAX_PERSONALIZATIONS:
+            return 400, "The personalizations field must have no more than 1000 items.", "personalizations"
+        recipients = sum(
+            len(p.get(kind) or [])
+            for p in personalizations
+            if isinstance(p, dict)
+            for kind in ("to", "cc", "bcc")
+        )
+        if recipients > MAX_PERSONALIZATIONS:
+            return 400, "The total number of recipients must be no more than 1000.", "personalizations"
         has_template = bool(data.get("template_id"))
         if not has_template and not data.get("content"):
             return (

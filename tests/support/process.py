@@ -136,6 +136,10 @@ def write_config(
     extra: str = "",
 ) -> None:
     stack = CURRENT.overrides()
+    if "[server]" not in extra:
+        # One process, as these tests' counts of sends in flight at a kill assume; `herald
+        # serve`'s default (children from the cores) is tested in test_worker_children.py.
+        extra += "\n[server]\nworker_processes = 0\n"
     queue = "".join(f'{k} = "{v}"\n' for k, v in stack.get("queue", {}).items())
     cache = "".join(f'{k} = "{v}"\n' for k, v in stack.get("cache", {}).items())
     (cwd / "herald.toml").write_text(

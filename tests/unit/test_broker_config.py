@@ -15,10 +15,10 @@ from herald.testing import FakeClock
 from tests.support.herald import make_settings
 
 
-def test_queue_url_must_be_sql_or_amqp(tmp_path: Path) -> None:
+def test_queue_url_must_be_sql_amqp_or_kafka(tmp_path: Path) -> None:
     cfg = tmp_path / "herald.toml"
     cfg.write_text('[queue]\nurl = "redis://localhost"\n')
-    with pytest.raises(ConfigurationError, match=r"queue\.url.*'sql' or an amqp:// URL"):
+    with pytest.raises(ConfigurationError, match=r"queue\.url.*'sql', an amqp:// URL or a kafka:// URL"):
         load_settings(cfg)
     cfg.write_text('[queue]\nurl = "amqp://guest:guest@localhost/"\nprefix = "bad prefix!"\n')
     with pytest.raises(ConfigurationError, match=r"queue\.prefix"):

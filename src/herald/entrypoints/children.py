@@ -59,6 +59,7 @@ class _Child:
     writer: asyncio.StreamWriter | None = None
     restarts: int = 0
     unhealthy: dict[str, Any] = field(default_factory=dict)
+    ready: bool = False  # it reported once: built, and its senders started
 
 
 class WorkerChildren:
@@ -154,6 +155,7 @@ class WorkerChildren:
                 "pid": c.proc.pid if c.proc is not None else None,
                 "alive": c.proc is not None and c.proc.returncode is None,
                 "restarts": c.restarts,
+                "ready": c.ready and c.proc is not None and c.proc.returncode is None,
             }
             for c in self._children
         ]
@@ -217,6 +219,7 @@ class WorkerChildren:
             return await proc.wait()
         finally:
             child.writer = None
+            child.ready = False
             status.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await status
@@ -228,6 +231,7 @@ class WorkerChildren:
                 message = json.loads(line)
                 if isinstance(message, dict) and isinstance(message.get("unhealthy"), dict):
                     child.unhealthy = message["unhealthy"]
+                    child.ready = True
 
 
 class ParentLink:

@@ -163,7 +163,7 @@ def serve(
     settings = _settings(config)
     children = None
     delegated = [name for name, ch in settings.channels.items() if ch.enabled and name not in PARENT_CHANNELS]
-    if settings.server.worker_processes and delegated:
+    if settings.serve_worker_processes and delegated:
         lanes = settings.server.worker_lanes
         own = [p for p in Priority if p not in lanes or p in settings.server.serve_lanes]
         shared = _keep_other_lanes(settings, delegated, own)
@@ -173,7 +173,7 @@ def serve(
             # published at the children's CPU priority. Every lane has a relay.
             settings.queue.relay_lanes = own
         children = WorkerChildren(
-            settings.server.worker_processes,
+            settings.serve_worker_processes,
             delegated,
             config=config,
             grace=settings.worker.shutdown_grace_seconds,
@@ -237,6 +237,7 @@ def _run_roles(
 
     from herald.bootstrap import build  # noqa: PLC0415
     from herald.entrypoints.children import ParentLink  # noqa: PLC0415
+    from herald.entrypoints.loop import run as run_loop  # noqa: PLC0415
 
     sys.setswitchinterval(SWITCH_INTERVAL)
 
@@ -258,7 +259,7 @@ def _run_roles(
         if link is not None:
             await link.close()
 
-    asyncio.run(main())
+    run_loop(main())  # uvloop: the workers' sends cost less CPU (entrypoints/loop.py)
 
 
 @app.command()

@@ -154,7 +154,7 @@ class AcceptService:
         self.store = store
         self.clock = clock
         self.catalog = catalog
-        self._on_accepted = on_accepted
+        self.on_accepted = on_accepted  # bootstrap: also wakes other processes' routers
         # Cached reads of templates and user ids (services/lookups.py); uncached without.
         self.lookups = lookups or Lookups(store, template_ttl=0, user_ttl=0)
         self.writer = NotificationWriter(store)
@@ -231,7 +231,7 @@ class AcceptService:
         rest = [n for n in notifications if n.routing_owner is None]
         if rest:
             # Critical: the router routes it at once instead of gathering a few ms of company.
-            self._on_accepted(any(n.priority == Priority.CRITICAL for n in rest))
+            self.on_accepted(any(n.priority == Priority.CRITICAL for n in rest))
 
     async def prepare(
         self,

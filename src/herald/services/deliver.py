@@ -10,6 +10,16 @@ event loop or CPU.
 
 Outcomes go through :class:`ResultWriter`, which commits them in batches (group commit): one
 transaction per batch of finished sends instead of one per send.
+
+**Provider batches** (issue 23). When the channel's provider sends one content to many
+recipients in one call (:class:`herald.ports.BatchProvider`: SendGrid's personalizations),
+deliveries of one notification claimed together whose messages have the same ``batch_key``
+(a broadcast with no per-user fields) go out as one call, and count as one send slot. Each
+delivery keeps its own attempt, status and receipt, recorded as if sent alone; the guarantees
+are the same (claimed under a lease, results through the writer). While a claim keeps finding
+such groups, the next claim takes up to the provider's batch limit (SendGrid: 1,000), so a
+broadcast moves at one provider call per thousand recipients; the sends a crash can leave
+ambiguous are then up to that many.
 """
 
 from __future__ import annotations
@@ -40,11 +50,13 @@ from herald.domain.models import (
     OutboundMessage,
     Outcome,
     Reason,
+    SendReceipt,
     new_id,
 )
 from herald.domain.validation import mask
-from herald.ports import Clock, Provider, Queue, RoutedClaim, Store
+from herald.ports import BatchProvider, Clock, Provider, Queue, RoutedClaim, Store
 from herald.services.catalog import Catalog
+from herald.services.deliver_batches import MAX_BATCH_CLAIM, batcher, groups
 
 log = structlog.get_logger("herald.deliver")
 
@@ -121,6 +133,12 @@ class ChannelPool:
     max_rank: int = 3
     in_flight: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     high_in_flight: int = 0
+    batched: int = 0  # deliveries in flight beyond the first of each provider batch
+    batching: bool = False  # the last claim found deliveries to batch: claim a batch's worth
+
+    def busy(self) -> int:
+        """Send slots in use: a provider batch is one."""
+        return len(self.in_flight) - self.batched
 
 
 def classify(exc: BaseException) -> tuple[Outcome, str | None, str, float | None, bool]:
@@ -219,8 +237,9 @@ class DeliveryService:
         await self.writer.close()
 
     async def _pool_loop(self, pool: ChannelPool) -> None:
+        batching = batcher(pool)
         while not self._stopping.is_set():
-            free = pool.concurrency - len(pool.in_flight)
+            free = pool.concurrency - pool.busy()
             claimed: list[Delivery] = []
             if free > 0:
                 # The last `reserved_high` slots only go to critical and high (when the pool
@@ -229,6 +248,8 @@ class DeliveryService:
                 general_free = free - max(0, reserved - pool.high_in_flight)
                 max_rank = pool.max_rank if general_free > 0 else 1
                 limit = min(general_free if general_free > 0 else free, self.claim_batch)
+                if batching is not None and pool.batching:
+                    limit = max(limit, min(batching.batch_limit, MAX_BATCH_CLAIM))
                 try:
                     # A claim is short and the step between queued and sent for every lane
                     # (critical first): it goes before batch work on the database.
@@ -247,8 +268,17 @@ class DeliveryService:
                 except Exception:  # a bug in a queue adapter must not stop this channel for good
                     log.exception("deliver.claim_crashed", channel=pool.channel)
                     await asyncio.sleep(self.idle_wait)
+                if batching is not None:
+                    singles, together = groups(batching, claimed)
+                    pool.batching = bool(together)
+                    for group in together:
+                        self._start_batch(pool, batching, group)
+                    claimed_all, claimed = claimed, singles
+                else:
+                    claimed_all = claimed
                 for d in claimed:
                     self._start(pool, d)
+                claimed = claimed_all
                 if claimed and len(claimed) >= limit:
                     continue  # there may be more right now
             await self.queue.wait(pool.channel, self.idle_wait, pool.max_rank)
@@ -268,7 +298,7 @@ class DeliveryService:
             rank = d.priority.rank
             if pool is None or rank > 1 or not pool.min_rank <= rank <= pool.max_rank or d.due_at > now:
                 continue
-            left = free.setdefault(d.channel, pool.concurrency - len(pool.in_flight))
+            left = free.setdefault(d.channel, pool.concurrency - pool.busy())
             if left > 0:
                 free[d.channel] = left - 1
                 ids.add(d.id)
@@ -305,6 +335,69 @@ class DeliveryService:
 
         task.add_done_callback(done)
 
+    def _start_batch(self, pool: ChannelPool, provider: BatchProvider, group: list[Delivery]) -> None:
+        """One provider call for deliveries of one notification with the same content."""
+        high = group[0].priority.rank <= 1
+        if high:
+            pool.high_in_flight += 1
+        pool.batched += len(group) - 1
+        name = f"herald-send-batch-{group[0].id}"
+        task = asyncio.create_task(self._deliver_batch(provider, group), name=name)
+        for d in group:
+            pool.in_flight[d.id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            for d in group:
+                pool.in_flight.pop(d.id, None)
+            pool.batched -= len(group) - 1
+            if high:
+                pool.high_in_flight -= 1
+            self.queue.wake_local(pool.channel)
+
+        task.add_done_callback(done)
+
+    async def _deliver_batch(self, provider: BatchProvider, group: list[Delivery]) -> None:
+        try:
+            now = self.clock.now()
+            results: list[DeliveryResult] = []
+            live: list[Delivery] = []
+            for d in group:
+                if d.expires_at is not None and d.expires_at <= now:
+                    results.append(self._expired(d, now))
+                else:
+                    live.append(d)
+            if live:
+                messages = [self._message(d) for d in live]
+                started = time.perf_counter()
+                try:
+                    async with asyncio.timeout(self.send_timeout):
+                        outcomes = await provider.send_batch(messages)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the call itself failed: every one of them gets it
+                    outcomes = [exc] * len(live)
+                latency = (time.perf_counter() - started) * 1000
+                log.info(
+                    "delivery.batch_sent",
+                    notification_id=live[0].notification_id,
+                    channel=live[0].channel,
+                    provider=provider.name,
+                    deliveries=len(live),
+                    latency_ms=round(latency, 2),
+                )
+                for d, outcome in zip(live, outcomes, strict=True):
+                    if isinstance(outcome, Exception):
+                        named = outcome.provider if isinstance(outcome, DeliveryError) else None
+                        used = named or provider.name
+                        results.append(self._failure(d, d.attempts_made + 1, used, outcome, latency))
+                    else:
+                        results.append(self._sent(d, provider.name, outcome, latency, quiet=True))
+            await asyncio.gather(*(self.writer.submit(r) for r in results))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not kill the pool; the lease expiry retries the deliveries
+            log.exception("deliver.internal_error", delivery_id=group[0].id, batch=len(group))
+
     def _recorded(self, result: DeliveryResult, applied: bool) -> None:
         self.observer.recorded(result, applied)
         if applied and result.new_status == S.RETRYING:
@@ -333,32 +426,9 @@ class DeliveryService:
         now = self.clock.now()
         n = d.attempts_made + 1
         if d.expires_at is not None and d.expires_at <= now:
-            return DeliveryResult(
-                delivery_id=d.id,
-                lease_owner=self.owner,
-                new_status=S.SKIPPED,
-                reason=Reason.EXPIRED.value,
-                channel=d.channel,
-                attempt=Attempt(
-                    n=n, at=now, provider="-", outcome=Outcome.EXPIRED, detail="expired before sending"
-                ),
-                counts_against_budget=False,
-            )
+            return self._expired(d, now)
         provider = pool.providers[0]
-        message = OutboundMessage(
-            delivery_id=d.id,
-            notification_id=d.notification_id,
-            user_id=d.user_id,
-            channel=d.channel,
-            address=d.address or "",
-            content=d.content,
-            category=d.category,
-            priority=d.priority,
-            attempt=n,
-            expires_at=d.expires_at,
-            unsubscribe_url=d.content.get("unsubscribe_url"),
-            metadata=d.content.get("_meta") or {},
-        )
+        message = self._message(d)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.send_timeout):
@@ -370,17 +440,57 @@ class DeliveryService:
             used = (exc.provider if isinstance(exc, DeliveryError) else None) or provider.name
             return self._failure(d, n, used, exc, latency)
         latency = (time.perf_counter() - started) * 1000
-        at = self.clock.now()
-        used = receipt.provider or provider.name
-        self.unhealthy.pop(used, None)
-        log.info(
-            "delivery.sent",
+        return self._sent(d, provider.name, receipt, latency)
+
+    def _expired(self, d: Delivery, now: float) -> DeliveryResult:
+        return DeliveryResult(
             delivery_id=d.id,
+            lease_owner=self.owner,
+            new_status=S.SKIPPED,
+            reason=Reason.EXPIRED.value,
             channel=d.channel,
-            provider=used,
-            code=receipt.code,
-            latency_ms=round(latency, 2),
+            attempt=Attempt(
+                n=d.attempts_made + 1,
+                at=now,
+                provider="-",
+                outcome=Outcome.EXPIRED,
+                detail="expired before sending",
+            ),
+            counts_against_budget=False,
         )
+
+    def _message(self, d: Delivery) -> OutboundMessage:
+        return OutboundMessage(
+            delivery_id=d.id,
+            notification_id=d.notification_id,
+            user_id=d.user_id,
+            channel=d.channel,
+            address=d.address or "",
+            content=d.content,
+            category=d.category,
+            priority=d.priority,
+            attempt=d.attempts_made + 1,
+            expires_at=d.expires_at,
+            unsubscribe_url=d.content.get("unsubscribe_url"),
+            metadata=d.content.get("_meta") or {},
+        )
+
+    def _sent(
+        self, d: Delivery, provider: str, receipt: SendReceipt, latency: float, *, quiet: bool = False
+    ) -> DeliveryResult:
+        n = d.attempts_made + 1
+        at = self.clock.now()
+        used = receipt.provider or provider
+        self.unhealthy.pop(used, None)
+        if not quiet:  # a batch logs once for all of its deliveries
+            log.info(
+                "delivery.sent",
+                delivery_id=d.id,
+                channel=d.channel,
+                provider=used,
+                code=receipt.code,
+                latency_ms=round(latency, 2),
+            )
         return DeliveryResult(
             delivery_id=d.id,
             lease_owner=self.owner,

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, EllipticCurv
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from herald.adapters.providers.slots import PrioritySlots, reserved_share
 from herald.domain.errors import (
     ConfigurationError,
     DeadAddressError,
@@ -51,6 +52,9 @@ from herald.domain.errors import (
 from herald.domain.models import OutboundMessage, Priority, SendReceipt
 from herald.domain.validation import mask
 from herald.ports import Clock
+
+# Concurrent requests (HTTP/2 streams on the one connection) handed out by priority.
+_APNS_STREAMS = 256
 
 log = structlog.get_logger("herald.providers.apns")
 
@@ -198,6 +202,7 @@ class ApnsProvider:
         self._key = config.load_key()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._slots = PrioritySlots(_APNS_STREAMS, reserved_share(_APNS_STREAMS))
         self._token: _ProviderToken | None = None
         self.tokens_minted = 0  # observable by tests and metrics
 
@@ -256,6 +261,11 @@ class ApnsProvider:
             raise TransientDeliveryError(f"APNs request failed: {type(exc).__name__}", code="http") from None
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
+        # Connections by priority: critical and high never wait behind low for one (slots.py).
+        async with self._slots.slot(message.priority.rank):
+            return await self._send(message)
+
+    async def _send(self, message: OutboundMessage) -> SendReceipt:
         headers, payload = build_apns_request(message, self.config.topic)
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         path = f"/3/device/{quote(message.address, safe='')}"

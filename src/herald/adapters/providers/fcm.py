@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from herald.adapters.providers.slots import PrioritySlots, reserved_share
 from herald.domain.errors import (
     ConfigurationError,
     DeadAddressError,
@@ -252,6 +253,7 @@ class FcmProvider:
         self._send_url = f"{config.base_url.rstrip('/')}/v1/projects/{quote(project, safe='')}/messages:send"
         self._session_factory = session_factory
         self._session: aiohttp.ClientSession | None = None
+        self._slots = PrioritySlots(self.config.max_connections, reserved_share(self.config.max_connections))
         self._token: _AccessToken | None = None
         self._token_lock = asyncio.Lock()
         self.token_refreshes = 0  # observable by tests and metrics
@@ -358,6 +360,11 @@ class FcmProvider:
             raise TransientDeliveryError(f"FCM request failed: {type(exc).__name__}", code="http") from None
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
+        # Connections by priority: critical and high never wait behind low for one (slots.py).
+        async with self._slots.slot(message.priority.rank):
+            return await self._send(message)
+
+    async def _send(self, message: OutboundMessage) -> SendReceipt:
         body = json.dumps(build_fcm_request(message, self._clock.now()), ensure_ascii=False).encode()
         token = await self._access_token()
         status, payload, retry_after = await self._post(token, body)

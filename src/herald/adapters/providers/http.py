@@ -28,6 +28,7 @@ from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from herald.adapters.providers.slots import PrioritySlots, reserved_share
 from herald.domain.errors import ProviderConfigError, TransientDeliveryError
 from herald.domain.policies import parse_rate_limit_reset, parse_retry_after
 
@@ -82,12 +83,17 @@ class ProviderHttp:
         timeout: float,
         headers: Mapping[str, str],
         max_connections: int = 100,
+        reserved_high: int | None = None,
     ) -> None:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=timeout)
         self._headers = dict(headers)
         self._max_connections = max_connections
+        # Connections by priority (critical/high never queue behind low for one): aiohttp's own
+        # pool is first come, first served, so it is never the one that makes a send wait.
+        reserved = reserved_share(max_connections) if reserved_high is None else reserved_high
+        self.slots = PrioritySlots(max_connections, reserved)
         self._session: aiohttp.ClientSession | None = None
 
     def url(self, path: str) -> URL:
@@ -111,8 +117,15 @@ class ProviderHttp:
             self._session = session
         return session
 
-    async def post(self, url: URL, *, body: bytes, content_type: str) -> HttpAnswer:
-        """POST ``body``; return the answer or raise a classified :class:`DeliveryError`."""
+    async def post(self, url: URL, *, body: bytes, content_type: str, rank: int = 3) -> HttpAnswer:
+        """POST ``body``; return the answer or raise a classified :class:`DeliveryError`.
+
+        ``rank``: the message's priority lane (0 = critical), which decides who gets the next
+        free connection (:class:`PrioritySlots`)."""
+        async with self.slots.slot(rank):
+            return await self._post(url, body, content_type)
+
+    async def _post(self, url: URL, body: bytes, content_type: str) -> HttpAnswer:
         progress = _SendProgress(len(body))
         try:
             # Content-Type comes with the payload: no per-request header set to merge.

@@ -22,10 +22,12 @@ with SHA-256 over ``timestamp + payload``) and :func:`parse_sendgrid_events`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
 import time
+from collections.abc import Hashable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,6 +53,7 @@ from herald.domain.validation import mask
 log = structlog.get_logger("herald.providers.sendgrid")
 
 SEND_PATH = "/v3/mail/send"
+MAX_PERSONALIZATIONS = 1000  # per request (and recipients per request), SendGrid's limit
 DELIVERY_ARG = "herald_delivery_id"
 NOTIFICATION_ARG = "herald_notification_id"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -187,11 +190,95 @@ class SendGridProvider:
             body["mail_settings"] = {"sandbox_mode": {"enable": True}}
         return body
 
+    # Batches (ports.BatchProvider) ---------------------------------------------------------------
+    batch_limit = MAX_PERSONALIZATIONS
+
+    def batch_key(self, message: OutboundMessage) -> Hashable | None:
+        """Messages with equal keys share one request: the same subject, text, html and
+        category. The address, the ids (``custom_args``) and the unsubscribe link (headers) are
+        per personalization."""
+        content = message.content
+        subject, text, html = content.get("subject"), content.get("text"), content.get("html")
+        if not isinstance(subject, str) or not all(isinstance(x, str | None) for x in (text, html)):
+            return None
+        return (subject, text, html, message.category)
+
+    def build_batch_body(self, messages: Sequence[OutboundMessage]) -> dict[str, Any]:
+        """One request for messages of equal :meth:`batch_key`: one personalization each."""
+        body = self.build_body(messages[0])
+        body.pop("headers", None)
+        personalizations = []
+        for m in messages:
+            p: dict[str, Any] = {
+                "to": [{"email": m.address}],
+                "custom_args": {DELIVERY_ARG: m.delivery_id, NOTIFICATION_ARG: m.notification_id},
+            }
+            unsubscribe = m.unsubscribe_url or m.content.get("unsubscribe_url")
+            if unsubscribe:
+                p["headers"] = {
+                    "List-Unsubscribe": f"<{unsubscribe}>",
+                    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                }
+            personalizations.append(p)
+        body["personalizations"] = personalizations
+        return body
+
+    async def send_batch(self, messages: Sequence[OutboundMessage]) -> list[SendReceipt | Exception]:
+        """One request for up to 1,000 recipients. Accepted: every message has the receipt
+        (one ``X-Message-Id``; SendGrid's events carry each personalization's custom args, so
+        callbacks still find each delivery). Refused as a whole for a reason that may be one
+        recipient's (400, 413): sent again one by one, so that only that recipient's delivery
+        fails. Refused otherwise (rate limit, outage, credentials): every message gets it."""
+        if len(messages) == 1:
+            try:
+                return [await self.send(messages[0])]
+            except DeliveryError as exc:
+                return [exc]
+        if len(messages) > self.batch_limit:
+            raise ValueError(f"at most {self.batch_limit} messages per request")
+        try:
+            payload = orjson.dumps(self.build_batch_body(messages))
+        except DeliveryError as exc:  # no subject / no body: the same for every one of them
+            return [exc] * len(messages)
+        first = messages[0]
+        try:
+            answer = await self._http.post(
+                self._url, body=payload, content_type="application/json", rank=first.priority.rank
+            )
+        except DeliveryError as exc:
+            log.warning(
+                "providers.sendgrid.transport_error",
+                notification_id=first.notification_id,
+                recipients=len(messages),
+                code=exc.code,
+                ambiguous=exc.ambiguous,
+                outcome=exc.outcome,
+            )
+            return [exc] * len(messages)
+        if 200 <= answer.status < 300:
+            receipt = self._receipt(answer)
+            return [receipt] * len(messages)
+        retry_after = retry_after_seconds(answer.headers, now=self._now(), rate_limit_reset=True)
+        error = classify_sendgrid_error(answer.status, _error_message(answer.body), retry_after=retry_after)
+        log.warning(
+            "providers.sendgrid.batch_rejected",
+            notification_id=first.notification_id,
+            recipients=len(messages),
+            status=answer.status,
+            outcome=error.outcome,
+        )
+        if isinstance(error, PermanentDeliveryError):
+            outcomes = await asyncio.gather(*(self.send(m) for m in messages), return_exceptions=True)
+            return [o if isinstance(o, SendReceipt | Exception) else RuntimeError(str(o)) for o in outcomes]
+        return [error] * len(messages)
+
     async def send(self, message: OutboundMessage) -> SendReceipt:
         payload = orjson.dumps(self.build_body(message))
         started = time.perf_counter()
         try:
-            answer = await self._http.post(self._url, body=payload, content_type="application/json")
+            answer = await self._http.post(
+                self._url, body=payload, content_type="application/json", rank=message.priority.rank
+            )
         except DeliveryError as exc:
             log.warning(
                 "providers.sendgrid.transport_error",

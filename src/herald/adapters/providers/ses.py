@@ -52,6 +52,7 @@ from botocore.credentials import Credentials
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from herald.adapters.providers.http import transport_failure
+from herald.adapters.providers.slots import PrioritySlots, reserved_share
 from herald.domain.errors import (
     DeliveryError,
     PermanentDeliveryError,
@@ -238,6 +239,7 @@ class SesProvider:
             )
         self._chain: Any = None  # botocore's credential chain, found on first use
         self._session: aiohttp.ClientSession | None = None
+        self._slots = PrioritySlots(self.config.pool_size, reserved_share(self.config.pool_size))
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -277,6 +279,11 @@ class SesProvider:
         return dict(request.headers.items())
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
+        # Connections by priority: critical and high never wait behind low for one (slots.py).
+        async with self._slots.slot(message.priority.rank):
+            return await self._send(message)
+
+    async def _send(self, message: OutboundMessage) -> SendReceipt:
         body = to_json(build_params(self.config, message))
         headers = await self.signed_headers(body)
         progress = SimpleNamespace(sent=False)

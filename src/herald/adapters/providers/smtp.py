@@ -16,7 +16,6 @@ Reply classification (RFC 5321, RFC 3463 enhanced codes):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import time
@@ -28,6 +27,7 @@ import aiosmtplib
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from herald.adapters.providers.slots import PrioritySlots
 from herald.domain.errors import (
     DeadAddressError,
     DeliveryError,
@@ -63,7 +63,10 @@ class SmtpConfig(BaseModel):
     timeout: float = Field(default=30.0, gt=0)
     from_address: str = "herald@localhost"
     from_name: str | None = None
-    pool_size: int = Field(default=4, ge=1, le=64)
+    # Connections: critical and high get the next free one first, and `reserved_high` of them
+    # only they may use, so a bulk backlog never makes them wait (the bulk keeps 4 by default).
+    pool_size: int = Field(default=5, ge=1, le=64)
+    reserved_high: int = Field(default=1, ge=0, le=63)
 
 
 def build_message(cfg: SmtpConfig, message: OutboundMessage, domain: str) -> EmailMessage:
@@ -109,7 +112,8 @@ class SmtpProvider:
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
         self._idle: list[aiosmtplib.SMTP] = []
-        self._slots = asyncio.Semaphore(config.pool_size)
+        # Connections by priority: critical and high first, `reserved_high` of them theirs alone.
+        self._slots = PrioritySlots(config.pool_size, config.reserved_high)
         self._domain = config.from_address.rpartition("@")[2] or "localhost"
 
     def _client(self) -> aiosmtplib.SMTP:
@@ -160,7 +164,7 @@ class SmtpProvider:
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         msg = build_message(self.config, message, self._domain)
-        async with self._slots:
+        async with self._slots.slot(message.priority.rank):
             client, reused = await self._acquire()
             try:
                 try:

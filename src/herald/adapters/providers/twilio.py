@@ -176,7 +176,10 @@ class TwilioProvider:
         started = time.perf_counter()
         try:
             answer = await self._http.post(
-                self._url, body=body, content_type="application/x-www-form-urlencoded"
+                self._url,
+                body=body,
+                content_type="application/x-www-form-urlencoded",
+                rank=message.priority.rank,
             )
         except DeliveryError as exc:
             log.warning(

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from yarl import URL
 
 from herald.adapters.providers.http import transport_failure
+from herald.adapters.providers.slots import PrioritySlots, reserved_share
 from herald.adapters.providers.ssrf import BlockedAddressError, Resolve, SsrfGuard
 from herald.domain.errors import (
     DeadAddressError,
@@ -155,6 +156,7 @@ class WebhookProvider:
             resolve=resolve,
         )
         self._session: aiohttp.ClientSession | None = None
+        self._slots = PrioritySlots(self.config.pool_size, reserved_share(self.config.pool_size))
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -174,6 +176,11 @@ class WebhookProvider:
         return self._session
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
+        # Connections by priority: critical and high never wait behind low for one (slots.py).
+        async with self._slots.slot(message.priority.rank):
+            return await self._send(message)
+
+    async def _send(self, message: OutboundMessage) -> SendReceipt:
         body = build_body(message)
         try:
             vetted = await self.guard.vet(message.address)

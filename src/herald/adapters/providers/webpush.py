@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from yarl import URL
 
 from herald.adapters.providers.http import transport_failure
+from herald.adapters.providers.slots import PrioritySlots, reserved_share
 from herald.adapters.providers.ssrf import BlockedAddressError, Resolve, SsrfGuard
 from herald.domain.errors import (
     DeadAddressError,
@@ -246,6 +247,7 @@ class WebPushProvider:
             resolve=resolve,
         )
         self._session: aiohttp.ClientSession | None = None
+        self._slots = PrioritySlots(self.config.pool_size, reserved_share(self.config.pool_size))
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -292,6 +294,11 @@ class WebPushProvider:
         return headers
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
+        # Connections by priority: critical and high never wait behind low for one (slots.py).
+        async with self._slots.slot(message.priority.rank):
+            return await self._send(message)
+
+    async def _send(self, message: OutboundMessage) -> SendReceipt:
         subscription = parse_subscription(message)
         payload = build_payload(message)
         if len(payload) > MAX_PLAINTEXT:

@@ -48,8 +48,11 @@ database's retry budget, not the broker, decides when a delivery is dead, and th
 crash loop into a slow one.
 
 ``wake`` is local to the process (a message arriving wakes the waiters of its channel; the
-broker's push is the cross-process wake-up). Broker errors become ``ServiceUnavailable``; the
-robust connection reconnects by itself and restores consumers.
+broker's push is the cross-process wake-up). Routers are woken across processes through
+PostgreSQL ``LISTEN``/``NOTIFY`` when the database is PostgreSQL (``wakeups_db``): a bare
+``herald api`` wakes the workers' routers for what it accepted (:mod:`.pg_notify`).
+Broker errors become ``ServiceUnavailable``; the robust connection reconnects by itself and
+restores consumers.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -83,9 +86,13 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
     ) from exc
 
 from herald.adapters.queue.signals import Signals
+from herald.adapters.store.database import Database
 from herald.domain.errors import ConfigurationError, HeraldError, ServiceUnavailable
 from herald.domain.models import Delivery, Priority
 from herald.ports import Clock, OutboxItem, Store
+
+if TYPE_CHECKING:
+    from herald.adapters.queue.pg_notify import PgWakeups
 
 log = structlog.get_logger("herald.queue.amqp")
 
@@ -206,8 +213,12 @@ class AmqpQueue:
         connect_timeout: float = 5.0,
         reconnect_interval: float = 1.0,
         lanes: Mapping[str, Collection[int]] | None = None,
+        wakeups_db: Database | None = None,
     ) -> None:
         self.url = url
+        self._wakeups_db = wakeups_db  # PostgreSQL: routers' wake-ups across processes
+        self._wakeups: PgWakeups | None = None
+        self._route_listeners: list[Callable[[bool], None]] = []
         # channel -> the lane ranks this process consumes (absent: every lane)
         self.lanes = {ch: tuple(sorted(ranks)) for ch, ranks in (lanes or {}).items()}
         self.store = store
@@ -243,6 +254,12 @@ class AmqpQueue:
     async def start(self) -> None:
         """Connect early so that bad credentials fail at start; an unreachable broker does not:
         the outbox keeps everything until it is back."""
+        if self._wakeups_db is not None and self._wakeups is None:
+            from herald.adapters.queue.pg_notify import start_wakeups  # noqa: PLC0415 - needs psycopg
+
+            self._wakeups = await start_wakeups(
+                self._wakeups_db, self.signals, self._route_woken, on_channel=self._remote_wake
+            )
         try:
             await self._connect()
         except ServiceUnavailable as exc:
@@ -265,6 +282,9 @@ class AmqpQueue:
 
     async def close(self) -> None:
         self._closed = True
+        if self._wakeups is not None:
+            await self._wakeups.close()
+            self._wakeups = None
         for task in list(self._starting.values()):
             task.cancel()
         conn, self._connection = self._connection, None
@@ -512,6 +532,19 @@ class AmqpQueue:
         """Also call ``listener`` on every wake (the outbox relay: new rows may be due)."""
         self._wake_listeners.append(listener)
 
+    def wake_routers(self, urgent: bool) -> None:
+        """New notifications for the routers of the other processes (PostgreSQL: NOTIFY)."""
+        if self._wakeups is not None:
+            self._wakeups.notify_route(urgent)
+
+    def add_route_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(urgent)`` when another process asks routers to wake."""
+        self._route_listeners.append(listener)
+
+    def _route_woken(self, urgent: bool) -> None:
+        for listener in self._route_listeners:
+            listener(urgent)
+
     def wake_local(self, channel: str) -> None:
         self.signals.wake(channel)
 
@@ -536,6 +569,16 @@ class AmqpQueue:
 
     def wake(self, channel: str | None = None, top_rank: int = 0) -> None:
         self.signals.wake(channel, top_rank)
+        for listener in self._wake_listeners:
+            listener(channel)
+        if top_rank == 0 and channel is not None and self._wakeups is not None:
+            # Critical work this process may not relay (a bulk worker's router routed it, its
+            # relay publishes the bulk lanes only): the relays of the other processes publish
+            # it now rather than at their next poll.
+            self._wakeups.notify(channel)
+
+    def _remote_wake(self, channel: str | None) -> None:
+        """Another process made work claimable: its outbox rows may be ours to relay."""
         for listener in self._wake_listeners:
             listener(channel)
 

@@ -5,6 +5,11 @@ channel), so a router in an API process or the scheduler wakes the workers of ev
 process at once instead of after their idle timeout. Each process keeps one listening
 connection and wakes its local :class:`Signals` for whatever arrives.
 
+The same channel carries the routers' wake-ups (payload ``@route``, ``@route!`` when a
+critical notification is among the new work): a bare ``herald api`` runs no router, so without
+them a notification it accepted waited for a worker's router to poll (up to a second, issue 23).
+A process that routes registers :meth:`PgWakeups` ``on_route``; every other process ignores them.
+
 Wake-ups are a latency optimisation, never a correctness requirement: workers still poll on
 their idle timeout, so a lost notification (listener reconnecting, server restart) only costs
 that timeout. Sending is therefore best effort, coalesced (one round trip carries every
@@ -17,15 +22,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Callable
 
 import psycopg
 import structlog
+from sqlalchemy import func, select
 
 from herald.adapters.queue.signals import Signals
+from herald.adapters.store.database import Database
 
 log = structlog.get_logger("herald.queue")
 
 ALL = "*"
+ROUTE = "@route"  # new notifications to route
+ROUTE_URGENT = "@route!"  # ... and a critical one among them: no gathering
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -37,6 +47,8 @@ class PgWakeups:
         *,
         channel: str = "herald_queue",
         min_interval: float = 0.02,
+        on_route: Callable[[bool], None] | None = None,
+        on_channel: Callable[[str | None], None] | None = None,
     ) -> None:
         if not _IDENT.match(channel):
             raise ValueError(f"not a plain PostgreSQL identifier: {channel!r}")
@@ -44,12 +56,16 @@ class PgWakeups:
         self.signals = signals
         self.channel = channel
         self.min_interval = min_interval
+        self.on_route = on_route  # this process's routers, woken with urgent=True/False
+        # A channel woken by another process (default: this process's signals for it).
+        self.on_channel: Callable[[str | None], None] = on_channel or signals.wake
         self.listening = asyncio.Event()
         self._pending: set[str] = set()
         self._sender: psycopg.AsyncConnection | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
+        self._pacing = False  # the flusher is only sleeping between two rounds
 
     async def start(self, timeout: float = 5.0) -> None:
         """Start listening; wait (up to ``timeout``) until the LISTEN is in place."""
@@ -77,12 +93,35 @@ class PgWakeups:
         except RuntimeError:  # woken from outside the event loop: the local signal is enough
             return
         self._pending.add(channel or ALL)
+        self._schedule(loop)
+
+    def notify_route(self, urgent: bool) -> None:
+        """Wake the routers of every process (a critical notification: at once)."""
+        if self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._pending.add(ROUTE_URGENT if urgent else ROUTE)
+        if urgent and self._flusher is not None and not self._flusher.done() and self._pacing:
+            # Pacing holds wake-ups of delivery workers together; a critical notification
+            # does not wait for it: its own round trip now.
+            self._flusher.cancel()
+            self._flusher = None
+        self._schedule(loop)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush(), name="herald-queue-notify")
 
     async def _flush(self) -> None:
         while self._pending and not self._closed:
-            batch = {ALL} if ALL in self._pending else self._pending
+            batch = self._pending
+            if ALL in batch:
+                batch = {ALL} | (batch & {ROUTE, ROUTE_URGENT})
+            if ROUTE_URGENT in batch:
+                batch.discard(ROUTE)
             self._pending = set()
             try:
                 if self._sender is None or self._sender.closed:
@@ -96,7 +135,11 @@ class PgWakeups:
                     await self._sender.close()
                     self._sender = None
                 return  # best effort: the receivers' idle timeout covers it
-            await asyncio.sleep(self.min_interval)
+            self._pacing = True
+            try:
+                await asyncio.sleep(self.min_interval)
+            finally:
+                self._pacing = False
 
     # Listening -------------------------------------------------------------------------------
     async def _listen(self) -> None:
@@ -108,9 +151,16 @@ class PgWakeups:
                     await conn.execute(f"LISTEN {self.channel}")
                     self.listening.set()
                     delay = 0.2
-                    self.signals.wake(None)  # whatever was sent while nobody listened
+                    self.on_channel(None)  # whatever was sent while nobody listened
+                    if self.on_route is not None:
+                        self.on_route(False)  # likewise for routers
                     async for note in conn.notifies():
-                        self.signals.wake(None if note.payload == ALL else note.payload)
+                        payload = note.payload
+                        if payload.startswith(ROUTE):
+                            if self.on_route is not None:
+                                self.on_route(payload == ROUTE_URGENT)
+                            continue
+                        self.on_channel(None if payload == ALL else payload)
                 finally:
                     self.listening.clear()
                     await conn.close()
@@ -118,3 +168,21 @@ class PgWakeups:
                 log.warning("queue.listen_lost", error=type(exc).__name__, retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+async def start_wakeups(
+    db: Database,
+    signals: Signals,
+    on_route: Callable[[bool], None] | None = None,
+    on_channel: Callable[[str | None], None] | None = None,
+) -> PgWakeups:
+    """Listen on the channel of ``db``'s schema (deployments sharing a database do not wake each
+    other) and return the started :class:`PgWakeups`."""
+    dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    schema = await db.run(lambda c: c.execute(select(func.current_schema())).scalar())
+    channel = "herald_queue"
+    if schema and schema != "public":
+        channel = (channel + "_" + re.sub(r"[^a-z0-9_]", "_", str(schema).lower()))[:63]
+    wakeups = PgWakeups(dsn, signals, channel=channel, on_route=on_route, on_channel=on_channel)
+    await wakeups.start()
+    return wakeups

@@ -12,12 +12,11 @@ On PostgreSQL, :meth:`SqlQueue.wake` also reaches the other herald processes thr
 
 from __future__ import annotations
 
-import re
 from collections import namedtuple
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Row, bindparam, func, select, update
+from sqlalchemy import Connection, Row, bindparam, select, update
 
 from herald.adapters.queue.signals import Signals
 from herald.adapters.store import schema as t
@@ -76,19 +75,13 @@ class SqlQueue:
         self._notify = notify and db.dialect == "postgresql"
         self._wakeups: PgWakeups | None = None
         self._wake_listeners: list[Callable[[str | None], None]] = []
+        self._route_listeners: list[Callable[[bool], None]] = []
 
     async def start(self) -> None:
         if self._notify and self._wakeups is None:
-            from herald.adapters.queue.pg_notify import PgWakeups  # noqa: PLC0415 - needs psycopg
+            from herald.adapters.queue.pg_notify import start_wakeups  # noqa: PLC0415 - needs psycopg
 
-            dsn = self.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            # One NOTIFY channel per schema: deployments sharing a database do not wake each other.
-            schema = await self.db.run(lambda c: c.execute(select(func.current_schema())).scalar())
-            channel = "herald_queue"
-            if schema and schema != "public":
-                channel = (channel + "_" + re.sub(r"[^a-z0-9_]", "_", str(schema).lower()))[:63]
-            self._wakeups = PgWakeups(dsn, self.signals, channel=channel)
-            await self._wakeups.start()
+            self._wakeups = await start_wakeups(self.db, self.signals, self._route_woken)
 
     async def close(self) -> None:
         if self._wakeups is not None:
@@ -154,6 +147,19 @@ class SqlQueue:
     def add_wake_listener(self, listener: Callable[[str | None], None]) -> None:
         """Also call ``listener`` on every wake (worker children of ``herald serve``)."""
         self._wake_listeners.append(listener)
+
+    def wake_routers(self, urgent: bool) -> None:
+        """New notifications for the routers of the other processes (PostgreSQL: NOTIFY)."""
+        if self._wakeups is not None:
+            self._wakeups.notify_route(urgent)
+
+    def add_route_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(urgent)`` when another process asks routers to wake."""
+        self._route_listeners.append(listener)
+
+    def _route_woken(self, urgent: bool) -> None:
+        for listener in self._route_listeners:
+            listener(urgent)
 
     def wake_local(self, channel: str) -> None:
         self.signals.wake(channel)

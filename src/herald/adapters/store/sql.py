@@ -156,6 +156,9 @@ _UNROUTED_EXPIRED = (
     .order_by(_N.c.priority, _N.c.created_at)
     .limit(bindparam("b_limit"))
 )
+# Seconds after which a "pending" idempotency key is taken for abandoned (begin_idempotent).
+PENDING_STALE = 30.0
+
 _UNROUTED_NEW_PG = _UNROUTED_NEW.with_for_update(skip_locked=True)
 _UNROUTED_EXPIRED_PG = _UNROUTED_EXPIRED.with_for_update(skip_locked=True)
 _TAKE_UNROUTED = _per_dialect(
@@ -229,10 +232,12 @@ def _pick_due_lane(pg: bool) -> Any:
 
 PICK_DUE_LANE = pg_batch.per_dialect(_pick_due_lane)
 PROMOTE_IDS = pg_batch.per_dialect(
-    lambda pg: update(_D)
-    .where(pg_batch.ids_in(_D.c.id, pg), SCHEDULED)
-    .values(status=S.QUEUED.value, queued_at=bindparam("b_now"), updated_at=bindparam("b_now"))
-    .returning(_D.c.id, _D.c.channel, _D.c.priority, _D.c.due_at)
+    lambda pg: (
+        update(_D)
+        .where(pg_batch.ids_in(_D.c.id, pg), SCHEDULED)
+        .values(status=S.QUEUED.value, queued_at=bindparam("b_now"), updated_at=bindparam("b_now"))
+        .returning(_D.c.id, _D.c.channel, _D.c.priority, _D.c.due_at)
+    )
 )
 
 
@@ -618,7 +623,13 @@ class SqlStore(
         tbl = t.idempotency_keys
 
         def op(c: Connection) -> IdempotencyRecord | None:
-            c.execute(delete(tbl).where(tbl.c.scope == scope, tbl.c.key == key, tbl.c.expires_at < now))
+            # An expired key is forgotten; so is a "pending" one older than PENDING_STALE: its
+            # accept died with its process (an accept takes milliseconds; a Kafka consumer
+            # killed mid-batch left it), and its retry would otherwise get 409 for a whole TTL.
+            stale = and_(tbl.c.state == "pending", tbl.c.created_at < now - PENDING_STALE)
+            c.execute(
+                delete(tbl).where(tbl.c.scope == scope, tbl.c.key == key, or_(tbl.c.expires_at < now, stale))
+            )
             while True:
                 # RETURNING, not rowcount: SQLAlchemy reports -1 as the rowcount of an INSERT on
                 # psycopg, which reads as "inserted".

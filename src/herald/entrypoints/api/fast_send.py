@@ -31,6 +31,7 @@ from herald.bootstrap import Container
 from herald.domain import strict_json, urgency
 from herald.domain.errors import HeraldError, MalformedRequest
 from herald.entrypoints.api.deps import Caller, hash_key
+from herald.entrypoints.api.fast_json import FastJSONResponse
 from herald.entrypoints.api.problems import herald_problem, unexpected_problem
 from herald.entrypoints.api.routes_notifications import accept_send
 from herald.entrypoints.api.schemas import SendBody
@@ -108,7 +109,7 @@ class FastSend:
                 await self.full(scope, _replay([whole], receive), send)
                 return
             result = await accept_send(container, who, body, None if idem is None else idem.decode("latin-1"))
-            response = JSONResponse(result.body, status_code=result.status_code)
+            response = FastJSONResponse(result.body, status_code=result.status_code)
         except HeraldError as exc:
             response = herald_problem(exc, path)
         except Exception:

@@ -13,6 +13,7 @@ from herald.bootstrap import Container
 from herald.domain.errors import HeraldError, NotFound, ValidationError
 from herald.domain.models import Channel, DeliveryStatus, Notification, NotificationStatus
 from herald.entrypoints.api.deps import Caller, ContainerDep, require
+from herald.entrypoints.api.fast_json import FastJSONResponse, FastJSONRoute
 from herald.entrypoints.api.problems import PROBLEM, field_path
 from herald.entrypoints.api.schemas import BatchBody, SendBody, epoch
 from herald.entrypoints.api.views import (
@@ -26,7 +27,7 @@ from herald.entrypoints.api.views import (
 from herald.ports import NotificationFilter
 from herald.services.accept import Accepted, PrepareMemo, SendRequest
 
-router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_class=FastJSONRoute)
 _send_adapter = pydantic.TypeAdapter(SendBody)
 
 
@@ -76,7 +77,7 @@ async def send(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> JSONResponse:
     result = await accept_send(c, who, body, idempotency_key)
-    return JSONResponse(result.body, status_code=result.status_code)
+    return FastJSONResponse(result.body, status_code=result.status_code)
 
 
 @router.post("/batch", status_code=202)
@@ -135,7 +136,7 @@ async def send_batch(
     # Only an idempotency key needs the request's hash (1,000 items take a while to dump).
     payload = body.model_dump(mode="json", exclude={"idempotency_key"}) if key is not None else None
     result = await c.accept.idempotent(who.scope_id, key, payload, build)
-    return JSONResponse(
+    return FastJSONResponse(
         result.body, status_code=result.status_code, media_type=PROBLEM if result.status_code >= 400 else None
     )
 

@@ -36,6 +36,9 @@ async def readyz(c: ContainerDep, request: Request) -> dict[str, Any] | Response
     except HeraldError as exc:
         return problem(503, "Not ready", f"cache: {exc.detail}")
     ready: dict[str, Any] = {"status": "ready", "database": "ok", "cache": "ok"}
+    kafka = c.broker_status()
+    if kafka:  # this process's Kafka consumers: state and lag (issue 21)
+        ready["kafka"] = kafka
     children: WorkerChildren | None = getattr(request.app.state, "children", None)
     if children is None:
         return ready | {"unhealthy_providers": c.delivery.unhealthy}
@@ -60,7 +63,7 @@ def _circuits(c: Container) -> list[tuple[str, str, str]]:
 @router.get("/metrics")
 async def metrics(c: ContainerDep) -> Response:
     body = await c.metrics.render(
-        c.store, now=c.clock.now(), circuits=_circuits(c), held=c.delivery.unhealthy
+        c.store, c.broker_status(), now=c.clock.now(), circuits=_circuits(c), held=c.delivery.unhealthy
     )
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
