@@ -23,7 +23,7 @@ from tests.support.process import HeraldProcess, herald_cli
 from tests.support.rabbitmq import RABBITMQ_URL, delete_everything, require_rabbitmq, unique_prefix
 from tests.support.smtp import SmtpTestServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(900)]
 
 HTTP_NOTIFICATIONS = 8_000  # load enough to kill a worker, the scheduler and the broker under
 EVENTS = 2_000

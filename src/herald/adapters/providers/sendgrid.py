@@ -11,7 +11,10 @@ Outcome classification (SendGrid has no error codes, so ``code`` is the HTTP sta
 * 202 (200 in sandbox mode) → accepted; the receipt carries the ``X-Message-Id`` header;
 * 429 → transient, ``retry_after`` from ``X-RateLimit-Reset`` (epoch seconds), else
   ``Retry-After``;
-* 5xx → transient;
+* 5xx → transient, on the retry schedule (or its ``Retry-After``). SendGrid sends its
+  ``X-RateLimit-*`` headers on every answer: the reset time is when the *rate limit window*
+  ends, so it is obeyed only on a 429 or when ``X-RateLimit-Remaining`` is 0. Obeyed on a 503
+  it deferred the retry up to a minute and paused the provider in a failover chain;
 * 401, 403 (bad key, missing scope, unverified sender) and 404/405 (wrong ``base_url``) →
   configuration error: never the user's fault;
 * 400, 413 and other 4xx → permanent.
@@ -74,8 +77,9 @@ class SendGridConfig(BaseModel):
     max_connections: int = Field(default=100, ge=1, le=10_000)
     # The Signed Event Webhook's verification key (base64 DER, as the console shows it, or PEM).
     event_webhook_public_key: str | None = None
-    # Optional replay window for signed events; None accepts any timestamp.
-    event_webhook_max_age: float | None = Field(default=None, gt=0)
+    # Replay window for signed events: a batch signed longer ago (or as far ahead) is refused.
+    # SendGrid posts events within seconds; a captured batch replayed later is not news.
+    event_webhook_max_age: float = Field(default=300.0, gt=0, le=7 * 86_400)
     # Sandbox mode: SendGrid validates the request and answers 200 without sending.
     sandbox: bool = False
 
@@ -336,7 +340,8 @@ class SendGridProvider:
         if 200 <= answer.status < 300:
             return self._receipt(answer)
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        retry_after = retry_after_seconds(answer.headers, now=self._now(), rate_limit_reset=True)
+        limited = answer.status == 429 or answer.headers.get("X-RateLimit-Remaining", "").strip() == "0"
+        retry_after = retry_after_seconds(answer.headers, now=self._now(), rate_limit_reset=limited)
         error = classify_sendgrid_error(answer.status, _error_message(answer.body), retry_after=retry_after)
         log.warning(
             "providers.sendgrid.rejected",
