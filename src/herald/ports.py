@@ -337,8 +337,12 @@ class Store(Protocol):
         """Those of ``notification_ids`` with a delivery that is not final yet."""
         ...
 
-    async def claim_unrouted(self, *, owner: str, limit: int, lease: float, now: float) -> list[Notification]:
-        """Lease accepted notifications (or ones whose routing lease expired) for routing."""
+    async def claim_unrouted(
+        self, *, owner: str, limit: int, lease: float, now: float, min_rank: int = 0
+    ) -> list[Notification]:
+        """Lease accepted notifications (or ones whose routing lease expired) for routing;
+        new ones of priority rank ``min_rank`` or lower only (a bulk worker leaves critical and
+        high to the routers of the processes that send them)."""
         ...
 
     async def save_routed(self, batch: RoutedBatch, *, owner: str, now: float, lease: float = 60.0) -> bool:

@@ -510,6 +510,18 @@ async def test_claim_unrouted_leases_by_priority(store: SqlStore) -> None:
     assert await store.claim_unrouted(owner="r3", limit=10, lease=60, now=NOW + 59) == []
 
 
+async def test_claim_unrouted_from_a_lane_down_leaves_higher_lanes(store: SqlStore) -> None:
+    """A bulk worker's router (``min_rank=2``) leaves critical and high to the others."""
+    crit = make_notification(priority=Priority.CRITICAL, created_at=NOW)
+    high = make_notification(priority=Priority.HIGH, created_at=NOW)
+    low = make_notification(priority=Priority.LOW, created_at=NOW + 1)
+    await store.create_notifications([crit, high, low])
+    bulk = await store.claim_unrouted(owner="bulk", limit=10, lease=60, now=NOW, min_rank=2)
+    assert [n.id for n in bulk] == [low.id]
+    urgent = await store.claim_unrouted(owner="urgent", limit=10, lease=60, now=NOW)
+    assert {n.id for n in urgent} == {crit.id, high.id}
+
+
 async def test_expired_routing_lease_is_taken_over_and_the_old_owner_loses(store: SqlStore) -> None:
     n = make_notification(user_ids=("a", "b"))
     await store.create_notifications([n])

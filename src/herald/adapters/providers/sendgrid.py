@@ -29,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import functools
+import re
 import time
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -103,6 +104,36 @@ class SendGridConfig(BaseModel):
         if value is not None:
             _load_public_key(value)  # raises ValueError with a clear message
         return value
+
+
+# A delivery's own tracking URLs (services/link_tracking.py): the open pixel and click links.
+_TRACKING_URL = re.compile(r"""https?://[^\s"'<>]*?/t/(?:o/[A-Za-z0-9_.\-]+?\.gif|c/[A-Za-z0-9_.\-]+)""")
+
+
+def _tag(i: int) -> str:
+    return f"-herald-url-{i}-"
+
+
+def _shared_parts(message: OutboundMessage) -> tuple[tuple[str, str | None, str | None], list[str]] | None:
+    """(subject, text, html) with the message's tracking URLs replaced by substitution tags,
+    and those URLs in order; None when the content is not plain strings."""
+    content = message.content
+    subject, text, html = content.get("subject"), content.get("text"), content.get("html")
+    if not isinstance(subject, str) or not all(isinstance(x, str | None) for x in (text, html)):
+        return None
+    urls: list[str] = []
+
+    def tagged(value: str | None) -> str | None:
+        if value is None or "/t/" not in value:
+            return value
+
+        def swap(m: re.Match[str]) -> str:
+            urls.append(m.group(0))
+            return _tag(len(urls) - 1)
+
+        return _TRACKING_URL.sub(swap, value)
+
+    return (tagged(subject) or "", tagged(text), tagged(html)), urls
 
 
 def classify_sendgrid_error(status: int, message: str, *, retry_after: float | None = None) -> DeliveryError:
@@ -199,24 +230,37 @@ class SendGridProvider:
 
     def batch_key(self, message: OutboundMessage) -> Hashable | None:
         """Messages with equal keys share one request: the same subject, text, html and
-        category. The address, the ids (``custom_args``) and the unsubscribe link (headers) are
-        per personalization."""
-        content = message.content
-        subject, text, html = content.get("subject"), content.get("text"), content.get("html")
-        if not isinstance(subject, str) or not all(isinstance(x, str | None) for x in (text, html)):
+        category once each delivery's own tracking URLs (open pixel, click links) are taken
+        out. The address, the ids (``custom_args``), the unsubscribe link (headers) and those
+        URLs (``substitutions``) are per personalization."""
+        parts = _shared_parts(message)
+        if parts is None:
             return None
-        return (subject, text, html, message.category)
+        return (*parts[0], message.category)
 
     def build_batch_body(self, messages: Sequence[OutboundMessage]) -> dict[str, Any]:
         """One request for messages of equal :meth:`batch_key`: one personalization each."""
         body = self.build_body(messages[0])
         body.pop("headers", None)
+        shared = _shared_parts(messages[0])
+        if shared is not None and shared[1]:
+            # Each delivery's tracking URLs become substitution tags in the shared content.
+            (subject, text, html), _ = shared
+            body["subject"] = subject
+            body["content"] = [
+                {"type": kind, "value": value}
+                for kind, value in (("text/plain", text), ("text/html", html))
+                if value
+            ]
         personalizations = []
         for m in messages:
             p: dict[str, Any] = {
                 "to": [{"email": m.address}],
                 "custom_args": {DELIVERY_ARG: m.delivery_id, NOTIFICATION_ARG: m.notification_id},
             }
+            own = _shared_parts(m)
+            if own is not None and own[1]:
+                p["substitutions"] = {_tag(i): url for i, url in enumerate(own[1])}
             unsubscribe = m.unsubscribe_url or m.content.get("unsubscribe_url")
             if unsubscribe:
                 p["headers"] = {

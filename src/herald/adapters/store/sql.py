@@ -671,13 +671,17 @@ class SqlStore(
 
         return await self.db.run(op)
 
-    async def claim_unrouted(self, *, owner: str, limit: int, lease: float, now: float) -> list[Notification]:
+    async def claim_unrouted(
+        self, *, owner: str, limit: int, lease: float, now: float, min_rank: int = 0
+    ) -> list[Notification]:
         pg = self.db.dialect == "postgresql"
         new, expired = (_UNROUTED_NEW_PG, _UNROUTED_EXPIRED_PG) if pg else (_UNROUTED_NEW, _UNROUTED_EXPIRED)
 
         def op(c: Connection) -> list[Notification]:
             ids: list[str] = []
             for rank in _RANKS:  # new ones by lane, then those whose router's lease ran out
+                if rank < min_rank:
+                    continue
                 ids.extend(c.execute(new, {"b_rank": rank, "b_limit": limit - len(ids)}).scalars())
                 if len(ids) >= limit:
                     break
