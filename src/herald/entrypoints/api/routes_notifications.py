@@ -223,10 +223,13 @@ async def cancel(
         parts.append("routing stopped: no further deliveries will be made")
     elif before.status == NotificationStatus.CANCELLED:
         parts.append("the notification was already cancelled")
-    if cancelled or not parts:
-        parts.append(f"{cancelled} deliveries cancelled")
-    if remaining:
-        parts.append(f"{remaining} already sent or finished, unchanged")
+    if not parts and cancelled == 0 and remaining:
+        parts.append("nothing was cancelled: every delivery was already sent or finished")
+    else:
+        if cancelled or not parts:
+            parts.append(f"{cancelled} cancelled")
+        if remaining:
+            parts.append(f"{remaining} were already sent or finished and are unchanged")
     if after is None:
         status = "cancelled"
     elif after.status == NotificationStatus.ROUTED:
