@@ -120,6 +120,7 @@ CORPUS: list[str] = [
     # deep nesting
     "{{ " + "(" * 300 + "1" + ")" * 300 + " }}",
     "{% if 1 %}" * 200 + "x" + "{% endif %}" * 200,
+    "{{ data.n }}" * 35_000,  # compiling ~0.1 ms a tag: refused before
 ]
 
 
@@ -240,7 +241,10 @@ def test_attack_corpus_against_a_running_herald(herald: HeraldProcess, tmp_path:
     assert not (tmp_path / MARKER).exists() and not Path(MARKER).exists()
     assert slow_previews == [], slow_previews
     assert probe.failures == [], probe.failures
-    assert len(probe.slow) <= 3, probe.slow  # a hostile preview blocking the loop would be one each
+    # A hostile preview blocking the loop would make a slow probe each (74 previews); a loaded
+    # machine makes a few (its retry is fast), more on the scale-out stack whose servers share
+    # the cores.
+    assert len(probe.slow) <= len(previews) // 10, probe.slow
     assert growth_mb < 50, growth_mb
 
 

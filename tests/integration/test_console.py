@@ -287,3 +287,13 @@ async def test_template_edit_validates_inline_previews_and_new_sends_use_it(tmp_
         r = await h.client.post("/v1/notifications", json={"to": "ana", "template": "welcome"})
         await h.wait_final(r.json()["id"])
         assert rec.sent[-1].content["subject"] == "New Ana" and rec.sent[-1].content["text"] == "new text"
+
+
+async def test_errors_on_console_pages_are_pages_not_json(tmp_path: Path) -> None:
+    async with running_herald(make_settings(tmp_path)) as h, signed_in(h, h.key) as b:
+        page = await b.get("/console/dead-letters")
+        r = await b.post("/console/notifications/ntf_missing/cancel", data={"csrf": csrf_of(page.text)})
+        assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+        assert "ntf_missing does not exist" in r.text
+        r = await b.post("/console/rules/bad%20type", data={"csrf": csrf_of(page.text), "body": "{}"})
+        assert r.status_code == 422 and "text/html" in r.headers["content-type"]

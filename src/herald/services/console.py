@@ -100,7 +100,8 @@ class Rollup:
         async with self.lock:
             stale = sorted((s for s in starts if self._stale(s, now)), reverse=True)
             began = time.monotonic()
-            while stale and time.monotonic() - began < self.budget:
+            # The newest hours at least, whatever the budget: what the operator looks at first.
+            while stale and (len(self.buckets) == 0 or time.monotonic() - began < self.budget):
                 part, stale = stale[:4], stale[4:]
                 await self._count(part, now)
             if stale and (self.background is None or self.background.done()):
@@ -205,16 +206,23 @@ class ConsoleService:
         await self.rollup.close()
 
     async def overview(self, window: str) -> dict[str, Any]:
-        series = await self.series(window)
+        # Independent reads: side by side on PostgreSQL's pool (SQLite runs them in turn).
+        series, queued, dead, failed, ambiguous = await asyncio.gather(
+            self.series(window),
+            self.reads.queue_depth(sorted(self.catalog.enabled_channels)),
+            self.reads.status_total("dead"),
+            self.reads.status_total("failed"),
+            self.reads.ambiguous_total(),
+        )
         depth: dict[str, dict[str, int]] = {}
-        for channel, rank, count in await self.reads.queue_depth(sorted(self.catalog.enabled_channels)):
+        for channel, rank, count in queued:
             depth.setdefault(channel, {})[Priority.from_rank(rank).value] = count
         return {
             "series": series,
             "queue_depth": depth,
-            "dead_letters": await self.reads.status_total("dead"),
-            "failed": await self.reads.status_total("failed"),
-            "ambiguous": await self.reads.ambiguous_total(),
+            "dead_letters": dead,
+            "failed": failed,
+            "ambiguous": ambiguous,
             "providers": self._provider_health() if self._provider_health else [],
             "generated_at": self.clock.now(),
         }
@@ -251,7 +259,8 @@ class ConsoleService:
         last = await self.reads.attempts([d.id for d, _ in found], last_only=True)
         out = []
         for d, template in found:
-            attempt = (last.get(d.id) or [None])[-1]
+            attempts = last.get(d.id)
+            attempt = attempts[-1] if attempts else None
             error = None
             if attempt is not None:
                 error = " ".join(x for x in (attempt.outcome.value, attempt.code, attempt.detail) if x)

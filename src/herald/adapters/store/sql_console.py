@@ -240,7 +240,15 @@ class SqlConsoleReads:
             .group_by(_D.c.priority)
         )
 
+        both = (
+            select(_D.c.channel, _D.c.priority, func.count())
+            .where(_D.c.status.in_(["queued", "retrying"]))
+            .group_by(_D.c.channel, _D.c.priority)
+        )
+
         def op(c: Connection) -> list[tuple[str, int, int]]:
+            if self.db.dialect == "postgresql":  # one query: its planner ORs the two ranges
+                return sorted((r[0], int(r[1]), int(r[2])) for r in c.execute(both))
             totals: dict[tuple[str, int], int] = {}
             for ch in channels:
                 for st in ("queued", "retrying"):

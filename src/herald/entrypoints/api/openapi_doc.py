@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.staticfiles import StaticFiles
 
@@ -65,7 +66,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     )
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    models = [Problem, *dict.fromkeys(TYPED.values())]
+    models: list[type[BaseModel]] = [Problem, *dict.fromkeys(TYPED.values())]
     _, defs = models_json_schema(
         [(m, "serialization") for m in models], ref_template="#/components/schemas/{model}"
     )

@@ -4,7 +4,7 @@ template sandbox), the session, the CSRF check of every write, and the security 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,9 +13,11 @@ from urllib.parse import parse_qs, quote, urlsplit
 import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 
 from herald.bootstrap import Container
 from herald.domain import urgency
+from herald.domain.errors import HeraldError
 from herald.services.console import ConsoleService
 from herald.services.console_auth import COOKIE, ConsoleSession, ConsoleSessions
 
@@ -127,7 +129,7 @@ def first(form: Mapping[str, list[str]], name: str, default: str = "") -> str:
 
 def page(
     request: Request, template: str, session: ConsoleSession | None, status: int = 200, **ctx: Any
-) -> HTMLResponse:
+) -> Response:
     html = env.get_template(template).render(
         session=session, path=request.url.path, request_query=request.url.query, **ctx
     )
@@ -149,6 +151,26 @@ def redirect(url: str) -> Response:
 
 def sign_in_redirect(exc: SignInRequired) -> Response:
     return redirect("/console/login?next=" + quote(exc.next_path, safe="/"))
+
+
+class ConsoleRoute(APIRoute):
+    """Console pages answer errors as pages: a HeraldError (not found, invalid, conflict) raised
+    by a service becomes the error page with its status, never problem+json."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HeraldError as exc:
+                try:
+                    session = await current(request)
+                except SignInRequired:
+                    session = None
+                return page(request, "error.html", session, exc.status, title=exc.title, detail=exc.detail)
+
+        return handle
 
 
 def safe_next(value: str | None) -> str:

@@ -28,7 +28,7 @@ LABELS = {
 def _nice_max(value: int) -> int:
     if value <= 4:
         return 4
-    magnitude = 10 ** (len(str(value)) - 1)
+    magnitude: int = 10 ** (len(str(value)) - 1)
     for step in (1, 2, 5, 10):
         if value <= step * magnitude:
             return step * magnitude

@@ -13,7 +13,7 @@ from herald.domain.errors import HeraldError, ValidationError
 from herald.domain.states import CANCELLABLE
 from herald.entrypoints.web.console import charts
 from herald.entrypoints.web.console.base import (
-    COOKIE,
+    ConsoleRoute,
     container,
     current,
     first,
@@ -29,8 +29,9 @@ from herald.entrypoints.web.console.base import (
 from herald.ports_console import SearchQuery
 from herald.services.api_keys import hash_key
 from herald.services.console import STATUS_GROUPS, WINDOWS
+from herald.services.console_auth import COOKIE
 
-router = APIRouter(prefix="/console", include_in_schema=False)
+router = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)
 STATUSES = sorted({s for members in STATUS_GROUPS.values() for s in members})
 CHANNELS = ["email", "sms", "push", "in_app", "webhook", "chat"]
 
@@ -92,6 +93,10 @@ async def overview(request: Request, window: str = "day", partial: int = 0) -> R
             groups[g] = groups.get(g, 0) + count
         channel_rows.append((channel, groups))
     f = series.funnel
+    steps = [("sent", f["sent"]), ("delivered", f["delivered"]), ("read", f["read"])]
+    engagement = await _engagement(request, series.slots[0])
+    if engagement is not None:  # human opens and clicks of email, from the hourly funnel rollups
+        steps += [("opened", engagement["opened"]), ("clicked", engagement["clicked"])]
     ctx: dict[str, Any] = {
         "window": window,
         "windows": list(WINDOWS),
@@ -101,12 +106,27 @@ async def overview(request: Request, window: str = "day", partial: int = 0) -> R
             f"deliveries per {window} slot", series.slots, series.slot_seconds, series.by_group
         ),
         "per_channel": charts.horizontal_bars("deliveries per channel", channel_rows),
-        "funnel": charts.funnel([("sent", f["sent"]), ("delivered", f["delivered"]), ("read", f["read"])]),
+        "funnel": charts.funnel(steps),
+        "engagement": engagement,
         "legend": charts.LABELS,
         "colours": charts.COLOURS,
         "partial": bool(partial),
     }
     return page(request, "overview_body.html" if partial else "overview.html", session, **ctx)
+
+
+async def _engagement(request: Request, since: float) -> dict[str, Any] | None:
+    """Opens and clicks (people's, machines' apart) of the deliveries created since ``since``,
+    from the funnel's hourly rollups (services/stats.py): the same buckets, never a scan."""
+    c = container(request)
+    stats = getattr(c, "stats", None)
+    if stats is None:
+        return None
+    try:
+        total: dict[str, Any] = (await stats.funnel(stats.query(since=since - since % 3600)))["total"]
+    except HeraldError:
+        return None
+    return total
 
 
 # Notifications -------------------------------------------------------------------------------

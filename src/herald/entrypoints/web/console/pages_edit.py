@@ -12,9 +12,9 @@ from fastapi.responses import Response
 from herald.domain.errors import HeraldError, NotFound, ValidationError
 from herald.domain.models import Template
 from herald.domain.validation import check_id
-from herald.entrypoints.web.console.base import current, first, page, redirect, service, writer
+from herald.entrypoints.web.console.base import ConsoleRoute, current, first, page, redirect, service, writer
 
-router = APIRouter(prefix="/console", include_in_schema=False)
+router = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)
 
 # The fields of each channel's variant (PRODUCT.md section 2); ``data`` is a JSON object.
 FIELDS: dict[str, list[str]] = {
