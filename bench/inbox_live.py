@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def _rss_kib(pid: int) -> int:
 class Herald:
     """herald subprocesses in a temporary folder (the CLI, as users run it)."""
 
-    def __init__(self, stack: str, origin: str) -> None:
+    def __init__(self, stack: str, origin: str | None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="herald-bench-inbox-"))
         self.stack = stack
         self.schema: str | None = None
@@ -76,8 +77,10 @@ class Herald:
                 pg.execute(f'CREATE SCHEMA "{self.schema}"')
             sep = "&" if "?" in PG_URL else "?"
             db = f"{PG_URL}{sep}options=-csearch_path%3D{self.schema}"
+        # No [server] section without an origin: the same file works with code from before issue 19.
+        server = f'[server]\ncors_origins = ["{origin}"]\n' if origin else ""
         (self.dir / "herald.toml").write_text(
-            f'[database]\nurl = "{db}"\n[server]\ncors_origins = ["{origin}"]\nstreams_per_user = 8\n'
+            f'[database]\nurl = "{db}"\n{server}'
             f'[providers.console]\npath = "{self.dir / "console.jsonl"}"\n[logging]\nlevel = "warning"\n'
         )
         out = self._cli("keys", "create", "--scope", "admin")
@@ -167,6 +170,7 @@ def latency(stack: str, count: int) -> dict[str, Any]:
             )
             page.wait_for_function("() => document.querySelector('herald-inbox').client?.connected === true")
             accepted: dict[str, float] = {}
+            ids: dict[str, str] = {}
             with h.client() as c:
                 for i in range(count):
                     title = f"n{i}"
@@ -176,13 +180,27 @@ def latency(stack: str, count: int) -> dict[str, Any]:
                     )
                     accepted[title] = time.time() * 1000
                     assert r.status_code == 202, r.text
+                    ids[title] = r.json()["id"]
                     page.wait_for_function(
                         f"() => window.seenAt[{json.dumps(title)}] !== undefined", timeout=60_000
                     )
             seen = page.evaluate("window.seenAt")
             browser.close()
         values = [seen[t] - accepted[t] for t in accepted]
-        return {"bench": "inbox_live.latency", "stack": stack, **_summary(values)}
+        # Where the time goes: accept -> sent (routing, then the in-app send, by the worker in
+        # scale-out) and sent -> visible (the feed, the wake-up, the stream, the browser).
+        sent: dict[str, float] = {}
+        with h.client() as c:
+            for title, nid in ids.items():
+                (d,) = c.get(f"/v1/notifications/{nid}").json()["deliveries"]
+                sent[title] = datetime.fromisoformat(d["sent_at"].replace("Z", "+00:00")).timestamp() * 1000
+        return {
+            "bench": "inbox_live.latency",
+            "stack": stack,
+            **_summary(values),
+            "accept_to_sent": _summary([sent[t] - accepted[t] for t in accepted]),
+            "sent_to_visible": _summary([seen[t] - sent[t] for t in accepted]),
+        }
     finally:
         h.stop()
         site.close()
@@ -249,13 +267,21 @@ async def _streams(n: int) -> dict[str, Any]:
                 base_url=h.url, headers={"Authorization": f"Bearer {h.key}"}, timeout=120
             ) as c:
                 t0 = time.time() * 1000
+                nids: list[str] = []
                 for start in range(0, n, 1000):
                     r = await c.post(
                         "/v1/notifications/batch", json={"notifications": items[start : start + 1000]}
                     )
                     assert r.status_code in (202, 207), r.text
+                    nids += [x["id"] for x in r.json()["results"]]
                 accepted = time.time() * 1000
-            await asyncio.wait_for(asyncio.gather(*tasks), 300)
+                await asyncio.wait_for(asyncio.gather(*tasks), 300)
+                # Where the time goes: the in-app sends themselves, then each stream's wake-up.
+                sent: dict[str, float] = {}
+                for nid in nids:
+                    (d,) = (await c.get(f"/v1/notifications/{nid}")).json()["deliveries"]
+                    at = datetime.fromisoformat(d["sent_at"].replace("Z", "+00:00"))
+                    sent[d["user_id"]] = at.timestamp() * 1000
         values = [got[u] - accepted for u in users]
         return {
             "bench": "inbox_live.streams",
@@ -267,6 +293,52 @@ async def _streams(n: int) -> dict[str, Any]:
             "accept_batch_ms": round(accepted - t0, 1),
             "to_all_ms": round(max(got.values()) - accepted, 1),
             **{k: v for k, v in _summary(values).items() if k != "n"},
+            "last_sent_ms": round(max(sent.values()) - accepted, 1),
+            "sent_to_stream": _summary([got[u] - sent[u] for u in users]),
+        }
+    finally:
+        h.stop()
+
+
+async def _sends(n: int) -> dict[str, Any]:
+    """In-app sends alone (no stream open): accept -> the last one ``sent``. Run against another
+    checkout's code with ``PYTHONPATH=<its src>`` for a before/after pair."""
+    h = Herald("embedded", None).start()
+    try:
+        async with httpx.AsyncClient(
+            base_url=h.url, headers={"Authorization": f"Bearer {h.key}"}, timeout=120
+        ) as c:
+            for start in range(0, n, 50):
+                await asyncio.gather(
+                    *(c.put(f"/v1/users/u{i}", json={}) for i in range(start, min(n, start + 50)))
+                )
+            items = [
+                {"to": f"u{i}", "content": {"title": "t", "body": "b"}, "channels": ["in_app"]}
+                for i in range(n)
+            ]
+            t0 = time.time()
+            for start in range(0, n, 1000):
+                r = await c.post(
+                    "/v1/notifications/batch", json={"notifications": items[start : start + 1000]}
+                )
+                assert r.status_code in (202, 207), r.text
+            accepted = time.time()
+            db = h.dir / "herald.db"
+            import sqlite3
+
+            while True:
+                with sqlite3.connect(db, timeout=30) as conn:
+                    done = conn.execute("SELECT count(*) FROM deliveries WHERE status = 'sent'").fetchone()[0]
+                if done >= n:
+                    break
+                await asyncio.sleep(0.05)
+            last = time.time()
+        return {
+            "bench": "inbox_live.sends",
+            "sends": n,
+            "accept_batch_ms": round((accepted - t0) * 1000, 1),
+            "accept_to_all_sent_ms": round((last - accepted) * 1000, 1),
+            "sends_per_s": round(n / (last - accepted), 1),
         }
     finally:
         h.stop()
@@ -280,7 +352,12 @@ def main() -> None:
     lat.add_argument("--count", type=int, default=100)
     st = sub.add_parser("streams")
     st.add_argument("--streams", type=int, default=1000)
+    se = sub.add_parser("sends")
+    se.add_argument("--count", type=int, default=1000)
     args = ap.parse_args()
+    if args.cmd == "sends":
+        print(json.dumps(asyncio.run(_sends(max(1, args.count)))))
+        return
     if args.cmd == "latency":
         if args.count < 1:
             raise SystemExit("--count must be at least 1")

@@ -205,7 +205,7 @@ class HeraldServer:
     async def start(self) -> None:
         self.create_key()
         self.service.start()
-        await self.service.wait_ready(self.url + "/healthz")
+        await self.service.wait_ready(self.url + "/healthz", timeout=300.0)  # a busy machine
         await self.wait_children()
 
     async def wait_children(self, timeout: float = 180.0) -> None:

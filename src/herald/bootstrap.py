@@ -253,6 +253,11 @@ class Container:
         """
         if "router" in roles:
             self.accept.express = self.router  # critical/high routed as soon as committed
+            sending = [p for name, p in self.delivery.pools.items() if channels is None or name in channels]
+            if "worker" in roles and sending and all(p.min_rank >= 2 for p in sending):
+                # A worker of the bulk lanes only (`herald worker --lanes normal,low`): critical
+                # and high notifications are for the routers of the processes that send them.
+                self.router.min_rank = min(p.min_rank for p in sending)
             idle = self.settings.worker.router_idle_seconds
             self._tasks.append(
                 asyncio.create_task(self.router.run(self._stopping, idle=idle), name="herald-router")

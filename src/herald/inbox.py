@@ -13,10 +13,17 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from herald.domain.errors import HeraldError, ServiceUnavailable
 from herald.ports import InboxFeed, LiveSignals
+
+_FRESH_MAX = 100
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TooManyStreams(HeraldError):
@@ -31,6 +38,10 @@ class StreamSub:
     user_id: str
     event: asyncio.Event = field(default_factory=asyncio.Event)
     closing: bool = False
+    # Items this process numbered since the stream last looked, as (number, item): a stream
+    # whose next number is the first of them sends them without reading the database (one
+    # read per stream per item was most of the work of a fan-out to many open streams).
+    fresh: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
 class InboxHub:
@@ -53,11 +64,19 @@ class InboxHub:
 
     # The sending side (the in_app provider) -----------------------------------------------------
     async def publish(self, user_id: str, item: dict[str, Any]) -> None:
-        await self.feed.append([(user_id, str(item["id"]))], now=time.time())
+        now = time.time()
+        numbers = await self.feed.append([(user_id, str(item["id"]))], now=now)
+        seq = numbers[str(item["id"])]
+        view = {**item, "read": False, "created_at": _iso(now), "read_at": None}
+        for sub in self._subs.get(user_id, ()):
+            if len(sub.fresh) < _FRESH_MAX:
+                sub.fresh.append((seq, view))
         self.signals.notify(user_id)
 
     def changed(self, user_id: str) -> None:
         """Something else changed for the user (items read): streams send the unread count."""
+        for sub in self._subs.get(user_id, ()):
+            sub.fresh.clear()  # the streams read the database: the count there is the truth
         self.signals.notify(user_id)
 
     # The streams -------------------------------------------------------------------------------

@@ -61,9 +61,22 @@ class Promoted:
 @dataclass(slots=True)
 class IdempotencyRecord:
     request_hash: str
-    state: str  # "pending" while the first request is being accepted, then "done"
+    state: str  # "done" (rows are written with what the request committed, see IdempotencyClaim)
     status_code: int | None = None
     response: JSON | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class IdempotencyClaim:
+    """An idempotency key to write, done, with the notifications a request commits."""
+
+    scope: str
+    key: str
+    request_hash: str
+    status_code: int
+    response: JSON
+    created_at: float
+    expires_at: float
 
 
 @dataclass(slots=True)
@@ -298,27 +311,22 @@ class Store(Protocol):
     async def delete_template(self, name: str) -> bool: ...
 
     # Idempotency ----------------------------------------------------------------------------------
-    async def begin_idempotent(
-        self, scope: str, key: str, request_hash: str, *, now: float, ttl: float
-    ) -> IdempotencyRecord | None:
-        """Reserve ``key`` for this request; return the existing record if one is live."""
+    async def get_idempotent(self, scope: str, key: str, *, now: float) -> IdempotencyRecord | None:
+        """The live (not expired) record of ``key``, written by a committed request."""
         ...
-
-    async def finish_idempotent(self, scope: str, key: str, status_code: int, response: JSON) -> None: ...
-
-    async def abandon_idempotent(self, scope: str, key: str) -> None: ...
 
     # Notifications -----------------------------------------------------------------------------
     async def create_notifications(
         self,
         notifications: Sequence[Notification],
         *,
-        idempotency: Sequence[tuple[str, str, int, JSON]] = (),
+        idempotency: Sequence[IdempotencyClaim] = (),
         events: Sequence[EventRecord] = (),
     ) -> None:
-        """Commit notifications (status accepted); with ``idempotency`` (scope, key, code,
-        response) the key's record is completed in the same transaction, and so are the
-        ``events`` the notifications were made from."""
+        """Commit notifications (status accepted), the ``idempotency`` keys of the requests
+        that made them, and the ``events`` they were made from, in one transaction. A key that
+        another request already holds (live) raises :class:`IdempotencyKeyTaken` with that
+        request's record, and nothing is committed."""
         ...
 
     async def get_notification(self, notification_id: str) -> Notification | None: ...
@@ -329,8 +337,12 @@ class Store(Protocol):
         """Those of ``notification_ids`` with a delivery that is not final yet."""
         ...
 
-    async def claim_unrouted(self, *, owner: str, limit: int, lease: float, now: float) -> list[Notification]:
-        """Lease accepted notifications (or ones whose routing lease expired) for routing."""
+    async def claim_unrouted(
+        self, *, owner: str, limit: int, lease: float, now: float, min_rank: int = 0
+    ) -> list[Notification]:
+        """Lease accepted notifications (or ones whose routing lease expired) for routing;
+        new ones of priority rank ``min_rank`` or lower only (a bulk worker leaves critical and
+        high to the routers of the processes that send them)."""
         ...
 
     async def save_routed(self, batch: RoutedBatch, *, owner: str, now: float, lease: float = 60.0) -> bool:

@@ -264,3 +264,38 @@ providers = ["smtp"]
     finally:
         page.close()
         h.stop()
+
+
+def test_list_pages_on_scroll_and_labels_translate(
+    browser: Any, site: AppSite, herald: HeraldProcess
+) -> None:
+    token = user_token(herald, "ana")
+    with herald.client() as c:
+        items = [
+            {"to": "ana", "content": {"title": f"n{i:02d}", "body": "b"}, "channels": ["in_app"]}
+            for i in range(45)
+        ]
+        assert c.post("/v1/notifications/batch", json={"notifications": items}).status_code in (202, 207)
+    wait_for(lambda: _inbox(herald, "ana")["unread_count"] == 45, "45 items in the inbox")
+    page = browser.new_page(viewport={"width": 900, "height": 640})
+    try:
+        page.goto(site.embed("/paged", herald.url, "ana", token))
+        wait_for(lambda: widget_connected(page), "the widget's stream to connect")
+        assert len(item_titles(page)) == 20  # the first page only
+        assert page.locator("herald-inbox [part=badge]").text_content() == "45"
+        page.locator("herald-inbox [part=bell]").click()
+        for expected in (40, 45):
+            page.locator("herald-inbox [part=list]").evaluate("(l) => { l.scrollTop = l.scrollHeight; }")
+            wait_for(lambda n=expected: len(item_titles(page)) == n, f"{expected} items after scrolling")
+        titles = item_titles(page)
+        assert len(set(titles)) == 45  # every item once (one batch: ids of one millisecond, any order)
+        # Labels: an attribute (JSON) or a property; the bell's accessible name says the count.
+        page.locator("herald-inbox").evaluate(
+            "(w) => w.setAttribute('labels', JSON.stringify({title: 'Benachrichtigungen',"
+            " markAllRead: 'Alle gelesen', bell: 'Glocke', unread: '{count} ungelesen'}))"
+        )
+        assert page.locator("herald-inbox [part=mark-all-read]").text_content() == "Alle gelesen"
+        assert page.locator("herald-inbox [part=bell]").get_attribute("aria-label") == "Glocke, 45 ungelesen"
+        assert page.locator("herald-inbox [part=panel]").get_attribute("aria-label") == "Benachrichtigungen"
+    finally:
+        page.close()

@@ -18,7 +18,7 @@ import pytest
 from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
-from herald.domain.errors import IllegalTransition, NotFound, ServiceUnavailable
+from herald.domain.errors import IdempotencyKeyTaken, IllegalTransition, NotFound, ServiceUnavailable
 from herald.domain.models import (
     ApiKey,
     Device,
@@ -31,7 +31,7 @@ from herald.domain.models import (
     User,
     new_id,
 )
-from herald.ports import DeadLetterFilter, NotificationFilter, RoutedBatch
+from herald.ports import DeadLetterFilter, IdempotencyClaim, NotificationFilter, RoutedBatch
 from tests.contract.conftest import (
     NOW,
     S,
@@ -333,68 +333,95 @@ async def test_put_template_concurrently_gives_distinct_versions(backend: SqlBac
 # Idempotency -------------------------------------------------------------------------------------
 
 
-async def test_idempotency_begin_finish(store: SqlStore) -> None:
-    assert await store.begin_idempotent("k1", "order-42", "hash-a", now=NOW, ttl=3600) is None
-    pending = await store.begin_idempotent("k1", "order-42", "hash-a", now=NOW + 1, ttl=3600)
-    assert pending is not None
-    assert (pending.state, pending.request_hash, pending.status_code) == ("pending", "hash-a", None)
-    await store.finish_idempotent("k1", "order-42", 202, {"id": "ntf_1", "status": "accepted"})
-    done = await store.begin_idempotent("k1", "order-42", "hash-b", now=NOW + 2, ttl=3600)
-    assert done is not None
-    assert (done.state, done.request_hash, done.status_code) == ("done", "hash-a", 202)
-    assert done.response == {"id": "ntf_1", "status": "accepted"}
-    # keys are per scope (API key)
-    assert await store.begin_idempotent("k2", "order-42", "hash-a", now=NOW, ttl=3600) is None
+def _claim(
+    scope: str, key: str, digest: str, nid: str, *, at: float = NOW, ttl: float = 3600
+) -> IdempotencyClaim:
+    return IdempotencyClaim(scope, key, digest, 202, {"id": nid}, created_at=at, expires_at=at + ttl)
 
 
-async def test_idempotency_abandon_frees_a_pending_key_only(store: SqlStore) -> None:
-    assert await store.begin_idempotent("k", "a", "h", now=NOW, ttl=3600) is None
-    await store.abandon_idempotent("k", "a")
-    assert await store.begin_idempotent("k", "a", "h2", now=NOW, ttl=3600) is None
-    await store.finish_idempotent("k", "a", 202, {"id": "x"})
-    await store.abandon_idempotent("k", "a")  # a finished request is not abandoned
-    rec = await store.begin_idempotent("k", "a", "h3", now=NOW, ttl=3600)
-    assert rec is not None and rec.state == "done"
-
-
-async def test_idempotency_record_expires(store: SqlStore) -> None:
-    assert await store.begin_idempotent("k", "a", "h1", now=NOW, ttl=100) is None
-    await store.finish_idempotent("k", "a", 202, {"id": "x"})
-    assert await store.begin_idempotent("k", "a", "h2", now=NOW + 99, ttl=100) is not None
-    assert await store.begin_idempotent("k", "a", "h2", now=NOW + 101, ttl=100) is None
-    rec = await store.begin_idempotent("k", "a", "h3", now=NOW + 102, ttl=100)
-    assert rec is not None and (rec.state, rec.request_hash) == ("pending", "h2")
-
-
-async def test_idempotency_pending_key_of_a_dead_accept_is_taken_over(store: SqlStore) -> None:
-    """A process that died mid-accept (a Kafka consumer killed) left its key pending: a retry is
-    a 409 while it may still be at work, then takes the key over; a finished key never is."""
-    from herald.adapters.store.sql import PENDING_STALE
-
-    assert await store.begin_idempotent("k", "dead", "h", now=NOW, ttl=3600) is None
-    held = await store.begin_idempotent("k", "dead", "h", now=NOW + PENDING_STALE - 1, ttl=3600)
-    assert held is not None and held.state == "pending"
-    assert await store.begin_idempotent("k", "dead", "h", now=NOW + PENDING_STALE + 1, ttl=3600) is None
-    await store.finish_idempotent("k", "dead", 202, {"id": "x"})
-    done = await store.begin_idempotent("k", "dead", "h", now=NOW + 10 * PENDING_STALE, ttl=3600)
-    assert done is not None and done.state == "done"
-
-
-async def test_idempotency_has_one_winner_under_concurrency(backend: SqlBackend) -> None:
-    stores = [backend.store, await backend.connect()]
-    got = await asyncio.gather(
-        *(stores[i % 2].begin_idempotent("k", "same", "h", now=NOW, ttl=60) for i in range(16))
-    )
-    assert sum(1 for r in got if r is None) == 1
-    assert all(r.state == "pending" for r in got if r is not None)
-
-
-async def test_create_notifications_completes_the_idempotency_record(store: SqlStore) -> None:
-    assert await store.begin_idempotent("k", "a", "h", now=NOW, ttl=60) is None
+async def test_an_idempotency_key_is_written_with_its_notifications(store: SqlStore) -> None:
+    assert await store.get_idempotent("k1", "order-42", now=NOW) is None
     n = make_notification()
-    await store.create_notifications([n], idempotency=[("k", "a", 202, {"id": n.id})])
-    rec = await store.begin_idempotent("k", "a", "h", now=NOW, ttl=60)
-    assert rec is not None and (rec.state, rec.status_code, rec.response) == ("done", 202, {"id": n.id})
+    await store.create_notifications([n], idempotency=[_claim("k1", "order-42", "hash-a", n.id)])
+    rec = await store.get_idempotent("k1", "order-42", now=NOW + 1)
+    assert rec is not None
+    assert (rec.state, rec.request_hash, rec.status_code, rec.response) == (
+        "done",
+        "hash-a",
+        202,
+        {"id": n.id},
+    )
+    assert await store.get_idempotent("k2", "order-42", now=NOW) is None  # keys are per scope
+
+
+async def test_a_taken_idempotency_key_commits_nothing_and_names_the_winner(store: SqlStore) -> None:
+    first, second = make_notification(), make_notification()
+    await store.create_notifications([first], idempotency=[_claim("k", "a", "h1", first.id)])
+    with pytest.raises(IdempotencyKeyTaken) as taken:
+        await store.create_notifications([second], idempotency=[_claim("k", "a", "h2", second.id)])
+    assert (taken.value.request_hash, taken.value.status_code) == ("h1", 202)
+    assert taken.value.response == {"id": first.id}
+    assert await store.get_notification(second.id) is None  # rolled back
+    assert await store.get_notification(first.id) is not None
+    # Two claims of one key in one transaction (a group commit): the second is refused.
+    a, b = make_notification(), make_notification()
+    with pytest.raises(IdempotencyKeyTaken):
+        await store.create_notifications(
+            [a, b], idempotency=[_claim("k", "b", "h", a.id), _claim("k", "b", "h", b.id)]
+        )
+    assert (
+        await store.get_notification(a.id) is None and await store.get_idempotent("k", "b", now=NOW) is None
+    )
+
+
+async def test_an_idempotency_key_expires(store: SqlStore) -> None:
+    n1, n2 = make_notification(), make_notification()
+    await store.create_notifications([n1], idempotency=[_claim("k", "a", "h1", n1.id, ttl=100)])
+    assert await store.get_idempotent("k", "a", now=NOW + 99) is not None
+    assert await store.get_idempotent("k", "a", now=NOW + 101) is None
+    await store.create_notifications([n2], idempotency=[_claim("k", "a", "h2", n2.id, at=NOW + 101)])
+    rec = await store.get_idempotent("k", "a", now=NOW + 102)
+    assert rec is not None and (rec.request_hash, rec.response) == ("h2", {"id": n2.id})
+
+
+async def test_a_pending_row_left_by_an_older_herald_blocks_nothing(store: SqlStore) -> None:
+    from sqlalchemy import insert
+
+    from herald.adapters.store import schema
+
+    row = {"scope": "k", "key": "a", "request_hash": "h0", "state": "pending"}
+    await store.db.run(
+        lambda c: c.execute(
+            insert(schema.idempotency_keys).values(**row, created_at=NOW, expires_at=NOW + 86_400)
+        )
+    )
+    assert await store.get_idempotent("k", "a", now=NOW) is None
+    n = make_notification()
+    await store.create_notifications([n], idempotency=[_claim("k", "a", "h1", n.id)])
+    rec = await store.get_idempotent("k", "a", now=NOW)
+    assert rec is not None and rec.request_hash == "h1"
+
+
+async def test_an_idempotency_key_has_one_winner_under_concurrency(backend: SqlBackend) -> None:
+    stores = [backend.store, await backend.connect()]
+    notes = [make_notification() for _ in range(16)]
+
+    async def attempt(i: int) -> str | None:
+        try:
+            await stores[i % 2].create_notifications(
+                [notes[i]], idempotency=[_claim("k", "same", "h", notes[i].id)]
+            )
+        except IdempotencyKeyTaken as taken:
+            assert taken.response is not None
+            return str(taken.response["id"])
+        return None
+
+    got = await asyncio.gather(*(attempt(i) for i in range(16)))
+    winners = [notes[i].id for i, r in enumerate(got) if r is None]
+    assert len(winners) == 1
+    assert all(r == winners[0] for r in got if r is not None)
+    stored = [n.id for n in notes if await backend.store.get_notification(n.id) is not None]
+    assert stored == winners
 
 
 # Notifications -----------------------------------------------------------------------------------
@@ -481,6 +508,18 @@ async def test_claim_unrouted_leases_by_priority(store: SqlStore) -> None:
     second = await store.claim_unrouted(owner="r2", limit=10, lease=60, now=NOW)
     assert [n.id for n in second] == [low.id]
     assert await store.claim_unrouted(owner="r3", limit=10, lease=60, now=NOW + 59) == []
+
+
+async def test_claim_unrouted_from_a_lane_down_leaves_higher_lanes(store: SqlStore) -> None:
+    """A bulk worker's router (``min_rank=2``) leaves critical and high to the others."""
+    crit = make_notification(priority=Priority.CRITICAL, created_at=NOW)
+    high = make_notification(priority=Priority.HIGH, created_at=NOW)
+    low = make_notification(priority=Priority.LOW, created_at=NOW + 1)
+    await store.create_notifications([crit, high, low])
+    bulk = await store.claim_unrouted(owner="bulk", limit=10, lease=60, now=NOW, min_rank=2)
+    assert [n.id for n in bulk] == [low.id]
+    urgent = await store.claim_unrouted(owner="urgent", limit=10, lease=60, now=NOW)
+    assert {n.id for n in urgent} == {crit.id, high.id}
 
 
 async def test_expired_routing_lease_is_taken_over_and_the_old_owner_loses(store: SqlStore) -> None:

@@ -107,6 +107,16 @@ async def test_results_routing_callbacks_and_engagement_are_counted(store: SqlSt
         ("-", bucket_of(NOW, DAY), "bounced"),
     }
     assert await store.funnel_counts(FunnelQuery(since=NOW + DAY, until=NOW + 2 * DAY)) == []
+    # A whole range reads whole days from the daily rows and the ends from the hourly ones:
+    # each count once, whatever the alignment.
+    for since, until in (
+        (NOW - 3 * DAY + 1234, NOW + 2 * DAY + 77),
+        (NOW - 7, NOW + 1),
+        (NOW - DAY, NOW + DAY),
+    ):
+        whole = totals(await store.funnel_counts(FunnelQuery(since=since, until=until)))
+        hours = totals(await store.funnel_counts(FunnelQuery(bucket="hour", since=since, until=until)))
+        assert whole == hours == totals(everything), (since, until)
 
 
 async def test_expiry_and_inbox_read_all_are_counted(store: SqlStore, queue: SqlQueue) -> None:

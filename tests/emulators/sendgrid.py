@@ -184,12 +184,15 @@ class SendGridEmulator:
         reset_at: float | None = None,
         retry_after: float | str | None = None,
         delay: float = 0.0,
+        remaining: int | None = None,
     ) -> None:
         """Answer the next ``count`` sends with ``kind`` (a :data:`FAULT_KINDS` name,
         ``"timeout"`` (needs ``delay``), ``"drop"``, or ``"custom"`` with ``status``).
 
         For ``rate_limited``, ``reset_in`` seconds (default 60) or an absolute ``reset_at``
-        epoch second sets ``X-RateLimit-Reset`` as SendGrid does.
+        epoch second sets ``X-RateLimit-Reset`` as SendGrid does. SendGrid sends its rate limit
+        headers on other answers too: for any other kind, ``reset_in``/``reset_at`` add them,
+        with ``X-RateLimit-Remaining`` = ``remaining`` (default 599: the limit is not reached).
         """
         drop = kind == "drop"
         if kind not in FAULT_KINDS and kind not in ("timeout", "custom", "drop"):
@@ -199,9 +202,10 @@ class SendGridEmulator:
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
         final_status = status if status is not None else d_status
-        if final_status == 429:
+        if final_status == 429 or reset_in is not None or reset_at is not None:
             headers["X-RateLimit-Limit"] = "600"
-            headers["X-RateLimit-Remaining"] = "0"
+            default_remaining = 0 if final_status == 429 else 599
+            headers["X-RateLimit-Remaining"] = str(default_remaining if remaining is None else remaining)
             if reset_at is not None:
                 headers["X-RateLimit-Reset"] = str(int(reset_at))
             elif reset_in is None:
@@ -213,7 +217,7 @@ class SendGridEmulator:
             headers=headers,
             delay=delay,
             drop=drop,
-            reset_in=reset_in if final_status == 429 and reset_at is None else None,
+            reset_in=reset_in if reset_at is None else None,
         )
         self._faults.extend(Fault(**asdict(fault)) for _ in range(count))
 
@@ -460,6 +464,7 @@ class SendGridEmulator:
                 reset_at=data.get("reset_at"),
                 retry_after=data.get("retry_after"),
                 delay=float(data.get("delay", 0.0)),
+                remaining=data.get("remaining"),
             )
         except (ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)

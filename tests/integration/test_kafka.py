@@ -383,7 +383,12 @@ async def test_the_broker_killed_and_restarted_empty_herald_keeps_serving(tmp_pa
                 body = await h.wait_final(nid, timeout=90)
                 assert [d["status"] for d in body["deliveries"]] == ["sent"]
             await produce(broker.bootstrap, topic, [(b"after", event(2))])
-            await eventually(lambda: _ready(len(rec.sent) >= 17), 60)
+            try:
+                await eventually(lambda: _ready(len(rec.sent) >= 17), 60)
+            except AssertionError:
+                consumer = h.container.kafka_events
+                assert consumer is not None
+                raise AssertionError(f"the event after the restart: {consumer.status()}") from None
             await asyncio.sleep(0.5)
             sent = Counter(m.delivery_id for m in rec.sent)
             assert len(sent) == 17 and max(sent.values()) == 1, "lost or duplicated"

@@ -87,7 +87,12 @@ async def test_identical_content_goes_out_in_batched_requests_each_delivery_trac
             "/v1/notifications",
             json={
                 "to": {"topic": "news"},
-                "content": {"subject": "Maintenance tonight", "text": "From 22:00 to 23:00 UTC."},
+                "content": {
+                    "subject": "Maintenance tonight",
+                    "text": "From 22:00 to 23:00 UTC.",
+                    # Tracked: each delivery's own open pixel and click link.
+                    "html": '<p>From 22:00 to 23:00 UTC, <a href="https://status.example.com/">status</a>.</p>',
+                },
                 "channels": ["email"],
                 "category": "system",  # opt-out: each recipient's own unsubscribe link
             },
@@ -110,6 +115,12 @@ async def test_identical_content_goes_out_in_batched_requests_each_delivery_trac
         assert p["custom_args"]["herald_notification_id"] == body["id"]
         assert p["headers"]["List-Unsubscribe"].startswith("<http")
     assert len({p["headers"]["List-Unsubscribe"] for p in people}) == USERS
+    # Each delivery's own tracking URLs, as substitutions of the shared html's tags.
+    html = next(c["value"] for c in requests[0].json["content"] if c["type"] == "text/html")
+    assert "-herald-url-0-" in html and "/t/o/" not in html
+    pixels = [p["substitutions"] for p in people]
+    assert all(any("/t/o/" in url for url in subs.values()) for subs in pixels)
+    assert len({url for subs in pixels for url in subs.values()}) == sum(len(s) for s in pixels)
     # Every delivery has its own attempt and the request's message id as its receipt.
     for d in deliveries:
         assert [a["outcome"] for a in d["attempts"]] == ["ok"]

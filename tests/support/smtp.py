@@ -31,6 +31,7 @@ class SmtpHandler:
     received: list[Received] = field(default_factory=list)
     data_replies: deque[str] = field(default_factory=deque)  # e.g. "451 4.3.0 try again"
     rcpt_replies: deque[str] = field(default_factory=deque)  # e.g. "550 5.1.1 no such user"
+    mail_replies: deque[str] = field(default_factory=deque)  # e.g. "553 5.7.1 sender rejected"
     dead_mailboxes: set[str] = field(default_factory=set)
     delay: float = 0.0
     hold: threading.Event | None = None  # DATA waits until it is set (a stuck server)
@@ -38,6 +39,15 @@ class SmtpHandler:
     rcpt_calls: int = 0
     data_calls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: Any
+    ) -> str:
+        if self.mail_replies:
+            return self.mail_replies.popleft()
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any

@@ -71,9 +71,11 @@ def test_result_batch_reads_its_leases_by_primary_key(tmp_path: Path) -> None:
     held = sqlite_hot._held_leases(len(ids))
     plan = _plan(db, held, ids)
     # and the test can tell: without the ``+`` SQLite reads every delivery being sent
-    assert "ix_deliveries_lease" in _plan(db, held.replace("+status", "status"), ids)
+    assert "ix_deliveries_lease" in _plan(db, held.replace("+d.status", "d.status"), ids)
     assert "ix_deliveries_lease" not in plan
     assert "sqlite_autoindex_deliveries_1 (id=?)" in plan, plan
+    # the funnel's template: the notification by its key, never a scan
+    assert "SEARCH n USING INDEX sqlite_autoindex_notifications_1 (id=?)" in plan, plan
     record = _plan(db, sqlite_hot.RECORD_RESULT.sql, dict.fromkeys(sqlite_hot.RECORD_RESULT.names, None))
     assert record == "SEARCH deliveries USING INDEX sqlite_autoindex_deliveries_1 (id=?)", record
 

@@ -45,7 +45,13 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from herald.adapters.kafka_client import KAFKA_ERRORS, KafkaConnection, ensure_topics, kafka_error
+from herald.adapters.kafka_client import (
+    KAFKA_ERRORS,
+    KafkaConnection,
+    ensure_topics,
+    kafka_error,
+    lost_offsets,
+)
 from herald.domain.errors import Conflict, HeraldError, ServiceUnavailable
 
 log = structlog.get_logger("herald.events.kafka")
@@ -93,6 +99,7 @@ class KafkaEventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
+        self._checked = time.monotonic()
 
     # Lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -150,13 +157,16 @@ class KafkaEventConsumer:
 
     async def close(self) -> None:
         self._stopping.set()
+        await self._stop_clients()
+        self.state = "stopped"
+
+    async def _stop_clients(self) -> None:
         consumer, producer = self._consumer, self._producer
         self._consumer = self._producer = None
         for client in (consumer, producer):
             if client is not None:
                 with contextlib.suppress(*KAFKA_ERRORS):
                     await client.stop()
-        self.state = "stopped"
 
     # Consuming -----------------------------------------------------------------------------------
     async def _step(self, stopping: asyncio.Event) -> None:
@@ -167,9 +177,14 @@ class KafkaEventConsumer:
         except KAFKA_ERRORS as exc:
             # A fatal consumer error (not a passing disconnection: aiokafka retries those itself).
             log.warning("events.kafka_consumer_failed", error=str(exc) or type(exc).__name__)
-            await self.close()
+            self.state = "disconnected"
+            await self._stop_clients()  # the run loop starts them again
             return
         await self._observe(consumer)
+        if time.monotonic() - self._checked > 10:
+            self._checked = time.monotonic()
+            if await self._check_offsets(consumer):
+                return  # rejoining: this batch comes again from the start of the log
         records = [r for rs in batch.values() for r in rs]
         if records:
             await self._finish(consumer, records, stopping)
@@ -188,6 +203,20 @@ class KafkaEventConsumer:
             hw = consumer.highwater(TopicPartition(self.topic, p))
             if hw is not None:
                 self.highwater[p] = hw
+
+    async def _check_offsets(self, consumer: AIOKafkaConsumer) -> bool:
+        mine = {TopicPartition(self.topic, p): o for p, o in self.committed.items()}
+        lost = await lost_offsets(consumer, mine)
+        if lost:
+            # The cluster lost its state (a broker restarted empty): its topic and group are new,
+            # possibly with other partitions. Join afresh, reading from the start of each log.
+            log.warning("events.kafka_offsets_lost", partitions=sorted(tp.partition for tp in lost))
+            self.committed.clear()
+            self.highwater.clear()
+            self.assigned = []
+            self.state = "connecting"
+            await self._stop_clients()
+        return bool(lost)
 
     async def _finish(
         self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord[Any, Any]], stopping: asyncio.Event

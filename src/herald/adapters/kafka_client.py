@@ -147,3 +147,20 @@ async def ensure_topics(conn: KafkaConnection, topics: dict[str, int], *, timeou
     finally:
         with contextlib.suppress(*KAFKA_ERRORS):
             await admin.close()
+
+
+async def lost_offsets(consumer: Any, committed: dict[Any, int]) -> list[Any]:
+    """The partitions for which this member committed an offset that the group no longer has.
+
+    An active member's offsets never expire, so this means the cluster lost its state (a broker
+    restarted empty): the partition's log started again, and the position this member kept
+    would skip the new records below it. The caller seeks those partitions to the beginning
+    (what was already accepted comes again and is absorbed by idempotency)."""
+    lost = []
+    for tp, offset in committed.items():
+        if offset <= 0 or tp not in consumer.assignment():
+            continue
+        with contextlib.suppress(*KAFKA_ERRORS):
+            if await consumer.committed(tp) is None:
+                lost.append(tp)
+    return lost

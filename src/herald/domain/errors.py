@@ -5,7 +5,8 @@ HeraldError
 │   └── MalformedRequest     the body could not even be parsed (400)
 ├── NotFound                 an id or name that does not exist (404)
 ├── Conflict                 the request races or contradicts stored state (409)
-│   └── IdempotencyInProgress
+│   ├── IdempotencyInProgress
+│   └── IdempotencyKeyTaken  another request committed the key first (store → accept service)
 ├── IdempotencyMismatch      same key, different body (422)
 ├── AuthenticationError      missing or unknown credentials (401)
 ├── PermissionDenied         valid credentials, insufficient scope (403)
@@ -58,6 +59,24 @@ class Conflict(HeraldError):
 
 class IdempotencyInProgress(Conflict):
     title = "Request with this idempotency key is still being processed"
+
+
+class IdempotencyKeyTaken(Conflict):
+    """Raised by ``Store.create_notifications`` when another request committed the same
+    idempotency key first; nothing of this commit is stored. Carries the winner's record."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        request_hash: str,
+        status_code: int | None = None,
+        response: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.request_hash = request_hash
+        self.status_code = status_code
+        self.response = response
 
 
 class IdempotencyMismatch(HeraldError):

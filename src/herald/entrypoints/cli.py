@@ -106,7 +106,9 @@ def _serve(
     port: int | None,
     children: WorkerChildren | None = None,
 ) -> None:
-    import uvicorn  # noqa: PLC0415 - commands import what they use
+    import asyncio  # noqa: PLC0415 - commands import what they use
+
+    import uvicorn  # noqa: PLC0415
 
     from herald.bootstrap import build  # noqa: PLC0415
     from herald.entrypoints.api.app import create_app  # noqa: PLC0415
@@ -122,9 +124,10 @@ def _serve(
             + (f" (and {len(problems) - 1} more: herald config check)" if len(problems) > 1 else "")
         )
     sys.setswitchinterval(SWITCH_INTERVAL)
+    built: list[Container] = []  # built before the server starts, handed to its lifespan
 
     async def make() -> Container:
-        container = await build(settings)
+        container = built.pop() if built else await build(settings)
         freeze_startup_heap()
         return container
 
@@ -144,7 +147,20 @@ def _serve(
         timeout_graceful_shutdown=30,
     )
     server = ReadyServer(config)
-    server.run()
+
+    async def main() -> None:
+        # Built here, not in the lifespan: whatever else start-up refuses (a provider that
+        # fails to build, the database unreachable) is then a HeraldError that `guarded`
+        # prints as one line, as `herald worker` does, instead of uvicorn's traceback.
+        built.append(await build(settings))
+        try:
+            await server.serve()
+        finally:
+            while built:  # the lifespan never took it
+                await built.pop().stop()
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(main())
     if not server.started:
         raise fail(f"could not start the HTTP server on {config.host}:{config.port}")
 

@@ -172,6 +172,13 @@ def bench(ctx: typer.Context) -> None:
             "herald bench runs the benchmark harness of a source checkout (bench/ and tests/emulators/): "
             "run it inside a clone of herald"
         )
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("openapi_core") is None:
+        raise fail(
+            "herald bench needs the bench extra (its provider emulators check requests with "
+            "openapi-core): scripts/bootstrap-venv bench, or pip install -e '.[bench]'"
+        )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     args = list(ctx.args) or ["--help"]

@@ -16,6 +16,7 @@ import structlog
 
 from herald.domain.errors import (
     IdempotencyInProgress,
+    IdempotencyKeyTaken,
     IdempotencyMismatch,
     ValidationError,
 )
@@ -32,7 +33,7 @@ from herald.domain.models import (
     new_id,
 )
 from herald.domain.validation import check_id, check_locale, check_timezone, normalize_email, normalize_phone
-from herald.ports import Clock, Store
+from herald.ports import Clock, IdempotencyClaim, Store
 from herald.services.catalog import Catalog
 from herald.services.group_commit import NotificationWriter
 from herald.services.lookups import Lookups
@@ -78,6 +79,15 @@ class Accepted:
 
 def request_hash(payload: Any) -> str:
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _replay(stored_hash: str, status_code: int | None, response: JSON | None, digest: str) -> Accepted:
+    """The answer to a request whose key was committed already: the original response."""
+    if stored_hash != digest:
+        raise IdempotencyMismatch("this idempotency key was already used with a different request body")
+    if status_code is None or response is None:  # a race on the key's row: the client retries
+        raise IdempotencyInProgress("a request with this idempotency key is still being accepted")
+    return Accepted(status_code, response)
 
 
 def inline_user(raw: JSON, field: str) -> User:
@@ -158,6 +168,7 @@ class AcceptService:
         # Cached reads of templates and user ids (services/lookups.py); uncached without.
         self.lookups = lookups or Lookups(store, template_ttl=0, user_ttl=0)
         self.writer = NotificationWriter(store)
+        self._in_flight: set[tuple[str, str]] = set()  # idempotency keys being accepted here
         # Set when this process routes (bootstrap, start_roles): critical and high notifications
         # are then committed already leased to that router and handed to it after the commit,
         # without its claim transaction or its wait for a wake-up.
@@ -170,7 +181,14 @@ class AcceptService:
         payload: Any,
         build: Callable[[], Awaitable[tuple[list[Notification], Accepted]]],
     ) -> Accepted:
-        """Run ``build`` once per (scope, key); commit its notifications with the key's record."""
+        """Run ``build`` once per (scope, key); commit its notifications with the key's record.
+
+        The key is written with the notifications, in their transaction (see
+        ``adapters/store/sql_idempotency.py``): a crash mid-accept leaves no claim behind, so a
+        retry is accepted; a retry of a committed request gets the original response. In this
+        process, a request whose key is being accepted right now is a 409 (as PRODUCT.md says);
+        across processes the first commit wins and the other request gets its answer.
+        """
         if key is None:
             notifications, result = await build()
             await self._commit(notifications, result, ())
@@ -179,23 +197,31 @@ class AcceptService:
         if not key or len(key) > 255:
             raise ValidationError("idempotency key must be 1-255 characters", field="idempotency_key")
         digest = request_hash(payload)
-        existing = await self.store.begin_idempotent(
-            scope, key, digest, now=self.clock.now(), ttl=self.catalog.idempotency_ttl
-        )
+        now = self.clock.now()
+        existing = await self.store.get_idempotent(scope, key, now=now)
         if existing is not None:
-            if existing.request_hash != digest:
-                raise IdempotencyMismatch(
-                    "this idempotency key was already used with a different request body"
-                )
-            if existing.state != "done" or existing.response is None or existing.status_code is None:
-                raise IdempotencyInProgress("a request with this idempotency key is still being accepted")
-            return Accepted(existing.status_code, existing.response)
+            return _replay(existing.request_hash, existing.status_code, existing.response, digest)
+        mine = (scope, key)
+        if mine in self._in_flight:
+            raise IdempotencyInProgress("a request with this idempotency key is still being accepted")
+        self._in_flight.add(mine)
         try:
             notifications, result = await build()
-            await self._commit(notifications, result, [(scope, key, result.status_code, result.body)])
-        except BaseException:
-            await self.store.abandon_idempotent(scope, key)
-            raise
+            claim = IdempotencyClaim(
+                scope=scope,
+                key=key,
+                request_hash=digest,
+                status_code=result.status_code,
+                response=result.body,
+                created_at=now,
+                expires_at=now + self.catalog.idempotency_ttl,
+            )
+            try:
+                await self._commit(notifications, result, [claim])
+            except IdempotencyKeyTaken as taken:  # another process committed it first
+                return _replay(taken.request_hash, taken.status_code, taken.response, digest)
+        finally:
+            self._in_flight.discard(mine)
         self._accepted(notifications)
         return result
 
@@ -203,7 +229,7 @@ class AcceptService:
         self,
         notifications: Sequence[Notification],
         result: Accepted,
-        idem: Sequence[tuple[str, str, int, JSON]],
+        idem: Sequence[IdempotencyClaim],
     ) -> None:
         # Group commit: concurrent accepts share a transaction; this returns once ours is in. An
         # event that made no notification (condition false, no rule) commits its record alone.

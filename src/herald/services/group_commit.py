@@ -10,7 +10,8 @@ What each caller keeps:
 * :meth:`NotificationWriter.commit` returns only once the caller's own rows are committed
   (the ``202`` still means durable);
 * a batch that fails is written again one submission at a time, so one request's error (a
-  constraint, a value the driver refuses) reaches that request alone;
+  constraint, a value the driver refuses, an idempotency key another request committed
+  first) reaches that request alone;
 * nothing waits for company: a lone request is written at once, and requests arriving during
   a commit go into the next one.
 
@@ -25,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from herald.domain.errors import ServiceUnavailable
-from herald.domain.models import JSON, EventRecord, Notification
-from herald.ports import Store
+from herald.domain.models import EventRecord, Notification
+from herald.ports import IdempotencyClaim, Store
 
 MAX_ROWS = 2_000  # notifications per shared transaction (a batch request brings up to 1,000)
 
@@ -34,7 +35,7 @@ MAX_ROWS = 2_000  # notifications per shared transaction (a batch request brings
 @dataclass(slots=True)
 class _Submission:
     notifications: Sequence[Notification]
-    idempotency: Sequence[tuple[str, str, int, JSON]]
+    idempotency: Sequence[IdempotencyClaim]
     events: Sequence[EventRecord]
     done: asyncio.Future[None]
 
@@ -50,7 +51,7 @@ class NotificationWriter:
         self,
         notifications: Sequence[Notification],
         *,
-        idempotency: Sequence[tuple[str, str, int, JSON]] = (),
+        idempotency: Sequence[IdempotencyClaim] = (),
         events: Sequence[EventRecord] = (),
     ) -> None:
         """Commit like ``Store.create_notifications``, possibly in one transaction with others."""

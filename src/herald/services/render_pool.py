@@ -36,8 +36,23 @@ async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
 async def for_request(fn: Callable[..., T], *args: Any, renders: int = 1) -> T:
     """Run ``fn`` (``renders`` renders, or template checks) for an API request, answering within
     about their time budget even should the thread overrun it (it stops at its next check)."""
-    grace = renders * rendering.limits().timeout_ms / 1000 + 0.6
-    future = asyncio.get_running_loop().run_in_executor(_REQUESTS, functools.partial(fn, *args))
+    grace = renders * rendering.limits().timeout_ms / 1000 + 0.4
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
+
+    def run() -> T:
+        loop.call_soon_threadsafe(started.set)
+        return fn(*args)
+
+    future = loop.run_in_executor(_REQUESTS, run)
+    # The grace counts from when a thread takes the work: queued behind a render that is still
+    # using up its own budget, an honest template is not refused for the wait.
+    waiting: asyncio.Future[Any] = asyncio.ensure_future(started.wait())
+    pending: list[asyncio.Future[Any]] = [future, waiting]
+    try:
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
     try:
         return await asyncio.wait_for(future, grace)
     except TimeoutError:

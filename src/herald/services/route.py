@@ -150,6 +150,10 @@ class RouterService:
         self._express: set[asyncio.Task[None]] = set()
         self._express_pending: dict[int, list[Notification]] = {}  # by lane: waiting to be routed
         self._express_lanes: dict[int, asyncio.Task[None]] = {}  # by lane: the task routing them
+        # New notifications of higher lanes are left to other routers (bootstrap.start_roles:
+        # a worker of the bulk lanes only, whose niced, busy process would route a critical
+        # one late and could not send it itself).
+        self.min_rank = 0
 
     def wake(self, urgent: bool = True) -> None:
         """New work. ``urgent=False`` (no critical among it) may wait for company, see run."""
@@ -255,7 +259,11 @@ class RouterService:
     async def route_pending(self) -> int:
         with urgency.urgent():  # short, and critical notifications come first in it
             claimed = await self.store.claim_unrouted(
-                owner=self.owner, limit=self.batch, lease=self.lease, now=self.clock.now()
+                owner=self.owner,
+                limit=self.batch,
+                lease=self.lease,
+                now=self.clock.now(),
+                **({"min_rank": self.min_rank} if self.min_rank else {}),
             )
         listed = [n for n in claimed if n.topic is None]
         small = [n for n in listed if len(n.recipients) - n.recipients_routed <= CHUNK]

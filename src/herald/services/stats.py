@@ -68,6 +68,9 @@ class StatsService:
         if until - since > MAX_RANGE[bucket]:
             days = MAX_RANGE[bucket] // DAY
             raise ValidationError(f"the range is longer than {days} days for bucket={bucket}", field="since")
+        if bucket == "day":  # day buckets are whole UTC days
+            since = (since // DAY) * DAY
+            until = -((-until) // DAY) * DAY
         chosen = {k: v for k, v in (filters or {}).items() if v is not None}
         for name in chosen:
             if name not in DIMENSIONS:

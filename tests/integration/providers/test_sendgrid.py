@@ -240,6 +240,49 @@ async def test_429_retry_after_comes_from_x_ratelimit_reset(
     assert info.value.retry_after == pytest.approx(42.0)
 
 
+@pytest.mark.parametrize("kind", ["unavailable", "server_error"])
+async def test_a_5xx_carrying_rate_limit_headers_follows_the_retry_schedule(
+    emulator: SendGridEmulator, provider: SendGridProvider, kind: str
+) -> None:
+    """SendGrid's X-RateLimit-Reset rides on every answer; on a 5xx with quota left it says
+    when the rate window ends, not when to retry: no retry_after (the schedule decides)."""
+    emulator.fail_next(kind, reset_at=NOW + 60)
+    with pytest.raises(TransientDeliveryError) as info:
+        await provider.send(mail())
+    assert emulator.requests[-1].answered in (500, 503)
+    assert info.value.retry_after is None
+    # Its own Retry-After is still a request from the server, and is honoured.
+    emulator.fail_next(kind, reset_at=NOW + 60, retry_after=7)
+    with pytest.raises(TransientDeliveryError) as info:
+        await provider.send(mail())
+    assert info.value.retry_after == pytest.approx(7.0)
+    # Quota exhausted (Remaining 0): the reset is when sending can resume, whatever the status.
+    emulator.fail_next(kind, reset_at=NOW + 60, remaining=0)
+    with pytest.raises(TransientDeliveryError) as info:
+        await provider.send(mail())
+    assert info.value.retry_after == pytest.approx(60.0)
+
+
+async def test_a_failover_chain_does_not_pause_sendgrid_for_a_503(emulator: SendGridEmulator) -> None:
+    """Through the composite provider: a 503 with X-RateLimit-Reset a minute away falls over
+    to the next provider for this send, and SendGrid is tried again for the next one."""
+    from herald.adapters.providers.composite import FailoverProvider
+    from herald.testing import RecordingProvider
+
+    sendgrid = SendGridProvider(config_for(emulator), now=lambda: NOW)
+    backup = RecordingProvider("backup")
+    chain = FailoverProvider([sendgrid, backup])
+    try:
+        emulator.fail_next("unavailable", reset_at=NOW + 60)
+        first = await chain.send(mail(delivery_id="dlv_a"))
+        second = await chain.send(mail(delivery_id="dlv_b"))
+    finally:
+        await sendgrid.close()
+    assert [m.delivery_id for m in backup.sent] == ["dlv_a"]
+    assert second.code == "202" and first is not None
+    assert [r.answered for r in emulator.requests] == [503, 202]
+
+
 async def test_429_relative_reset_against_the_real_clock(emulator: SendGridEmulator) -> None:
     provider = SendGridProvider(config_for(emulator))
     emulator.fail_next("rate_limited", reset_in=30)
@@ -375,7 +418,7 @@ async def test_signed_events_verify_and_tampering_is_refused(
 ) -> None:
     await provider.send(mail())
     payload = emulator.events_for(emulator.sent[0], "delivered")
-    signature, timestamp = emulator.sign(payload)
+    signature, timestamp = emulator.sign(payload, str(int(NOW)))  # the provider's clock
     key = emulator.public_key_b64
 
     assert verify_sendgrid_signature(key, payload, signature, timestamp)
@@ -422,6 +465,20 @@ async def test_provider_verifies_with_its_configured_key_and_clock(emulator: Sen
     no_key = SendGridProvider(config_for(emulator, event_webhook_public_key=None))
     with pytest.raises(ProviderConfigError):
         no_key.verify_events(payload, signature, timestamp)
+
+
+async def test_a_batch_signed_a_day_ago_is_refused_by_default(emulator: SendGridEmulator) -> None:
+    """No ``event_webhook_max_age`` configured: a 300 s replay window all the same."""
+    config = config_for(emulator)
+    assert config.event_webhook_max_age == 300
+    provider = SendGridProvider(config, now=lambda: NOW)
+    payload = b'[{"event":"bounce","email":"ada.lovelace@example.com"}]'
+    ages = ((0, True), (299, True), (-299, True), (301, False), (86_400, False), (-3600, False))
+    for age, accepted in ages:
+        signature, timestamp = emulator.sign(payload, str(int(NOW) - age))
+        assert provider.verify_events(payload, signature, timestamp) is accepted, age
+    with pytest.raises(ValidationError):
+        config_for(emulator, event_webhook_max_age=0)
 
 
 async def test_events_parse_with_delivery_id_and_message_id(

@@ -197,15 +197,18 @@ async def test_send_raw_with_list_unsubscribe_to_moto(moto_endpoint: str) -> Non
     assert text is not None and text.get_content().strip() == "Total: 12 €"
 
 
-async def test_unverified_sender_is_rejected_permanently(moto_endpoint: str) -> None:
+async def test_an_unverified_sender_of_ours_is_a_configuration_error(moto_endpoint: str) -> None:
+    """SES answers MessageRejected; the identity that failed is herald's own sender, so the
+    user's address is not at fault: configuration error (hold, alert), never permanent."""
     provider = SesProvider(_config(moto_endpoint, from_address="stranger@unverified.example"))
     try:
-        with pytest.raises(PermanentDeliveryError) as info:
+        with pytest.raises(ProviderConfigError) as info:
             await provider.send(_message())
     finally:
         await provider.close()
-    assert type(info.value) is PermanentDeliveryError
+    assert type(info.value) is ProviderConfigError
     assert info.value.code == "MessageRejected"
+    assert "not verified" in info.value.detail
 
 
 # SES error answers from a stub ------------------------------------------------------------------
@@ -290,6 +293,63 @@ async def test_error_classification(stub: Stub, status: int, name: str, error: t
     assert type(exc) is error
     assert getattr(exc, "code", None) == name
     assert f"{name} says no" in str(exc)
+
+
+# What SES says, word for word, when the problem is herald's account, identity or credentials.
+OUR_SETUP = [
+    (
+        400,
+        "MessageRejected",
+        "Email address is not verified. The following identities failed the check "
+        "in region US-EAST-1: noreply@herald.example",
+    ),
+    (
+        400,
+        "MessageRejected",
+        "Email address is not verified. The following identities failed the check "
+        "in region EU-WEST-1: ada@example.org",
+    ),  # the recipient, while the account is in the sandbox
+    (400, "BadRequestException", "Configuration set <transactional> does not exist."),
+    (400, "NotFoundException", "Configuration set transactional does not exist."),
+    (403, "ExpiredTokenException", "The security token included in the request is expired"),
+    (400, "ExpiredToken", "The security token included in the request is expired"),
+    (
+        403,
+        "AccessDeniedException",
+        "User: arn:aws:iam::123456789012:user/herald is not authorized to "
+        "perform: ses:SendEmail on resource: arn:aws:ses:us-east-1:123456789012:identity/herald.example",
+    ),
+    (400, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."),
+]
+
+
+@pytest.mark.parametrize(("status", "name", "message"), OUR_SETUP)
+async def test_problems_of_our_setup_are_configuration_errors(
+    stub: Stub, status: int, name: str, message: str
+) -> None:
+    stub.answers.append(_ses_error(status, name, message))
+    provider = SesProvider(_config(stub.url))
+    try:
+        with pytest.raises(ProviderConfigError) as info:
+            await provider.send(_message())
+    finally:
+        await provider.close()
+    assert info.value.code == name
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["Illegal address", "Missing final '@domain'", "Local address contains control or whitespace"],
+)
+async def test_a_bad_recipient_address_stays_permanent(stub: Stub, message: str) -> None:
+    stub.answers.append(_ses_error(400, "MessageRejected", message))
+    provider = SesProvider(_config(stub.url))
+    try:
+        with pytest.raises(PermanentDeliveryError) as info:
+            await provider.send(_message())
+    finally:
+        await provider.close()
+    assert type(info.value) is PermanentDeliveryError
 
 
 async def test_error_from_the_body_type_and_retry_after(stub: Stub) -> None:
@@ -385,3 +445,47 @@ async def test_refused_connection_is_transient_and_not_ambiguous() -> None:
         await provider.close()
     assert info.value.code == "connect"
     assert info.value.ambiguous is False
+
+
+async def test_herald_holds_the_channel_alerts_and_reports_unready_for_an_unverified_sender(
+    moto_endpoint: str, tmp_path: Any
+) -> None:
+    """The whole path, against moto: the delivery is held (not failed, no retry budget spent),
+    ops get an alert, /readyz names SES as unhealthy, and the user's address is not suppressed."""
+    from tests.integration.test_reliability import AlertSink, add_user, send, wait_status
+    from tests.support.herald import make_settings, running_herald
+
+    sink = AlertSink()
+    await sink.start()
+    ses = {
+        "region": REGION,
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+        "endpoint_url": moto_endpoint,
+        "from_address": "stranger@unverified.example",
+        "timeout": 5,
+    }
+    settings = make_settings(
+        tmp_path,
+        providers={"ses": ses},
+        channels={"email": {"providers": ["ses"]}},
+        alerts={"webhook_url": sink.url},
+    )
+    try:
+        async with running_herald(settings) as h:
+            await add_user(h, email="ada@example.org")
+            nid = await send(h)
+            d = await wait_status(h, nid, "retrying", attempts=1)
+            assert d["attempts"][0]["outcome"] == "config_error", d
+            assert d["reason"] == "provider_config_error" and d["attempts"][0]["code"] == "MessageRejected"
+            ready = (await h.client.get("/readyz")).json()
+            assert ready["unhealthy_providers"]["ses"]["reason"] == "config_error", ready
+            for _ in range(500):
+                if sink.received:
+                    break
+                await asyncio.sleep(0.02)
+            assert sink.received and sink.received[0]["alert"] == "provider_config_error"
+            assert await h.container.store.suppressed("email", ["ada@example.org"]) == set()
+            assert (await h.client.get("/v1/dead-letters")).json()["items"] == []
+    finally:
+        await sink.stop()

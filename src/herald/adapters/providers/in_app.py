@@ -8,6 +8,7 @@ item reported ``sent`` is one a reconnecting stream replays.
 
 from __future__ import annotations
 
+from herald.domain.errors import ServiceUnavailable, TransientDeliveryError
 from herald.domain.models import OutboundMessage, SendReceipt
 from herald.ports import InboxPublisher
 
@@ -19,7 +20,9 @@ class InAppProvider:
         self.publisher = publisher
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
-        if self.publisher is not None:
+        if self.publisher is None:
+            return SendReceipt(code="stored", provider_message_id=message.delivery_id)
+        try:
             await self.publisher.publish(
                 message.user_id,
                 {
@@ -31,6 +34,8 @@ class InAppProvider:
                     "url": message.content.get("url"),
                 },
             )
+        except ServiceUnavailable as exc:  # the database is away: retried like any outage
+            raise TransientDeliveryError(f"inbox feed unavailable: {exc.detail}", code="feed") from exc
         return SendReceipt(code="stored", provider_message_id=message.delivery_id)
 
     async def close(self) -> None:

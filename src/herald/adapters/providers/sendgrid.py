@@ -11,7 +11,10 @@ Outcome classification (SendGrid has no error codes, so ``code`` is the HTTP sta
 * 202 (200 in sandbox mode) → accepted; the receipt carries the ``X-Message-Id`` header;
 * 429 → transient, ``retry_after`` from ``X-RateLimit-Reset`` (epoch seconds), else
   ``Retry-After``;
-* 5xx → transient;
+* 5xx → transient, on the retry schedule (or its ``Retry-After``). SendGrid sends its
+  ``X-RateLimit-*`` headers on every answer: the reset time is when the *rate limit window*
+  ends, so it is obeyed only on a 429 or when ``X-RateLimit-Remaining`` is 0. Obeyed on a 503
+  it deferred the retry up to a minute and paused the provider in a failover chain;
 * 401, 403 (bad key, missing scope, unverified sender) and 404/405 (wrong ``base_url``) →
   configuration error: never the user's fault;
 * 400, 413 and other 4xx → permanent.
@@ -26,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import functools
+import re
 import time
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -73,8 +77,9 @@ class SendGridConfig(BaseModel):
     max_connections: int = Field(default=100, ge=1, le=10_000)
     # The Signed Event Webhook's verification key (base64 DER, as the console shows it, or PEM).
     event_webhook_public_key: str | None = None
-    # Optional replay window for signed events; None accepts any timestamp.
-    event_webhook_max_age: float | None = Field(default=None, gt=0)
+    # Replay window for signed events: a batch signed longer ago (or as far ahead) is refused.
+    # SendGrid posts events within seconds; a captured batch replayed later is not news.
+    event_webhook_max_age: float = Field(default=300.0, gt=0, le=7 * 86_400)
     # Sandbox mode: SendGrid validates the request and answers 200 without sending.
     sandbox: bool = False
 
@@ -99,6 +104,36 @@ class SendGridConfig(BaseModel):
         if value is not None:
             _load_public_key(value)  # raises ValueError with a clear message
         return value
+
+
+# A delivery's own tracking URLs (services/link_tracking.py): the open pixel and click links.
+_TRACKING_URL = re.compile(r"""https?://[^\s"'<>]*?/t/(?:o/[A-Za-z0-9_.\-]+?\.gif|c/[A-Za-z0-9_.\-]+)""")
+
+
+def _tag(i: int) -> str:
+    return f"-herald-url-{i}-"
+
+
+def _shared_parts(message: OutboundMessage) -> tuple[tuple[str, str | None, str | None], list[str]] | None:
+    """(subject, text, html) with the message's tracking URLs replaced by substitution tags,
+    and those URLs in order; None when the content is not plain strings."""
+    content = message.content
+    subject, text, html = content.get("subject"), content.get("text"), content.get("html")
+    if not isinstance(subject, str) or not all(isinstance(x, str | None) for x in (text, html)):
+        return None
+    urls: list[str] = []
+
+    def tagged(value: str | None) -> str | None:
+        if value is None or "/t/" not in value:
+            return value
+
+        def swap(m: re.Match[str]) -> str:
+            urls.append(m.group(0))
+            return _tag(len(urls) - 1)
+
+        return _TRACKING_URL.sub(swap, value)
+
+    return (tagged(subject) or "", tagged(text), tagged(html)), urls
 
 
 def classify_sendgrid_error(status: int, message: str, *, retry_after: float | None = None) -> DeliveryError:
@@ -195,24 +230,37 @@ class SendGridProvider:
 
     def batch_key(self, message: OutboundMessage) -> Hashable | None:
         """Messages with equal keys share one request: the same subject, text, html and
-        category. The address, the ids (``custom_args``) and the unsubscribe link (headers) are
-        per personalization."""
-        content = message.content
-        subject, text, html = content.get("subject"), content.get("text"), content.get("html")
-        if not isinstance(subject, str) or not all(isinstance(x, str | None) for x in (text, html)):
+        category once each delivery's own tracking URLs (open pixel, click links) are taken
+        out. The address, the ids (``custom_args``), the unsubscribe link (headers) and those
+        URLs (``substitutions``) are per personalization."""
+        parts = _shared_parts(message)
+        if parts is None:
             return None
-        return (subject, text, html, message.category)
+        return (*parts[0], message.category)
 
     def build_batch_body(self, messages: Sequence[OutboundMessage]) -> dict[str, Any]:
         """One request for messages of equal :meth:`batch_key`: one personalization each."""
         body = self.build_body(messages[0])
         body.pop("headers", None)
+        shared = _shared_parts(messages[0])
+        if shared is not None and shared[1]:
+            # Each delivery's tracking URLs become substitution tags in the shared content.
+            (subject, text, html), _ = shared
+            body["subject"] = subject
+            body["content"] = [
+                {"type": kind, "value": value}
+                for kind, value in (("text/plain", text), ("text/html", html))
+                if value
+            ]
         personalizations = []
         for m in messages:
             p: dict[str, Any] = {
                 "to": [{"email": m.address}],
                 "custom_args": {DELIVERY_ARG: m.delivery_id, NOTIFICATION_ARG: m.notification_id},
             }
+            own = _shared_parts(m)
+            if own is not None and own[1]:
+                p["substitutions"] = {_tag(i): url for i, url in enumerate(own[1])}
             unsubscribe = m.unsubscribe_url or m.content.get("unsubscribe_url")
             if unsubscribe:
                 p["headers"] = {
@@ -292,7 +340,8 @@ class SendGridProvider:
         if 200 <= answer.status < 300:
             return self._receipt(answer)
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        retry_after = retry_after_seconds(answer.headers, now=self._now(), rate_limit_reset=True)
+        limited = answer.status == 429 or answer.headers.get("X-RateLimit-Remaining", "").strip() == "0"
+        retry_after = retry_after_seconds(answer.headers, now=self._now(), rate_limit_reset=limited)
         error = classify_sendgrid_error(answer.status, _error_message(answer.body), retry_after=retry_after)
         log.warning(
             "providers.sendgrid.rejected",

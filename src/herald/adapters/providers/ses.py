@@ -26,6 +26,12 @@ Classification (the ``x-amzn-ErrorType`` header, else ``__type``/``code`` in the
   ``MailFromDomainNotVerifiedException``, ``NotFoundException`` (the identity or configuration
   set), 401/403 (``AccessDenied``, ``InvalidSignatureException``,
   ``UnrecognizedClientException``, ...) → configuration error;
+* an answer of any type whose message says that an identity of ours is not verified ("Email
+  address is not verified. The following identities failed the check…": the sender, or, while
+  the account is in the sandbox, the recipient), that the account is in the sandbox, that a
+  configuration set does not exist, that our credentials expired or are not authorised →
+  configuration error. SES says these as ``MessageRejected`` (400); failing the user's email
+  permanently for them blamed the user for herald's setup;
 * ``MessageRejected``, ``BadRequestException`` and any other 4xx → permanent;
 * connection failures → transient; a timeout after the request was sent → transient and
   ambiguous.
@@ -74,7 +80,16 @@ _TRANSIENT = frozenset({
     "InternalFailure", "InternalServerError", "ServiceUnavailable", "ServiceUnavailableException",
     "RequestTimeout", "RequestTimeoutException",
 })
+# Messages that are about herald's account, identities or credentials, whatever the error type.
+_OUR_SETUP = re.compile(
+    r"not verified|identities failed the check|sandbox|configuration set .{0,200}does not exist"
+    r"|not authori[sz]ed to perform|security token .{0,80}(expired|invalid)|sending (is )?paused"
+    r"|account .{0,40}suspended",
+    re.IGNORECASE,
+)
 _CONFIG = frozenset({
+    "InvalidAccessKeyId", "RequestExpired", "ConfigurationSetDoesNotExistException",
+    "AuthorizationErrorException",
     "AccountSuspendedException", "SendingPausedException", "MailFromDomainNotVerifiedException",
     "NotFoundException", "AccessDenied", "AccessDeniedException", "InvalidSignatureException",
     "SignatureDoesNotMatch", "IncompleteSignature", "IncompleteSignatureException",
@@ -212,7 +227,7 @@ def classify(status: int, headers: Any, body: bytes, *, now: float) -> DeliveryE
     retry_after = parse_retry_after(headers.get("Retry-After"), now=now)
     if name in _TRANSIENT or status == 429 or status >= 500:
         return TransientDeliveryError(detail, code=name, retry_after=retry_after)
-    if name in _CONFIG or status in (401, 403):
+    if name in _CONFIG or status in (401, 403) or (text and _OUR_SETUP.search(text)):
         return ProviderConfigError(detail, code=name)
     return PermanentDeliveryError(detail, code=name)
 

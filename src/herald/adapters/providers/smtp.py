@@ -8,8 +8,11 @@ may have queued the message — and is recorded as such.
 Reply classification (RFC 5321, RFC 3463 enhanced codes):
 
 * 4xx anywhere → transient;
-* 5xx on RCPT with a dead-mailbox enhanced code (5.1.1, 5.1.10, 5.1.2, 5.1.6) or 550 without
-  one → dead address (the address is suppressed);
+* 5xx with a dead-mailbox enhanced code (5.1.1, 5.1.2, 5.1.3, 5.1.6, 5.1.10) at RCPT *or at
+  DATA* → dead address (the address is suppressed): herald sends one recipient per message,
+  so a server that checks mailboxes only after the data (many relays do) speaks of that one;
+* 550, 551, 553 without an enhanced code at RCPT → dead address (at DATA such a bare code is
+  as often about the content: permanent);
 * 5xx on AUTH or MAIL FROM → configuration error (our account or sender is wrong);
 * other 5xx → permanent.
 """
@@ -41,7 +44,7 @@ from herald.domain.validation import mask
 log = structlog.get_logger("herald.providers.smtp")
 
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})")
-_DEAD_MAILBOX = {"5.1.1", "5.1.10", "5.1.2", "5.1.6"}
+_DEAD_MAILBOX = {"5.1.1", "5.1.10", "5.1.2", "5.1.3", "5.1.6"}
 
 
 def enhanced_code(message: str) -> str | None:
@@ -97,7 +100,9 @@ def _reply_error(stage: str, code: int, text: str) -> DeliveryError:
         return TransientDeliveryError(detail, code=shown)
     if stage in ("auth", "mail"):
         return ProviderConfigError(detail, code=shown)
-    if stage == "rcpt" and (enhanced in _DEAD_MAILBOX or (enhanced is None and code in (550, 551, 553))):
+    if stage in ("rcpt", "data") and enhanced in _DEAD_MAILBOX:
+        return DeadAddressError(detail, code=shown)
+    if stage == "rcpt" and enhanced is None and code in (550, 551, 553):
         return DeadAddressError(detail, code=shown)
     return PermanentDeliveryError(detail, code=shown)
 

@@ -52,7 +52,13 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from herald.adapters.kafka_client import KAFKA_ERRORS, KafkaConnection, ensure_topics, kafka_error
+from herald.adapters.kafka_client import (
+    KAFKA_ERRORS,
+    KafkaConnection,
+    ensure_topics,
+    kafka_error,
+    lost_offsets,
+)
 from herald.adapters.queue.signals import Signals
 from herald.domain.errors import HeraldError, ServiceUnavailable
 from herald.domain.models import Delivery, Priority
@@ -357,7 +363,17 @@ class KafkaQueue:
     async def _fetch(self, c: _Consumer) -> None:
         """Fetch into the lane buffers for as long as the queue is open."""
         failures = 0
+        checked = time.monotonic()
         while not self._closed:
+            if time.monotonic() - checked > 10:
+                checked = time.monotonic()
+                lost = await lost_offsets(c.consumer, dict(c.committed))
+                if lost:  # the broker lost its state: read the new logs from their start
+                    log.warning("queue.kafka_offsets_lost", channel=c.channel, partitions=len(lost))
+                    await c.consumer.seek_to_beginning(*lost)
+                    for tp in lost:
+                        c.committed.pop(tp, None)
+                        c.finished.pop(tp, None)
             try:
                 batch = await c.consumer.getmany(timeout_ms=1000, max_records=500)
             except KAFKA_ERRORS as exc:

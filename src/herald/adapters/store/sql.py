@@ -42,6 +42,7 @@ from herald.adapters.store.sql_dead_letters import SqlDeadLettersMixin
 from herald.adapters.store.sql_digests import HELD_REASON, SCHEDULED, SqlDigestsMixin
 from herald.adapters.store.sql_engagement import SqlEngagementMixin
 from herald.adapters.store.sql_events import SqlEventsMixin, event_rows, reopen_for_fallback
+from herald.adapters.store.sql_idempotency import SqlIdempotencyMixin, claim_keys
 from herald.adapters.store.sql_insight import SqlInsightMixin
 from herald.adapters.store.sql_listing import SqlListingMixin
 from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
@@ -51,7 +52,6 @@ from herald.adapters.store.sqlite_hot import Changed
 from herald.domain.errors import IllegalTransition, NotFound
 from herald.domain.funnel import marked_metrics, result_metrics, routed_metrics
 from herald.domain.models import (
-    JSON,
     ApiKey,
     Delivery,
     DeliveryResult,
@@ -69,7 +69,7 @@ from herald.domain.models import (
 )
 from herald.domain.states import CANCELLABLE, check_transition, sources_of
 from herald.ports import (
-    IdempotencyRecord,
+    IdempotencyClaim,
     Promoted,
     RecipientContext,
     RoutedBatch,
@@ -156,9 +156,6 @@ _UNROUTED_EXPIRED = (
     .order_by(_N.c.priority, _N.c.created_at)
     .limit(bindparam("b_limit"))
 )
-# Seconds after which a "pending" idempotency key is taken for abandoned (begin_idempotent).
-PENDING_STALE = 30.0
-
 _UNROUTED_NEW_PG = _UNROUTED_NEW.with_for_update(skip_locked=True)
 _UNROUTED_EXPIRED_PG = _UNROUTED_EXPIRED.with_for_update(skip_locked=True)
 _TAKE_UNROUTED = _per_dialect(
@@ -313,6 +310,7 @@ class SqlStore(
     SqlStatsMixin,
     SqlAdminMixin,
     SqlListingMixin,
+    SqlIdempotencyMixin,
 ):
     """Store on SQLite or PostgreSQL. ``db`` is shared with the ``sql`` queue.
 
@@ -616,77 +614,12 @@ class SqlStore(
 
         return await self.db.run(op)
 
-    # Idempotency ---------------------------------------------------------------------------
-    async def begin_idempotent(
-        self, scope: str, key: str, request_hash: str, *, now: float, ttl: float
-    ) -> IdempotencyRecord | None:
-        tbl = t.idempotency_keys
-
-        def op(c: Connection) -> IdempotencyRecord | None:
-            # An expired key is forgotten; so is a "pending" one older than PENDING_STALE: its
-            # accept died with its process (an accept takes milliseconds; a Kafka consumer
-            # killed mid-batch left it), and its retry would otherwise get 409 for a whole TTL.
-            stale = and_(tbl.c.state == "pending", tbl.c.created_at < now - PENDING_STALE)
-            c.execute(
-                delete(tbl).where(tbl.c.scope == scope, tbl.c.key == key, or_(tbl.c.expires_at < now, stale))
-            )
-            while True:
-                # RETURNING, not rowcount: SQLAlchemy reports -1 as the rowcount of an INSERT on
-                # psycopg, which reads as "inserted".
-                inserted = c.execute(
-                    self._ins(tbl)
-                    .values(
-                        scope=scope,
-                        key=key,
-                        request_hash=request_hash,
-                        state="pending",
-                        created_at=now,
-                        expires_at=now + ttl,
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(tbl.c.key)
-                ).first()
-                if inserted is not None:
-                    return None
-                row = c.execute(select(tbl).where(tbl.c.scope == scope, tbl.c.key == key)).first()
-                if row is not None:
-                    break
-                # The holder abandoned the key between our insert and read (PostgreSQL, read
-                # committed): try to take it again.
-            return IdempotencyRecord(
-                request_hash=row.request_hash,
-                state=row.state,
-                status_code=row.status_code,
-                response=_loads(row.response),
-            )
-
-        return await self.db.run(op)
-
-    def _finish_idem(self, c: Connection, scope: str, key: str, code: int, response: JSON) -> None:
-        tbl = t.idempotency_keys
-        c.execute(
-            update(tbl)
-            .where(tbl.c.scope == scope, tbl.c.key == key)
-            .values(state="done", status_code=code, response=_dumps(response))
-        )
-
-    async def finish_idempotent(self, scope: str, key: str, status_code: int, response: JSON) -> None:
-        await self.db.run(lambda c: self._finish_idem(c, scope, key, status_code, response))
-
-    async def abandon_idempotent(self, scope: str, key: str) -> None:
-        tbl = t.idempotency_keys
-        await self.db.run(
-            lambda c: c.execute(
-                delete(tbl).where(tbl.c.scope == scope, tbl.c.key == key, tbl.c.state == "pending")
-            )
-        )
-
     # Notifications ----------------------------------------------------------------------------
     async def create_notifications(
         self,
         notifications: Sequence[Notification],
         *,
-        idempotency: Sequence[tuple[str, str, int, JSON]] = (),
+        idempotency: Sequence[IdempotencyClaim] = (),
         events: Sequence[EventRecord] = (),
     ) -> None:
         rows = [
@@ -718,6 +651,8 @@ class SqlStore(
         pg = self.db.dialect == "postgresql"
 
         def op(c: Connection) -> None:
+            if idempotency:  # first: a key taken by another request commits nothing of this
+                claim_keys(c, idempotency, self._ins)
             if pg:
                 if rows:
                     c.execute(insert(t.notifications), rows)
@@ -726,8 +661,6 @@ class SqlStore(
             else:  # every accept's transaction: on the driver (sqlite_hot)
                 sqlite_hot.insert_rows(c, t.notifications, rows)
                 sqlite_hot.insert_rows(c, t.events, event_rows(events))
-            for scope, key, code, response in idempotency:
-                self._finish_idem(c, scope, key, code, response)
 
         await self.db.run(op)
 
@@ -738,13 +671,17 @@ class SqlStore(
 
         return await self.db.run(op)
 
-    async def claim_unrouted(self, *, owner: str, limit: int, lease: float, now: float) -> list[Notification]:
+    async def claim_unrouted(
+        self, *, owner: str, limit: int, lease: float, now: float, min_rank: int = 0
+    ) -> list[Notification]:
         pg = self.db.dialect == "postgresql"
         new, expired = (_UNROUTED_NEW_PG, _UNROUTED_EXPIRED_PG) if pg else (_UNROUTED_NEW, _UNROUTED_EXPIRED)
 
         def op(c: Connection) -> list[Notification]:
             ids: list[str] = []
             for rank in _RANKS:  # new ones by lane, then those whose router's lease ran out
+                if rank < min_rank:
+                    continue
                 ids.extend(c.execute(new, {"b_rank": rank, "b_limit": limit - len(ids)}).scalars())
                 if len(ids) >= limit:
                     break

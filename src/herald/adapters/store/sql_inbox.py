@@ -16,6 +16,7 @@ one transaction (one commit, not one per item).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ _PENDING = (S.QUEUED.value, S.SENDING.value, S.RETRYING.value)
 class SqlInboxFeed:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._pending: list[tuple[str, str, asyncio.Future[int]]] = []
+        self._pending: list[tuple[str, str, float, asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     # Numbering ------------------------------------------------------------------------------
@@ -44,36 +45,36 @@ class SqlInboxFeed:
         futures = []
         for user_id, delivery_id in items:
             fut: asyncio.Future[int] = loop.create_future()
-            self._pending.append((user_id, delivery_id, fut))
+            self._pending.append((user_id, delivery_id, now, fut))
             futures.append((delivery_id, fut))
         if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush(now), name="herald-inbox-feed")
+            self._flusher = loop.create_task(self._flush(), name="herald-inbox-feed")
         return {delivery_id: await fut for delivery_id, fut in futures}
 
-    async def _flush(self, now: float) -> None:
+    async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                numbers = await self.db.run(lambda c, b=batch: self._number(c, b, now))  # type: ignore[misc]
+                numbers = await self.db.run(functools.partial(self._number, batch=batch))
             except Exception as exc:
-                for _, _, fut in batch:
+                for *_, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            for _, delivery_id, fut in batch:
+            for _, delivery_id, _, fut in batch:
                 if not fut.done():
                     fut.set_result(numbers[delivery_id])
 
-    def _number(self, c: Connection, batch: list[tuple[str, str, Any]], now: float) -> dict[str, int]:
+    def _number(self, c: Connection, batch: list[tuple[str, str, float, Any]]) -> dict[str, int]:
         f = t.inbox_feed
-        users = sorted({u for u, _, _ in batch})
+        users = sorted({b[0] for b in batch})
         if self.db.dialect == "postgresql":
             for user in users:  # a fixed order: two batches never wait for each other in a cycle
                 c.execute(
                     text("SELECT pg_advisory_xact_lock(:space, hashtext(:user))"),
                     {"space": _LOCK_SPACE, "user": user},
                 )
-        ids = [d for _, d, _ in batch]
+        ids = [b[1] for b in batch]
         known = {
             r.delivery_id: int(r.seq)
             for r in c.execute(select(f.c.delivery_id, f.c.seq).where(f.c.delivery_id.in_(ids)))
@@ -87,7 +88,7 @@ class SqlInboxFeed:
             )
         }
         rows = []
-        for user, delivery_id, _ in batch:
+        for user, delivery_id, now, _ in batch:
             if delivery_id in known:  # sent again (a redelivery after a crash): same number
                 continue
             heads[user] = known[delivery_id] = heads.get(user, 0) + 1

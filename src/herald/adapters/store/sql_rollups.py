@@ -18,16 +18,16 @@ from sqlalchemy import Connection, text
 
 from herald.adapters.store import pg_batch, sqlite_hot
 from herald.adapters.store import schema as t
-from herald.domain.funnel import NONE, bucket_of
+from herald.domain.funnel import DAY, HOUR, NONE, bucket_of
 
-Key = tuple[int, str, str, str, str, str]  # bucket, template, category, channel, provider, metric
-_COLUMNS = ("bucket", "template", "category", "channel", "provider", "metric", "count")
+Key = tuple[int, int, str, str, str, str, str]  # size, bucket, template, category, channel, provider, metric
+_COLUMNS = ("size", "bucket", "template", "category", "channel", "provider", "metric", "count")
 _CONFLICT = (
-    "ON CONFLICT (bucket, template, category, channel, provider, metric) "
+    "ON CONFLICT (size, bucket, template, category, channel, provider, metric) "
     "DO UPDATE SET count = delivery_rollups.count + excluded.count"
 )
 _SQLITE_UPSERT = (
-    f"INSERT INTO delivery_rollups ({', '.join(_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?) {_CONFLICT}"  # noqa: S608
+    f"INSERT INTO delivery_rollups ({', '.join(_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) {_CONFLICT}"  # noqa: S608
 )
 _PG_UPSERT = pg_batch.UnnestInsert(t.delivery_rollups, _COLUMNS, _CONFLICT)
 
@@ -45,9 +45,11 @@ class Tally(collections.Counter[Key]):
         metrics: Iterable[str],
         n: int = 1,
     ) -> None:
-        bucket = bucket_of(created_at)
+        hour, day = bucket_of(created_at, HOUR), bucket_of(created_at, DAY)
+        rest = (template or NONE, category, channel, provider or NONE)
         for metric in metrics:
-            self[(bucket, template or NONE, category, channel, provider or NONE, metric)] += n
+            self[(HOUR, hour, *rest, metric)] += n
+            self[(DAY, day, *rest, metric)] += n
 
 
 def bump(c: Connection, tally: Tally) -> None:

@@ -83,8 +83,9 @@ def _last_event_id(header: str | None, query: str | None) -> int | None:
     return None
 
 
-def _event(kind: bytes, event_id: int, data: dict[str, Any]) -> bytes:
-    return b"event: " + kind + b"\nid: " + str(event_id).encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+def _event(kind: bytes, event_id: int, data: dict[str, Any], extra: bytes = b"") -> bytes:
+    head = b"event: " + kind + b"\nid: " + str(event_id).encode() + b"\n" + extra
+    return head + b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 _PAGE = 100
@@ -130,22 +131,32 @@ async def stream(
             cursor = head if resume is None or resume > head else resume
             sent_unread = -1
             woken = False
-            yield b"retry: 1000\n\n"
             while not sub.closing:
                 sub.event.clear()  # before reading: a wake-up during the read is not lost
-                while True:
-                    entries, unread = await hub.feed.after(user_id, cursor, limit=_PAGE)
-                    if sent_unread == -1:  # the first event says the count (and the resume point)
+                fresh, numbers = sub.fresh, [seq for seq, _ in sub.fresh]
+                if sent_unread >= 0 and numbers == list(range(cursor + 1, cursor + 1 + len(fresh))) and fresh:
+                    sub.fresh = []  # the next items, numbered in this process: no read needed
+                    for seq, item in fresh:
+                        cursor = seq
+                        yield _event(b"item", cursor, item)
+                    sent_unread += len(fresh)
+                    yield _event(b"unread", cursor, {"unread_count": sent_unread})
+                else:
+                    while True:
+                        entries, unread = await hub.feed.after(user_id, cursor, limit=_PAGE)
+                        if sent_unread == -1:  # the first event says the count (and the resume point)
+                            # retry: browsers reconnect after 1 s (not their default 3 s)
+                            yield _event(b"unread", cursor, {"unread_count": unread}, b"retry: 1000\n")
+                            sent_unread = unread
+                        for entry in entries:
+                            cursor = entry.seq
+                            yield _event(b"item", cursor, inbox_item(entry.delivery))
+                        if len(entries) < _PAGE:
+                            break
+                    sub.fresh = [f for f in sub.fresh if f[0] > cursor]
+                    if unread != sent_unread or woken:  # woken: a read elsewhere may have set another count
                         yield _event(b"unread", cursor, {"unread_count": unread})
                         sent_unread = unread
-                    for entry in entries:
-                        cursor = entry.seq
-                        yield _event(b"item", cursor, inbox_item(entry.delivery))
-                    if len(entries) < _PAGE:
-                        break
-                if unread != sent_unread or woken:  # woken: a read elsewhere may have set another count
-                    yield _event(b"unread", cursor, {"unread_count": unread})
-                    sent_unread = unread
                 try:
                     await asyncio.wait_for(sub.event.wait(), heartbeat)
                     woken = True

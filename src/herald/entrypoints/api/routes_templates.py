@@ -75,7 +75,12 @@ async def put_template(
     if body.category is not None:
         c.catalog.category(body.category)
     variants = len(body.channels) + sum(len(chans) for chans in body.locales.values())
-    await render_pool.for_request(_check, body, c, renders=variants + 1)
+    try:
+        await render_pool.for_request(_check, body, c, renders=variants + 1)
+    except RenderBudgetError as exc:
+        if body.sample_data is None or "sample data" in exc.detail:
+            raise
+        raise RenderBudgetError(f"with the sample data, {exc.detail}", limit=exc.limit) from None
     template = Template(
         name=name,
         version=0,
