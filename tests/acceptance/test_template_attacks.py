@@ -133,14 +133,15 @@ def _rss_kb(pid: int, field: str) -> int:
 
 class HealthProbe:
     """Polls /healthz from a thread while a request runs: every latency, the slow ones apart.
-    A probe over the threshold is retried at once; it counts as a failure when the retry is
-    slow too (one scheduling hiccup of a loaded machine is not a stalled loop)."""
+    A probe over the threshold is retried at once, twice; it counts as a failure when the
+    retries are slow too: the loop stalled for 300 ms or more (a scheduling hiccup of a loaded
+    machine is not a stalled loop; the count of slow probes is bounded as well)."""
 
     def __init__(self, url: str, threshold: float = 0.1) -> None:
         self.url, self.threshold = url, threshold
         self.latencies: list[float] = []
         self.slow: list[float] = []
-        self.failures: list[tuple[float, float]] = []
+        self.failures: list[tuple[float, ...]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -158,9 +159,11 @@ class HealthProbe:
                 first = self._probe(client)
                 if first > self.threshold:
                     self.slow.append(first)
-                    second = self._probe(client)
-                    if second > self.threshold:
-                        self.failures.append((first, second))
+                    streak = [first]
+                    while len(streak) < 3 and streak[-1] > self.threshold:
+                        streak.append(self._probe(client))
+                    if all(t > self.threshold for t in streak):
+                        self.failures.append(tuple(streak))
                 self._stop.wait(0.01)
 
     def __enter__(self) -> HealthProbe:

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from herald.adapters.providers.smtp import SmtpProvider
-from herald.config import SmtpConfig
+from herald.adapters.providers.smtp import SmtpConfig, SmtpProvider
 from herald.domain.errors import (
     DeadAddressError,
     DeliveryError,
