@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
+from tests.support.herald import make_settings, running_herald
 
 from herald.adapters.store.database import Database
 from herald.adapters.store.sql import SqlStore
@@ -195,7 +196,6 @@ async def fill(url: str, n: int, templates: int, pg: bool) -> dict[str, float]:
 
 
 async def measure(url: str, folder: Path, requests: int) -> dict[str, Any]:
-    from tests.support.herald import make_settings, running_herald
 
     settings = make_settings(folder, database={"url": url})
     out: dict[str, Any] = {}

@@ -34,9 +34,12 @@ def _require_chromium() -> None:
         pytest.skip(msg)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in the main
+# thread while it is open, and every asyncio test collected after it in the same run (contract,
+# integration, unit) then fails with "Cannot run the event loop while another loop is running".
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """One headless Chromium for the session (a Playwright ``Browser``, sync API)."""
+    """One headless Chromium per test module (a Playwright ``Browser``, sync API)."""
     _require_chromium()
     from playwright.sync_api import sync_playwright
 

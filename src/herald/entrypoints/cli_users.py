@@ -168,7 +168,7 @@ def users_import(
     if not file.is_file():
         raise fail(f"{file}: no such file")
     kind = _detect_format(file, fmt)
-    settings = load(config)
+    settings = load(config, logs=False)  # progress and bad rows are printed, nothing is logged
     import asyncio  # noqa: PLC0415
 
     from herald.store_root import build_store  # noqa: PLC0415 - not the whole composition root

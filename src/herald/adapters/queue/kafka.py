@@ -108,6 +108,9 @@ class _Consumer:
     claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
     finished: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to commit
     committed: dict[TopicPartition, int] = field(default_factory=dict)
+    # What this member committed, kept across rebalances: its disappearance from the group
+    # means the broker lost its state (lost_offsets).
+    seen: dict[TopicPartition, int] = field(default_factory=dict)
     paused: set[int] = field(default_factory=set)  # ranks whose partitions are paused
     task: asyncio.Task[None] | None = None
     state: str = "starting"
@@ -367,13 +370,19 @@ class KafkaQueue:
         while not self._closed:
             if time.monotonic() - checked > 10:
                 checked = time.monotonic()
-                lost = await lost_offsets(c.consumer, dict(c.committed))
-                if lost:  # the broker lost its state: read the new logs from their start
+                lost = await lost_offsets(c.consumer, dict(c.seen))
+                if lost:
+                    # The broker lost its state (restarted empty): its topics and group are new,
+                    # possibly with other partitions. Join afresh, from the start of each log
+                    # (records of deliveries already claimed are skipped by the claim).
                     log.warning("queue.kafka_offsets_lost", channel=c.channel, partitions=len(lost))
-                    await c.consumer.seek_to_beginning(*lost)
-                    for tp in lost:
-                        c.committed.pop(tp, None)
-                        c.finished.pop(tp, None)
+                    if self._consumers.get(c.channel) is c:
+                        del self._consumers[c.channel]
+                    c.state = "restarting"
+                    with contextlib.suppress(*KAFKA_ERRORS):
+                        await c.consumer.stop()
+                    self.signals.wake(c.channel)  # the next wait starts a new consumer
+                    return
             try:
                 batch = await c.consumer.getmany(timeout_ms=1000, max_records=500)
             except KAFKA_ERRORS as exc:
@@ -439,6 +448,7 @@ class KafkaQueue:
             log.warning("queue.kafka_commit_failed", channel=c.channel, error=str(exc) or type(exc).__name__)
             return
         c.committed.update(offsets)
+        c.seen.update(offsets)
 
     # The Queue port ------------------------------------------------------------------------------
     async def claim(
