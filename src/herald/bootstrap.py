@@ -145,7 +145,7 @@ _MODULES = {
 }
 
 
-def _smtp_config(settings: Settings) -> SmtpConfig:
+def smtp_config(settings: Settings) -> SmtpConfig:
     """SMTP needs no table: without one it speaks to a relay on 127.0.0.1:25."""
     raw = (settings.providers.model_extra or {}).get("smtp", {})
     if not isinstance(raw, dict):
@@ -160,7 +160,7 @@ PROVIDER_MODULES = _MODULES  # name -> (module, config class, provider class)
 def _provider_factories() -> dict[str, ProviderFactory]:
     factories: dict[str, ProviderFactory] = {
         "console": lambda s, _hub: ConsoleProvider(s.providers.console.path),
-        "smtp": lambda s, _hub: SmtpProvider(_smtp_config(s)),
+        "smtp": lambda s, _hub: SmtpProvider(smtp_config(s)),
         "in_app": lambda _s, hub: InAppProvider(hub),
     }
     for name in _MODULES:
@@ -474,6 +474,23 @@ def _wake_routers(
     return wake
 
 
+def validate_provider_tables(settings: Settings) -> None:
+    """Every ``[providers.NAME]`` table is checked at start, whether a channel uses it yet or
+    not: a bad value fails now, naming its key, not the day a channel is pointed at it. (A
+    provider whose extra is not installed is checked only where a channel uses it.)"""
+    for name, raw in (settings.providers.model_extra or {}).items():
+        if name == "smtp":
+            smtp_config(settings)
+        elif name in _MODULES:
+            try:
+                module = import_provider_module(name)
+            except ConfigurationError:
+                continue
+            if not isinstance(raw, dict):
+                raise ConfigurationError(f"providers.{name}: must be a table")
+            _validated(name, getattr(module, _MODULES[name][1]), raw)
+
+
 async def build(
     settings: Settings,
     *,
@@ -503,6 +520,7 @@ async def build(
     alerter = OpsAlerter(settings.alerts.webhook_url, min_interval=settings.alerts.min_interval_seconds)
     catalog = build_catalog(settings)
     factories = _provider_factories()
+    validate_provider_tables(settings)
     built: dict[str, Provider] = dict(providers or {})
     pools: dict[str, ChannelPool] = {}
     for channel, ch in settings.channels.items():

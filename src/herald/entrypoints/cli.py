@@ -119,10 +119,7 @@ def _serve(
     # bad setting), said in one line before the server starts rather than as its traceback.
     problems = check_providers(settings, unknown_tables=False)
     if problems:
-        raise fail(
-            problems[0]
-            + (f" (and {len(problems) - 1} more: herald config check)" if len(problems) > 1 else "")
-        )
+        raise fail(problems[0])  # as herald worker says it; `herald config check` lists them all
     sys.setswitchinterval(SWITCH_INTERVAL)
     built: list[Container] = []  # built before the server starts, handed to its lifespan
 

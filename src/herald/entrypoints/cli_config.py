@@ -55,7 +55,7 @@ def check_providers(settings: Any, *, unknown_tables: bool = True) -> list[str]:
     also a [providers.NAME] table no provider reads, likely a typo)."""
     from pydantic import ValidationError  # noqa: PLC0415
 
-    from herald.bootstrap import PROVIDER_MODULES, import_provider_module  # noqa: PLC0415
+    from herald.bootstrap import PROVIDER_MODULES, import_provider_module, smtp_config  # noqa: PLC0415
     from herald.domain.errors import ConfigurationError  # noqa: PLC0415
 
     builtin = {"console", "smtp", "in_app"}
@@ -74,6 +74,11 @@ def check_providers(settings: Any, *, unknown_tables: bool = True) -> list[str]:
                 used.add(name)
     for name in sorted(set(tables) - known) if unknown_tables else ():
         problems.append(f"providers.{name}: unknown provider; known: {', '.join(sorted(known))}")
+    if "smtp" in used or "smtp" in tables:  # built in: validated by the class beside its provider
+        try:
+            smtp_config(settings)
+        except ConfigurationError as exc:
+            problems.append(exc.detail)
     for name in sorted((used | set(tables)) & set(PROVIDER_MODULES)):
         raw = tables.get(name)
         if raw is None:
