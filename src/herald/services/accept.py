@@ -33,7 +33,7 @@ from herald.domain.models import (
     new_id,
 )
 from herald.domain.validation import check_id, check_locale, check_timezone, normalize_email, normalize_phone
-from herald.ports import Clock, IdempotencyClaim, Store
+from herald.ports import AcceptServiceStore, Clock, IdempotencyClaim
 from herald.services.catalog import Catalog
 from herald.services.group_commit import NotificationWriter
 from herald.services.lookups import Lookups
@@ -154,7 +154,7 @@ class RoutingExpress(Protocol):
 class AcceptService:
     def __init__(
         self,
-        store: Store,
+        store: AcceptServiceStore,
         clock: Clock,
         catalog: Catalog,
         on_accepted: Callable[[bool], None],

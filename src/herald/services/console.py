@@ -23,8 +23,7 @@ from herald.domain.errors import Conflict, NotFound, TemplateError, ValidationEr
 from herald.domain.models import ALL_CHANNELS, Delivery, Notification, Priority, Template, User
 from herald.domain.rules import Rule, parse_rule
 from herald.domain.validation import check_id, check_locale
-from herald.ports import Clock, Queue, Store
-from herald.ports_console import ConsoleReads, SearchQuery
+from herald.ports import Clock, ConsoleReads, ConsoleServiceStore, Queue, SearchQuery
 from herald.services import render_pool
 from herald.services.catalog import Catalog
 from herald.services.lookups import Lookups
@@ -160,7 +159,7 @@ class DeadLetter:
 class ConsoleService:
     def __init__(
         self,
-        store: Store,
+        store: ConsoleServiceStore,
         reads: ConsoleReads,
         queue: Queue,
         clock: Clock,

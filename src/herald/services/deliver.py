@@ -54,7 +54,7 @@ from herald.domain.models import (
     new_id,
 )
 from herald.domain.validation import mask
-from herald.ports import BatchProvider, Clock, Provider, Queue, RoutedClaim, Store
+from herald.ports import BatchProvider, Clock, Provider, Queue, ResultsStore, RoutedClaim
 from herald.services.catalog import Catalog
 from herald.services.deliver_batches import MAX_BATCH_CLAIM, batcher, groups
 
@@ -67,7 +67,7 @@ class ResultWriter:
     """Group commit of delivery results: whatever finished since the last commit goes in one."""
 
     def __init__(
-        self, store: Store, clock: Clock, on_recorded: Callable[[DeliveryResult, bool], None]
+        self, store: ResultsStore, clock: Clock, on_recorded: Callable[[DeliveryResult, bool], None]
     ) -> None:
         self.store = store
         self.clock = clock
@@ -161,7 +161,7 @@ def classify(exc: BaseException) -> tuple[Outcome, str | None, str, float | None
 class DeliveryService:
     def __init__(
         self,
-        store: Store,
+        store: ResultsStore,
         queue: Queue,
         clock: Clock,
         catalog: Catalog,

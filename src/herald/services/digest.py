@@ -51,7 +51,7 @@ from herald.domain.models import (
     User,
 )
 from herald.domain.quiet_hours import next_digest_time, quiet_until, zone
-from herald.ports import Clock, DigestGroup, DigestPlan, RecipientContext, Store
+from herald.ports import Clock, DigestGroup, DigestPlan, DigestServiceStore, RecipientContext
 from herald.services import render_pool
 from herald.services.catalog import Catalog
 from herald.services.rendering import render_variant
@@ -138,7 +138,7 @@ def item_view(d: Delivery, timezone: str | None) -> dict[str, Any]:
 class DigestService:
     def __init__(
         self,
-        store: Store,
+        store: DigestServiceStore,
         clock: Clock,
         catalog: Catalog,
         unsubscribe: UnsubscribeSigner,

@@ -19,7 +19,7 @@ from herald.domain.errors import ValidationError
 from herald.domain.models import JSON, EventRecord, Notification, new_id
 from herald.domain.rules import Rule, evaluate
 from herald.domain.validation import check_id
-from herald.ports import Clock, Store
+from herald.ports import Clock, EventStore
 from herald.services.accept import Accepted, AcceptService, SendRequest
 
 log = structlog.get_logger("herald.events")
@@ -42,7 +42,7 @@ def event_view(e: EventRecord) -> JSON:
 class EventService:
     def __init__(
         self,
-        store: Store,
+        store: EventStore,
         clock: Clock,
         accept: AcceptService,
         *,

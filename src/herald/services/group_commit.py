@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from herald.domain.errors import ServiceUnavailable
 from herald.domain.models import EventRecord, Notification
-from herald.ports import IdempotencyClaim, Store
+from herald.ports import AcceptStore, IdempotencyClaim
 
 MAX_ROWS = 2_000  # notifications per shared transaction (a batch request brings up to 1,000)
 
@@ -41,7 +41,7 @@ class _Submission:
 
 
 class NotificationWriter:
-    def __init__(self, store: Store, *, max_rows: int = MAX_ROWS) -> None:
+    def __init__(self, store: AcceptStore, *, max_rows: int = MAX_ROWS) -> None:
         self.store = store
         self.max_rows = max_rows
         self._pending: list[_Submission] = []

@@ -25,7 +25,7 @@ import structlog
 
 from herald.domain.errors import HeraldError
 from herald.domain.models import new_id
-from herald.ports import Clock, Store
+from herald.ports import Clock, LeaseStore
 
 log = structlog.get_logger("herald.leader")
 
@@ -33,7 +33,7 @@ log = structlog.get_logger("herald.leader")
 class LeaderLease:
     def __init__(
         self,
-        store: Store,
+        store: LeaseStore,
         clock: Clock,
         *,
         name: str = "scheduler",

@@ -28,7 +28,7 @@ from typing import Generic, TypeVar
 import structlog
 
 from herald.domain.models import ApiKey, Template
-from herald.ports import Store
+from herald.ports import LookupsStore
 from herald.services.api_keys import LAST_USED_RESOLUTION_SECONDS
 
 log = structlog.get_logger("herald.lookups")
@@ -73,7 +73,7 @@ class Lookups:
 
     def __init__(
         self,
-        store: Store,
+        store: LookupsStore,
         *,
         key_ttl: float = 30.0,
         template_ttl: float = 10.0,

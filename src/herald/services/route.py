@@ -35,7 +35,7 @@ from herald.domain.models import (
     new_id,
 )
 from herald.domain.quiet_hours import next_digest_time, parse_budget, quiet_until
-from herald.ports import Cache, Clock, RecipientContext, RoutedBatch, RoutedClaim, Store
+from herald.ports import Cache, Clock, RecipientContext, RoutedBatch, RoutedClaim, RouterServiceStore
 from herald.services import render_pool
 from herald.services.catalog import Catalog
 from herald.services.link_tracking import LinkTracker
@@ -117,7 +117,7 @@ class _TemplateGone(Exception):
 class RouterService:
     def __init__(
         self,
-        store: Store,
+        store: RouterServiceStore,
         clock: Clock,
         catalog: Catalog,
         wake_channel: Callable[[str, int], None],  # Queue.wake(channel, top_rank)

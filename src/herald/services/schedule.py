@@ -22,7 +22,7 @@ import structlog
 
 from herald.domain.errors import HeraldError
 from herald.domain.models import Priority
-from herald.ports import Clock, Queue, Store
+from herald.ports import Clock, Queue, TimerStore
 from herald.services.digest import DigestService
 from herald.services.leader import LeaderLease
 
@@ -35,7 +35,7 @@ _BULK = [Priority.NORMAL.rank, Priority.LOW.rank]
 class SchedulerService:
     def __init__(
         self,
-        store: Store,
+        store: TimerStore,
         queue: Queue,
         clock: Clock,
         *,

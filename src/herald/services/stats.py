@@ -17,7 +17,7 @@ from typing import Any
 
 from herald.domain.errors import ValidationError
 from herald.domain.funnel import BUCKETS, DAY, DIMENSIONS, HOUR, summarize
-from herald.ports import Clock, FunnelQuery, Store
+from herald.ports import Clock, FunnelQuery, InsightStore
 
 DEFAULT_RANGE = 7 * DAY
 MAX_RANGE = {"hour": 93 * DAY, "day": 3 * 366 * DAY, None: 3 * 366 * DAY}
@@ -30,7 +30,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 class StatsService:
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: InsightStore, clock: Clock) -> None:
         self.store = store
         self.clock = clock
 

@@ -22,7 +22,7 @@ from herald.domain.engagement import MachinePolicy, is_machine
 from herald.domain.errors import IllegalTransition, NotFound
 from herald.domain.models import CallbackEvent, Delivery, DeliveryStatus
 from herald.domain.validation import mask
-from herald.ports import Clock, Engagement, EngagementEvent, Store
+from herald.ports import Clock, Engagement, EngagementEvent, TrackServiceStore
 from herald.services.link_tracking import LinkTracker
 
 log = structlog.get_logger("herald.track")
@@ -40,7 +40,7 @@ _SUPPRESS = {"bounced": "bounced", "unsubscribed": "complaint", "spam": "complai
 class TrackService:
     def __init__(
         self,
-        store: Store,
+        store: TrackServiceStore,
         clock: Clock,
         *,
         links: LinkTracker | None = None,

@@ -23,7 +23,7 @@ from herald.domain.errors import ValidationError
 from herald.domain.models import ALL_CHANNELS, Category, Device, Preferences, User, new_id
 from herald.domain.quiet_hours import check_digest_schedule
 from herald.domain.validation import check_id, check_locale, check_timezone, normalize_email, normalize_phone
-from herald.ports import Store, UserImport
+from herald.ports import UserImport, UserImportStore
 
 MAX_BATCH = 1000
 _CHANNELS = frozenset(c.value for c in ALL_CHANNELS)
@@ -201,7 +201,7 @@ def check_batch(objects: Sequence[Any], categories: Mapping[str, Category], now:
 
 
 async def write_batch(
-    store: Store,
+    store: UserImportStore,
     checked: CheckedBatch,
     now: float,
     *,
@@ -239,7 +239,7 @@ async def write_batch(
 
 
 async def import_batch(
-    store: Store, objects: Sequence[Any], categories: Mapping[str, Category], now: float
+    store: UserImportStore, objects: Sequence[Any], categories: Mapping[str, Category], now: float
 ) -> BatchOutcome:
     """``POST /v1/users/batch``: check every object, write those that pass in one transaction."""
     return await write_batch(store, check_batch(objects, categories, now), now)
