@@ -145,3 +145,29 @@ async def test_routing_twice_writes_nothing_twice(routing: Routing) -> None:
     nid = await routing.send("ana", channels=["email"])
     assert await routing.router.route_pending() == 0
     assert len(await routing.store.get_deliveries(nid)) == 1
+
+
+async def test_a_digest_holds_the_delivery_to_the_users_digest_time(routing: Routing) -> None:
+    quiet = {"start": "12:00", "end": "14:00"}
+    await routing.store.put_preferences(
+        Preferences(user_id="bob", digests={"marketing": "daily@09:00"}, quiet_hours=quiet)
+    )
+    nid = await routing.send("bob", category="marketing", channels=["email"])
+    held = (await routing.deliveries(nid))["email"]
+    assert (held.status, held.reason) == (DeliveryStatus.SCHEDULED, "digest")
+    assert held.due_at == NOON + 20 * 3600, "09:00 Paris the next day: the digest, not the end of quiet hours"
+
+
+async def test_send_at_schedules_and_the_senders_are_not_woken(routing: Routing) -> None:
+    nid = await routing.send("ana", channels=["email"], send_at=NOON + 600)
+    later = (await routing.deliveries(nid))["email"]
+    assert (later.status, later.due_at, later.reason) == (DeliveryStatus.SCHEDULED, NOON + 600, None)
+    assert routing.woken == []
+
+
+async def test_a_fallback_chain_takes_the_first_channel_the_user_can_be_reached_on(routing: Routing) -> None:
+    nid = await routing.send("bob", channels=["sms", "email", "in_app"], fallback=True)
+    got = await routing.deliveries(nid)
+    assert (got["sms"].status, got["sms"].reason) == (DeliveryStatus.SKIPPED, "no_address")
+    assert got["email"].status == DeliveryStatus.QUEUED and got["email"].content["_meta"]["fallback"] is True
+    assert "in_app" not in got, "the chain stops at the first channel that takes it"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from herald.domain.models import DeliveryStatus, Outcome
+from herald.domain.models import DeliveryStatus, Outcome, Reason
 
 S = DeliveryStatus
 HOUR = 3600
@@ -66,7 +66,7 @@ def marked_metrics(channel: str, old: S, new: S, reason: str | None) -> tuple[st
         out.append("opened")
     if new == S.FAILED:
         out.append("failed")
-        if reason == "bounced":
+        if reason == Reason.BOUNCED:
             out.append("bounced")
     return tuple(out)
 

@@ -78,23 +78,30 @@ class Outcome(enum.StrEnum):
 
 
 class Reason(enum.StrEnum):
-    OPTED_OUT = "opted_out"
-    RATE_LIMITED = "rate_limited"
-    DUPLICATE = "duplicate"
-    NO_ADDRESS = "no_address"
-    INVALID_ADDRESS = "invalid_address"
-    EXPIRED = "expired"
+    """Every reason herald writes on a delivery, with the status it goes with.
+
+    Who decides the skips: :mod:`herald.domain.audience` (who hears what)."""
+
+    OPTED_OUT = "opted_out"  # skipped: the user turned this category/channel off
+    RATE_LIMITED = "rate_limited"  # skipped: over the category's per-user budget
+    DUPLICATE = "duplicate"  # skipped: the same dedup_key reached the user within the window
+    NO_ADDRESS = "no_address"  # skipped: the user has no address on the channel
+    INVALID_ADDRESS = "invalid_address"  # skipped: the address is suppressed; failed: found dead
+    EXPIRED = "expired"  # skipped: its expires_at came before it could be sent
     INVALID_TOKEN = "invalid_token"  # noqa: S105 - a reason name, not a secret
-    CHANNEL_DISABLED = "channel_disabled"
-    PERMANENT_ERROR = "permanent_error"
-    RETRIES_EXHAUSTED = "retries_exhausted"
-    CANCELLED = "cancelled"
-    RENDER_ERROR = "render_error"
-    USER_DELETED = "user_deleted"
+    CHANNEL_DISABLED = "channel_disabled"  # skipped: the channel is off in herald's configuration
+    PERMANENT_ERROR = "permanent_error"  # failed: the provider refused it for good
+    RETRIES_EXHAUSTED = "retries_exhausted"  # dead: every attempt of the retry schedule failed
+    CANCELLED = "cancelled"  # cancelled: the notification was cancelled before it was sent
+    RENDER_ERROR = "render_error"  # failed: the template could not be rendered for the user
+    USER_DELETED = "user_deleted"  # skipped: the user no longer exists
     DIGEST = "digest"  # scheduled: held for the user's digest of its category
     DIGESTED = "digested"  # skipped: went out inside a digest (content["digest"] names it)
     BLOCKED_ADDRESS = "blocked_address"  # failed: the SSRF guard refused the destination
     PROVIDER_CONFIG_ERROR = "provider_config_error"  # retrying: held while herald's own setup is wrong
+    TRANSIENT = "transient"  # retrying: the last attempt failed for a passing cause
+    BOUNCED = "bounced"  # failed: the provider reported the address dead after sending it
+    COMPLAINT = "complaint"  # (a suppression's reason) the user unsubscribed or reported spam
 
 
 def now() -> float:

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from herald.domain.audience import Source, channel_choice
 from herald.domain.errors import Conflict, NotFound, TemplateError, ValidationError
 from herald.domain.models import ALL_CHANNELS, Delivery, Notification, Priority, Template, User
 from herald.domain.rules import Rule, parse_rule
@@ -33,6 +34,12 @@ HOUR = 3600.0
 WINDOWS = {"hour": (HOUR, 300.0), "day": (24 * HOUR, HOUR), "week": (7 * 24 * HOUR, 6 * HOUR)}
 MAX_REPLAY = 10_000  # one "replay all matching" at most; the confirmation names the count
 _CHANNELS = {c.value for c in ALL_CHANNELS}
+_SOURCES = {  # why a channel is on or off for a category (effective_preferences)
+    Source.REQUIRED: "category cannot be opted out of",
+    Source.CATEGORY: "user: this category on this channel",
+    Source.CHANNEL: "user: whole channel {}",
+    Source.DEFAULT: "default",
+}
 STATUS_GROUPS = {
     "delivered": ("sent", "delivered", "read"),
     "in_flight": ("pending", "scheduled", "queued", "sending", "retrying"),
@@ -390,19 +397,13 @@ class ConsoleService:
         }
 
     def effective_preferences(self, prefs: Any) -> list[dict[str, Any]]:
-        """Per category and channel: on or off, and why (the router's rule, route.channel_enabled)."""
+        """Per category and channel: on or off, and why (the router's rule, audience.channel_choice)."""
         rows = []
         channels = sorted(self.catalog.enabled_channels)
         for name, cat in sorted(self.catalog.categories.items()):
             for ch in channels:
-                if not cat.opt_out:
-                    on, source = True, "category cannot be opted out of"
-                elif prefs is not None and ch in prefs.categories.get(name, {}):
-                    on, source = prefs.categories[name][ch], "user: this category on this channel"
-                elif prefs is not None and prefs.channels.get(ch) is False:
-                    on, source = False, "user: whole channel off"
-                else:
-                    on, source = True, "default"
+                choice = channel_choice(prefs, cat, ch)
+                on, source = choice.enabled, _SOURCES[choice.source].format("on" if choice.enabled else "off")
                 rows.append({"category": name, "channel": ch, "enabled": on, "source": source})
         return rows
 

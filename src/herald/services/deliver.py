@@ -28,99 +28,29 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
-from herald.domain import urgency
-from herald.domain.errors import (
-    DeadAddressError,
-    DeliveryError,
-    HeraldError,
-    PermanentDeliveryError,
-    ProviderConfigError,
-    TransientDeliveryError,
-)
+from herald.domain import audience, urgency
+from herald.domain.audience import SKIPPED_EVENT, skipped_fields
+from herald.domain.errors import DeliveryError, HeraldError
 from herald.domain.models import (
-    Attempt,
     Delivery,
     DeliveryResult,
     DeliveryStatus,
     OutboundMessage,
-    Outcome,
-    Reason,
-    SendReceipt,
     new_id,
 )
-from herald.domain.validation import mask
 from herald.ports import BatchProvider, Clock, Provider, Queue, ResultsStore, RoutedClaim
 from herald.services.catalog import Catalog
 from herald.services.deliver_batches import MAX_BATCH_CLAIM, batcher, groups
+from herald.services.deliver_results import DeliveryObserver, Outcomes, ResultWriter, classify
 
 log = structlog.get_logger("herald.deliver")
 
 S = DeliveryStatus
-
-
-class ResultWriter:
-    """Group commit of delivery results: whatever finished since the last commit goes in one."""
-
-    def __init__(
-        self, store: ResultsStore, clock: Clock, on_recorded: Callable[[DeliveryResult, bool], None]
-    ) -> None:
-        self.store = store
-        self.clock = clock
-        self._pending: list[tuple[DeliveryResult, asyncio.Future[bool]]] = []
-        self._wake = asyncio.Event()
-        self._on_recorded = on_recorded
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="herald-result-writer")
-
-    async def submit(self, result: DeliveryResult) -> bool:
-        """Queue ``result``; return once committed (True) or refused for a lost lease (False)."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((result, fut))
-        self._wake.set()
-        return await fut
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending[:500], self._pending[500:]
-                try:
-                    rejected = set(
-                        await self.store.record_results([r for r, _ in batch], now=self.clock.now())
-                    )
-                except HeraldError as exc:
-                    # Keep them: the lease will expire and the delivery be retried if we cannot
-                    # write at all, but a passing outage must not drop finished sends.
-                    log.error("deliver.record_failed", error=exc.detail, results=len(batch))
-                    self._pending = batch + self._pending
-                    await asyncio.sleep(0.5)
-                    continue
-                for r, fut in batch:
-                    ok = r.delivery_id not in rejected
-                    self._on_recorded(r, ok)
-                    if not fut.done():
-                        fut.set_result(ok)
-            if self._closing:
-                return
-
-    @property
-    def closed(self) -> bool:
-        return self._closing
-
-    async def close(self) -> None:
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
 
 
 @dataclass(slots=True)
@@ -139,23 +69,6 @@ class ChannelPool:
     def busy(self) -> int:
         """Send slots in use: a provider batch is one."""
         return len(self.in_flight) - self.batched
-
-
-def classify(exc: BaseException) -> tuple[Outcome, str | None, str, float | None, bool]:
-    """(outcome, code, detail, retry_after, ambiguous) for an exception from a provider."""
-    if isinstance(exc, DeliveryError):
-        outcome = {
-            "transient": Outcome.TRANSIENT,
-            "permanent": Outcome.PERMANENT,
-            "dead_address": Outcome.DEAD_ADDRESS,
-            "config_error": Outcome.CONFIG_ERROR,
-        }[exc.outcome]
-        return outcome, exc.code, exc.detail, exc.retry_after, exc.ambiguous
-    if isinstance(exc, TimeoutError):
-        return Outcome.TRANSIENT, "timeout", "provider timed out", None, True
-    if isinstance(exc, OSError):
-        return Outcome.TRANSIENT, type(exc).__name__, f"connection error: {exc}", None, False
-    return Outcome.TRANSIENT, type(exc).__name__, f"unexpected error: {exc}", None, True
 
 
 class DeliveryService:
@@ -185,8 +98,9 @@ class DeliveryService:
         self.owner = f"worker-{os.getpid()}-{new_id('w')[-8:]}"
         self.observer = observer or DeliveryObserver()
         self.writer = ResultWriter(store, clock, self._recorded)
+        self.outcomes = Outcomes(self.owner, clock, catalog, self.observer)
         # Providers whose last outcome was a configuration error, until one of their sends succeeds.
-        self.unhealthy: dict[str, dict[str, object]] = {}
+        self.unhealthy = self.outcomes.unhealthy
         self._stopping = asyncio.Event()
         self._running = False
         self._urgent_pools = False  # a running pool sends critical or high (routed_claim)
@@ -362,8 +276,8 @@ class DeliveryService:
             results: list[DeliveryResult] = []
             live: list[Delivery] = []
             for d in group:
-                if d.expires_at is not None and d.expires_at <= now:
-                    results.append(self._expired(d, now))
+                if audience.expired(d.expires_at, now):
+                    results.append(self.outcomes.expired(d, now))
                 else:
                     live.append(d)
             if live:
@@ -389,9 +303,9 @@ class DeliveryService:
                     if isinstance(outcome, Exception):
                         named = outcome.provider if isinstance(outcome, DeliveryError) else None
                         used = named or provider.name
-                        results.append(self._failure(d, d.attempts_made + 1, used, outcome, latency))
+                        results.append(self.outcomes.failure(d, d.attempts_made + 1, used, outcome, latency))
                     else:
-                        results.append(self._sent(d, provider.name, outcome, latency, quiet=True))
+                        results.append(self.outcomes.sent(d, provider.name, outcome, latency, quiet=True))
             await asyncio.gather(*(self.writer.submit(r) for r in results))
         except asyncio.CancelledError:
             raise
@@ -400,6 +314,14 @@ class DeliveryService:
 
     def _recorded(self, result: DeliveryResult, applied: bool) -> None:
         self.observer.recorded(result, applied)
+        if applied and result.new_status == S.SKIPPED:  # expired, at the claim or before a retry
+            fields = skipped_fields(
+                result.delivery_id,
+                result.reason or "",
+                notification_id=result.notification_id or None,
+                channel=result.channel or None,
+            )
+            log.info(SKIPPED_EVENT, **fields)
         if applied and result.new_status == S.RETRYING:
             # A retry is new work (due now, or later: the scheduler and the relay look at due
             # times when they wake): for this process and every other.
@@ -425,8 +347,8 @@ class DeliveryService:
     async def _attempt(self, pool: ChannelPool, d: Delivery) -> DeliveryResult:
         now = self.clock.now()
         n = d.attempts_made + 1
-        if d.expires_at is not None and d.expires_at <= now:
-            return self._expired(d, now)
+        if audience.expired(d.expires_at, now):
+            return self.outcomes.expired(d, now)
         provider = pool.providers[0]
         message = self._message(d)
         started = time.perf_counter()
@@ -438,26 +360,9 @@ class DeliveryService:
         except Exception as exc:
             latency = (time.perf_counter() - started) * 1000
             used = (exc.provider if isinstance(exc, DeliveryError) else None) or provider.name
-            return self._failure(d, n, used, exc, latency)
+            return self.outcomes.failure(d, n, used, exc, latency)
         latency = (time.perf_counter() - started) * 1000
-        return self._sent(d, provider.name, receipt, latency)
-
-    def _expired(self, d: Delivery, now: float) -> DeliveryResult:
-        return DeliveryResult(
-            delivery_id=d.id,
-            lease_owner=self.owner,
-            new_status=S.SKIPPED,
-            reason=Reason.EXPIRED.value,
-            channel=d.channel,
-            attempt=Attempt(
-                n=d.attempts_made + 1,
-                at=now,
-                provider="-",
-                outcome=Outcome.EXPIRED,
-                detail="expired before sending",
-            ),
-            counts_against_budget=False,
-        )
+        return self.outcomes.sent(d, provider.name, receipt, latency)
 
     def _message(self, d: Delivery) -> OutboundMessage:
         return OutboundMessage(
@@ -475,129 +380,6 @@ class DeliveryService:
             metadata=d.content.get("_meta") or {},
         )
 
-    def _sent(
-        self, d: Delivery, provider: str, receipt: SendReceipt, latency: float, *, quiet: bool = False
-    ) -> DeliveryResult:
-        n = d.attempts_made + 1
-        at = self.clock.now()
-        used = receipt.provider or provider
-        self.unhealthy.pop(used, None)
-        if not quiet:  # a batch logs once for all of its deliveries
-            log.info(
-                "delivery.sent",
-                delivery_id=d.id,
-                channel=d.channel,
-                provider=used,
-                code=receipt.code,
-                latency_ms=round(latency, 2),
-            )
-        return DeliveryResult(
-            delivery_id=d.id,
-            lease_owner=self.owner,
-            new_status=S.SENT,
-            channel=d.channel,
-            attempt=Attempt(
-                n=n,
-                at=at,
-                provider=used,
-                outcome=Outcome.OK,
-                code=receipt.code,
-                detail=receipt.detail,
-                latency_ms=round(latency, 3),
-            ),
-            provider_message_id=receipt.provider_message_id,
-        )
 
-    def _failure(self, d: Delivery, n: int, provider: str, exc: Exception, latency: float) -> DeliveryResult:
-        outcome, code, detail, retry_after, ambiguous = classify(exc)
-        now = self.clock.now()
-        attempt = Attempt(
-            n=n,
-            at=now,
-            provider=provider,
-            outcome=outcome,
-            code=code,
-            detail=detail,
-            latency_ms=round(latency, 3),
-            ambiguous=ambiguous,
-        )
-
-        def result(
-            status: DeliveryStatus,
-            reason: str | None,
-            *,
-            due_at: float | None = None,
-            dead: str | None = None,
-            counts: bool = True,
-        ) -> DeliveryResult:
-            return DeliveryResult(
-                delivery_id=d.id,
-                lease_owner=self.owner,
-                attempt=attempt,
-                channel=d.channel,
-                new_status=status,
-                reason=reason,
-                due_at=due_at,
-                dead_address=dead,
-                counts_against_budget=counts,
-                notification_id=d.notification_id,
-                fallback=bool((d.content.get("_meta") or {}).get("fallback")),
-            )
-
-        ctx = {
-            "delivery_id": d.id,
-            "channel": d.channel,
-            "provider": provider,
-            "code": code,
-            "address": mask(d.address),
-        }
-        if isinstance(exc, DeadAddressError):
-            log.warning("delivery.dead_address", **ctx, detail=detail)
-            return result(S.FAILED, reason=Reason.INVALID_ADDRESS.value, dead=d.address)
-        if isinstance(exc, PermanentDeliveryError):
-            log.warning("delivery.failed", **ctx, detail=detail)
-            # A refused destination (SSRF guard) says so; other permanent errors are generic.
-            reason = Reason.BLOCKED_ADDRESS if code == Reason.BLOCKED_ADDRESS else Reason.PERMANENT_ERROR
-            return result(S.FAILED, reason=reason.value)
-        if isinstance(exc, ProviderConfigError):
-            # Never the user's fault: hold the delivery without spending its retry budget.
-            log.error("provider.config_error", **ctx, detail=detail)
-            self.observer.config_error(d.channel, provider, detail)
-            self.unhealthy[provider] = {
-                "channel": d.channel,
-                "reason": "config_error",
-                "detail": detail,
-                "since": now,
-            }
-            hold = max(self.catalog.config_hold_seconds, retry_after or 0.0)
-            return result(
-                S.RETRYING,
-                reason=Reason.PROVIDER_CONFIG_ERROR.value,
-                due_at=now + hold,
-                counts=False,
-            )
-        if not isinstance(exc, TransientDeliveryError):
-            log.warning("delivery.unexpected_error", **ctx, error=repr(exc))
-        delay = self.catalog.retry.next_delay(d.budget_used + 1, retry_after=retry_after)
-        if delay is None:
-            log.error("delivery.dead", **ctx, attempts=n, detail=detail)
-            return result(S.DEAD, reason=Reason.RETRIES_EXHAUSTED.value)
-        if d.expires_at is not None and now + delay >= d.expires_at:
-            return result(S.SKIPPED, reason=Reason.EXPIRED.value)
-        log.info("delivery.retrying", **ctx, attempt=n, delay_s=round(delay, 3), detail=detail)
-        return result(S.RETRYING, reason=outcome.value, due_at=now + delay)
-
-
-class DeliveryObserver:
-    """Hooks for metrics and alerts; the default does nothing."""
-
-    def recorded(self, result: DeliveryResult, applied: bool) -> None:
-        if not applied:
-            log.warning(
-                "delivery.result_refused",
-                delivery_id=result.delivery_id,
-                detail="lease lost before the result was recorded",
-            )
-
-    def config_error(self, channel: str, provider: str, detail: str) -> None:
-        return None
+# Importable from here as before.
+__all__ = ["ChannelPool", "DeliveryObserver", "DeliveryService", "ResultWriter", "classify"]

@@ -35,6 +35,8 @@ from typing import Any
 import structlog
 from markupsafe import Markup
 
+from herald.domain import audience
+from herald.domain.audience import SKIPPED_EVENT, Action, Facts, skipped_fields
 from herald.domain.errors import HeraldError, TemplateError
 from herald.domain.models import (
     JSON,
@@ -50,12 +52,11 @@ from herald.domain.models import (
     Template,
     User,
 )
-from herald.domain.quiet_hours import next_digest_time, quiet_until, zone
+from herald.domain.quiet_hours import next_digest_time, zone
 from herald.ports import Clock, DigestGroup, DigestPlan, DigestServiceStore, RecipientContext
 from herald.services import render_pool
 from herald.services.catalog import Catalog
 from herald.services.rendering import render_variant
-from herald.services.route import address_for, channel_enabled
 from herald.services.signing import UnsubscribeSigner
 
 log = structlog.get_logger("herald.digest")
@@ -199,6 +200,16 @@ class DigestService:
                     status=d.status.value,
                     reason=d.reason,
                 )
+                for i in items:  # each folded item is a skip, told once now that it is committed
+                    fields = skipped_fields(
+                        i.id, Reason.DIGESTED, notification_id=i.notification_id, channel=i.channel
+                    )
+                    log.info(SKIPPED_EVENT, **fields, digest_id=d.id)
+                if d.status == S.SKIPPED and d.reason is not None:
+                    fields = skipped_fields(
+                        d.id, d.reason, notification_id=d.notification_id, channel=d.channel
+                    )
+                    log.info(SKIPPED_EVENT, **fields)
                 return d.status == S.QUEUED
             if saved == "exists":
                 # Items that arrived for a digest time whose digest was already written wait for
@@ -253,18 +264,26 @@ class DigestService:
         )
         template: Template | None = None
         devices = ctx.devices.get(g.user_id, [])
-        address = address_for(g.channel, user, devices) if user is not None else None
-        if user is None:
-            d.status, d.reason = S.SKIPPED, Reason.USER_DELETED.value
-        elif g.channel not in self.catalog.enabled_channels:
-            d.status, d.reason = S.SKIPPED, Reason.CHANNEL_DISABLED.value
-        elif not channel_enabled(prefs, category, g.channel)[0]:
-            d.status, d.reason = S.SKIPPED, Reason.OPTED_OUT.value  # opted out since the items came
-        elif not address:
-            d.status, d.reason = S.SKIPPED, Reason.NO_ADDRESS.value
-        elif address in ctx.suppressed.get(g.channel, set()):
-            d.status, d.reason = S.SKIPPED, Reason.INVALID_ADDRESS.value
+        # Who hears what, as for any delivery: the user may have opted out since the items came.
+        reached = audience.reach(
+            Facts(
+                category=category,
+                channel=g.channel,
+                priority=priority,
+                user=user,
+                prefs=prefs,
+                devices=devices,
+                suppressed=ctx.suppressed.get(g.channel, set()),
+                enabled_channels=self.catalog.enabled_channels,
+                now=now,
+            )
+        )
+        if reached.action is Action.SKIP:
+            assert reached.reason is not None
+            d.status, d.reason = S.SKIPPED, reached.reason.value
         else:
+            assert user is not None
+            address = reached.address
             views = [item_view(i, user.timezone) for i in items[:limit]]
             more = max(0, count - limit)
             context: JSON = {
@@ -295,12 +314,8 @@ class DigestService:
                 }
             if g.channel == "email" and category.opt_out:
                 d.content["unsubscribe_url"] = self.unsubscribe.url(g.user_id, category.name, g.channel)
-            d.status = S.QUEUED
-            quiet = prefs.quiet_hours if prefs is not None else None
-            if quiet and category.quiet_hours and priority != Priority.CRITICAL:
-                until = quiet_until(quiet, user.timezone, now)
-                if until is not None:
-                    d.status, d.due_at = S.SCHEDULED, until
+            timed = audience.when(category, priority, prefs, user.timezone, now=now, digests=False)
+            d.status, d.due_at = timed.status(now), timed.due_at  # quiet hours apply to the digest
         pointer = {"notification_id": nid, "delivery_id": did}
         notification = Notification(
             id=nid,

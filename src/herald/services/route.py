@@ -1,10 +1,15 @@
 """Route: expand a notification into deliveries, one per (recipient, channel).
 
-For each recipient and channel: is the channel enabled, did the user opt out (where the
-category allows it), is there a usable address, then render the channel's variant in the
-user's locale. Recipients are handled in chunks; each chunk's deliveries are written in one
-transaction together with the routing progress, and a delivery's unique key
-(notification, user, channel) makes a re-run after a crash insert nothing twice.
+Who hears what is the domain's rule (:mod:`herald.domain.audience`): for each recipient and
+channel it says deliver, skip with a reason, or hold (quiet hours, digest); what goes out is
+rendered in the user's locale (:mod:`herald.services.route_build`), counted against the
+category's budget (:mod:`herald.services.route_budget`), and a fallback chain moves on when a
+channel cannot be reached or failed for good (:mod:`herald.services.route_fallback`).
+
+Recipients are handled in chunks; each chunk's deliveries are written in one transaction
+together with the routing progress, and a delivery's unique key (notification, user, channel)
+makes a re-run after a crash insert nothing twice. Each skipped delivery is told once
+(``delivery.skipped``, with its reason) after its write committed, duplicates included.
 """
 
 from __future__ import annotations
@@ -18,28 +23,23 @@ from typing import Protocol
 import structlog
 
 from herald.domain import urgency
-from herald.domain.errors import HeraldError, TemplateError
+from herald.domain.audience import SKIPPED_EVENT, address_for, channel_enabled, skipped_fields
+from herald.domain.errors import HeraldError
 from herald.domain.models import (
-    JSON,
-    Category,
     Delivery,
     DeliveryStatus,
-    Device,
     Notification,
-    Preferences,
-    Priority,
-    Reason,
     Recipient,
     Template,
-    User,
     new_id,
 )
-from herald.domain.quiet_hours import next_digest_time, parse_budget, quiet_until
 from herald.ports import Cache, Clock, RecipientContext, RoutedBatch, RoutedClaim, RouterServiceStore
 from herald.services import render_pool
 from herald.services.catalog import Catalog
 from herald.services.link_tracking import LinkTracker
-from herald.services.rendering import RenderBudgetError, render_variant
+from herald.services.route_budget import Budgets
+from herald.services.route_build import DeliveryBuilder
+from herald.services.route_fallback import FallbackPass
 from herald.services.signing import UnsubscribeSigner
 
 log = structlog.get_logger("herald.route")
@@ -48,52 +48,6 @@ CHUNK = 500
 EXPRESS_ROUND = 1000  # express notifications routed together, at most
 ROUTE_GATHER = 0.01  # seconds a partial routing pass waits for more normal/low work
 ROUTE_SLICE = 50  # normal/low notifications written per routing transaction
-
-
-def channel_enabled(prefs: Preferences | None, category: Category, channel: str) -> tuple[bool, str]:
-    """Whether the user's preferences let ``category`` through on ``channel`` (and why not)."""
-    if not category.opt_out or prefs is None:
-        return True, ""
-    by_cat = prefs.categories.get(category.name, {})
-    if channel in by_cat:
-        return by_cat[channel], "category"
-    if prefs.channels.get(channel) is False:
-        return False, "channel"
-    return True, ""
-
-
-def address_for(channel: str, user: User, devices: Sequence[Device]) -> str | None:
-    if channel == "email":
-        return user.email
-    if channel == "sms":
-        return user.phone
-    if channel == "push":
-        return devices[-1].token if devices else None
-    if channel == "in_app":
-        return user.id
-    if channel == "webhook":
-        return user.webhook_url
-    if channel == "chat":
-        url = user.chat.get("url")
-        return str(url) if url else None
-    return None
-
-
-# A delivery that ends like this hands a fallback chain over to its next channel.
-_UNREACHABLE = frozenset(
-    {
-        Reason.NO_ADDRESS.value,
-        Reason.OPTED_OUT.value,
-        Reason.CHANNEL_DISABLED.value,
-        Reason.INVALID_ADDRESS.value,
-    }
-)
-
-
-def _moves_on(d: Delivery) -> bool:
-    if d.status in (DeliveryStatus.FAILED, DeliveryStatus.DEAD):
-        return True
-    return d.status == DeliveryStatus.SKIPPED and d.reason in _UNREACHABLE
 
 
 class LocalSenders(Protocol):
@@ -146,7 +100,9 @@ class RouterService:
         self._urgent = asyncio.Event()
         self._nested = False  # a pass run between two slices of another (see route_pending)
         self._templates: dict[tuple[str, int | None], Template] = {}
-        self._over_budget: dict[tuple[str, str, str], RenderBudgetError] = {}
+        self.builder = DeliveryBuilder(catalog, clock, unsubscribe, tracking)
+        self._budgets = Budgets(cache, catalog, clock)
+        self._fallback = FallbackPass(store, self.builder, lambda rs, push: self._context(rs, push=push))
         self._express: set[asyncio.Task[None]] = set()
         self._express_pending: dict[int, list[Notification]] = {}  # by lane: waiting to be routed
         self._express_lanes: dict[int, asyncio.Task[None]] = {}  # by lane: the task routing them
@@ -321,7 +277,7 @@ class RouterService:
         )
         # Rendering runs on the routing thread (render_pool), never on the loop: one hop.
         built = await render_pool.for_routing(
-            lambda: [self._build(n, template, recipients[n.id], ctx) for n, template in ready]
+            lambda: [self.builder.build(n, template, recipients[n.id], ctx) for n, template in ready]
         )
         batches = [
             RoutedBatch(
@@ -337,9 +293,9 @@ class RouterService:
         for (n, template), b in zip(ready, batches, strict=True):
             if n.fallback:
                 routed_now = {r.user_id for r in recipients[n.id]}
-                b.deliveries += await self._fallback_pass(n, template, routed_now)
+                b.deliveries += await self._fallback(n, template, routed_now)
         for b in batches:
-            await self._apply_budgets(b.deliveries)
+            await self._budgets.apply(b.deliveries)
         await self._save(batches)
 
     async def _save(self, batches: Sequence[RoutedBatch]) -> list[bool]:
@@ -369,6 +325,12 @@ class RouterService:
             if not ok:
                 log.info("notification.routing_lease_lost", notification_id=batch.notification_id)
                 continue
+            for d in batch.deliveries:
+                if d.status == DeliveryStatus.SKIPPED:  # decided here, or a duplicate (the write)
+                    fields = skipped_fields(
+                        d.id, d.reason or "", notification_id=d.notification_id, channel=d.channel
+                    )
+                    log.info(SKIPPED_EVENT, **fields)
             claimed += [d for d in batch.deliveries if d.status == DeliveryStatus.SENDING]
             queued = [d for d in batch.deliveries if d.status == DeliveryStatus.QUEUED]
             for d in queued:
@@ -404,15 +366,15 @@ class RouterService:
             done = min(offset + CHUNK, total)
             batch = RoutedBatch(
                 notification_id=n.id,
-                deliveries=await render_pool.for_routing(self._build, n, template, chunk, ctx),
+                deliveries=await render_pool.for_routing(self.builder.build, n, template, chunk, ctx),
                 recipients_done=done,
                 finished=done >= total,
                 dedup_key=n.dedup_key,
                 dedup_window=self.catalog.dedup_window,
             )
             if batch.finished and n.fallback:
-                batch.deliveries += await self._fallback_pass(n, template, {r.user_id for r in chunk})
-            await self._apply_budgets(batch.deliveries)
+                batch.deliveries += await self._fallback(n, template, {r.user_id for r in chunk})
+            await self._budgets.apply(batch.deliveries)
             (ok,) = await self._save([batch])
             if not ok:
                 return
@@ -446,9 +408,9 @@ class RouterService:
             deliveries: list[Delivery] = []
             if recipients:
                 ctx = await self._context(recipients, push=push)
-                deliveries = await render_pool.for_routing(self._build, n, template, recipients, ctx)
+                deliveries = await render_pool.for_routing(self.builder.build, n, template, recipients, ctx)
             if finished and n.fallback:
-                deliveries += await self._fallback_pass(n, template, set(page))
+                deliveries += await self._fallback(n, template, set(page))
             routed += len(page)
             batch = RoutedBatch(
                 notification_id=n.id,
@@ -460,138 +422,11 @@ class RouterService:
                 dedup_key=n.dedup_key,
                 dedup_window=self.catalog.dedup_window,
             )
-            await self._apply_budgets(batch.deliveries)
+            await self._budgets.apply(batch.deliveries)
             (ok,) = await self._save([batch])
             if not ok or finished:
                 return
             cursor = page[-1]
-
-    async def _fallback_pass(
-        self, n: Notification, template: Template | None, routed_now: set[str]
-    ) -> list[Delivery]:
-        """Move each recipient whose delivery failed for good to the next channel of the chain.
-
-        Runs whenever a fallback notification finishes routing, including when a permanent
-        failure handed it back to the router (``record_results`` reopens it in the same
-        transaction). Only recipients with a failed or dead delivery are read.
-        """
-        existing = await self.store.fallback_candidates(n.id)
-        by_user: dict[str, dict[str, Delivery]] = {}
-        for d in existing:
-            if d.user_id not in routed_now:
-                by_user.setdefault(d.user_id, {})[d.channel] = d
-        if not by_user:
-            return []
-        inline = {r.user_id: r for r in n.recipients}
-        recipients = [inline.get(u) or Recipient(user_id=u) for u in by_user]
-        ctx = await self._context(recipients, push="push" in (n.channels or []))
-        category = self.catalog.category(n.category)
-        now = self.clock.now()
-
-        def chains() -> list[Delivery]:
-            out: list[Delivery] = []
-            for r in recipients:
-                out += self._chain(n, template, category, r.user_id, ctx, now, by_user[r.user_id])
-            return out
-
-        out = await render_pool.for_routing(chains)
-        if out:
-            log.info("notification.fallback", notification_id=n.id, deliveries=len(out))
-        return out
-
-    def _chain(
-        self,
-        n: Notification,
-        template: Template | None,
-        category: Category,
-        user_id: str,
-        ctx: RecipientContext,
-        now: float,
-        existing: dict[str, Delivery],
-    ) -> list[Delivery]:
-        """Walk the fallback chain: the first channel that can take the message gets it; a
-        channel without address, opted out or failed for good hands over to the next one."""
-        out: list[Delivery] = []
-        chain = n.channels or []
-        for i, ch in enumerate(chain):
-            prev = existing.get(ch)
-            if prev is not None:
-                if _moves_on(prev):
-                    continue
-                return out
-            d = self._delivery(
-                n,
-                template,
-                category,
-                ch,
-                user_id,
-                ctx.users.get(user_id),
-                ctx.preferences.get(user_id),
-                ctx.devices.get(user_id, []),
-                ctx.suppressed.get(ch, set()),
-                now,
-            )
-            out.append(d)
-            if _moves_on(d):
-                continue
-            if i < len(chain) - 1 and d.status in (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED):
-                d.content.setdefault("_meta", {})["fallback"] = True
-            return out
-        return out
-
-    async def _apply_budgets(self, deliveries: Sequence[Delivery]) -> None:
-        """Enforce per-(user, category) budgets on deliveries about to be queued or scheduled.
-
-        One notification counts once per user whatever its number of channels; all of that
-        user's channels share the verdict. Critical priority and categories without a budget
-        never consume or are blocked. The count is one atomic ``hit_window`` in the shared cache,
-        so concurrent routers cannot overshoot.
-
-        A re-run after a crash (same notification, same user) must not count twice: a marker
-        ``budget-hit:{notification}:{user}`` is set first; when it already exists, a previous run
-        counted this message and it is let through uncounted (already-saved deliveries are not
-        re-inserted anyway). When the window is full the marker is removed again so a re-run
-        re-checks instead of letting it through. A crash between the two cache calls can at
-        worst count one message without delivering it.
-        """
-        if self.cache is None:
-            return
-        groups: dict[tuple[str, str, str], list[Delivery]] = {}
-        for d in deliveries:
-            if d.status not in (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED):
-                continue
-            if d.reason == Reason.DIGEST.value:
-                continue  # held for a digest: the user gets one message, not this one
-            if d.priority == Priority.CRITICAL:
-                continue
-            category = self.catalog.categories.get(d.category or "")
-            if category is None or not category.budget:
-                continue
-            groups.setdefault((d.notification_id, d.user_id, category.name), []).append(d)
-        now = self.clock.now()
-        for (notification_id, user_id, cat_name), group in groups.items():
-            budget_str = self.catalog.categories[cat_name].budget
-            assert budget_str is not None
-            budget = parse_budget(budget_str)
-            marker = f"budget-hit:{notification_id}:{user_id}"
-            if not await self.cache.add_if_absent(marker, ttl=budget.window):
-                continue  # counted by an earlier, interrupted routing run
-            key = f"budget:{cat_name}:{user_id}"
-            if await self.cache.hit_window(key, limit=budget.limit, window=budget.window, now=now):
-                continue
-            await self.cache.delete(marker)
-            for d in group:
-                d.status = DeliveryStatus.SKIPPED
-                d.reason = Reason.RATE_LIMITED.value
-                d.due_at = now
-                log.info(
-                    "delivery.skipped",
-                    delivery_id=d.id,
-                    notification_id=notification_id,
-                    channel=d.channel,
-                    reason=Reason.RATE_LIMITED.value,
-                    budget=budget_str,
-                )
 
     async def _context(self, recipients: Sequence[Recipient], *, push: bool) -> RecipientContext:
         stored = [r.user_id for r in recipients if r.inline is None]
@@ -606,179 +441,6 @@ class RouterService:
                 ctx.suppressed.setdefault(ch, set()).update(await self.store.suppressed(ch, addrs))
         return ctx
 
-    def _build(
-        self,
-        n: Notification,
-        template: Template | None,
-        recipients: Sequence[Recipient],
-        ctx: RecipientContext,
-    ) -> list[Delivery]:
-        category = self.catalog.category(n.category)
-        now = self.clock.now()
-        channels = n.channels or []
-        out: list[Delivery] = []
-        for r in recipients:
-            if n.fallback:
-                out += self._chain(n, template, category, r.user_id, ctx, now, {})
-                continue
-            user = ctx.users.get(r.user_id)
-            prefs = ctx.preferences.get(r.user_id)
-            devices = ctx.devices.get(r.user_id, [])
-            for ch in channels:
-                out.append(
-                    self._delivery(
-                        n,
-                        template,
-                        category,
-                        ch,
-                        r.user_id,
-                        user,
-                        prefs,
-                        devices,
-                        ctx.suppressed.get(ch, set()),
-                        now,
-                    )
-                )
-        return out
 
-    def _delivery(
-        self,
-        n: Notification,
-        template: Template | None,
-        category: Category,
-        channel: str,
-        user_id: str,
-        user: User | None,
-        prefs: Preferences | None,
-        devices: list[Device],
-        suppressed: set[str],
-        now: float,
-    ) -> Delivery:
-        d = Delivery(
-            id=new_id("dlv"),
-            notification_id=n.id,
-            user_id=user_id,
-            channel=channel,
-            status=DeliveryStatus.PENDING,
-            priority=n.priority,
-            category=category.name,
-            address=None,
-            content={},
-            due_at=now,
-            expires_at=n.expires_at,
-        )
-
-        def skip(reason: Reason) -> Delivery:
-            d.status = DeliveryStatus.SKIPPED
-            d.reason = reason.value
-            log.info(
-                "delivery.skipped",
-                delivery_id=d.id,
-                notification_id=n.id,
-                channel=channel,
-                reason=reason.value,
-            )
-            return d
-
-        if user is None:
-            return skip(Reason.USER_DELETED)
-        if channel not in self.catalog.enabled_channels:
-            return skip(Reason.CHANNEL_DISABLED)
-        allowed, _ = channel_enabled(prefs, category, channel)
-        if not allowed:
-            return skip(Reason.OPTED_OUT)
-        address = address_for(channel, user, devices)
-        if not address:
-            return skip(Reason.NO_ADDRESS)
-        if address in suppressed:
-            return skip(Reason.INVALID_ADDRESS)
-        d.address = address
-        try:
-            d.content = self._render(n, template, channel, user)
-        except TemplateError as exc:
-            d.status = DeliveryStatus.FAILED
-            d.reason = Reason.RENDER_ERROR.value
-            d.content = {"error": exc.detail}
-            log.warning("delivery.render_failed", delivery_id=d.id, notification_id=n.id, error=exc.detail)
-            return d
-        if channel == "push":
-            device = devices[-1]  # the most recently registered active device
-            d.content["_meta"] = {
-                "device_id": device.id, "device_kind": device.kind, "device_registered_at": device.created_at,
-            }
-        if channel == "email" and category.opt_out:
-            d.content["unsubscribe_url"] = self.unsubscribe.url(user_id, category.name, channel)
-        if channel == "email":
-            self._track(d, category)
-        if n.send_at is not None and n.send_at > now:
-            d.status = DeliveryStatus.SCHEDULED
-            d.due_at = n.send_at
-        else:
-            d.status = DeliveryStatus.QUEUED
-        digest = prefs.digests.get(category.name) if prefs is not None else None
-        if digest and category.digest and n.priority != Priority.CRITICAL:
-            # Held for the user's digest (services/digest.py); quiet hours apply to the digest.
-            try:
-                due = next_digest_time(digest, user.timezone, d.due_at)
-            except ValueError:  # validated on write; an unreadable stored value holds nothing
-                due = None
-            if due is not None:
-                d.status = DeliveryStatus.SCHEDULED
-                d.reason = Reason.DIGEST.value
-                d.due_at = due
-                log.info("delivery.held_for_digest", delivery_id=d.id, notification_id=n.id, due=due)
-                return d
-        quiet = prefs.quiet_hours if prefs is not None else None
-        if quiet and category.quiet_hours and n.priority != Priority.CRITICAL:
-            # Deferred to the end of the user's quiet hours, never dropped.
-            until = quiet_until(quiet, user.timezone, d.due_at)
-            if until is not None:
-                d.status = DeliveryStatus.SCHEDULED
-                d.due_at = until
-                log.info("delivery.quiet_hours", delivery_id=d.id, notification_id=n.id, until=until)
-        return d
-
-    def _track(self, d: Delivery, category: Category) -> None:
-        """Email open and click tracking: the template's email variant decides (``"tracking":
-        true/false``), else the category (``tracking``; by default on where users may opt out,
-        off for ``security`` and ``transactional``)."""
-        wanted = d.content.pop("tracking", None)
-        if not isinstance(wanted, bool):
-            wanted = category.tracking if category.tracking is not None else category.opt_out
-        html = d.content.get("html")
-        if not wanted or self.tracking is None or not isinstance(html, str) or not html.strip():
-            return
-        keep = {str(d.content["unsubscribe_url"])} if d.content.get("unsubscribe_url") else set()
-        done = self.tracking.rewrite(d.id, html, keep=keep)
-        d.content["html"] = done.html
-        d.content["_track"] = {"links": done.links}
-
-    def _render(self, n: Notification, template: Template | None, channel: str, user: User) -> JSON:
-        locale = user.locale or self.catalog.default_locale
-        if template is not None:
-            variant = template.variant(channel, locale)
-            if variant is None:
-                raise TemplateError(f"template {template.name!r} has no {channel} variant")
-        else:
-            variant = (n.content or {}).get(channel)
-            if variant is None:
-                raise TemplateError(f"no {channel} content")
-        context = {
-            "data": n.data,
-            "user": user.template_view(),
-            "notification": {"id": n.id, "category": n.category, "priority": n.priority.value},
-        }
-        # A template over its budget for one recipient fails the notification's other
-        # recipients on that channel at once: a thousand of them must not cost a thousand
-        # time budgets of the routing thread.
-        key = (n.id, channel, locale)
-        over = self._over_budget.get(key)
-        if over is not None:
-            raise RenderBudgetError(over.detail, limit=over.limit)
-        try:
-            return render_variant(variant, context)
-        except RenderBudgetError as exc:
-            if len(self._over_budget) > 1024:
-                self._over_budget.clear()
-            self._over_budget[key] = exc
-            raise
+# Importable from here as before: the rule itself lives in the domain.
+__all__ = ["CHUNK", "LocalSenders", "RouterService", "address_for", "channel_enabled"]

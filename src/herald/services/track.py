@@ -20,7 +20,7 @@ import structlog
 
 from herald.domain.engagement import MachinePolicy, is_machine
 from herald.domain.errors import IllegalTransition, NotFound
-from herald.domain.models import CallbackEvent, Delivery, DeliveryStatus
+from herald.domain.models import CallbackEvent, Delivery, DeliveryStatus, Reason
 from herald.domain.validation import mask
 from herald.ports import Clock, Engagement, EngagementEvent, TrackServiceStore
 from herald.services.link_tracking import LinkTracker
@@ -34,7 +34,11 @@ _STATUS = {
     "bounced": DeliveryStatus.FAILED,
 }
 ENGAGEMENT = frozenset({"opened", "clicked"})
-_SUPPRESS = {"bounced": "bounced", "unsubscribed": "complaint", "spam": "complaint"}
+_SUPPRESS = {
+    "bounced": Reason.BOUNCED.value,
+    "unsubscribed": Reason.COMPLAINT.value,
+    "spam": Reason.COMPLAINT.value,
+}
 
 
 class TrackService:
@@ -166,7 +170,7 @@ class TrackService:
         target = _STATUS.get(event.status)
         if target is None:
             return "recorded" if suppress else "ignored"
-        reason = "bounced" if event.status == "bounced" else None
+        reason = Reason.BOUNCED.value if event.status == "bounced" else None
         try:
             await self.store.mark_delivery(delivery.id, target, now=now, reason=reason)
         except IllegalTransition:

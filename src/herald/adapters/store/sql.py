@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
 from sqlalchemy import (
     Connection,
     and_,
@@ -49,6 +50,7 @@ from herald.adapters.store.sql_outbox import SqlOutboxMixin, add_outbox
 from herald.adapters.store.sql_rollups import Tally, bump, count_changed, templates_of
 from herald.adapters.store.sql_stats import SqlStatsMixin
 from herald.adapters.store.sqlite_hot import Changed
+from herald.domain.audience import SKIPPED_EVENT, skipped_fields
 from herald.domain.errors import IllegalTransition, NotFound
 from herald.domain.funnel import marked_metrics, result_metrics, routed_metrics
 from herald.domain.models import (
@@ -75,6 +77,8 @@ from herald.ports import (
     RoutedBatch,
     RoutedClaim,
 )
+
+log = structlog.get_logger("herald.store")
 
 S = DeliveryStatus
 _CLAIMABLE = frozenset({S.QUEUED.value, S.RETRYING.value})
@@ -875,7 +879,7 @@ class SqlStore(
         for x in batch.deliveries:
             if x.user_id in held and x.status in (S.QUEUED, S.SCHEDULED):
                 x.status = S.SKIPPED
-                x.reason = "duplicate"
+                x.reason = Reason.DUPLICATE.value
 
     async def fail_routing(self, notification_id: str, error: str, *, now: float) -> None:
         n = t.notifications
@@ -1131,7 +1135,7 @@ class SqlStore(
         d = t.deliveries
         waiting = _in(sources_of(S.SKIPPED) - {S.SENDING, S.PENDING})
 
-        def op(c: Connection) -> int:
+        def op(c: Connection) -> list[str]:
             if self.db.is_sqlite:
                 params = {"skipped": S.SKIPPED.value, "now": now}
                 ids = list(c.execute(SQLITE_EXPIRY_SWEEP, params).scalars())
@@ -1145,9 +1149,12 @@ class SqlStore(
                     ).scalars()
                 )
             count_changed(c, ids, ("skipped:expired",))  # the funnel, same transaction
-            return len(ids)
+            return ids
 
-        return await self.db.run(op)
+        expired = await self.db.run(op)
+        for i in expired:  # each skip told once, after its commit (herald.domain.audience)
+            log.info(SKIPPED_EVENT, **skipped_fields(i, Reason.EXPIRED))
+        return len(expired)
 
     async def reclaim_expired_leases(self, *, now: float) -> list[str]:
         d, a = t.deliveries, t.attempts

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Response
 
+from herald.domain.audience import Source, channel_choice
 from herald.domain.errors import NotFound, ValidationError
 from herald.domain.models import ALL_CHANNELS, Device, Preferences, User, new_id
 from herald.domain.quiet_hours import check_digest_schedule
@@ -86,6 +87,14 @@ async def remove_device(user_id: str, device_id: str, c: ContainerDep, who: Call
     return Response(status_code=204)
 
 
+_SOURCES = {
+    Source.REQUIRED: "category (cannot opt out)",
+    Source.CATEGORY: "user",
+    Source.CHANNEL: "user channel setting",
+    Source.DEFAULT: "default",
+}
+
+
 def _effective(c: ContainerDep, prefs: Preferences | None) -> dict[str, Any]:
     stored = prefs or Preferences(user_id="")
     channels = {
@@ -99,14 +108,8 @@ def _effective(c: ContainerDep, prefs: Preferences | None) -> dict[str, Any]:
     for name, cat in sorted(c.catalog.categories.items()):
         per: dict[str, Any] = {}
         for ch in sorted(c.catalog.enabled_channels):
-            if not cat.opt_out:
-                per[ch] = {"enabled": True, "source": "category (cannot opt out)"}
-            elif ch in stored.categories.get(name, {}):
-                per[ch] = {"enabled": stored.categories[name][ch], "source": "user"}
-            elif ch in stored.channels:
-                per[ch] = {"enabled": stored.channels[ch], "source": "user channel setting"}
-            else:
-                per[ch] = {"enabled": True, "source": "default"}
+            choice = channel_choice(stored, cat, ch)  # the router's own rule
+            per[ch] = {"enabled": choice.enabled, "source": _SOURCES[choice.source]}
         categories[name] = per
     return {
         "channels": channels,

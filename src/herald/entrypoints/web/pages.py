@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from herald.bootstrap import Container
+from herald.domain.audience import channel_choice
 from herald.domain.errors import AuthenticationError, NotFound, ValidationError
 from herald.domain.models import Preferences
 from herald.entrypoints.deps import ContainerDep
@@ -94,12 +95,7 @@ def _view(c: Container, prefs: Preferences | None) -> tuple[list[dict[str, Any]]
     for name, cat in sorted(c.catalog.categories.items()):
         cells = []
         for ch in names:
-            if not cat.opt_out:
-                on = True
-            elif ch in stored.categories.get(name, {}):
-                on = stored.categories[name][ch]
-            else:
-                on = stored.channels.get(ch, True)
+            on = channel_choice(stored, cat, ch).enabled  # the router's own rule
             cells.append({"channel": ch, "enabled": on})
         categories.append({"name": name, "required": not cat.opt_out, "cells": cells})
     return channels, categories
