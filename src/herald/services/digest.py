@@ -35,6 +35,7 @@ from typing import Any
 import structlog
 from markupsafe import Markup
 
+from herald.domain.addresses import address_for
 from herald.domain.errors import HeraldError, TemplateError
 from herald.domain.models import (
     JSON,
@@ -55,7 +56,7 @@ from herald.ports import Clock, DigestGroup, DigestPlan, RecipientContext, Store
 from herald.services import render_pool
 from herald.services.catalog import Catalog
 from herald.services.rendering import render_variant
-from herald.services.route import address_for, channel_enabled
+from herald.services.route import channel_enabled
 from herald.services.signing import UnsubscribeSigner
 
 log = structlog.get_logger("herald.digest")

@@ -18,6 +18,7 @@ from typing import Protocol
 import structlog
 
 from herald.domain import urgency
+from herald.domain.addresses import address_for
 from herald.domain.errors import HeraldError, TemplateError
 from herald.domain.models import (
     JSON,
@@ -60,23 +61,6 @@ def channel_enabled(prefs: Preferences | None, category: Category, channel: str)
     if prefs.channels.get(channel) is False:
         return False, "channel"
     return True, ""
-
-
-def address_for(channel: str, user: User, devices: Sequence[Device]) -> str | None:
-    if channel == "email":
-        return user.email
-    if channel == "sms":
-        return user.phone
-    if channel == "push":
-        return devices[-1].token if devices else None
-    if channel == "in_app":
-        return user.id
-    if channel == "webhook":
-        return user.webhook_url
-    if channel == "chat":
-        url = user.chat.get("url")
-        return str(url) if url else None
-    return None
 
 
 # A delivery that ends like this hands a fallback chain over to its next channel.
