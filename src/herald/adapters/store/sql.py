@@ -76,6 +76,7 @@ class SqlStore(
         self.db = db
         self.outbox = outbox
         self._expired_routing_checked = -math.inf  # when claim_unrouted last looked for those
+        self._inbox_listeners = []  # told of in-app items numbered (sql_results.on_inbox_numbered)
         if db.dialect == "postgresql":
             # Imported here: a command on SQLite (herald keys create) need not load it.
             from sqlalchemy.dialects import postgresql  # noqa: PLC0415

@@ -7,9 +7,10 @@ deliveries as the API reads them, and the in-app inbox.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection, and_, func, select, update
 
 from herald.adapters.store import schema as t
@@ -17,15 +18,20 @@ from herald.adapters.store.database import Database
 from herald.adapters.store.rows import CLAIMABLE, _attempt, _delivery, attempt_rows
 from herald.adapters.store.sql_directory import suppress
 from herald.adapters.store.sql_events import reopen_for_fallback
+from herald.adapters.store.sql_inbox import IN_APP, number_items
 from herald.adapters.store.sql_outbox import add_outbox
 from herald.adapters.store.sql_rollups import Tally, bump, count_changed, templates_of
 from herald.domain.errors import IllegalTransition, NotFound
 from herald.domain.funnel import marked_metrics, result_metrics
-from herald.domain.models import Channel, Delivery, DeliveryResult, DeliveryStatus, Reason
+from herald.domain.models import Delivery, DeliveryResult, DeliveryStatus, Reason
 from herald.domain.states import check_transition
 
 S = DeliveryStatus
-IN_APP = Channel.IN_APP.value
+log = structlog.get_logger("herald.store")
+
+# Told after each commit that numbered in-app items in their users' feeds, with the numbers:
+# [(user_id, delivery_id, number)], in order per user.
+InboxListener = Callable[[list[tuple[str, str, int]]], None]
 
 
 class SqlResultsMixin:
@@ -33,6 +39,12 @@ class SqlResultsMixin:
     outbox: bool
     _ins: Any
     _fast: Any  # sqlite_hot or pg_batch: the database's side of the hot operations (hot.py)
+    _inbox_listeners: list[InboxListener]
+
+    def on_inbox_numbered(self, listener: InboxListener) -> None:
+        """Call ``listener`` after every commit that numbered in-app items (sent) in their
+        users' inbox feeds: the live streams of this process hear of them then."""
+        self._inbox_listeners.append(listener)
 
     # Deliveries -------------------------------------------------------------------------------
     async def get_deliveries(
@@ -95,7 +107,7 @@ class SqlResultsMixin:
     async def record_results(self, results: Sequence[DeliveryResult], *, now: float) -> list[str]:
         fast = self._fast
 
-        def op(c: Connection) -> list[str]:
+        def op(c: Connection) -> tuple[list[str], list[tuple[str, str, int]]]:
             # A result given twice counts once: the first.
             batch: dict[str, DeliveryResult] = {}
             for r in results:
@@ -104,6 +116,16 @@ class SqlResultsMixin:
             # {delivery id: (channel, priority, due_at after the change)} of the rows changed:
             # those still in ``sending`` under the result's lease.
             changed = fast.apply_results(c, batch, now)
+            # In-app items sent take their number in the user's feed in this transaction, right
+            # after the rows they lock (no other lock is taken before these: no lock cycle).
+            inbox = [
+                (row.user_id, r.delivery_id)
+                for r in batch.values()
+                if r.new_status == S.SENT
+                and (row := changed.get(r.delivery_id)) is not None
+                and row.channel == IN_APP
+            ]
+            numbers = number_items(c, inbox, now) if inbox else {}
             recorded: list[DeliveryResult] = []
             requeued: list[tuple[str, str, int, float]] = []  # outbox rows (broker queue only)
             tally = Tally()  # the funnel's counts (sql_rollups.py), written last
@@ -131,13 +153,21 @@ class SqlResultsMixin:
                 add_outbox(c, requeued, now)
             bump(c, tally)
             # Rejected: lost its lease (or not sending any more), or given twice.
-            return [
+            rejected = [
                 r.delivery_id
                 for r in results
                 if batch.get(r.delivery_id) is not r or r.delivery_id not in changed
             ]
+            return rejected, [(user, delivery_id, numbers[delivery_id]) for user, delivery_id in inbox]
 
-        return await self.db.run(op)
+        rejected, numbered = await self.db.run(op)
+        if numbered:  # committed: now the streams may read them
+            for listener in self._inbox_listeners:
+                try:
+                    listener(numbered)
+                except Exception:  # a live wake-up is best effort; the results are recorded
+                    log.exception("store.inbox_listener_failed")
+        return rejected
 
     async def mark_delivery(
         self,
