@@ -444,6 +444,7 @@ async def build_inbox_hub(settings: Settings, store: SqlStore) -> InboxHub:
     else:
         signals = LocalLiveSignals()
     hub = InboxHub(SqlInboxFeed(store.db), signals, per_user=settings.server.streams_per_user)
+    store.on_inbox_numbered(hub.numbered)  # in-app items are numbered as their result commits
     await hub.start()
     return hub
 

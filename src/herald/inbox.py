@@ -1,8 +1,9 @@
 """Live inbox streams: the durable feed, the wake-ups, and the streams this process holds.
 
-An in-app item is *numbered* in its user's feed as it is sent (:class:`herald.ports.InboxFeed`,
-in the database), then every process is *told* (:class:`herald.ports.LiveSignals`: in-process,
-or PostgreSQL ``NOTIFY`` across processes). A stream never carries what the signal said: woken,
+An in-app item is *numbered* in its user's feed in the transaction that records it ``sent``
+(the store's ``record_results``; :class:`herald.ports.InboxFeed` reads the feed), then, once
+that is committed, every process is *told* (:class:`herald.ports.LiveSignals`: in-process, or
+PostgreSQL ``NOTIFY`` across processes). A stream never carries what the signal said: woken,
 it reads the feed after the last number it sent. So a stream that reconnects, to this process
 or another, resumes from its ``Last-Event-ID`` with nothing missed, and a lost signal costs at
 most one heartbeat of latency.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +23,7 @@ from herald.domain.errors import HeraldError, ServiceUnavailable
 from herald.ports import InboxFeed, LiveSignals
 
 _FRESH_MAX = 100
+_STAGED_MAX = 10_000  # items sent to users with a stream here, waiting for their number
 
 
 def _iso(ts: float) -> str:
@@ -52,6 +56,9 @@ class InboxHub:
         self._subs: dict[str, set[StreamSub]] = {}
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # {delivery id: (user id, the item as a stream shows it)}: sent by this process to a
+        # user with a stream here, not yet numbered (its result is not committed yet).
+        self._staged: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
         signals.on_wake(self.wake)
 
     async def start(self) -> None:
@@ -62,16 +69,32 @@ class InboxHub:
         self.close_streams()
         await self.signals.close()
 
-    # The sending side (the in_app provider) -----------------------------------------------------
+    # The sending side (the in_app provider, then the store once the item is sent) -------------
     async def publish(self, user_id: str, item: dict[str, Any]) -> None:
-        now = time.time()
-        numbers = await self.feed.append([(user_id, str(item["id"]))], now=now)
-        seq = numbers[str(item["id"])]
-        view = {**item, "read": False, "created_at": _iso(now), "read_at": None}
-        for sub in self._subs.get(user_id, ()):
-            if len(sub.fresh) < _FRESH_MAX:
-                sub.fresh.append((seq, view))
-        self.signals.notify(user_id)
+        """An item is being sent. It is numbered when its ``sent`` result commits
+        (:meth:`numbered`); until then, kept if the user has a stream here, so that the stream
+        can show it without reading the database."""
+        if user_id not in self._subs:
+            return  # nobody to show it to here: streams opened later read the feed
+        view = {**item, "read": False, "created_at": _iso(time.time()), "read_at": None}
+        self._staged[str(item["id"])] = (user_id, view)
+        while len(self._staged) > _STAGED_MAX:  # results that never came (a lost lease)
+            self._staged.popitem(last=False)
+
+    def numbered(self, items: Sequence[tuple[str, str, int]]) -> None:
+        """In-app items ``(user_id, delivery_id, number)`` were committed ``sent`` and numbered
+        in their users' feeds: streams here get the ones staged, and every process is told."""
+        users: dict[str, None] = {}
+        for user_id, delivery_id, seq in items:
+            users[user_id] = None
+            staged = self._staged.pop(delivery_id, None)
+            if staged is None:
+                continue
+            for sub in self._subs.get(user_id, ()):
+                if len(sub.fresh) < _FRESH_MAX:
+                    sub.fresh.append((seq, staged[1]))
+        for user_id in users:
+            self.signals.notify(user_id)
 
     def changed(self, user_id: str) -> None:
         """Something else changed for the user (items read): streams send the unread count."""

@@ -34,6 +34,7 @@ from herald.domain.models import (
     Outcome,
     Priority,
     Recipient,
+    User,
     new_id,
 )
 from herald.ports import Cache, RoutedBatch
@@ -188,6 +189,20 @@ def make_notification(
         recipients_total=len(user_ids),
         created_at=created_at,
         **kw,
+    )
+
+
+def make_user(uid: str = "u1", at: float = NOW, **kw: object) -> User:
+    return User(
+        id=uid,
+        email=f"{uid}@example.com",
+        phone="+33612345678",
+        locale="fr",
+        timezone="Europe/Paris",
+        data={"name": "Ana", "n": 1},
+        chat={"slack": "U1"},
+        updated_at=at,
+        **kw,  # type: ignore[arg-type]
     )
 
 

@@ -8,7 +8,7 @@ import asyncio
 from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.sql import SqlStore
 from herald.adapters.store.sql_inbox import SqlInboxFeed
-from tests.contract.conftest import NOW, S, SqlBackend, seed, settle
+from tests.contract.conftest import NOW, S, SqlBackend, result, seed, settle
 
 
 async def test_numbers_per_user_once_each(store: SqlStore) -> None:
@@ -52,3 +52,37 @@ async def test_after_replays_in_order_with_the_unread_count(store: SqlStore, que
     # A user's feed never holds another user's item, even when asked with its number.
     entries, unread = await feed.after("u2", 0, limit=10)
     assert [e.delivery.id for e in entries] == [theirs.id] and unread == 1
+
+
+async def test_record_results_numbers_in_app_items_sent_and_tells_after_commit(
+    store: SqlStore, queue: SqlQueue
+) -> None:
+    told: list[list[tuple[str, str, int]]] = []
+
+    def listener(items: list[tuple[str, str, int]]) -> None:
+        told.append(items)  # called once the transaction committed
+
+    store.on_inbox_numbered(listener)
+    feed = SqlInboxFeed(store.db)
+    await feed.append([("u1", "older")], now=NOW)  # u1's feed already holds one item
+    a, b, failed, mail = await seed(
+        store,
+        {"user_id": "u1", "channel": "in_app", "address": "u1"},
+        {"user_id": "u2", "channel": "in_app", "address": "u2"},
+        {"user_id": "u3", "channel": "in_app", "address": "u3"},
+        {"user_id": "u1", "channel": "email"},
+    )
+    claimed = await queue.claim("in_app", owner="w", limit=10, max_rank=3, lease=30, now=NOW)
+    assert {d.id for d in claimed} == {a.id, b.id, failed.id}
+    rejected = await store.record_results(
+        [result(a, "w", S.SENT), result(b, "w", S.SENT), result(failed, "w", S.DEAD)], now=NOW
+    )
+    assert rejected == []
+    assert told == [[("u1", a.id, 2), ("u2", b.id, 1)]]  # only the items sent, in order
+    assert (await feed.head("u1"), await feed.head("u2")) == (2, 1)
+    # The email is no inbox item; a result refused (lost lease) numbers nothing.
+    await settle(store, queue, (mail, S.SENT))
+    assert await store.record_results([result(a, "w", S.SENT)], now=NOW) == [a.id]
+    assert len(told) == 1 and await feed.head("u1") == 2
+    entries, unread = await feed.after("u1", 0, limit=10)
+    assert [(e.seq, e.delivery.id) for e in entries] == [(2, a.id)] and unread == 1  # ("older": no row)

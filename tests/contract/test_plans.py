@@ -22,7 +22,8 @@ from sqlalchemy import ARRAY, Connection, String, any_, bindparam, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import ClauseElement
 
-from herald.adapters.store import sql as store_sql
+from herald.adapters.store import pg_batch, sql_routing, sql_timers
+from herald.adapters.store import schema as t
 from herald.adapters.store.sql_digests import _held
 from herald.adapters.store.sql_outbox import _CLAIM_IDS
 from tests.contract.conftest import NOW, PG_URL, SqlBackend
@@ -117,7 +118,7 @@ def _sqlite_plan(backend: SqlBackend, stmt: ClauseElement, params: dict[str, Any
 
 
 def _digest_groups() -> Any:
-    d = store_sql._D
+    d = t.deliveries
     return select(d.c.user_id, d.c.category, d.c.channel).where(*_held(d, NOW))
 
 
@@ -135,18 +136,18 @@ async def test_postgres_plans_stay_on_the_cheap_index_whatever_the_statistics(ba
     await _seed(backend)
     schema = backend.schema
     assert schema is not None
-    n = store_sql._N
+    n = t.notifications
 
     custom, generic = _pg_plans(schema, _CLAIM_IDS[True], CLAIM)
     # (a table this small may be read whole for 50 ids: fine; never through the status index)
     assert "ix_deliveries_lease" not in custom, custom
     assert "deliveries_pkey" in generic and "ix_deliveries_lease" not in generic, generic
     # and the test can tell: the claim as it was chose the status index (generic plan)
-    was = _CLAIM_IDS[True].where(store_sql._D.c.status.in_(("queued", "retrying")))
+    was = _CLAIM_IDS[True].where(t.deliveries.c.status.in_(("queued", "retrying")))
     assert any("ix_deliveries_lease" in plan for plan in _pg_plans(schema, was, CLAIM))
 
     lane = {"b_rank": 2, "b_limit": 200}
-    for plan in _pg_plans(schema, store_sql._UNROUTED_NEW_PG, lane):
+    for plan in _pg_plans(schema, sql_routing.UNROUTED_NEW_PG, lane):
         assert "Index Scan using ix_notifications_route" in plan and "Sort" not in plan, plan
     was = (
         select(n.c.id)
@@ -158,7 +159,7 @@ async def test_postgres_plans_stay_on_the_cheap_index_whatever_the_statistics(ba
     assert any("Sort" in plan for plan in _pg_plans(schema, was, lane))  # (custom plan)
 
     held = {"b_ids": [f"ntf_r{i:06d}" for i in range(200)], "b_owner": "r1"}
-    custom, generic = _pg_plans(schema, store_sql._ROUTING_HELD, held)
+    custom, generic = _pg_plans(schema, pg_batch.ROUTING_HELD, held)
     assert "ix_notifications_route" not in custom, custom
     assert "notifications_pkey" in generic and "ix_notifications_route" not in generic, generic
     was = select(n.c.id).where(
@@ -168,12 +169,12 @@ async def test_postgres_plans_stay_on_the_cheap_index_whatever_the_statistics(ba
     )
     assert any("ix_notifications_route" in plan for plan in _pg_plans(schema, was, held))
 
-    for plan in _pg_plans(schema, store_sql.PROMOTE_SCHEDULED, {"b_now": NOW}):
+    for plan in _pg_plans(schema, sql_timers.PROMOTE_SCHEDULED, {"b_now": NOW}):
         assert "ix_deliveries_scheduled" in plan, plan
     for plan in _pg_plans(schema, _digest_groups(), {}):
         assert _SCHEDULED_ONLY.search(plan), plan  # either partial index of scheduled rows
     lane = {"b_rank": 2, "b_now": NOW + BACKLOG, "b_limit": 2000}
-    for plan in _pg_plans(schema, store_sql.PICK_DUE_LANE[True], lane):
+    for plan in _pg_plans(schema, sql_timers.PICK_DUE_LANE[True], lane):
         assert "ix_deliveries_due_lane" in plan and "Sort" not in plan, plan
     for mode in ("force_custom_plan", "force_generic_plan"):
         _assert_lookups_use_an_index(
@@ -184,27 +185,27 @@ async def test_postgres_plans_stay_on_the_cheap_index_whatever_the_statistics(ba
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 async def test_sqlite_plans_read_the_partial_and_unique_indexes(backend: SqlBackend) -> None:
     await _seed(backend)
-    plan = _sqlite_plan(backend, store_sql.PROMOTE_SCHEDULED, {"b_now": NOW})
+    plan = _sqlite_plan(backend, sql_timers.PROMOTE_SCHEDULED, {"b_now": NOW})
     assert "ix_deliveries_scheduled" in plan, plan
     plan = _sqlite_plan(backend, _digest_groups(), {})
     assert _SCHEDULED_ONLY.search(plan), plan
     lane = {"b_rank": 2, "b_now": NOW + BACKLOG, "b_limit": 2000}
-    plan = _sqlite_plan(backend, store_sql.PICK_DUE_LANE[False], lane)
+    plan = _sqlite_plan(backend, sql_timers.PICK_DUE_LANE[False], lane)
     assert "ix_deliveries_due_lane" in plan and "TEMP B-TREE" not in plan, plan
     _assert_lookups_use_an_index(
         _sqlite_plan(backend, *_by_provider_id()), _sqlite_plan(backend, *_by_notification())
     )
-    plan = _sqlite_plan(backend, store_sql._UNROUTED_NEW, {"b_rank": 2, "b_limit": 200})
+    plan = _sqlite_plan(backend, sql_routing.UNROUTED_NEW, {"b_rank": 2, "b_limit": 200})
     assert "ix_notifications_route" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def _by_provider_id() -> tuple[Any, dict[str, Any]]:
-    d = store_sql._D
+    d = t.deliveries
     return select(d.c.id).where(d.c.provider_message_id == bindparam("b_pm")).limit(1), {"b_pm": "pm-1"}
 
 
 def _by_notification() -> tuple[Any, dict[str, Any]]:
-    d = store_sql._D
+    d = t.deliveries
     return select(d.c.id).where(d.c.notification_id == bindparam("b_n")), {"b_n": "ntf_q000001"}
 
 

@@ -11,11 +11,12 @@ import sqlite3
 from pathlib import Path
 
 from herald.adapters.queue.sql import _SQLITE_TAKE
+from herald.adapters.store import sqlite_hot
 from herald.adapters.store.database import Database
-from herald.adapters.store.sql import SQLITE_EXPIRY_SWEEP
+from herald.domain.addresses import ADDRESS_FIELDS
 
 
-def _plan(db: Path, sql: str, params: tuple[object, ...] | dict[str, object]) -> str:
+def _plan(db: Path, sql: str, params: tuple[object, ...] | list[object] | dict[str, object]) -> str:
     conn = sqlite3.connect(db)
     try:
         rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
@@ -43,10 +44,13 @@ def test_claim_by_ids_looks_rows_up_by_primary_key(tmp_path: Path) -> None:
 
 def test_expiry_sweep_reads_the_expiry_index_only(tmp_path: Path) -> None:
     db = _migrated(tmp_path)
-    sql = str(SQLITE_EXPIRY_SWEEP).replace(":skipped", "?").replace(":now", "?")
-    plan = _plan(db, sql, ("skipped", 1.0, 1.0))
-    # and the test can tell: the same sweep without the ``+`` walks the status index
-    assert "ix_deliveries_lease" in _plan(db, sql.replace("+status", "status"), ("skipped", 1.0, 1.0))
+    sql, slots = sqlite_hot.EXPIRE.text(0)
+    params = [1.0 if v is None or kind == sqlite_hot.PositionalStatement._NAMED else v for kind, v in slots]
+    plan = _plan(db, sql, params)
+    # and the test can tell: the same sweep without the ``|| ''`` walks the status index
+    plain = sql.replace("(deliveries.status || ?)", "deliveries.status")
+    assert plain != sql
+    assert "ix_deliveries_lease" in _plan(db, plain, [p for p in params if p != ""])
     assert "ix_deliveries_lease" not in plan
     assert "ix_deliveries_expiry" in plan, plan
 
@@ -54,18 +58,16 @@ def test_expiry_sweep_reads_the_expiry_index_only(tmp_path: Path) -> None:
 def test_delivery_inserts_name_every_column_the_rows_carry() -> None:
     # PostgreSQL's unnest insert and SQLite's executemany both take the columns by this list:
     # a column added to the rows but not to it would be silently left out on either.
-    from herald.adapters.store import sqlite_hot
-    from herald.adapters.store.sql import _PG_DELIVERY_COLUMNS, _delivery_rows
+    from herald.adapters.store import pg_batch, schema
+    from herald.adapters.store.rows import DELIVERY_COLUMNS, _delivery_rows
     from tests.contract.conftest import make_delivery
 
     (row,) = _delivery_rows([make_delivery("ntf_1")], 1.0)
-    assert tuple(row) == _PG_DELIVERY_COLUMNS == sqlite_hot.DELIVERY_COLUMNS
-    assert set(sqlite_hot.DELIVERY_COLUMNS) <= {col.name for col in sqlite_hot.t.deliveries.c}
+    assert tuple(row) == DELIVERY_COLUMNS == pg_batch.INSERT_DELIVERIES_PLAIN.columns
+    assert set(DELIVERY_COLUMNS) <= {col.name for col in schema.deliveries.c}
 
 
 def test_result_batch_reads_its_leases_by_primary_key(tmp_path: Path) -> None:
-    from herald.adapters.store import sqlite_hot
-
     db = _migrated(tmp_path)
     ids = tuple(f"dlv_{i}" for i in range(200))  # a batch of results
     held = sqlite_hot._held_leases(len(ids))
@@ -81,29 +83,30 @@ def test_result_batch_reads_its_leases_by_primary_key(tmp_path: Path) -> None:
 
 
 def test_recipient_reads_look_users_up_by_key(tmp_path: Path) -> None:
-    from herald.adapters.store import sqlite_hot
-
     db = _migrated(tmp_path)
-    ids = tuple(f"u{i}" for i in range(sqlite_hot.CHUNK))
-    users, prefs, settings, devices, suppressed = sqlite_hot._recipient_sql(len(ids))
-    assert "sqlite_autoindex_users_1 (id=?)" in _plan(db, users, ids)
-    assert "(user_id=?)" in _plan(db, prefs, ids)
-    assert "(user_id=?)" in _plan(db, settings, ids)
-    assert "ix_devices_user (user_id=?)" in _plan(db, devices, ids)
-    for sql in suppressed.values():
-        plan = _plan(db, sql, ids)
+    ids = [f"u{i}" for i in range(sqlite_hot.CHUNK)]
+
+    def plan_of(stmt: sqlite_hot.PositionalStatement) -> str:
+        sql, slots = stmt.text(len(ids))
+        return _plan(db, sql, [ids[v] if kind == stmt._ID else v for kind, v in slots])
+
+    assert "sqlite_autoindex_users_1 (id=?)" in plan_of(sqlite_hot.USERS)
+    assert "(user_id=?)" in plan_of(sqlite_hot.PREFERENCES)
+    assert "(user_id=?)" in plan_of(sqlite_hot.SETTINGS)
+    assert "ix_devices_user (user_id=?)" in plan_of(sqlite_hot.DEVICES)
+    assert set(sqlite_hot.SUPPRESSED) == set(ADDRESS_FIELDS)
+    for stmt in sqlite_hot.SUPPRESSED.values():
+        plan = plan_of(stmt)
         assert "SCAN" not in plan, plan
         assert "sqlite_autoindex_suppressions_1 (channel=? AND address=?)" in plan, plan
 
 
 def test_routing_write_finds_its_notifications_by_primary_key(tmp_path: Path) -> None:
-    from herald.adapters.store import sqlite_hot
-
     db = _migrated(tmp_path)
-    ids = tuple(f"ntf_{i}" for i in range(50))
-    for sql, params in (
-        (sqlite_hot._routing_held(len(ids)), (*ids, "router-1")),
-        (sqlite_hot._routing_finished(len(ids)), (1.0, *ids)),
-    ):
+    ids = [f"ntf_{i}" for i in range(50)]
+    for stmt in (sqlite_hot.ROUTING_HELD, sqlite_hot.ROUTING_FINISHED):
+        sql, slots = stmt.text(len(ids))
+        named = {"b_owner": "router-1", "b_now": 1.0}
+        params = [ids[v] if kind == stmt._ID else named[v] if kind == stmt._NAMED else v for kind, v in slots]
         plan = _plan(db, sql, params)
         assert plan == "SEARCH notifications USING INDEX sqlite_autoindex_notifications_1 (id=?)", plan

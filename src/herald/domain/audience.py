@@ -29,6 +29,7 @@ import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from herald.domain.addresses import address_for
 from herald.domain.models import (
     ALL_CHANNELS,
     Category,
@@ -114,24 +115,6 @@ def channel_enabled(prefs: Preferences | None, category: Category, channel: str)
     if choice.enabled:
         return True, ""
     return False, choice.source.value
-
-
-def address_for(channel: str, user: User, devices: Sequence[Device]) -> str | None:
-    """The user's address on ``channel``: push goes to the most recently registered device."""
-    if channel == "email":
-        return user.email
-    if channel == "sms":
-        return user.phone
-    if channel == "push":
-        return devices[-1].token if devices else None
-    if channel == "in_app":
-        return user.id
-    if channel == "webhook":
-        return user.webhook_url
-    if channel == "chat":
-        url = user.chat.get("url")
-        return str(url) if url else None
-    return None
 
 
 # -- the decision ---------------------------------------------------------------------------------

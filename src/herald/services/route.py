@@ -23,7 +23,8 @@ from typing import Protocol
 import structlog
 
 from herald.domain import urgency
-from herald.domain.audience import SKIPPED_EVENT, address_for, channel_enabled, skipped_fields
+from herald.domain.addresses import address_for
+from herald.domain.audience import SKIPPED_EVENT, channel_enabled, skipped_fields
 from herald.domain.errors import HeraldError
 from herald.domain.models import (
     Delivery,

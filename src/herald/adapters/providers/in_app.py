@@ -1,9 +1,11 @@
 """The ``in_app`` provider: herald's own inbox.
 
 The delivery row itself is the inbox item; once it is ``sent`` it shows in
-``GET /v1/users/{id}/inbox``. Sending numbers it in the user's live feed and wakes the user's
-streams in every process (:class:`herald.inbox.InboxHub`); the receipt waits for that, so an
-item reported ``sent`` is one a reconnecting stream replays.
+``GET /v1/users/{id}/inbox``. The transaction that records it ``sent`` also numbers it in the
+user's live feed (the store's ``record_results``), so an item reported ``sent`` is one a
+reconnecting stream replays; once that commits, the user's streams in every process are woken
+(:class:`herald.inbox.InboxHub`). Sending hands the hub the item as streams show it, so that
+a stream in this process can show it without reading it back.
 """
 
 from __future__ import annotations

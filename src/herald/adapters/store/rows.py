@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import collections
 import functools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Row
@@ -18,11 +18,13 @@ from herald.domain.models import (
     JSON,
     Attempt,
     Delivery,
+    DeliveryResult,
     DeliveryStatus,
     Device,
     Notification,
     NotificationStatus,
     Outcome,
+    Preferences,
     Priority,
     Recipient,
     Template,
@@ -30,6 +32,24 @@ from herald.domain.models import (
 )
 
 S = DeliveryStatus
+CLAIMABLE = frozenset({S.QUEUED.value, S.RETRYING.value})  # the statuses a sender claims
+
+# The columns of a written delivery (:func:`_delivery_rows`) and of an attempt, in the order
+# both dialects' batch inserts take them (sqlite_hot, pg_batch).
+DELIVERY_COLUMNS = (
+    "id", "notification_id", "user_id", "channel", "status", "reason", "priority", "category",
+    "address", "content", "provider", "retry_count", "budget_used", "due_at", "expires_at",
+    "created_at", "queued_at", "failed_at", "updated_at", "lease_owner", "lease_until", "sending_at",
+)  # fmt: skip
+ATTEMPT_COLUMNS = (
+    "delivery_id", "n", "at", "provider", "outcome", "code", "detail", "latency_ms", "ambiguous",
+)  # fmt: skip
+
+
+def status_values(statuses: Sequence[DeliveryStatus] | frozenset[DeliveryStatus]) -> list[str]:
+    """The values of ``statuses``, sorted (an ``IN`` list that is the same text every time)."""
+    return sorted(s.value for s in statuses)
+
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
@@ -85,6 +105,23 @@ def _device(row: Row[Any]) -> Device:
         active=bool(row.active),
         created_at=row.created_at,
     )
+
+
+def _preferences_into(
+    out: dict[str, Preferences], preference_rows: Iterable[Any], setting_rows: Iterable[Any]
+) -> None:
+    """Add users' preference rows (``category`` ``*``: the channel itself) and settings rows
+    (quiet hours, digests) to ``out``, {user id: preferences}."""
+    for row in preference_rows:
+        p = out.setdefault(row.user_id, Preferences(user_id=row.user_id))
+        if row.category == "*":
+            p.channels[row.channel] = bool(row.enabled)
+        else:
+            p.categories.setdefault(row.category, {})[row.channel] = bool(row.enabled)
+    for row in setting_rows:
+        p = out.setdefault(row.user_id, Preferences(user_id=row.user_id))
+        p.quiet_hours = _loads(row.quiet_hours)
+        p.digests = _loads(row.digests) or {}
 
 
 def _template(row: Row[Any]) -> Template:
@@ -231,4 +268,56 @@ def _delivery_rows(deliveries: Sequence[Delivery], now: float) -> list[dict[str,
             "sending_at": None,
         }
         for x in deliveries
+    ]
+
+
+class Changed(NamedTuple):
+    """A delivery a result changed: its queue keys after the change, its rollup keys, and its
+    user (an in-app item sent is numbered in the user's inbox feed)."""
+
+    channel: str
+    priority: int
+    due_at: float
+    created_at: float
+    category: str
+    template: str | None
+    user_id: str
+
+
+def result_values(r: DeliveryResult, now: float) -> dict[str, Any]:
+    """The values a result writes (both dialects' result statements), named ``b_*``."""
+    sent = r.new_status == S.SENT
+    return {
+        "b_id": r.delivery_id,
+        "b_owner": r.lease_owner,
+        "b_status": r.new_status.value,
+        "b_reason": r.reason,
+        "b_provider": r.attempt.provider,
+        "b_n": r.attempt.n,
+        "b_budget": 1 if r.counts_against_budget else 0,
+        "b_now": now,
+        "b_sent_at": r.attempt.at if sent else None,
+        "b_message_id": r.provider_message_id if sent else None,
+        "b_failed_at": now if r.new_status in (S.FAILED, S.DEAD) else None,
+        "b_due_at": r.due_at,
+    }
+
+
+def attempt_rows(results: Sequence[DeliveryResult]) -> list[dict[str, Any]]:
+    """The attempt rows of ``results`` (keys: :data:`ATTEMPT_COLUMNS`)."""
+    return [
+        {
+            "delivery_id": r.delivery_id,
+            "n": r.attempt.n,
+            "at": r.attempt.at,
+            "provider": r.attempt.provider,
+            "outcome": r.attempt.outcome.value,
+            # PostgreSQL enforces VARCHAR(64) (SQLite does not): a provider's long error name
+            # must not make the whole batch fail, forever.
+            "code": r.attempt.code[:64] if r.attempt.code else r.attempt.code,
+            "detail": r.attempt.detail,
+            "latency_ms": r.attempt.latency_ms,
+            "ambiguous": r.attempt.ambiguous,
+        }
+        for r in results
     ]

@@ -22,13 +22,13 @@ from sqlalchemy import Connection, bindparam, func, literal_column, select, text
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
 from herald.adapters.store.rows import _attempt, _delivery
-from herald.domain.models import Attempt, Delivery
+from herald.domain.models import ALL_CHANNELS, Attempt, Delivery, DeliveryStatus
 from herald.ports_console import BucketCount, SearchQuery
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _D, _N, _A = t.deliveries, t.notifications, t.attempts
 # Statuses with a partial index of their own (migration 0008).
-INDEXED_STATUSES = ("dead", "failed")
+INDEXED_STATUSES = (DeliveryStatus.DEAD.value, DeliveryStatus.FAILED.value)
 
 
 def id_bound(prefix: str, ts: float) -> str:
@@ -42,8 +42,10 @@ def id_bound(prefix: str, ts: float) -> str:
 
 
 # Statuses most deliveries end in: found fastest by walking the primary key newest first.
-COMMON_STATUSES = ("sent", "delivered", "read", "skipped")
-CHANNELS = ("email", "sms", "push", "in_app", "webhook", "chat")
+_S = DeliveryStatus
+COMMON_STATUSES = tuple(s.value for s in (_S.SENT, _S.DELIVERED, _S.READ, _S.SKIPPED))
+CHANNELS = tuple(ch.value for ch in ALL_CHANNELS)
+_WAITING = (DeliveryStatus.QUEUED.value, DeliveryStatus.RETRYING.value)
 
 
 def _status_is(status: str) -> Any:
@@ -242,7 +244,7 @@ class SqlConsoleReads:
 
         both = (
             select(_D.c.channel, _D.c.priority, func.count())
-            .where(_D.c.status.in_(["queued", "retrying"]))
+            .where(_D.c.status.in_(_WAITING))
             .group_by(_D.c.channel, _D.c.priority)
         )
 
@@ -251,7 +253,7 @@ class SqlConsoleReads:
                 return sorted((r[0], int(r[1]), int(r[2])) for r in c.execute(both))
             totals: dict[tuple[str, int], int] = {}
             for ch in channels:
-                for st in ("queued", "retrying"):
+                for st in _WAITING:
                     for rank, n in c.execute(q, {"ch": ch, "st": st}):
                         totals[(ch, int(rank))] = totals.get((ch, int(rank)), 0) + int(n)
             return [(ch, rank, n) for (ch, rank), n in sorted(totals.items())]

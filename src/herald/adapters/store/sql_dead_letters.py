@@ -1,4 +1,5 @@
-"""Dead letters with their history: every attempt and the last error (mixed into SqlStore).
+"""Dead letters with their history: every attempt and the last error, and their replay (mixed
+into SqlStore).
 
 A dead letter is a delivery in ``dead``. What an operator needs to decide on a replay is why
 it died: the attempts (provider, outcome, code, detail) come with each listed delivery, read
@@ -8,13 +9,15 @@ delivery's channel, provider and reason.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
 from herald.adapters.store.rows import _attempt, _delivery
+from herald.adapters.store.sql_outbox import add_outbox
 from herald.domain.models import Delivery, DeliveryStatus
 from herald.ports import DeadLetterFilter
 
@@ -35,6 +38,7 @@ def last_attempt_code() -> Any:
 
 class SqlDeadLettersMixin:
     db: Database
+    outbox: bool
 
     async def list_dead_letters(self, flt: DeadLetterFilter) -> list[Delivery]:
         d, a = t.deliveries, t.attempts
@@ -64,6 +68,34 @@ class SqlDeadLettersMixin:
                 )
                 for row in rows:
                     by_id[row.delivery_id].attempts.append(_attempt(row))
+            return out
+
+        return await self.db.run(op)
+
+    async def replay_dead_letters(self, delivery_ids: Sequence[str], *, now: float) -> list[Delivery]:
+        d = t.deliveries
+        ids = list(delivery_ids)
+
+        def op(c: Connection) -> list[Delivery]:
+            out: list[Delivery] = []
+            for i in range(0, len(ids), 500):
+                rows = c.execute(
+                    update(d)
+                    .where(d.c.id.in_(ids[i : i + 500]), d.c.status == S.DEAD.value)
+                    .values(
+                        status=S.QUEUED.value,
+                        reason=None,
+                        due_at=now,
+                        queued_at=now,
+                        updated_at=now,
+                        failed_at=None,
+                        budget_used=0,
+                    )
+                    .returning(*d.c)
+                ).all()
+                if self.outbox:
+                    add_outbox(c, [(r.id, r.channel, r.priority, r.due_at) for r in rows], now)
+                out.extend(_delivery(r) for r in rows)
             return out
 
         return await self.db.run(op)

@@ -1,9 +1,10 @@
 """Store readings for the metrics endpoint (mixed into SqlStore): how old the oldest waiting
-delivery of each lane is, and how far routing is behind what was accepted."""
+delivery of each lane is, how far routing is behind what was accepted, and the counts of
+deliveries by channel, status and provider."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, or_, select
 
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
@@ -49,3 +50,37 @@ class SqlInsightMixin:
             return best
 
         return await self.db.run(op)
+
+    async def delivery_counts(self, *, since: float | None = None) -> list[tuple[str, str, str | None, int]]:
+        d = t.deliveries
+
+        def op(c: Connection) -> list[tuple[str, str, str | None, int]]:
+            q = select(d.c.channel, d.c.status, d.c.provider, func.count()).group_by(
+                d.c.channel, d.c.status, d.c.provider
+            )
+            if since is not None:
+                q = q.where(d.c.created_at >= since)
+            return [(r[0], r[1], r[2], int(r[3])) for r in c.execute(q)]
+
+        return await self.db.run(op)
+
+    async def queue_depth(self) -> list[tuple[str, int, int]]:
+        d = t.deliveries
+
+        def op(c: Connection) -> list[tuple[str, int, int]]:
+            q = (
+                select(d.c.channel, d.c.priority, func.count())
+                .where(or_(d.c.status == S.QUEUED.value, d.c.status == S.RETRYING.value))
+                .group_by(d.c.channel, d.c.priority)
+            )
+            return [(r[0], int(r[1]), int(r[2])) for r in c.execute(q)]
+
+        return await self.db.run(op)
+
+    async def ambiguous_count(self) -> int:
+        a = t.attempts
+        return await self.db.run(
+            lambda c: int(
+                c.execute(select(func.count()).select_from(a).where(a.c.ambiguous.is_(True))).scalar_one()
+            )
+        )

@@ -21,15 +21,6 @@ from herald.adapters.store import schema as t
 from herald.domain.funnel import DAY, HOUR, NONE, bucket_of
 
 Key = tuple[int, int, str, str, str, str, str]  # size, bucket, template, category, channel, provider, metric
-_COLUMNS = ("size", "bucket", "template", "category", "channel", "provider", "metric", "count")
-_CONFLICT = (
-    "ON CONFLICT (size, bucket, template, category, channel, provider, metric) "
-    "DO UPDATE SET count = delivery_rollups.count + excluded.count"
-)
-_SQLITE_UPSERT = (
-    f"INSERT INTO delivery_rollups ({', '.join(_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) {_CONFLICT}"  # noqa: S608
-)
-_PG_UPSERT = pg_batch.UnnestInsert(t.delivery_rollups, _COLUMNS, _CONFLICT)
 
 
 class Tally(collections.Counter[Key]):
@@ -57,10 +48,8 @@ def bump(c: Connection, tally: Tally) -> None:
     rows = [(*key, n) for key, n in sorted(tally.items()) if n]
     if not rows:
         return
-    if c.dialect.name == "postgresql":
-        _PG_UPSERT.execute(c, [dict(zip(_COLUMNS, r, strict=True)) for r in rows])
-    else:
-        sqlite_hot.raw(c).executemany(_SQLITE_UPSERT, rows)
+    # Each database's fast path (hot.bump_rollups is the reference).
+    (pg_batch if c.dialect.name == "postgresql" else sqlite_hot).bump_rollups(c, rows)
 
 
 _FACTS = (

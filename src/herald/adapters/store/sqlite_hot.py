@@ -8,9 +8,15 @@ embedded drain, with SQLite's one writer lock held meanwhile). Here ``sqlite3`` 
 (:mod:`herald.adapters.queue.sql`). PostgreSQL keeps its own batched path (:mod:`pg_batch`).
 
 Each function runs inside the transaction the caller's SQLAlchemy connection holds (``BEGIN
-IMMEDIATE``, :class:`~herald.adapters.store.database.Database`); the statements are the ones
-the SQLAlchemy path runs (the update is compiled from the same construct), so the two agree by
-construction and the contract tests hold them to it.
+IMMEDIATE``, :class:`~herald.adapters.store.database.Database`) and is the twin of the function
+of the same name in :mod:`herald.adapters.store.hot` (the reference, in SQLAlchemy Core). The
+statements are compiled from the reference's constructs (:class:`NamedStatement`,
+:class:`PositionalStatement`: once, or once per number of ids), except two texts SQLAlchemy
+would not write as SQLite needs them: the multi-row delivery insert (one ``VALUES`` list per
+batch size) and the read of a result batch's leases (``+d.status``: by primary key). Both name
+the columns of ``rows``/``hot`` and the domain's status values. ``tests/unit/
+test_hot_statements.py`` pins their plans; ``tests/contract/test_store_hot_paths.py`` holds
+each function to its reference twin on the same rows.
 """
 
 from __future__ import annotations
@@ -19,19 +25,21 @@ import functools
 import operator
 import sqlite3
 from collections import namedtuple
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from sqlalchemy import Connection, Float, String, bindparam, func, insert, update
+from sqlalchemy import Connection, insert
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
+from herald.adapters.store import hot
 from herald.adapters.store import schema as t
+from herald.adapters.store.rows import ATTEMPT_COLUMNS, DELIVERY_COLUMNS, Changed, result_values
 from herald.domain.models import DeliveryResult, DeliveryStatus
 
 S = DeliveryStatus
-CHUNK = 500  # ids per IN list: far below SQLite's limit on parameters (32,766)
+CHUNK = hot.CHUNK
 
 
 def raw(c: Connection) -> sqlite3.Connection:
@@ -74,12 +82,54 @@ class NamedStatement:
         conn.executemany(self.sql, [{**fixed, **r} for r in rows] if fixed else rows)
 
 
+class _Id:
+    """Stands for the ``i``-th id while a statement's text is built."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+
+class PositionalStatement:
+    """A SQLAlchemy statement compiled for SQLite with ``?`` parameters, its text built once
+    per number of ids (its expanding parameter ``b_ids``), with where each value goes."""
+
+    _ID, _NAMED, _FIXED = 0, 1, 2
+
+    def __init__(self, stmt: ClauseElement) -> None:
+        compiled = stmt.compile(dialect=sqlite_dialect.dialect())
+        assert isinstance(compiled, SQLCompiler)
+        self._compiled = compiled
+        self._named = {k for k, b in compiled.binds.items() if b.required and k != "b_ids"}
+        self._texts: dict[int, tuple[str, tuple[tuple[int, Any], ...]]] = {}
+
+    def text(self, n: int) -> tuple[str, tuple[tuple[int, Any], ...]]:
+        """The text for ``n`` ids, and per ``?``: (_ID, index), (_NAMED, name) or (_FIXED, value)."""
+        got = self._texts.get(n)
+        if got is None:
+            params = dict(self._compiled.params)
+            if "b_ids" in params:
+                params["b_ids"] = [_Id(i) for i in range(n)]
+            state = self._compiled.construct_expanded_state(params)
+            slots: list[tuple[int, Any]] = []
+            for name, value in zip(state.positiontup or (), state.positional_parameters, strict=True):
+                if isinstance(value, _Id):
+                    slots.append((self._ID, value.i))
+                elif name in self._named:
+                    slots.append((self._NAMED, name))
+                else:
+                    slots.append((self._FIXED, value))
+            got = self._texts[n] = (state.statement, tuple(slots))
+        return got
+
+    def execute(self, conn: sqlite3.Connection, ids: Sequence[Any] = (), **named: Any) -> sqlite3.Cursor:
+        sql, slots = self.text(len(ids))
+        args = [ids[x] if kind == self._ID else named[x] if kind == self._NAMED else x for kind, x in slots]
+        return conn.execute(sql, args)
+
+
 # -- routing: the deliveries of a routing pass ---------------------------------------------------
-DELIVERY_COLUMNS = (
-    "id", "notification_id", "user_id", "channel", "status", "reason", "priority", "category",
-    "address", "content", "provider", "retry_count", "budget_used", "due_at", "expires_at",
-    "created_at", "queued_at", "failed_at", "updated_at", "lease_owner", "lease_until", "sending_at",
-)  # fmt: skip
 _delivery_values = operator.itemgetter(*DELIVERY_COLUMNS)
 _INSERT_HEAD = f"INSERT INTO deliveries ({', '.join(DELIVERY_COLUMNS)}) VALUES "  # noqa: S608 - column names
 _INSERT_PLAIN = _INSERT_HEAD + "(" + marks(len(DELIVERY_COLUMNS)) + ") ON CONFLICT DO NOTHING"
@@ -110,21 +160,8 @@ def insert_deliveries(c: Connection, rows: Sequence[dict[str, Any]], *, returnin
 
 
 # -- routing: the notifications' side of a routing write -----------------------------------------
-@functools.lru_cache(maxsize=16)
-def _routing_held(n: int) -> str:
-    # ``+status``: by primary key, never the status index (the notifications being routed).
-    return (
-        f"SELECT id FROM notifications WHERE id IN ({marks(n)}) "  # noqa: S608
-        "AND +status = 'routing' AND lease_owner = ?"
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _routing_finished(n: int) -> str:
-    return (
-        "UPDATE notifications SET status = 'routed', routed_at = ?, lease_owner = NULL, "  # noqa: S608
-        f"lease_until = NULL, recipients_routed = recipients_total WHERE id IN ({marks(n)})"
-    )
+ROUTING_HELD = PositionalStatement(hot.ROUTING_HELD[False])
+ROUTING_FINISHED = PositionalStatement(hot.ROUTING_FINISHED[False])
 
 
 def routing_held(c: Connection, ids: Sequence[str], owner: str) -> set[str]:
@@ -132,8 +169,7 @@ def routing_held(c: Connection, ids: Sequence[str], owner: str) -> set[str]:
     conn = raw(c)
     held: set[str] = set()
     for i in range(0, len(ids), CHUNK):
-        part = list(ids[i : i + CHUNK])
-        held.update(row[0] for row in conn.execute(_routing_held(len(part)), [*part, owner]))
+        held.update(row[0] for row in ROUTING_HELD.execute(conn, ids[i : i + CHUNK], b_owner=owner))
     return held
 
 
@@ -141,8 +177,7 @@ def routing_finished(c: Connection, ids: Sequence[str], now: float) -> None:
     """Mark the notifications ``ids`` routed (every recipient), their routing lease released."""
     conn = raw(c)
     for i in range(0, len(ids), CHUNK):
-        part = list(ids[i : i + CHUNK])
-        conn.execute(_routing_finished(len(part)), [now, *part])
+        ROUTING_FINISHED.execute(conn, ids[i : i + CHUNK], b_now=now)
 
 
 @functools.lru_cache(maxsize=32)
@@ -165,28 +200,16 @@ def _columns(table: Any) -> tuple[str, ...]:
 
 UserRow = _row("UserRow", _columns(t.users))
 DeviceRow = _row("DeviceRow", _columns(t.devices))
-PreferenceRow = _row("PreferenceRow", ("user_id", "channel", "category", "enabled"))
-SettingRow = _row("SettingRow", ("user_id", "quiet_hours", "digests"))
-_SUPPRESSED_BY = {"email": "email", "sms": "phone", "webhook": "webhook_url"}  # channel: users column
+PreferenceRow = _row("PreferenceRow", hot.PREFERENCE_COLUMNS)
+SettingRow = _row("SettingRow", hot.SETTING_COLUMNS)
 
 
-@functools.lru_cache(maxsize=16)
-def _recipient_sql(n: int) -> tuple[str, str, str, str, dict[str, str]]:
-    ids = marks(n)
-    users = f"SELECT {', '.join(UserRow._fields)} FROM users WHERE id IN ({ids})"  # noqa: S608
-    prefs = f"SELECT user_id, channel, category, enabled FROM user_preferences WHERE user_id IN ({ids})"  # noqa: S608
-    settings = f"SELECT user_id, quiet_hours, digests FROM user_settings WHERE user_id IN ({ids})"  # noqa: S608
-    devices = (
-        f"SELECT {', '.join(DeviceRow._fields)} FROM devices "  # noqa: S608
-        f"WHERE user_id IN ({ids}) AND active = 1 ORDER BY created_at"
-    )
-    suppressed = {
-        channel: "SELECT suppressions.address FROM suppressions JOIN users "  # noqa: S608
-        f"ON suppressions.address = users.{column} WHERE suppressions.channel = '{channel}' "
-        f"AND users.id IN ({ids})"
-        for channel, column in _SUPPRESSED_BY.items()
-    }
-    return users, prefs, settings, devices, suppressed
+_READS = hot.RECIPIENT_READS[False]
+USERS = PositionalStatement(_READS.users)
+PREFERENCES = PositionalStatement(_READS.preferences)
+SETTINGS = PositionalStatement(_READS.settings)
+DEVICES = PositionalStatement(_READS.devices)
+SUPPRESSED = {channel: PositionalStatement(stmt) for channel, stmt in _READS.suppressed.items()}
 
 
 def recipient_rows(
@@ -196,56 +219,20 @@ def recipient_rows(
     addresses per channel of ``ids`` (at most :data:`CHUNK`), as named tuples with the
     columns' names."""
     conn = raw(c)
-    users, prefs, settings, devices, suppressed = _recipient_sql(len(ids))
-    found = {channel: {row[0] for row in conn.execute(sql, ids)} for channel, sql in suppressed.items()}
+    found = {channel: {row[0] for row in stmt.execute(conn, ids)} for channel, stmt in SUPPRESSED.items()}
     return (
-        list(map(UserRow._make, conn.execute(users, ids))),
-        list(map(PreferenceRow._make, conn.execute(prefs, ids))),
-        list(map(SettingRow._make, conn.execute(settings, ids))),
-        list(map(DeviceRow._make, conn.execute(devices, ids))) if with_devices else [],
+        list(map(UserRow._make, USERS.execute(conn, ids))),
+        list(map(PreferenceRow._make, PREFERENCES.execute(conn, ids))),
+        list(map(SettingRow._make, SETTINGS.execute(conn, ids))),
+        list(map(DeviceRow._make, DEVICES.execute(conn, ids))) if with_devices else [],
         {channel: addresses for channel, addresses in found.items() if addresses},
     )
 
 
 # -- sending: the results of a batch of sends ---------------------------------------------------
-# One prepared statement for every result. Optional columns keep their value when the parameter
-# is NULL.
-_D = t.deliveries
-RECORD_RESULT = NamedStatement(
-    update(_D)
-    .where(
-        _D.c.id == bindparam("b_id"), _D.c.status == S.SENDING.value, _D.c.lease_owner == bindparam("b_owner")
-    )
-    .values(
-        status=bindparam("b_status"),
-        reason=bindparam("b_reason"),
-        provider=bindparam("b_provider"),
-        retry_count=bindparam("b_n"),
-        budget_used=_D.c.budget_used + bindparam("b_budget"),
-        lease_owner=None,
-        lease_until=None,
-        updated_at=bindparam("b_now"),
-        sent_at=func.coalesce(bindparam("b_sent_at", type_=Float), _D.c.sent_at),
-        provider_message_id=func.coalesce(bindparam("b_message_id", type_=String), _D.c.provider_message_id),
-        failed_at=func.coalesce(bindparam("b_failed_at", type_=Float), _D.c.failed_at),
-        due_at=func.coalesce(bindparam("b_due_at", type_=Float), _D.c.due_at),
-    )
-)
-ATTEMPT_COLUMNS = (
-    "delivery_id", "n", "at", "provider", "outcome", "code", "detail", "latency_ms", "ambiguous",
-)  # fmt: skip
+# One prepared statement for every result (compiled from the reference's construct).
+RECORD_RESULT = NamedStatement(hot.RECORD_RESULT)
 INSERT_ATTEMPTS = NamedStatement(insert(t.attempts), ATTEMPT_COLUMNS)
-
-
-class Changed(NamedTuple):
-    """A delivery a result changed: its queue keys after the change, and its rollup keys."""
-
-    channel: str
-    priority: int
-    due_at: float
-    created_at: float
-    category: str
-    template: str | None
 
 
 @functools.lru_cache(maxsize=16)
@@ -257,17 +244,12 @@ def _held_leases(n: int) -> str:
     # rollups' keys (sql_rollups.py), read with the lease, by primary key on both tables.
     return (
         "SELECT d.id, d.lease_owner, d.channel, d.priority, d.due_at, d.created_at, d.category, "  # noqa: S608
-        "n.template FROM deliveries AS d LEFT JOIN notifications AS n ON n.id = d.notification_id "
-        f"WHERE d.id IN ({marks(n)}) AND +d.status = 'sending'"
+        "n.template, d.user_id FROM deliveries AS d LEFT JOIN notifications AS n ON n.id = d.notification_id "
+        f"WHERE d.id IN ({marks(n)}) AND +d.status = '{S.SENDING.value}'"
     )
 
 
-def apply_results(
-    c: Connection,
-    batch: dict[str, DeliveryResult],
-    now: float,
-    params: Callable[[DeliveryResult, float], dict[str, Any]],
-) -> dict[str, Changed]:
+def apply_results(c: Connection, batch: dict[str, DeliveryResult], now: float) -> dict[str, Changed]:
     """The held leases read once (the write lock keeps them until commit), then one
     ``executemany`` for the results whose lease is still the sender's. Returns {delivery id:
     :class:`Changed`} of the rows changed."""
@@ -277,18 +259,38 @@ def apply_results(
     updates: list[dict[str, Any]] = []
     for i in range(0, len(ids), CHUNK):
         part = ids[i : i + CHUNK]
-        for delivery_id, owner, channel, priority, due_at, created_at, category, template in conn.execute(
-            _held_leases(len(part)), part
-        ):
+        for row in conn.execute(_held_leases(len(part)), part):
+            delivery_id, owner, channel, priority, due_at, created_at, category, template, user = row
             r = batch[delivery_id]
             if owner is not None and owner == r.lease_owner:
-                updates.append(params(r, now))
+                updates.append(result_values(r, now))
                 due = due_at if r.due_at is None else r.due_at
-                changed[delivery_id] = Changed(channel, priority, due, created_at, category, template)
+                changed[delivery_id] = Changed(channel, priority, due, created_at, category, template, user)
     if updates:
         RECORD_RESULT.executemany(conn, updates)
     return changed
 
 
 def insert_attempts(c: Connection, attempts: Sequence[dict[str, Any]]) -> None:
-    INSERT_ATTEMPTS.executemany(raw(c), attempts)
+    """Insert attempt rows (dicts of :data:`~rows.ATTEMPT_COLUMNS`)."""
+    if attempts:
+        INSERT_ATTEMPTS.executemany(raw(c), attempts)
+
+
+# -- the scheduler: deliveries whose time ran out ----------------------------------------------
+EXPIRE = PositionalStatement(hot.EXPIRE[False])
+
+
+def expire(c: Connection, now: float) -> list[str]:
+    """Skip (reason ``expired``) the waiting deliveries whose ``expires_at`` passed; their ids."""
+    return [row[0] for row in EXPIRE.execute(raw(c), b_now=now).fetchall()]
+
+
+# -- the funnel: counts bumped with each change --------------------------------------------------
+ROLLUP_UPSERT = NamedStatement(hot.rollup_upsert(sqlite_dialect.insert), hot.ROLLUP_COLUMNS)
+
+
+def bump_rollups(c: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Add ``rows`` (tuples of :data:`hot.ROLLUP_COLUMNS`) to the rollups."""
+    if rows:
+        ROLLUP_UPSERT.executemany(raw(c), [dict(zip(hot.ROLLUP_COLUMNS, row, strict=True)) for row in rows])
