@@ -1,11 +1,15 @@
-"""The composition root: builds adapters and services from the configuration, once per process."""
+"""The composition root: builds adapters and services from the configuration, once per process.
+
+The container and :func:`build` are here; the providers (registry, table checks, each channel's
+provider) are :mod:`herald.bootstrap_providers`, the backends chosen by URL scheme (store,
+queue, cache, live wake-ups, brokers' events) :mod:`herald.bootstrap_backends`, and Kafka's
+:mod:`herald.bootstrap_kafka`. Their public names are importable from here as well.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import re
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -13,32 +17,36 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from pydantic import BaseModel
-from pydantic import ValidationError as PydanticValidationError
-from sqlalchemy import text
 
-from herald import store_root
-from herald.adapters.cache.memory import MemoryCache
-from herald.adapters.live.local import LocalLiveSignals
-from herald.adapters.providers.composite import FailoverProvider, PushDispatcher, RateLimit
-from herald.adapters.providers.console import ConsoleProvider
-from herald.adapters.providers.in_app import InAppProvider
-from herald.adapters.providers.smtp import SmtpConfig, SmtpProvider
 from herald.adapters.queue.outbox_relay import OutboxRelay
-from herald.adapters.queue.sql import SqlQueue
 from herald.adapters.store.sql import SqlStore
 from herald.adapters.store.sql_console import SqlConsoleReads
-from herald.adapters.store.sql_inbox import SqlInboxFeed
 from herald.alerts import Observers, OpsAlerter
-from herald.config import SECRET_KEY_NAMES, ChannelConfig, Settings
+from herald.bootstrap_backends import (
+    build_broker_events,
+    build_cache,
+    build_inbox_hub,
+    build_kafka_events,
+    build_queue,
+    build_store,
+)
+from herald.bootstrap_providers import (
+    PROVIDER_EXTRAS,
+    PROVIDER_MODULES,
+    ProviderFactory,
+    build_pools,
+    import_provider_module,
+    smtp_config,
+    validate_provider_tables,
+)
+from herald.config import SECRET_KEY_NAMES, Settings
 from herald.domain.engagement import MachinePolicy
-from herald.domain.errors import ConfigurationError
-from herald.domain.models import Category, Priority
+from herald.domain.models import Category
 from herald.domain.policies import RetrySchedule
 from herald.domain.rules import parse_rule
 from herald.inbox import InboxHub
 from herald.metrics import Metrics
-from herald.ports import Cache, Clock, LiveSignals, Provider, Queue, RouterWakeups, Store
+from herald.ports import Cache, Clock, Provider, Queue, RouterWakeups, Store
 from herald.redact import register_secrets
 from herald.services import rendering
 from herald.services.accept import AcceptService
@@ -46,7 +54,7 @@ from herald.services.callbacks import CallbackService
 from herald.services.catalog import Catalog
 from herald.services.console import ConsoleService, provider_health
 from herald.services.console_auth import ConsoleSessions
-from herald.services.deliver import ChannelPool, DeliveryService
+from herald.services.deliver import DeliveryService
 from herald.services.digest import DigestService
 from herald.services.events import EventService
 from herald.services.leader import LeaderLease
@@ -63,126 +71,33 @@ if TYPE_CHECKING:
     from herald.adapters.events_amqp import AmqpEventConsumer
     from herald.adapters.events_kafka import KafkaEventConsumer
 
+__all__ = [
+    "PROVIDER_EXTRAS",
+    "PROVIDER_MODULES",
+    "Container",
+    "ProviderFactory",
+    "SystemClock",
+    "apply_config_rules",
+    "build",
+    "build_broker_events",
+    "build_cache",
+    "build_catalog",
+    "build_inbox_hub",
+    "build_kafka_events",
+    "build_queue",
+    "build_store",
+    "import_provider_module",
+    "render_limits",
+    "smtp_config",
+    "validate_provider_tables",
+]
+
 log = structlog.get_logger("herald.bootstrap")
 
 
 class SystemClock:
     def now(self) -> float:
         return time.time()
-
-
-ProviderFactory = Callable[[Settings, InboxHub], Provider]
-
-
-def _section(settings: Settings, name: str) -> dict[str, Any]:
-    extra = settings.providers.model_extra or {}
-    raw = extra.get(name)
-    if raw is None:
-        raise ConfigurationError(
-            f"providers.{name}: a channel uses it but there is no [providers.{name}] table"
-        )
-    if not isinstance(raw, dict):
-        raise ConfigurationError(f"providers.{name}: must be a table")
-    return raw
-
-
-def _validated(name: str, model: type[BaseModel], raw: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(raw)
-    except PydanticValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigurationError(f"configuration key providers.{name}.{key}: {err['msg']}") from None
-
-
-def _external(name: str) -> ProviderFactory:
-    """Providers with their own dependencies are imported only when configured."""
-
-    def factory(settings: Settings, _hub: InboxHub) -> Provider:
-        raw = _section(settings, name)
-        module = import_provider_module(name)
-        config_cls, provider_cls = (getattr(module, n) for n in _MODULES[name][1:])
-        provider: Provider = provider_cls(_validated(name, config_cls, raw))
-        return provider
-
-    return factory
-
-
-def import_provider_module(name: str) -> Any:
-    """The provider's adapter module; ConfigurationError naming the extra it needs if missing."""
-    extra, packages = PROVIDER_EXTRAS.get(name, (None, ()))
-    try:
-        for package in packages:
-            importlib.import_module(package)
-        return importlib.import_module(f"herald.adapters.providers.{_MODULES[name][0]}")
-    except ModuleNotFoundError as exc:
-        if extra is not None:
-            raise ConfigurationError(
-                f"providers.{name} needs the '{extra}' extra ({exc.name} is not installed): "
-                f"pip install 'herald[{extra}]'"
-            ) from None
-        raise ConfigurationError(
-            f"providers.{name}: a dependency is missing ({exc.name}); reinstall herald"
-        ) from None
-
-
-# Providers whose SDKs are not in the default install: the extra and the packages it brings.
-PROVIDER_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "ses": ("ses", ("botocore",)),
-    "chat": ("chat", ("apprise",)),
-    "apns": ("apns", ("httpx", "h2")),
-}
-
-_MODULES = {
-    "sendgrid": ("sendgrid", "SendGridConfig", "SendGridProvider"),
-    "ses": ("ses", "SesConfig", "SesProvider"),
-    "twilio": ("twilio", "TwilioConfig", "TwilioProvider"),
-    "fcm": ("fcm", "FcmConfig", "FcmProvider"),
-    "apns": ("apns", "ApnsConfig", "ApnsProvider"),
-    "webpush": ("webpush", "WebPushConfig", "WebPushProvider"),
-    "webhook": ("webhook", "WebhookConfig", "WebhookProvider"),
-    "chat": ("chat", "ChatConfig", "ChatProvider"),
-}
-
-
-def smtp_config(settings: Settings) -> SmtpConfig:
-    """SMTP needs no table: without one it speaks to a relay on 127.0.0.1:25."""
-    raw = (settings.providers.model_extra or {}).get("smtp", {})
-    if not isinstance(raw, dict):
-        raise ConfigurationError("providers.smtp: must be a table")
-    config: SmtpConfig = _validated("smtp", SmtpConfig, raw)
-    return config
-
-
-PROVIDER_MODULES = _MODULES  # name -> (module, config class, provider class)
-
-
-def _provider_factories() -> dict[str, ProviderFactory]:
-    factories: dict[str, ProviderFactory] = {
-        "console": lambda s, _hub: ConsoleProvider(s.providers.console.path),
-        "smtp": lambda s, _hub: SmtpProvider(smtp_config(s)),
-        "in_app": lambda _s, hub: InAppProvider(hub),
-    }
-    for name in _MODULES:
-        factories[name] = _external(name)
-    return factories
-
-
-_PUSH_KINDS = ("apns", "fcm", "webpush")
-
-
-def _channel_provider(channel: str, ch: ChannelConfig, chosen: list[Provider], cache: Cache) -> Provider:
-    """One provider per channel: push dispatches by device kind; others fail over in order."""
-    if channel == "push" and any(p.name in _PUSH_KINDS for p in chosen):
-        by_kind = {p.name: p for p in chosen if p.name in _PUSH_KINDS}
-        others = [p for p in chosen if p.name not in _PUSH_KINDS]
-        return PushDispatcher(by_kind, fallback=others[0] if others else None)
-    if len(chosen) == 1 and not ch.rate_limits:
-        return chosen[0]
-    rates = {name: RateLimit.parse(rate) for name, rate in ch.rate_limits.items()}
-    return FailoverProvider(
-        chosen, cache=cache, rates=rates, threshold=ch.breaker_threshold, open_seconds=ch.breaker_open_seconds
-    )
 
 
 def build_catalog(settings: Settings) -> Catalog:
@@ -361,104 +276,9 @@ def render_limits(settings: Settings) -> RenderLimits:
     )
 
 
-def build_store(settings: Settings) -> SqlStore:
-    return store_root.build_store(settings)
-
-
 _GRACEFUL_TASKS = frozenset(
     {"herald-leader", "herald-outbox-relay", "herald-broker-events", "herald-kafka-events"}
 )
-
-
-def build_queue(settings: Settings, store: SqlStore, clock: Clock) -> tuple[Queue, OutboxRelay | None]:
-    """``sql``: the deliveries table. ``amqp://``: RabbitMQ, fed by the outbox through a relay."""
-    q = settings.queue
-    if q.url == "sql":
-        return SqlQueue(store.db), None
-    store.outbox = True
-    if q.url.startswith(("kafka://", "kafkas://")):
-        from herald.bootstrap_kafka import build_kafka_queue  # noqa: PLC0415 - the kafka extra
-
-        kafka = build_kafka_queue(settings, store, clock)
-        ranks = None if len(q.relay_lanes) == len(Priority) else [p.rank for p in q.relay_lanes]
-        kafka_relay = OutboxRelay(
-            store, kafka.publish, clock, batch=q.relay_batch, max_sleep=q.idle_wait_seconds, ranks=ranks
-        )
-        kafka.add_wake_listener(kafka_relay.wake)
-        return kafka, kafka_relay
-    try:
-        from herald.adapters.queue.amqp import AmqpQueue  # noqa: PLC0415 - the rabbitmq extra
-    except ModuleNotFoundError as exc:
-        raise ConfigurationError(
-            f"queue.url is amqp:// but {exc.name} is not installed: pip install 'herald[rabbitmq]'"
-        ) from None
-    store.outbox = True
-    queue = AmqpQueue(
-        q.url,
-        store,
-        clock,
-        prefix=q.prefix,
-        prefetch=q.prefetch,
-        ids_per_message=q.ids_per_message,
-        delivery_limit=q.delivery_limit,
-        # Consume only the lanes this process sends (config.check_lanes keeps them sorted).
-        lanes={name: [p.rank for p in ch.lanes] for name, ch in settings.channels.items()},
-        # Routers' wake-ups across processes: PostgreSQL NOTIFY (the broker carries deliveries).
-        wakeups_db=store.db if store.db.dialect == "postgresql" else None,
-    )
-    ranks = None if len(q.relay_lanes) == len(Priority) else [p.rank for p in q.relay_lanes]
-    relay = OutboxRelay(
-        store, queue.publish, clock, batch=q.relay_batch, max_sleep=q.idle_wait_seconds, ranks=ranks
-    )
-    queue.add_wake_listener(relay.wake)
-    return queue, relay
-
-
-def build_broker_events(settings: Settings, events: EventService) -> AmqpEventConsumer | None:
-    """Worker processes consume events published to the ``{prefix}.events`` exchange."""
-    q = settings.queue
-    if not q.url.startswith(("amqp://", "amqps://")) or not q.consume_events:
-        return None
-    from herald.adapters.events_amqp import AmqpEventConsumer  # noqa: PLC0415 - the rabbitmq extra
-
-    async def handle(payload: dict[str, Any], *, idempotency_key: str | None) -> None:
-        await events.ingest(payload, source="amqp", idempotency_key=idempotency_key)
-
-    return AmqpEventConsumer(q.url, handle, prefix=q.prefix, delivery_limit=q.delivery_limit)
-
-
-async def build_inbox_hub(settings: Settings, store: SqlStore) -> InboxHub:
-    """Live inbox streams: the feed in the database; wake-ups in-process, or through PostgreSQL
-    ``NOTIFY`` when the database is PostgreSQL (any process may send what another streams)."""
-    signals: LiveSignals
-    if store.db.dialect == "postgresql":
-        from herald.adapters.live.pg import PgLiveSignals  # noqa: PLC0415 - needs psycopg
-
-        dsn = store.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        # One NOTIFY channel per schema: deployments sharing a database do not wake each other.
-        schema = await store.db.run(lambda c: c.execute(text("SELECT current_schema()")).scalar())
-        channel = "herald_inbox"
-        if schema and schema != "public":
-            channel = (channel + "_" + re.sub(r"[^a-z0-9_]", "_", str(schema).lower()))[:63]
-        signals = PgLiveSignals(dsn, channel=channel)
-    else:
-        signals = LocalLiveSignals()
-    hub = InboxHub(SqlInboxFeed(store.db), signals, per_user=settings.server.streams_per_user)
-    store.on_inbox_numbered(hub.numbered)  # in-app items are numbered as their result commits
-    await hub.start()
-    return hub
-
-
-def build_cache(settings: Settings) -> Cache:
-    url = settings.cache.url
-    if url == "memory":
-        return MemoryCache()
-    if url.startswith(("redis://", "rediss://")):
-        # Imported here: the redis package is an optional extra (the module says which).
-        from herald.adapters.cache.redis import RedisCache  # noqa: PLC0415
-
-        return RedisCache(url, prefix=settings.cache.prefix)
-    raise ConfigurationError(f"cache.url: expected 'memory' or a redis:// URL, got {url.split(':')[0]}:")
 
 
 def _wake_routers(
@@ -473,23 +293,6 @@ def _wake_routers(
             queue.wake_routers(urgent)
 
     return wake
-
-
-def validate_provider_tables(settings: Settings) -> None:
-    """Every ``[providers.NAME]`` table is checked at start, whether a channel uses it yet or
-    not: a bad value fails now, naming its key, not the day a channel is pointed at it. (A
-    provider whose extra is not installed is checked only where a channel uses it.)"""
-    for name, raw in (settings.providers.model_extra or {}).items():
-        if name == "smtp":
-            smtp_config(settings)
-        elif name in _MODULES:
-            try:
-                module = import_provider_module(name)
-            except ConfigurationError:
-                continue
-            if not isinstance(raw, dict):
-                raise ConfigurationError(f"providers.{name}: must be a table")
-            _validated(name, getattr(module, _MODULES[name][1]), raw)
 
 
 async def build(
@@ -520,32 +323,7 @@ async def build(
     metrics = Metrics()
     alerter = OpsAlerter(settings.alerts.webhook_url, min_interval=settings.alerts.min_interval_seconds)
     catalog = build_catalog(settings)
-    factories = _provider_factories()
-    validate_provider_tables(settings)
-    built: dict[str, Provider] = dict(providers or {})
-    pools: dict[str, ChannelPool] = {}
-    for channel, ch in settings.channels.items():
-        if not ch.enabled:
-            continue
-        chosen: list[Provider] = []
-        for name in ch.providers:
-            if name not in built:
-                factory = factories.get(name)
-                if factory is None:
-                    raise ConfigurationError(
-                        f"channels.{channel}.providers: unknown provider {name!r}; "
-                        f"known: {', '.join(sorted(factories))}"
-                    )
-                built[name] = factory(settings, hub)
-            chosen.append(built[name])
-        pools[channel] = ChannelPool(
-            channel=channel,
-            providers=[_channel_provider(channel, ch, chosen, cache)],
-            concurrency=ch.concurrency,
-            reserved_high=min(ch.reserved_high, ch.concurrency - 1),
-            min_rank=ch.lanes[0].rank,
-            max_rank=ch.lanes[-1].rank,
-        )
+    built, pools = build_pools(settings, hub, cache, providers)
 
     delivery = DeliveryService(
         store,
@@ -632,13 +410,5 @@ async def build(
         relay=relay,
         broker_events=build_broker_events(settings, events),
         leader=LeaderLease(store, clock, ttl=settings.scheduler.leader_ttl_seconds),
-        kafka_events=_kafka_events(settings, events),
+        kafka_events=build_kafka_events(settings, events),
     )
-
-
-def _kafka_events(settings: Settings, events: EventService) -> KafkaEventConsumer | None:
-    if settings.events.kafka_url is None:
-        return None
-    from herald.bootstrap_kafka import build_kafka_events  # noqa: PLC0415 - the kafka extra
-
-    return build_kafka_events(settings, events)

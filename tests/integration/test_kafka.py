@@ -289,11 +289,11 @@ async def test_a_worker_consumes_only_its_lanes_and_commits_only_claimed_records
         await eventually(lambda: _ready(urgent.received["email"] == 10 and bulk.received["email"] == 10), 30)
         assert by_rank == {0: 5, 1: 5, 2: 5, 3: 5}
         # Each process holds only the records of its lanes; the groups are apart.
-        assert {e.tp.topic for b in urgent._consumers["email"].buffers for e in b} == {
+        assert {e.tp.topic for b in urgent._lanes["email"].buffers for e in b} == {
             lane_topic(prefix, "email", 0),
             lane_topic(prefix, "email", 1),
         }
-        assert {e.tp.topic for b in bulk._consumers["email"].buffers for e in b} == {
+        assert {e.tp.topic for b in bulk._lanes["email"].buffers for e in b} == {
             lane_topic(prefix, "email", 2),
             lane_topic(prefix, "email", 3),
         }

@@ -262,7 +262,7 @@ class SyncedKafkaQueue:
     async def claim(self, channel: str, **kw: Any) -> Any:
         await self.inner.wait(channel, 0)
         deadline = time.monotonic() + 20
-        while channel not in self.inner._consumers:
+        while channel not in self.inner._lanes:
             assert time.monotonic() < deadline, "could not start consuming"
             await asyncio.sleep(0.005)
         await self.harness.sync(channel, kw["now"])

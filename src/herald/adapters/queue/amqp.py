@@ -6,39 +6,23 @@ Layout, for ``prefix`` ``herald`` and the channel ``email``::
         durable quorum queues; x-delivery-limit; dead-lettered (at-least-once) to
     herald.dlq.email
 
-A message is persistent and its body is up to ``ids_per_message`` delivery ids of one lane, one
-per line: the relay publishes a batch of due rows as a few messages, not one each (publishing and
-consuming a message cost ~0.3 ms of the one core's time; per delivery that was most of the event
-loop's time when draining). The database stays the source of
-truth: messages only say "look at this delivery". They are written by the transactional outbox
-(:mod:`herald.adapters.store.sql_outbox`) in the transaction that made the delivery claimable
-and published after commit, with publisher confirms, by the relay
-(:mod:`herald.adapters.queue.outbox_relay`).
+A message is persistent and carries up to ``ids_per_message`` delivery ids of one lane: the relay
+publishes a batch of due rows as a few messages, not one each (publishing and consuming a message
+cost ~0.3 ms of the one core's time; per delivery that was most of the event loop's time when
+draining). The database stays the source of truth; what the broker queues share (lanes,
+buffers, the claim through ``Store.claim_ids``, the hand-over) is :mod:`.broker`.
 
 **Claim.** Each worker process consumes the lanes of its channels with manual acks and a bounded
 prefetch (one consumer per lane, so a backlog in ``low`` never fills the window of ``critical``).
 ``lanes`` narrows that per channel: a process that sends only the critical and high lanes never
-receives a bulk message, and a bulk sender never holds a critical one unacked.
-``claim`` takes buffered ids from the highest lane down, up to its limit (a message's ids may be
-split between claims), claims those ids in the store (queued/retrying and due → ``sending``
-under the lease, exactly the ``sql`` queue's semantics) and acks a message only once all its ids
-were claimed, after that transaction committed. Ids that are no longer claimable (sent, cancelled,
-already claimed through a duplicate message) are acked away. When the store is down the messages
-stay in this process's buffer (unacked, not requeued: that would spend their delivery limit) and
-the next claim tries again. A worker that dies after the ack and before sending is covered by
-the lease: ``reclaim_expired_leases`` puts the delivery back to ``retrying`` and, the outbox being
-on, writes a new outbox row.
+receives a bulk message, and a bulk sender never holds a critical one unacked. A message is
+acked only once all its ids were claimed (or are no longer claimable), after that transaction
+committed. When the store is down the messages stay in this process's buffer (unacked, not
+requeued: that would spend their delivery limit) and the next claim tries again. A worker that
+dies after the ack and before sending is covered by the lease: ``reclaim_expired_leases`` puts
+the delivery back to ``retrying`` and, the outbox being on, writes a new outbox row.
 
-**Delayed retries go through the database's due times, not through per-tier delay queues.**
-A retry is an outbox row whose ``due_at`` is the retry time; the relay publishes only due rows.
-Arguments: (1) the retry schedule is configurable, has jitter and honours ``Retry-After``, so
-delays are arbitrary — TTL delay queues need one queue per distinct delay (or the unsupported
-delayed-message plugin) and per-queue TTLs only expire from the head, so a message with a short
-delay waits behind a long one; (2) the delivery row already holds ``due_at``, and cancel, expiry
-and replay change it in one transaction — a message parked in a delay queue could not be
-revoked and would later be acked away anyway; (3) the broker only holds work that is due now, so
-queue depths mean "waiting to be sent" and the lanes stay short. The cost is one indexed outbox
-query per relay pass.
+Delayed retries are outbox rows due later, not per-tier delay queues (:mod:`.broker` says why).
 
 **Dead letters.** ``x-delivery-limit`` catches a message that keeps coming back because the
 consumers holding it die (a crash loop). Such a message is dead-lettered (at-least-once) to the
@@ -60,11 +44,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import time
-from collections import Counter, deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -85,18 +67,14 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
         "queue.url is amqp:// but aio-pika is not installed: pip install 'herald[rabbitmq]'"
     ) from exc
 
-from herald.adapters.queue.signals import Signals
+from herald.adapters.queue.broker import RANKS, BrokerQueue, Buffered, Lanes, body_ids, lane_name
+from herald.adapters.queue.wakeups import CrossProcessWakeups
 from herald.adapters.store.database import Database
 from herald.domain.errors import ConfigurationError, HeraldError, ServiceUnavailable
-from herald.domain.models import Delivery, Priority
 from herald.ports import Clock, OutboxItem, Store
-
-if TYPE_CHECKING:
-    from herald.adapters.queue.pg_notify import PgWakeups
 
 log = structlog.get_logger("herald.queue.amqp")
 
-RANKS = tuple(sorted(p.rank for p in Priority))
 # What a broker or its connection can throw at us; everything else is a bug and propagates.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     amqp_errors.AMQPError,
@@ -108,9 +86,7 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 
 _CONSUME_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, HeraldError)
 
-
-def lane_queue(prefix: str, channel: str, rank: int) -> str:
-    return f"{prefix}.q.{channel}.{Priority.from_rank(rank).value}"
+lane_queue = lane_name  # herald.q.<channel>.<priority>
 
 
 def dead_letter_queue(prefix: str, channel: str) -> str:
@@ -156,35 +132,21 @@ async def connect(
         raise broker_error(exc, "connecting") from exc
 
 
-@dataclass
-class _Buffered:
-    """A delivered message and the ids of it not claimed yet; ``message`` is None for ids this
-    process routed itself (:meth:`AmqpQueue.hand_over`: nothing to ack)."""
+@dataclass(eq=False)
+class _Message(Buffered):
+    """A delivered message's ids; ``message`` is None for ids this process routed itself
+    (:meth:`AmqpQueue.hand_over`: nothing to ack)."""
 
-    message: AbstractIncomingMessage | None
-    ids: list[str]
-    taken: int = 0  # ids[:taken] are claimed
-
-    @property
-    def left(self) -> int:
-        return len(self.ids) - self.taken
+    message: AbstractIncomingMessage | None = None
 
 
-def message_ids(body: bytes) -> list[str]:
-    return [i for i in body.decode(errors="replace").split("\n") if i]
-
-
-@dataclass
-class _Lanes:
-    """The consumers of one channel in this process and what they delivered so far.
-
-    One AMQP channel per lane: delivery tags then follow each lane's buffer, whose front is
+@dataclass(eq=False, kw_only=True)
+class _Lanes(Lanes[_Message]):
+    """One AMQP channel per lane: delivery tags then follow each lane's buffer, whose front is
     always taken first, so one ``ack(multiple=True)`` acks exactly the messages a claim finished.
     """
 
-    amqp: list[AbstractChannel]  # per lane, then the dead-letter consumer's
-    buffers: list[deque[_Buffered]] = field(default_factory=lambda: [deque() for _ in RANKS])
-    claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
+    amqp: list[AbstractChannel] = field(default_factory=list)  # per lane, then the dead letters'
 
 
 def _channel_closed(message: AbstractIncomingMessage) -> bool:
@@ -196,7 +158,10 @@ def _channel_closed(message: AbstractIncomingMessage) -> bool:
         return True
 
 
-class AmqpQueue:
+class AmqpQueue(CrossProcessWakeups, BrokerQueue[_Message, _Lanes]):
+    kind = "amqp"
+    _log = log
+
     def __init__(
         self,
         url: str,
@@ -215,55 +180,25 @@ class AmqpQueue:
         lanes: Mapping[str, Collection[int]] | None = None,
         wakeups_db: Database | None = None,
     ) -> None:
+        super().__init__(store, clock, prefix, prefetch, ids_per_message, early, publish_timeout, lanes)
         self.url = url
         self._wakeups_db = wakeups_db  # PostgreSQL: routers' wake-ups across processes
-        self._wakeups: PgWakeups | None = None
-        self._route_listeners: list[Callable[[bool], None]] = []
-        # channel -> the lane ranks this process consumes (absent: every lane)
-        self.lanes = {ch: tuple(sorted(ranks)) for ch, ranks in (lanes or {}).items()}
-        self.store = store
-        self.clock = clock
-        self.prefix = prefix
-        self.prefetch = prefetch
-        self.ids_per_message = max(1, ids_per_message)
         self.delivery_limit = delivery_limit
         self.dead_letter_delay = dead_letter_delay
-        self.early = early  # a message up to this much ahead of its due time is claimed anyway
-        self.publish_timeout = publish_timeout
         self.connect_timeout = connect_timeout
         self.reconnect_interval = reconnect_interval
-        self.signals = Signals()
-        self.received: Counter[str] = Counter()  # channel -> delivery ids our consumers received
-        self.published: Counter[str] = Counter()  # channel -> delivery ids the broker confirmed
-        self.handed_over: Counter[str] = Counter()  # channel -> ids routed here, claimed without the broker
         self._connection: AbstractRobustConnection | None = None
         self._connect_lock = asyncio.Lock()
         self._publisher: AbstractRobustChannel | None = None
         self._declared: set[str] = set()  # channels whose queues this process declared
-        self._lanes: dict[str, _Lanes] = {}
-        self._lane_locks: dict[str, asyncio.Lock] = {}
-        self._starting: dict[str, asyncio.Task[None]] = {}
-        self._wake_listeners: list[Callable[[str | None], None]] = []
-        self._consume_failing: set[str] = set()  # channels whose consumer could not start
-        self._closed = False
-
-    def _now(self) -> float:
-        return self.clock.now() if self.clock is not None else time.time()
 
     # Connection ----------------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect early so that bad credentials fail at start; an unreachable broker does not:
         the outbox keeps everything until it is back."""
-        if self._wakeups_db is not None and self._wakeups is None:
-            from herald.adapters.queue.pg_notify import start_wakeups  # noqa: PLC0415 - needs psycopg
-
-            self._wakeups = await start_wakeups(
-                self._wakeups_db, self.signals, self._route_woken, on_channel=self._remote_wake
-            )
-        try:
-            await self._connect()
-        except ServiceUnavailable as exc:
-            log.warning("queue.broker_unavailable", detail=exc.detail)
+        if self._wakeups_db is not None:
+            await self._start_wakeups(self._wakeups_db, self.signals, on_channel=self._remote_wake)
+        await super().start()
 
     async def _connect(self) -> AbstractRobustConnection:
         if self._connection is not None:
@@ -282,9 +217,7 @@ class AmqpQueue:
 
     async def close(self) -> None:
         self._closed = True
-        if self._wakeups is not None:
-            await self._wakeups.close()
-            self._wakeups = None
+        await self._close_wakeups()
         for task in list(self._starting.values()):
             task.cancel()
         conn, self._connection = self._connection, None
@@ -324,19 +257,6 @@ class AmqpQueue:
         assert self._publisher is not None
         return self._publisher
 
-    def _messages(self, items: Sequence[OutboxItem]) -> list[tuple[str, str, list[str]]]:
-        """Group items into (channel, routing key, ids) of at most ``ids_per_message`` ids, in
-        the items' order within each lane."""
-        lanes: dict[tuple[str, int], list[str]] = {}
-        for item in items:
-            lanes.setdefault((item.channel, item.priority), []).append(item.delivery_id)
-        out = []
-        n = self.ids_per_message
-        for (channel, rank), ids in lanes.items():
-            key = lane_queue(self.prefix, channel, rank)
-            out += [(channel, key, ids[i : i + n]) for i in range(0, len(ids), n)]
-        return out
-
     async def publish(self, items: Sequence[OutboxItem]) -> None:
         """Publish the items' ids as a few messages per lane and return once the broker
         confirmed every one.
@@ -351,7 +271,7 @@ class AmqpQueue:
             await self._declare(amqp, channel)
             self._declared.add(channel)
         exchange = amqp.default_exchange
-        messages = self._messages(items)
+        messages = self._batches(items)
 
         async def one(routing_key: str, ids: list[str]) -> None:
             message = aio_pika.Message(
@@ -401,7 +321,7 @@ class AmqpQueue:
                     with contextlib.suppress(*BROKER_ERRORS):
                         await old.close()
             conn = await self._connect()
-            lanes = _Lanes([])
+            lanes = _Lanes()
             try:
                 for rank in [*self.lanes.get(channel, RANKS), None]:
                     amqp = await conn.channel()
@@ -427,17 +347,17 @@ class AmqpQueue:
     async def _on_message(
         self, lanes: _Lanes, channel: str, rank: int, message: AbstractIncomingMessage
     ) -> None:
-        ids = message_ids(message.body)
+        ids = body_ids(message.body)
         if not ids:  # nothing to claim (not one of ours): out of the way
             with contextlib.suppress(*BROKER_ERRORS):
                 await message.ack()
             return
-        lanes.buffers[rank].append(_Buffered(message, ids))
+        lanes.buffers[rank].append(_Message(ids, message=message))
         self.received[channel] += len(ids)
         self.signals.wake(channel)
 
     async def _on_dead_letter(self, channel: str, message: AbstractIncomingMessage) -> None:
-        ids = message_ids(message.body)
+        ids = body_ids(message.body)
         delivery_id = ",".join(ids)
         now = self._now()
         try:
@@ -461,152 +381,38 @@ class AmqpQueue:
         with contextlib.suppress(*BROKER_ERRORS):
             await message.ack()
 
-    # The Queue port ----------------------------------------------------------------------------
-    async def claim(
-        self,
-        channel: str,
-        *,
-        owner: str,
-        limit: int,
-        max_rank: int,
-        lease: float,
-        now: float,
-        min_rank: int = 0,
-    ) -> list[Delivery]:
-        lanes = await self._consume(channel)
-        ranks = RANKS[min_rank : max_rank + 1]
-        async with lanes.claiming:  # one claim per channel at a time: acks cover a buffer's front
-            return await self._claim(lanes, owner=owner, limit=limit, ranks=ranks, lease=lease, now=now)
+    # The claim's broker side -----------------------------------------------------------------
+    def _gone(self, entry: _Message) -> bool:
+        # The broker requeued it with its channel; it comes again.
+        return entry.message is not None and _channel_closed(entry.message)
 
-    async def _claim(
-        self, lanes: _Lanes, *, owner: str, limit: int, ranks: Sequence[int], lease: float, now: float
-    ) -> list[Delivery]:
-        out: list[Delivery] = []
-        while len(out) < limit:
-            # What to take: (rank, buffered message, how many of its ids). Nothing changes in the
-            # buffers until the claim committed, so a failed claim leaves them as they were.
-            plan: list[tuple[int, _Buffered, int]] = []
-            ids: list[str] = []
-            for rank in ranks:
-                buffer = lanes.buffers[rank]
-                for entry in list(buffer):
-                    if len(out) + len(ids) >= limit:
-                        break
-                    if entry.message is not None and _channel_closed(entry.message):
-                        buffer.remove(entry)  # the broker requeued it with its channel; it comes again
-                        continue
-                    n = min(entry.left, limit - len(out) - len(ids))
-                    plan.append((rank, entry, n))
-                    ids += entry.ids[entry.taken : entry.taken + n]
-            if not ids:
-                break
-            # The time of this pass, not of the call: messages keep arriving while a claim
-            # runs, for deliveries routed after it began. With the call's time they looked not
-            # yet due, went back to the outbox, were published again and came back, for as
-            # long as the loop was fed: a worker that sent nothing for minutes while its relay
-            # republished the same 20,000 ids five times (integration test, scale-out).
-            now = max(now, self._now())
-            got = await self.store.claim_ids(ids, owner=owner, lease=lease, now=now, early=self.early)
-            out.extend(got)
-            # Acked only now that the claim is committed, and only messages all of whose ids
-            # are claimed: one multiple-ack per lane, for the last such message. A lost ack
-            # redelivers the message, whose claim then finds its deliveries in `sending`.
-            finished: dict[int, AbstractIncomingMessage] = {}
-            for rank, entry, n in plan:
-                entry.taken += n
-                if entry.left == 0:
-                    front = lanes.buffers[rank].popleft()  # plans take each buffer from its front
-                    assert front is entry
-                    if entry.message is not None:
-                        finished[rank] = entry.message
-            for message in finished.values():
-                with contextlib.suppress(*BROKER_ERRORS):
-                    await message.ack(multiple=True)
-        out.sort(key=lambda x: (x.priority.rank, x.due_at))
-        return out
+    async def _finished(self, lanes: _Lanes, done: Sequence[tuple[int, _Message]]) -> None:
+        """Ack, now that the claim is committed, the messages all of whose ids are claimed: one
+        multiple-ack per lane, for the last such message."""
+        last: dict[int, AbstractIncomingMessage] = {}
+        for rank, entry in done:
+            if entry.message is not None:
+                last[rank] = entry.message
+        for message in last.values():
+            with contextlib.suppress(*BROKER_ERRORS):
+                await message.ack(multiple=True)
 
-    async def extend(self, delivery_ids: Sequence[str], *, owner: str, until: float) -> None:
-        await self.store.extend_leases(delivery_ids, owner=owner, until=until)
+    def _handed(self, ids: list[str]) -> _Message:
+        return _Message(ids)
 
-    def add_wake_listener(self, listener: Callable[[str | None], None]) -> None:
-        """Also call ``listener`` on every wake (the outbox relay: new rows may be due)."""
-        self._wake_listeners.append(listener)
+    def _wake_handed(self, channel: str, rank: int) -> None:
+        self.signals.wake(channel)  # as a message arriving does: every waiter of the channel
 
-    def wake_routers(self, urgent: bool) -> None:
-        """New notifications for the routers of the other processes (PostgreSQL: NOTIFY)."""
-        if self._wakeups is not None:
-            self._wakeups.notify_route(urgent)
-
-    def add_route_listener(self, listener: Callable[[bool], None]) -> None:
-        """Call ``listener(urgent)`` when another process asks routers to wake."""
-        self._route_listeners.append(listener)
-
-    def _route_woken(self, urgent: bool) -> None:
-        for listener in self._route_listeners:
-            listener(urgent)
-
-    def wake_local(self, channel: str) -> None:
-        self.signals.wake(channel)
-
-    def hand_over(self, deliveries: Sequence[Delivery]) -> None:
-        """Buffer the ids of critical/high deliveries routed by this process for its own
-        consumers of their lanes, as if the broker had delivered them: the next claim takes
-        them (under the same lease) without the relay's pass, the publish and the consumer's
-        round trip. Their outbox rows stay: if this process dies first, the relay publishes
-        them as always; otherwise the broker's message, when it comes, finds them claimed and
-        is acked away."""
-        now = self._now()
-        grouped: dict[tuple[str, int], list[str]] = {}
-        for d in deliveries:
-            rank = d.priority.rank
-            consumed = d.channel in self._lanes and rank in self.lanes.get(d.channel, RANKS)
-            if consumed and d.due_at <= now + self.early:
-                grouped.setdefault((d.channel, rank), []).append(d.id)
-        for (channel, rank), ids in grouped.items():
-            self._lanes[channel].buffers[rank].append(_Buffered(None, ids))
-            self.handed_over[channel] += len(ids)
-            self.signals.wake(channel)
-
+    # Wake-ups --------------------------------------------------------------------------------------
     def wake(self, channel: str | None = None, top_rank: int = 0) -> None:
-        self.signals.wake(channel, top_rank)
-        for listener in self._wake_listeners:
-            listener(channel)
-        if top_rank == 0 and channel is not None and self._wakeups is not None:
+        super().wake(channel, top_rank)
+        if top_rank == 0 and channel is not None:
             # Critical work this process may not relay (a bulk worker's router routed it, its
             # relay publishes the bulk lanes only): the relays of the other processes publish
             # it now rather than at their next poll.
-            self._wakeups.notify(channel)
+            self._notify_channel(channel)
 
     def _remote_wake(self, channel: str | None) -> None:
         """Another process made work claimable: its outbox rows may be ours to relay."""
         for listener in self._wake_listeners:
             listener(channel)
-
-    async def wait(self, channel: str, timeout: float, max_rank: int = 3) -> None:
-        if channel not in self._lanes and channel not in self._starting:
-            # Start consuming in the background: a wake that comes meanwhile is not missed.
-            task = asyncio.create_task(self._consume_quietly(channel), name=f"herald-amqp-consume-{channel}")
-            self._starting[channel] = task
-            task.add_done_callback(lambda _: self._starting.pop(channel, None))
-        # Woken by a message arriving (or a local wake), never by messages already buffered:
-        # those may be of lanes the caller cannot take now, and waking on them would spin.
-        await self.signals.wait(channel, timeout, max_rank)
-
-    async def _consume_quietly(self, channel: str) -> None:
-        try:
-            await self._consume(channel)
-        except HeraldError as exc:  # the broker is away: the next wait tries again
-            # Said once per outage (every wait tries again), so that a worker that cannot
-            # consume is never silent about it.
-            if channel not in self._consume_failing:
-                self._consume_failing.add(channel)
-                log.warning("queue.consume_failed", channel=channel, error=exc.detail)
-            else:
-                log.debug("queue.consume_failed", channel=channel, error=exc.detail)
-            return
-        except Exception:  # a bug must not go unseen; the next wait tries again
-            log.exception("queue.consume_crashed", channel=channel)
-            return
-        if channel in self._consume_failing:
-            self._consume_failing.discard(channel)
-            log.info("queue.consume_recovered", channel=channel)

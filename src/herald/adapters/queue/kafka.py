@@ -22,20 +22,17 @@ others (after the session timeout when it died).
 
 **Claim and commit.** Fetched records wait in a bounded buffer per lane; a lane whose buffer
 is full is paused (its partitions are not fetched), so a bulk backlog never holds back the
-fetching of critical records, and a consumer of bulk lanes never holds a critical record.
-``claim`` takes buffered ids from the highest lane down, up to its limit, claims them in the
-store (``Store.claim_ids``: queued/retrying and due -> ``sending`` under the lease) and, once
-that transaction committed, marks every record all of whose ids were claimed as finished. A
-partition's offset is committed up to its last finished record: records of one partition are
-finished in offset order (each buffer is taken from its front), so a committed offset never
-passes a record whose deliveries are not claimed. Ids that are no longer claimable (sent,
-cancelled, claimed through a duplicate record) are finished too. When the store is down the
-records stay buffered, uncommitted, and the next claim tries again. A record redelivered (a
-rebalance, a crash before the commit) finds its deliveries claimed or finished and is skipped;
-a worker that dies after the commit and before sending is covered by the lease
+fetching of critical records, and a consumer of bulk lanes never holds a critical record. The
+claim is :class:`herald.adapters.queue.broker.BrokerQueue`'s; once it committed, a partition's
+offset is committed up to its last finished record (all its ids claimed or no longer
+claimable): records of one partition are finished in offset order (each buffer is taken from its
+front), so a committed offset never passes a record whose deliveries are not claimed. When the
+store is down the records stay buffered, uncommitted, and the next claim tries again. A record
+redelivered (a rebalance, a crash before the commit) finds its deliveries claimed or finished
+and is skipped; a worker that dies after the commit and before sending is covered by the lease
 (``reclaim_expired_leases`` puts the delivery back to ``retrying`` with a new outbox row).
 
-Retries are outbox rows due later (the relay publishes only due rows), exactly as for ``amqp``;
+Retries are outbox rows due later (the relay publishes only due rows: :mod:`.broker` says why);
 there is no dead-letter topic: the database's retry budget decides when a delivery is dead.
 """
 
@@ -44,8 +41,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,53 +56,38 @@ from herald.adapters.kafka_client import (
     kafka_error,
     lost_offsets,
 )
-from herald.adapters.queue.signals import Signals
-from herald.domain.errors import HeraldError, ServiceUnavailable
-from herald.domain.models import Delivery, Priority
+from herald.adapters.queue.broker import RANKS, BrokerQueue, Buffered, Lanes, body_ids, lane_name
+from herald.domain.errors import ServiceUnavailable
+from herald.domain.models import Priority
 from herald.ports import Clock, OutboxItem, Store
 
 log = structlog.get_logger("herald.queue.kafka")
 
-RANKS = tuple(sorted(p.rank for p in Priority))
-
-
-def lane_topic(prefix: str, channel: str, rank: int) -> str:
-    return f"{prefix}.q.{channel}.{Priority.from_rank(rank).value}"
+lane_topic = lane_name  # herald.q.<channel>.<priority>
+record_ids = body_ids
 
 
 def group_id(prefix: str, channel: str, ranks: Sequence[int]) -> str:
     return f"{prefix}.g.{channel}." + "-".join(Priority.from_rank(r).value for r in sorted(ranks))
 
 
-def record_ids(value: bytes | None) -> list[str]:
-    return [i for i in (value or b"").decode(errors="replace").split("\n") if i]
+@dataclass(eq=False)
+class _Record(Buffered):
+    """A fetched record's ids; ``tp`` is None for ids this process routed itself
+    (:meth:`KafkaQueue.hand_over`: nothing to commit)."""
+
+    tp: TopicPartition | None = None
+    offset: int = -1
 
 
-@dataclass
-class _Buffered:
-    """A fetched record and the ids of it not claimed yet; ``tp`` is None for ids this process
-    routed itself (:meth:`KafkaQueue.hand_over`: nothing to commit)."""
-
-    tp: TopicPartition | None
-    offset: int
-    ids: list[str]
-    taken: int = 0  # ids[:taken] are claimed
-
-    @property
-    def left(self) -> int:
-        return len(self.ids) - self.taken
-
-
-@dataclass
-class _Consumer:
+@dataclass(eq=False, kw_only=True)
+class _Consumer(Lanes[_Record]):
     """The consumer of one channel's lanes in this process and what it fetched so far."""
 
     channel: str
     ranks: tuple[int, ...]
     group: str
     consumer: AIOKafkaConsumer
-    buffers: list[deque[_Buffered]] = field(default_factory=lambda: [deque() for _ in RANKS])
-    claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
     finished: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to commit
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     # What this member committed, kept across rebalances: its disappearance from the group
@@ -150,7 +132,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         )
 
 
-class KafkaQueue:
+class KafkaQueue(BrokerQueue[_Record, _Consumer]):
+    kind = "kafka"
+    _log = log
+    consume_retry_pause = 1.0
+
     def __init__(
         self,
         conn: KafkaConnection,
@@ -159,53 +145,25 @@ class KafkaQueue:
         *,
         prefix: str = "herald",
         partitions: int = 6,
-        prefetch: int = 64,
+        prefetch: int = 64,  # buffered records per lane before the lane is paused
         ids_per_message: int = 50,
         early: float = 0.5,
         session_timeout: float = 10.0,
         publish_timeout: float = 15.0,
         lanes: Mapping[str, Collection[int]] | None = None,
     ) -> None:
+        super().__init__(store, clock, prefix, prefetch, ids_per_message, early, publish_timeout, lanes)
         self.conn = conn
-        self.store = store
-        self.clock = clock
-        self.prefix = prefix
         self.partitions = partitions
-        self.prefetch = prefetch  # buffered records per lane before the lane is paused
-        self.ids_per_message = max(1, ids_per_message)
-        self.early = early
         self.session_timeout = session_timeout
-        self.publish_timeout = publish_timeout
-        # channel -> the lane ranks this process consumes (absent: every lane)
-        self.lanes = {ch: tuple(sorted(ranks)) for ch, ranks in (lanes or {}).items()}
-        self.signals = Signals()
-        self.received: Counter[str] = Counter()  # channel -> delivery ids our consumers fetched
-        self.dropped: Counter[str] = Counter()  # ... of them dropped unclaimed when a rebalance took them
-        self.published: Counter[str] = Counter()  # channel -> delivery ids the broker acknowledged
-        self.handed_over: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()  # ids fetched, dropped unclaimed when a rebalance took them
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
         self._created: set[str] = set()  # channels whose topics exist (as far as we know)
-        self._consumers: dict[str, _Consumer] = {}
-        self._consumer_locks: dict[str, asyncio.Lock] = {}
-        self._starting: dict[str, asyncio.Task[None]] = {}
-        self._wake_listeners: list[Callable[[str | None], None]] = []
-        self._consume_failing: set[str] = set()
-        self._closed = False
-
-    def _now(self) -> float:
-        return self.clock.now() if self.clock is not None else time.time()
 
     # Connection ----------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Connect the producer early; an unreachable broker is no error: the outbox keeps
-        everything until it is back."""
-        try:
-            await self._producer_started()
-        except ServiceUnavailable as exc:
-            log.warning("queue.broker_unavailable", detail=exc.detail)
-
-    async def _producer_started(self) -> AIOKafkaProducer:
+    async def _connect(self) -> AIOKafkaProducer:
+        """The producer, started once."""
         if self._producer is not None:
             return self._producer
         async with self._producer_lock:
@@ -236,8 +194,8 @@ class KafkaQueue:
             await asyncio.wait(starting, timeout=15)
             for task in starting:
                 task.cancel()
-        consumers = list(self._consumers.values())
-        self._consumers.clear()
+        consumers = list(self._lanes.values())
+        self._lanes.clear()
         for c in consumers:
             if c.task is not None:
                 c.task.cancel()
@@ -257,27 +215,15 @@ class KafkaQueue:
             self._created.add(channel)
 
     # Publishing (the relay) ----------------------------------------------------------------------
-    def _records(self, items: Sequence[OutboxItem]) -> list[tuple[str, str, list[str]]]:
-        """(channel, topic, ids) of at most ``ids_per_message`` ids, in the items' order per lane."""
-        lanes: dict[tuple[str, int], list[str]] = {}
-        for item in items:
-            lanes.setdefault((item.channel, item.priority), []).append(item.delivery_id)
-        out = []
-        n = self.ids_per_message
-        for (channel, rank), ids in lanes.items():
-            topic = lane_topic(self.prefix, channel, rank)
-            out += [(channel, topic, ids[i : i + n]) for i in range(0, len(ids), n)]
-        return out
-
     async def publish(self, items: Sequence[OutboxItem]) -> None:
         """Produce the items' ids as a few records per lane (acks=all); return once every one
         was acknowledged. Raises ServiceUnavailable otherwise (the relay keeps its rows)."""
         if not items:
             return
-        producer = await self._producer_started()
+        producer = await self._connect()
         for channel in sorted({i.channel for i in items}):
             await self._ensure_topics(channel)
-        todo = self._records(items)
+        todo = self._batches(items)
         failed: list[BaseException] = []
         for attempt in range(3):
             # Retried here a few times: a topic just created (or a leader that moved) answers
@@ -313,12 +259,12 @@ class KafkaQueue:
 
     # Consuming -----------------------------------------------------------------------------------
     async def _consume(self, channel: str) -> _Consumer:
-        c = self._consumers.get(channel)
+        c = self._lanes.get(channel)
         if c is not None:
             return c
-        lock = self._consumer_locks.setdefault(channel, asyncio.Lock())
+        lock = self._lane_locks.setdefault(channel, asyncio.Lock())
         async with lock:
-            c = self._consumers.get(channel)
+            c = self._lanes.get(channel)
             if c is not None:
                 return c
             if self._closed:
@@ -336,7 +282,7 @@ class KafkaQueue:
                 metadata_max_age_ms=5000,
                 max_poll_records=500,
             )
-            c = _Consumer(channel, ranks, group, consumer)
+            c = _Consumer(channel=channel, ranks=ranks, group=group, consumer=consumer)
             consumer.subscribe(
                 [lane_topic(self.prefix, channel, r) for r in ranks], listener=_Rebalance(self, c)
             )
@@ -354,7 +300,7 @@ class KafkaQueue:
                 raise ServiceUnavailable("the queue is closed")
             c.state = "consuming"
             c.task = asyncio.create_task(self._fetch(c), name=f"herald-kafka-fetch-{channel}")
-            self._consumers[channel] = c
+            self._lanes[channel] = c
             return c
 
     def _rank(self, c: _Consumer, topic: str) -> int | None:
@@ -376,8 +322,8 @@ class KafkaQueue:
                     # possibly with other partitions. Join afresh, from the start of each log
                     # (records of deliveries already claimed are skipped by the claim).
                     log.warning("queue.kafka_offsets_lost", channel=c.channel, partitions=len(lost))
-                    if self._consumers.get(c.channel) is c:
-                        del self._consumers[c.channel]
+                    if self._lanes.get(c.channel) is c:
+                        del self._lanes[c.channel]
                     c.state = "restarting"
                     with contextlib.suppress(*KAFKA_ERRORS):
                         await c.consumer.stop()
@@ -405,7 +351,7 @@ class KafkaQueue:
                     continue
                 for r in records:
                     ids = record_ids(r.value)
-                    c.buffers[rank].append(_Buffered(tp, r.offset, ids))
+                    c.buffers[rank].append(_Record(ids, tp=tp, offset=r.offset))
                     self.received[c.channel] += len(ids)
                 top = rank if top is None else min(top, rank)
             self._flow(c)
@@ -450,127 +396,28 @@ class KafkaQueue:
         c.committed.update(offsets)
         c.seen.update(offsets)
 
-    # The Queue port ------------------------------------------------------------------------------
-    async def claim(
-        self,
-        channel: str,
-        *,
-        owner: str,
-        limit: int,
-        max_rank: int,
-        lease: float,
-        now: float,
-        min_rank: int = 0,
-    ) -> list[Delivery]:
-        c = await self._consume(channel)
-        ranks = RANKS[min_rank : max_rank + 1]
-        async with c.claiming:
-            out = await self._claim(c, owner=owner, limit=limit, ranks=ranks, lease=lease, now=now)
-        self._flow(c)
-        await self._commit(c)
-        return out
+    # The claim's broker side ---------------------------------------------------------------------
+    async def _finished(self, lanes: _Consumer, done: Sequence[tuple[int, _Record]]) -> None:
+        """A partition's offset may be committed up to its last finished record: records of one
+        partition are finished in offset order, so a committed offset never passes a record
+        whose deliveries are not claimed."""
+        for _, entry in done:
+            if entry.tp is not None:
+                lanes.finished[entry.tp] = entry.offset + 1
 
-    async def _claim(
-        self, c: _Consumer, *, owner: str, limit: int, ranks: Sequence[int], lease: float, now: float
-    ) -> list[Delivery]:
-        out: list[Delivery] = []
-        while len(out) < limit:
-            plan: list[tuple[int, _Buffered, int]] = []
-            ids: list[str] = []
-            for rank in ranks:
-                for entry in list(c.buffers[rank]):
-                    if len(out) + len(ids) >= limit:
-                        break
-                    n = min(entry.left, limit - len(out) - len(ids))
-                    plan.append((rank, entry, n))
-                    ids += entry.ids[entry.taken : entry.taken + n]
-            if not plan:
-                break
-            if ids:
-                # The time of this pass (see AmqpQueue._claim: records keep arriving meanwhile).
-                now = max(now, self._now())
-                got = await self.store.claim_ids(ids, owner=owner, lease=lease, now=now, early=self.early)
-                out.extend(got)
-            # The claim committed: records all of whose ids are claimed are finished, in offset
-            # order per partition (each buffer is taken from its front).
-            for rank, entry, n in plan:
-                entry.taken += n
-                if entry.left:
-                    continue
-                buffer = c.buffers[rank]
-                if buffer and buffer[0] is entry:
-                    buffer.popleft()
-                else:  # dropped by a rebalance meanwhile: its partition is someone else's
-                    with contextlib.suppress(ValueError):
-                        buffer.remove(entry)
-                    continue
-                if entry.tp is not None:
-                    c.finished[entry.tp] = entry.offset + 1
-            if not ids:
-                break
-        out.sort(key=lambda x: (x.priority.rank, x.due_at))
-        return out
+    async def _claimed(self, lanes: _Consumer) -> None:
+        self._flow(lanes)
+        await self._commit(lanes)
 
-    async def extend(self, delivery_ids: Sequence[str], *, owner: str, until: float) -> None:
-        await self.store.extend_leases(delivery_ids, owner=owner, until=until)
-
-    def add_wake_listener(self, listener: Callable[[str | None], None]) -> None:
-        """Also call ``listener`` on every wake (the outbox relay: new rows may be due)."""
-        self._wake_listeners.append(listener)
-
-    def wake_local(self, channel: str) -> None:
-        self.signals.wake(channel)
-
-    def hand_over(self, deliveries: Sequence[Delivery]) -> None:
-        """Buffer critical/high deliveries routed here for this process's own consumers of
-        their lanes (as :meth:`AmqpQueue.hand_over`): claimed without the broker's round trip;
-        the record, when it comes, finds them claimed."""
-        now = self._now()
-        grouped: dict[tuple[str, int], list[str]] = {}
-        for d in deliveries:
-            rank = d.priority.rank
-            consumed = d.channel in self._consumers and rank in self.lanes.get(d.channel, RANKS)
-            if consumed and d.due_at <= now + self.early:
-                grouped.setdefault((d.channel, rank), []).append(d.id)
-        for (channel, rank), ids in grouped.items():
-            self._consumers[channel].buffers[rank].append(_Buffered(None, -1, ids))
-            self.handed_over[channel] += len(ids)
-            self.signals.wake(channel, rank)
-
-    def wake(self, channel: str | None = None, top_rank: int = 0) -> None:
-        self.signals.wake(channel, top_rank)
-        for listener in self._wake_listeners:
-            listener(channel)
-
-    async def wait(self, channel: str, timeout: float, max_rank: int = 3) -> None:
-        if channel not in self._consumers and channel not in self._starting:
-            task = asyncio.create_task(self._consume_quietly(channel), name=f"herald-kafka-consume-{channel}")
-            self._starting[channel] = task
-            task.add_done_callback(lambda _: self._starting.pop(channel, None))
-        await self.signals.wait(channel, timeout, max_rank)
-
-    async def _consume_quietly(self, channel: str) -> None:
-        try:
-            await self._consume(channel)
-        except HeraldError as exc:  # the broker is away: the next wait tries again
-            if channel not in self._consume_failing:
-                self._consume_failing.add(channel)
-                log.warning("queue.consume_failed", channel=channel, error=exc.detail)
-            await asyncio.sleep(1.0)  # the next wait tries again, not at once
-            return
-        except Exception:  # a bug must not go unseen; the next wait tries again
-            log.exception("queue.consume_crashed", channel=channel)
-            return
-        if channel in self._consume_failing:
-            self._consume_failing.discard(channel)
-            log.info("queue.consume_recovered", channel=channel)
+    def _handed(self, ids: list[str]) -> _Record:
+        return _Record(ids)
 
     # Observability -------------------------------------------------------------------------------
     def status(self) -> list[dict[str, Any]]:
         """Per channel consumer: state, buffered records, lag (high watermark at the last fetch
         minus the offset committed, per lane)."""
         out = []
-        for c in self._consumers.values():
+        for c in self._lanes.values():
             topics: dict[str, int] = {lane_topic(self.prefix, c.channel, r): 0 for r in c.ranks}
             for tp in c.consumer.assignment():
                 hw = c.consumer.highwater(tp)

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, Row, bindparam, select, update
 
 from herald.adapters.queue.signals import Signals
+from herald.adapters.queue.wakeups import CrossProcessWakeups
 from herald.adapters.store import schema as t
 from herald.adapters.store.database import Database
 from herald.adapters.store.rows import _delivery
 from herald.adapters.store.sql_outbox import take_by_ids
 from herald.domain.models import Delivery, DeliveryStatus
-
-if TYPE_CHECKING:
-    from herald.adapters.queue.pg_notify import PgWakeups
 
 _CLAIMABLE = (DeliveryStatus.QUEUED.value, DeliveryStatus.RETRYING.value)
 
@@ -68,25 +66,19 @@ _SQLITE_TAKE = (
 )
 
 
-class SqlQueue:
+class SqlQueue(CrossProcessWakeups):
     def __init__(self, db: Database, signals: Signals | None = None, *, notify: bool = True) -> None:
         self.db = db
         self.signals = signals or Signals()
         self._notify = notify and db.dialect == "postgresql"
-        self._wakeups: PgWakeups | None = None
         self._wake_listeners: list[Callable[[str | None], None]] = []
-        self._route_listeners: list[Callable[[bool], None]] = []
 
     async def start(self) -> None:
-        if self._notify and self._wakeups is None:
-            from herald.adapters.queue.pg_notify import start_wakeups  # noqa: PLC0415 - needs psycopg
-
-            self._wakeups = await start_wakeups(self.db, self.signals, self._route_woken)
+        if self._notify:
+            await self._start_wakeups(self.db, self.signals)
 
     async def close(self) -> None:
-        if self._wakeups is not None:
-            await self._wakeups.close()
-            self._wakeups = None
+        await self._close_wakeups()
 
     async def claim(
         self,
@@ -148,19 +140,6 @@ class SqlQueue:
         """Also call ``listener`` on every wake (worker children of ``herald serve``)."""
         self._wake_listeners.append(listener)
 
-    def wake_routers(self, urgent: bool) -> None:
-        """New notifications for the routers of the other processes (PostgreSQL: NOTIFY)."""
-        if self._wakeups is not None:
-            self._wakeups.notify_route(urgent)
-
-    def add_route_listener(self, listener: Callable[[bool], None]) -> None:
-        """Call ``listener(urgent)`` when another process asks routers to wake."""
-        self._route_listeners.append(listener)
-
-    def _route_woken(self, urgent: bool) -> None:
-        for listener in self._route_listeners:
-            listener(urgent)
-
     def wake_local(self, channel: str) -> None:
         self.signals.wake(channel)
 
@@ -169,8 +148,7 @@ class SqlQueue:
 
     def wake(self, channel: str | None = None, top_rank: int = 0) -> None:
         self.signals.wake(channel, top_rank)
-        if self._wakeups is not None:
-            self._wakeups.notify(channel)
+        self._notify_channel(channel)
         for listener in self._wake_listeners:
             listener(channel)
 
