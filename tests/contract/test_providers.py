@@ -36,7 +36,7 @@ from herald.domain.errors import (
     ProviderConfigError,
     TransientDeliveryError,
 )
-from tests.contract.provider_cases import CASES, RETRY_AFTER, Case
+from tests.contract.provider_cases import CASES, RETRY_AFTER, SHORT_TIMEOUT, Case
 
 OUTCOMES = (
     "ok",
@@ -57,7 +57,6 @@ ERROR: dict[str, type[DeliveryError]] = {
 }
 # Outcomes that pass: once the emulator behaves again, the same provider sends the next message.
 PASSING = ("timeout_after_send", "rate_limited", "server_error")
-SHORT_TIMEOUT = 0.3  # the provider's timeout for "timeout_after_send"; the emulator holds 1 s
 
 # The code each provider reports for each outcome (its receipt code for "ok").
 CODES: dict[str, dict[str, str]] = {
