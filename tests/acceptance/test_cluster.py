@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from tests.contract.conftest import REDIS_URL, pg_execute, pg_url_for, require_postgres
+from tests.support.db import FINAL, Db
 from tests.support.process import HeraldProcess, herald_cli
 from tests.support.rabbitmq import RABBITMQ_URL, delete_everything, require_rabbitmq, unique_prefix
 from tests.support.smtp import SmtpTestServer
@@ -27,7 +28,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(900)]
 
 HTTP_NOTIFICATIONS = 8_000  # load enough to kill a worker, the scheduler and the broker under
 EVENTS = 2_000
-FINAL = ("sent", "delivered", "read", "failed", "dead", "skipped", "cancelled")
 
 
 def _config(cwd: Path, schema: str, prefix: str, smtp_port: int) -> None:
@@ -64,23 +64,6 @@ concurrency = 16
 level = "warning"
 """
     )
-
-
-class Db:
-    def __init__(self, schema: str) -> None:
-        import psycopg
-
-        from tests.contract.conftest import PG_URL
-
-        self.conn = psycopg.connect(PG_URL, autocommit=True)
-        self.conn.execute(f'SET search_path TO "{schema}"')
-
-    def one(self, sql: str, *args: object) -> object:
-        row = self.conn.execute(sql, args).fetchone()
-        return row[0] if row else None
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def _rabbitmqctl(*args: str) -> None:

@@ -23,8 +23,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.acceptance.test_cluster import FINAL, Db
 from tests.contract.conftest import REDIS_URL, pg_execute, pg_url_for, require_postgres
+from tests.support.db import FINAL, Db
 from tests.support.kafka import TansuBroker, produce, unique_name
 from tests.support.process import HeraldProcess, herald_cli
 from tests.support.smtp import SmtpTestServer

@@ -1,284 +1,187 @@
 """The Provider contract, once for every provider that has an emulator speaking its protocol.
 
 Whatever the provider, an outcome is classified the same way, because the delivery service
-decides retry, failure, deactivation and alerts from the class alone:
+decides retry, failure, deactivation and alerts from the error's class alone:
 
-* a request that timed out after it was sent is transient and **ambiguous** (the provider may
-  have taken it: a resend can duplicate, and herald counts it);
-* a refused connection is transient and **not** ambiguous (nothing left the machine);
-* 429 with ``Retry-After`` is transient and carries the delay;
-* a 5xx is transient;
-* a dead address (unregistered token, unreachable number) is a :class:`DeadAddressError`;
-* bad credentials are a :class:`ProviderConfigError` (hold the channel, alert ops; never blame
-  the user's address).
+* ``ok``: a receipt with the provider's success code;
+* ``timeout_after_send``: the request went out and no answer came in time: transient and
+  **ambiguous** (the provider may have taken it: a resend can duplicate, and herald counts it);
+* ``refused``: nobody listens: transient and **not** ambiguous (nothing left the machine);
+* ``rate_limited``: 429 with ``Retry-After``: transient, carrying the delay;
+* ``server_error``: the provider failing on its side (HTTP 5xx, SMTP 4xx): transient, no delay;
+* ``dead_address``: an unregistered token, an unsubscribed number, a dead mailbox, a gone
+  endpoint: :class:`DeadAddressError` (the address is deactivated);
+* ``config_error``: herald's credentials or setup refused: :class:`ProviderConfigError` (hold the
+  channel, alert ops; never blame the user's address).
 
-Provider-specific behaviour (request shapes, signatures, callbacks) stays in
-``tests/integration/providers/``.
+After a transient outcome, the same provider instance sends the next message once the emulator
+behaves again: a failure is that send's alone and leaves no broken connection in the pool.
+
+Each outcome is produced by the provider's emulator (tests/contract/provider_cases.py), with
+the emulator's real checks wherever it has them (a wrong API key, a token signed with the
+wrong key). An outcome a provider cannot produce is listed in :data:`NOT_APPLICABLE` with the
+reason, and shows as a skip. Provider-specific behaviour (request shapes, signatures,
+callbacks, each provider's table of documented errors) stays in ``tests/integration/providers/``.
 """
 
 from __future__ import annotations
 
-import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from herald.adapters.providers.apns import ApnsConfig, ApnsProvider
-from herald.adapters.providers.fcm import FcmConfig, FcmProvider
-from herald.adapters.providers.sendgrid import SendGridConfig, SendGridProvider
-from herald.adapters.providers.twilio import TwilioConfig, TwilioProvider
-from herald.domain.errors import DeadAddressError, ProviderConfigError, TransientDeliveryError
-from herald.domain.models import OutboundMessage, Priority
-from herald.ports import Provider
-from tests.emulators.apns import ApnsEmulator
-from tests.emulators.fcm import FcmEmulator, load_discovery
-from tests.emulators.sendgrid import DEFAULT_API_KEY, SendGridEmulator
-from tests.emulators.twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, TwilioEmulator
+from herald.domain.errors import (
+    DeadAddressError,
+    DeliveryError,
+    ProviderConfigError,
+    TransientDeliveryError,
+)
+from tests.contract.provider_cases import CASES, RETRY_AFTER, SHORT_TIMEOUT, Case
 
-START = 1_800_000_000.0
-FAULTS = (
+OUTCOMES = (
     "ok",
     "timeout_after_send",
     "refused",
     "rate_limited",
     "server_error",
     "dead_address",
-    "bad_credentials",
+    "config_error",
 )
+ERROR: dict[str, type[DeliveryError]] = {
+    "timeout_after_send": TransientDeliveryError,
+    "refused": TransientDeliveryError,
+    "rate_limited": TransientDeliveryError,
+    "server_error": TransientDeliveryError,
+    "dead_address": DeadAddressError,
+    "config_error": ProviderConfigError,
+}
+# Outcomes that pass: once the emulator behaves again, the same provider sends the next message.
+PASSING = ("timeout_after_send", "rate_limited", "server_error")
 
+# The code each provider reports for each outcome (its receipt code for "ok").
+CODES: dict[str, dict[str, str]] = {
+    "sendgrid": {
+        "ok": "202", "timeout_after_send": "timeout", "refused": "connect",
+        "rate_limited": "429", "server_error": "500", "config_error": "401",
+    },
+    "ses": {
+        "ok": "200", "timeout_after_send": "timeout", "refused": "connect",
+        "rate_limited": "TooManyRequestsException", "server_error": "InternalFailure",
+        "config_error": "InvalidSignatureException",
+    },
+    "smtp": {
+        "ok": "250", "timeout_after_send": "timeout", "refused": "connect",
+        "server_error": "451 4.3.0", "dead_address": "550 5.1.1", "config_error": "553 5.7.1",
+    },
+    "twilio": {
+        "ok": "201", "timeout_after_send": "timeout", "refused": "connect",
+        "rate_limited": "20429", "server_error": "20500", "dead_address": "21610", "config_error": "20003",
+    },
+    "fcm": {
+        "ok": "200", "timeout_after_send": "timeout", "refused": "connect",
+        "rate_limited": "QUOTA_EXCEEDED", "server_error": "INTERNAL", "dead_address": "UNREGISTERED",
+        "config_error": "invalid_grant",
+    },
+    "apns": {
+        "ok": "200", "timeout_after_send": "timeout", "refused": "connect",
+        "rate_limited": "TooManyRequests", "server_error": "InternalServerError",
+        "dead_address": "Unregistered", "config_error": "InvalidProviderToken",
+    },
+    "webhook": {
+        "ok": "200", "timeout_after_send": "timeout", "refused": "connect",
+        "rate_limited": "429", "server_error": "500", "dead_address": "410",
+    },
+    "chat": {
+        "ok": "sent", "timeout_after_send": "timeout", "refused": "connection",
+        "rate_limited": "429", "server_error": "503", "dead_address": "410",
+        "config_error": "scheme_unavailable",
+    },
+    "webpush": {
+        "ok": "201", "timeout_after_send": "timeout", "refused": "connect",
+        "rate_limited": "429", "server_error": "500", "dead_address": "410", "config_error": "403",
+    },
+}
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = START
+# What a provider cannot say at send time, by its protocol, and why.
+NOT_APPLICABLE: dict[tuple[str, str], str] = {
+    ("sendgrid", "dead_address"): "SendGrid says nothing of the mailbox when it accepts a message: "
+    "bounces come later through the signed Event Webhook",
+    ("ses", "dead_address"): "SES says nothing of the mailbox when it accepts a message: bounces "
+    "come later through the configuration set's event destinations",
+    ("smtp", "rate_limited"): "SMTP has no Retry-After: a server slowing herald down answers a 4xx, "
+    "which is server_error (retried on herald's schedule)",
+    ("webhook", "config_error"): "a webhook holds no herald credential a receiver could refuse: the "
+    "URL is the user's, and a 401/403 is that receiver's answer about the delivery (permanent)",
+}
+# Providers that see a 429 but not its Retry-After: the retry follows herald's schedule.
+NO_RETRY_AFTER: dict[str, str] = {
+    "chat": "Apprise reports only the status of a failed post, never its headers",
+}
 
-    def now(self) -> float:
-        return self.t
-
-
-@dataclass
-class Case:
-    """One provider behind its emulator: how to build it and how to make each fault happen."""
-
-    name: str
-    channel: str
-    address: str
-    content: dict[str, Any]
-    build: Callable[..., Provider]  # (**config overrides) -> provider
-    inject: dict[str, Callable[[], None]]  # fault -> make the emulator answer the next send with it
-    base_url_key: str = "base_url"
-    unreachable_scheme: str = "http"
-    warm_up: bool = False  # send once first (an OAuth token fetch would otherwise absorb a fault)
-    stop: Callable[[], Awaitable[None]] | None = None
-
-    def message(self) -> OutboundMessage:
-        return OutboundMessage(
-            delivery_id="dlv_contract",
-            notification_id="ntf_contract",
-            user_id="u1",
-            channel=self.channel,
-            address=self.address,
-            content=dict(self.content),
-            category="transactional",
-            priority=Priority.HIGH,
-            attempt=1,
-        )
-
-
-async def _sendgrid() -> Case:
-    emu = SendGridEmulator(verified_senders={"noreply@herald.example.com"})
-    await emu.start()
-
-    def build(**overrides: Any) -> Provider:
-        values: dict[str, Any] = {
-            "api_key": DEFAULT_API_KEY,
-            "from_email": "noreply@herald.example.com",
-            "base_url": emu.url,
-            "timeout": 5.0,
-        }
-        values.update(overrides)
-        return SendGridProvider(SendGridConfig(**values), now=time.time)  # the emulator's reset is wall time
-
-    return Case(
-        name="sendgrid",
-        channel="email",
-        address="ada@example.com",
-        content={"subject": "Hello", "text": "Hello, Ada."},
-        build=build,
-        inject={
-            "timeout_after_send": lambda: emu.fail_next("timeout", delay=1.0),
-            "rate_limited": lambda: emu.fail_next("rate_limited", retry_after=7, reset_in=7),
-            "server_error": lambda: emu.fail_next("server_error"),
-            "bad_credentials": lambda: emu.fail_next("unauthorized"),
-        },
-        stop=emu.stop,
-    )
-
-
-async def _twilio() -> Case:
-    emu = TwilioEmulator()
-    await emu.start()
-
-    def build(**overrides: Any) -> Provider:
-        values: dict[str, Any] = {
-            "account_sid": DEFAULT_ACCOUNT_SID,
-            "auth_token": DEFAULT_AUTH_TOKEN,
-            "from_number": "+15017122661",
-            "base_url": emu.url,
-            "timeout": 5.0,
-        }
-        values.update(overrides)
-        return TwilioProvider(TwilioConfig(**values))
-
-    return Case(
-        name="twilio",
-        channel="sms",
-        address="+33612345678",
-        content={"text": "Your code is 482913"},
-        build=build,
-        inject={
-            "timeout_after_send": lambda: emu.fail_next("timeout", delay=1.0),
-            "rate_limited": lambda: emu.fail_next("rate_limited", retry_after=7),
-            "server_error": lambda: emu.fail_next("server_error"),
-            "dead_address": lambda: emu.fail_next("unsubscribed"),
-            "bad_credentials": lambda: emu.fail_next("unauthorized"),
-        },
-        stop=emu.stop,
-    )
-
-
-async def _fcm() -> Case:
-    clock = Clock()
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    emu = FcmEmulator(private_key=key, discovery=load_discovery(), clock=clock.now, token_expires_in=3600)
-    await emu.start()
-
-    def build(**overrides: Any) -> Provider:
-        cfg: dict[str, Any] = {
-            "service_account": emu.service_account(),
-            "base_url": emu.base_url,
-            "timeout": 5.0,
-        }
-        cfg.update(overrides)
-        return FcmProvider(FcmConfig.model_validate(cfg), clock=clock)
-
-    return Case(
-        name="fcm",
-        channel="push",
-        address="fcm-device-token-" + "a" * 140,
-        content={"title": "Hello", "body": "World"},
-        build=build,
-        inject={
-            "timeout_after_send": lambda: emu.delay_next(1.0),
-            "rate_limited": lambda: emu.fail_next("QUOTA_EXCEEDED", retry_after=7),
-            "server_error": lambda: emu.fail_next("INTERNAL"),
-            "dead_address": lambda: emu.fail_next("UNREGISTERED"),
-            "bad_credentials": lambda: emu.fail_next("THIRD_PARTY_AUTH_ERROR"),
-        },
-        warm_up=True,
-        stop=emu.stop,
-    )
-
-
-async def _apns() -> Case:
-    clock = Clock()
-    emu = ApnsEmulator(private_key=ec.generate_private_key(ec.SECP256R1()), clock=clock.now)
-    await emu.start()
-
-    def build(**overrides: Any) -> Provider:
-        cfg: dict[str, Any] = {
-            "team_id": emu.team_id,
-            "key_id": emu.key_id,
-            "private_key": emu.key_pem(),
-            "topic": emu.topic,
-            "base_url": emu.base_url,
-            "ca_file": emu.ca_file,
-            "timeout": 5.0,
-        }
-        cfg.update(overrides)
-        return ApnsProvider(ApnsConfig.model_validate(cfg), clock=clock)
-
-    return Case(
-        name="apns",
-        channel="push",
-        address="a1b2c3d4" * 8,
-        content={"title": "Hello", "body": "World"},
-        build=build,
-        inject={
-            "timeout_after_send": lambda: emu.delay_next(1.0),
-            "rate_limited": lambda: emu.fail_next("TooManyRequests", retry_after=7),
-            "server_error": lambda: emu.fail_next("InternalServerError"),
-            "dead_address": lambda: emu.fail_next("Unregistered"),
-            "bad_credentials": lambda: emu.fail_next("InvalidProviderToken"),
-        },
-        unreachable_scheme="https",
-        stop=emu.stop,
-    )
-
-
-CASES = {"sendgrid": _sendgrid, "twilio": _twilio, "fcm": _fcm, "apns": _apns}
-# What a provider cannot say at send time, by its protocol: SendGrid says nothing of the mailbox
-# when it accepts a message (dead addresses come back later through the signed Event Webhook).
-NOT_AT_SEND = {"sendgrid": {"dead_address"}}
 PARAMS = [
-    pytest.param(name, fault, id=f"{name}-{fault}")
+    pytest.param(
+        name,
+        outcome,
+        id=f"{name}-{outcome}",
+        marks=[pytest.mark.skip(reason=f"not applicable: {NOT_APPLICABLE[name, outcome]}")]
+        if (name, outcome) in NOT_APPLICABLE
+        else [],
+    )
     for name in CASES
-    for fault in FAULTS
-    if fault not in NOT_AT_SEND.get(name, set())
+    for outcome in OUTCOMES
 ]
+
+
+def test_every_outcome_is_either_coded_or_declared_not_applicable() -> None:
+    for name in CASES:
+        for outcome in OUTCOMES:
+            assert (outcome in CODES[name]) != ((name, outcome) in NOT_APPLICABLE), (name, outcome)
 
 
 @pytest.fixture
 async def case(request: pytest.FixtureRequest) -> AsyncIterator[Case]:
-    made = await CASES[request.param]()
+    made = CASES[request.param]()
+    await made.start()
     try:
         yield made
     finally:
-        if made.stop is not None:
-            await made.stop()
+        await made.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.mark.parametrize(("case", "fault"), PARAMS, indirect=["case"])
-async def test_outcome_is_classified_alike_by_every_provider(case: Case, fault: str) -> None:
-    if fault == "refused":
-        provider = case.build(**{case.base_url_key: f"{case.unreachable_scheme}://127.0.0.1:{_free_port()}"})
-    elif fault == "timeout_after_send":
-        provider = case.build(timeout=0.3)
+@pytest.mark.parametrize(("case", "outcome"), PARAMS, indirect=["case"])
+async def test_outcome_is_classified_alike_by_every_provider(case: Case, outcome: str) -> None:
+    if outcome == "refused":
+        provider, message = case.refused()
+    elif outcome == "config_error":
+        provider, message = case.misconfigured()
     else:
-        provider = case.build()
+        provider = case.build(timeout=SHORT_TIMEOUT) if outcome == "timeout_after_send" else case.build()
+        message = case.message()
+    code = CODES[case.name][outcome]
     try:
-        if case.warm_up and fault != "refused":
-            await provider.send(case.message())
-        if fault == "ok":
-            receipt = await provider.send(case.message())
-            assert receipt.code
+        if outcome == "ok":
+            assert (await provider.send(message)).code == code
             return
-        if fault != "refused":
-            case.inject[fault]()
-        expected: type[Exception] = {
-            "dead_address": DeadAddressError,
-            "bad_credentials": ProviderConfigError,
-        }.get(fault, TransientDeliveryError)
-        with pytest.raises(expected) as info:
-            await provider.send(case.message())
-        error: Any = info.value
-        if fault == "timeout_after_send":
-            assert error.ambiguous is True, "the provider may have taken it: a resend can duplicate"
-        if fault == "refused":
-            assert error.ambiguous is False, "nothing left the machine"
-        if fault == "rate_limited":
-            assert error.retry_after is not None and 6 <= error.retry_after <= 8, error.retry_after
-        if fault in ("server_error", "rate_limited"):
-            assert not isinstance(error, DeadAddressError | ProviderConfigError)
+        if case.warm_up and outcome not in ("refused", "config_error"):
+            await provider.send(message)
+        if outcome not in ("refused", "config_error"):
+            case.inject(outcome)
+        with pytest.raises(DeliveryError) as info:
+            await provider.send(message)
+        if outcome in PASSING:
+            case.heal()
+            receipt = await provider.send(message)  # the same provider, its pool after the failure
+            assert receipt.code == CODES[case.name]["ok"], "the failure was that send's alone"
     finally:
         await provider.close()
+    error = info.value
+    assert type(error) is ERROR[outcome], repr(error)
+    assert error.code == code, repr(error)
+    if outcome == "timeout_after_send":
+        assert error.ambiguous is True, "the provider may have taken it: a resend can duplicate"
+    else:
+        assert error.ambiguous is False, "the provider said no, or nothing left the machine"
+    if outcome == "rate_limited" and case.name not in NO_RETRY_AFTER:
+        assert error.retry_after == pytest.approx(RETRY_AFTER, abs=1), error.retry_after
+    else:
+        assert error.retry_after is None, "no delay was heard: herald's own schedule decides"

@@ -5,7 +5,9 @@ It plays both the push service and the user agent behind it: it creates subscrip
 *decrypt* every push message (RFC 8291 ``aes128gcm``, implemented here independently of the
 ``http_ece`` library herald sends with) and record the plaintext.
 
-On ``POST /push/{id}`` it checks, in this order, answering as push services do:
+On ``POST /push/{id}`` it first waits if told to (``delay_next``: the request read whole, the
+answer held, as a push service that took the message and went quiet), then checks, in this
+order, answering as push services do:
 
 * the subscription exists (404) and was not unsubscribed (410);
 * an injected failure (``fail_next``) answers instead, with ``Retry-After`` if given;
@@ -20,7 +22,7 @@ On ``POST /push/{id}`` it checks, in this order, answering as push services do:
 It answers ``201 Created`` with a ``Location`` for the message.
 
 Tests drive it in-process (``create_subscription``, ``unsubscribe``, ``fail_next``,
-``received``, ``clock``); other processes use the control endpoints under ``/_emulator/``.
+``delay_next``, ``received``, ``clock``); other processes use the control endpoints under ``/_emulator/``.
 Run it alone with ``python -m tests.emulators.webpush --port 8090``.
 """
 
@@ -213,6 +215,7 @@ class WebPushEmulator:
     rejected: list[tuple[int, str]] = field(default_factory=list)
     base_url: str = ""
     _failures: deque[tuple[int, str | None]] = field(default_factory=deque)
+    _delays: deque[float] = field(default_factory=deque)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
 
@@ -240,10 +243,15 @@ class WebPushEmulator:
     def fail_next(self, status: int, count: int = 1, retry_after: str | None = None) -> None:
         self._failures.extend([(status, retry_after)] * count)
 
+    def delay_next(self, seconds: float, count: int = 1) -> None:
+        """Read the next requests whole, then wait ``seconds`` before answering them."""
+        self._delays.extend([seconds] * count)
+
     def reset(self) -> None:
         self.received.clear()
         self.rejected.clear()
         self._failures.clear()
+        self._delays.clear()
 
     # HTTP ------------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -298,6 +306,9 @@ class WebPushEmulator:
         return PushRecord(sub.id, plaintext, int(ttl_header), urgency, topic, dict(request.headers), claims)
 
     async def _push(self, request: web.Request) -> web.Response:
+        if self._delays:
+            await request.read()  # the whole request is in: a timeout now is after sending
+            await asyncio.sleep(self._delays.popleft())
         sub = self.subscriptions.get(request.match_info["sub_id"])
         if sub is None:
             return self._reject(404, "no such subscription")

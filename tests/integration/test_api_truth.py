@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from herald.testing import FakeClock
-from tests.integration.test_reliability import eventually
 from tests.support.herald import Running, make_settings, running_herald
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.usefixtures("stack")
 

@@ -29,7 +29,6 @@ from herald.domain.models import Priority
 from herald.ports import OutboxItem
 from herald.testing import RecordingProvider
 from tests.contract.conftest import NOW, PG_URL, pg_execute, require_postgres, seed
-from tests.integration.test_reliability import MAIL, add_user, eventually
 from tests.support.herald import Running, make_settings, running_herald
 from tests.support.kafka import (
     KafkaHarness,
@@ -40,6 +39,7 @@ from tests.support.kafka import (
     unique_name,
 )
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import MAIL, add_user, eventually
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(180)]
 

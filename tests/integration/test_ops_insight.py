@@ -9,11 +9,11 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_reliability import add_user, send, wait_status
 from tests.support import promtool
 from tests.support.herald import Running, make_settings, running_herald
 from tests.support.process import herald_cli, write_config
 from tests.support.smtp import SmtpTestServer
+from tests.support.waits import add_user, send, wait_status
 
 
 def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:

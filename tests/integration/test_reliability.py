@@ -9,22 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from herald.testing import FakeClock, RecordingProvider
 from tests.emulators.sendgrid import DEFAULT_API_KEY, SendGridEmulator
-from tests.support.herald import Running, make_settings, running_herald
+from tests.support.alerts import AlertSink
+from tests.support.herald import make_settings, running_herald
 from tests.support.smtp import SmtpTestServer
-from tests.support.waits import MAIL, add_user, delivery, eventually, tick, wait_status
+from tests.support.waits import MAIL, add_user, delivery, eventually, send, tick, wait_status
 
 pytestmark = pytest.mark.usefixtures("stack")  # embedded and scale-out (tests/support/stack.py)
-
-async def send(h: Running, user: str = "u1", **extra: Any) -> str:
-    body = {"to": user, "content": MAIL, "channels": ["email"], **extra}
-    r = await h.client.post("/v1/notifications", json=body)
-    assert r.status_code == 202, r.text
-    return str(r.json()["id"])
-
 
 async def test_451_twice_then_250_is_sent_on_the_third_attempt_on_schedule(
     tmp_path: Path, smtp_server: SmtpTestServer
@@ -109,32 +102,6 @@ async def test_550_5_1_1_fails_once_and_suppresses_the_address(
         d2 = body["deliveries"][0]
         assert d2["status"] == "skipped" and d2["reason"] == "invalid_address" and d2["attempts"] == []
         assert smtp_server.handler.rcpt_calls == calls  # the server was not contacted again
-
-
-class AlertSink:
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-
-        async def handle(request: web.Request) -> web.Response:
-            self.received.append(await request.json())
-            return web.Response(status=204)
-
-        app.router.add_post("/alerts", handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/alerts"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 async def test_four_transient_failures_go_dead_alert_once_and_replay_delivers(

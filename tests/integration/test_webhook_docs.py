@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.integration.test_reliability import eventually
 from tests.support.herald import make_settings, running_herald
+from tests.support.waits import eventually
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "providers" / "webhook.md"
 SECRET = "docs-example-secret-0123456789"

@@ -33,6 +33,7 @@ class SmtpHandler:
     rcpt_replies: deque[str] = field(default_factory=deque)  # e.g. "550 5.1.1 no such user"
     mail_replies: deque[str] = field(default_factory=deque)  # e.g. "553 5.7.1 sender rejected"
     dead_mailboxes: set[str] = field(default_factory=set)
+    allowed_senders: set[str] | None = None  # set: any other MAIL FROM is refused (553 5.7.1)
     delay: float = 0.0
     hold: threading.Event | None = None  # DATA waits until it is set (a stuck server)
     record_before_hold: bool = False  # True: the message is taken, then the reply is held
@@ -45,6 +46,8 @@ class SmtpHandler:
     ) -> str:
         if self.mail_replies:
             return self.mail_replies.popleft()
+        if self.allowed_senders is not None and address not in self.allowed_senders:
+            return "553 5.7.1 <" + address + ">: Sender address rejected: not owned by user"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"

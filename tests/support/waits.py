@@ -47,6 +47,14 @@ async def wait_status(h: Running, nid: str, *statuses: str, attempts: int | None
     return result
 
 
+async def send(h: Running, user: str = "u1", **extra: Any) -> str:
+    """Post one email notification to ``user``; the notification's id."""
+    body = {"to": user, "content": MAIL, "channels": ["email"], **extra}
+    r = await h.client.post("/v1/notifications", json=body)
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
 async def add_user(h: Running, uid: str = "u1", email: str = "u1@example.com") -> None:
     assert (await h.client.put(f"/v1/users/{uid}", json={"email": email})).status_code == 200
 

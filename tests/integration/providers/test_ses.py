@@ -1,5 +1,6 @@
 """The SES v2 provider: the body against botocore's model, real sends to moto in server mode,
-and SES's error answers from a small stub that speaks SES's rest-json error shape."""
+and SES's error answers from the SES stub (tests/emulators/ses.py), which speaks SES's rest-json
+error shape."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ import email
 import email.policy
 import json
 import re
-import socket
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
@@ -23,7 +22,6 @@ import botocore.session
 import botocore.validate
 import pytest
 import structlog
-from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -38,6 +36,8 @@ from herald.adapters.providers.ses import (
 )
 from herald.domain.errors import PermanentDeliveryError, ProviderConfigError, TransientDeliveryError
 from herald.domain.models import OutboundMessage, Priority
+from tests.emulators.ses import MESSAGE_ID, SesEmulator, ses_error
+from tests.support.net import free_port
 
 REGION = "us-east-1"
 SENDER = "noreply@herald.example"
@@ -73,13 +73,6 @@ def _config(endpoint: str, **kw: Any) -> SesConfig:
     }
     values.update(kw)
     return SesConfig(**values)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # The request body against botocore's model ------------------------------------------------------
@@ -142,7 +135,7 @@ def test_config_checks() -> None:
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
@@ -214,52 +207,12 @@ async def test_an_unverified_sender_of_ours_is_a_configuration_error(moto_endpoi
 # SES error answers from a stub ------------------------------------------------------------------
 
 
-@dataclass
-class Stub:
-    url: str
-    answers: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
-    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
-    delay: float = 0.0
-
-
 @pytest.fixture
-async def stub() -> AsyncIterator[Stub]:
-    state = Stub(url="")
-
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        state.requests.append((request.path, dict(request.headers), body))
-        if state.delay:
-            await asyncio.sleep(state.delay)
-        if state.answers:
-            status, headers, payload = state.answers.pop(0)
-            return web.Response(status=status, headers=headers, body=payload)
-        return web.json_response({"MessageId": "0100018f-stub-message-id"})
-
-    app = web.Application()
-    app.router.add_post("/v2/email/outbound-emails", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    assert site._server is not None and site._server.sockets  # narrowing for the bound socket
-    state.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    yield state
-    await runner.cleanup()
-
-
-def _ses_error(status: int, name: str, message: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
-    """SES v2's error answer: the type in ``x-amzn-ErrorType`` and a JSON ``message``."""
-    return (
-        status,
-        {
-            "x-amzn-ErrorType": f"{name}:http://internal.amazon.com/coral/com.amazonaws.sesv2/",
-            "x-amzn-RequestId": "5d7c0a1e-0000-4000-8000-000000000000",
-            "Content-Type": "application/json",
-            **headers,
-        },
-        json.dumps({"message": message}).encode(),
-    )
+async def stub() -> AsyncIterator[SesEmulator]:
+    emulator = SesEmulator()  # no signature check: the credential chain test signs with other keys
+    await emulator.start()
+    yield emulator
+    await emulator.stop()
 
 
 ERRORS = [
@@ -281,8 +234,10 @@ ERRORS = [
 
 
 @pytest.mark.parametrize(("status", "name", "error"), ERRORS)
-async def test_error_classification(stub: Stub, status: int, name: str, error: type[Exception]) -> None:
-    stub.answers.append(_ses_error(status, name, f"{name} says no"))
+async def test_error_classification(
+    stub: SesEmulator, status: int, name: str, error: type[Exception]
+) -> None:
+    stub.answers.append(ses_error(status, name, f"{name} says no"))
     provider = SesProvider(_config(stub.url))
     try:
         with pytest.raises(error) as info:
@@ -325,9 +280,9 @@ OUR_SETUP = [
 
 @pytest.mark.parametrize(("status", "name", "message"), OUR_SETUP)
 async def test_problems_of_our_setup_are_configuration_errors(
-    stub: Stub, status: int, name: str, message: str
+    stub: SesEmulator, status: int, name: str, message: str
 ) -> None:
-    stub.answers.append(_ses_error(status, name, message))
+    stub.answers.append(ses_error(status, name, message))
     provider = SesProvider(_config(stub.url))
     try:
         with pytest.raises(ProviderConfigError) as info:
@@ -341,8 +296,8 @@ async def test_problems_of_our_setup_are_configuration_errors(
     "message",
     ["Illegal address", "Missing final '@domain'", "Local address contains control or whitespace"],
 )
-async def test_a_bad_recipient_address_stays_permanent(stub: Stub, message: str) -> None:
-    stub.answers.append(_ses_error(400, "MessageRejected", message))
+async def test_a_bad_recipient_address_stays_permanent(stub: SesEmulator, message: str) -> None:
+    stub.answers.append(ses_error(400, "MessageRejected", message))
     provider = SesProvider(_config(stub.url))
     try:
         with pytest.raises(PermanentDeliveryError) as info:
@@ -352,7 +307,7 @@ async def test_a_bad_recipient_address_stays_permanent(stub: Stub, message: str)
     assert type(info.value) is PermanentDeliveryError
 
 
-async def test_error_from_the_body_type_and_retry_after(stub: Stub) -> None:
+async def test_error_from_the_body_type_and_retry_after(stub: SesEmulator) -> None:
     stub.answers.append(
         (429, {"Retry-After": "12"}, b'{"__type": "com.amazonaws.sesv2#TooManyRequestsException"}')
     )
@@ -370,14 +325,14 @@ async def test_error_from_the_body_type_and_retry_after(stub: Stub) -> None:
     assert denied.value.code == "HTTP403"
 
 
-async def test_request_is_sigv4_signed_by_botocore(stub: Stub) -> None:
+async def test_request_is_sigv4_signed_by_botocore(stub: SesEmulator) -> None:
     provider = SesProvider(_config(stub.url, session_token="session-token-for-tests"))
     try:
         with structlog.testing.capture_logs() as logs:
             receipt = await provider.send(_message())
     finally:
         await provider.close()
-    assert receipt.provider_message_id == "0100018f-stub-message-id"
+    assert receipt.provider_message_id == MESSAGE_ID
     path, headers, body = stub.requests[0]
     assert path == "/v2/email/outbound-emails"
     assert headers["Content-Type"] == "application/json"
@@ -409,7 +364,9 @@ async def test_request_is_sigv4_signed_by_botocore(stub: Stub) -> None:
     assert "ada@example.org" not in logged
 
 
-async def test_default_credential_chain(stub: Stub, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+async def test_default_credential_chain(
+    stub: SesEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENVIRONMENT")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-environment")
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
@@ -424,36 +381,14 @@ async def test_default_credential_chain(stub: Stub, monkeypatch: pytest.MonkeyPa
     assert "Credential=AKIDFROMENVIRONMENT/" in stub.requests[0][1]["Authorization"]
 
 
-async def test_timeout_after_sending_is_ambiguous(stub: Stub) -> None:
-    stub.delay = 1.0
-    provider = SesProvider(_config(stub.url, timeout=0.3))
-    try:
-        with pytest.raises(TransientDeliveryError) as info:
-            await provider.send(_message())
-    finally:
-        await provider.close()
-    assert info.value.code == "timeout"
-    assert info.value.ambiguous is True
-
-
-async def test_refused_connection_is_transient_and_not_ambiguous() -> None:
-    provider = SesProvider(_config(f"http://127.0.0.1:{_free_port()}"))
-    try:
-        with pytest.raises(TransientDeliveryError) as info:
-            await provider.send(_message())
-    finally:
-        await provider.close()
-    assert info.value.code == "connect"
-    assert info.value.ambiguous is False
-
-
 async def test_herald_holds_the_channel_alerts_and_reports_unready_for_an_unverified_sender(
     moto_endpoint: str, tmp_path: Any
 ) -> None:
     """The whole path, against moto: the delivery is held (not failed, no retry budget spent),
     ops get an alert, /readyz names SES as unhealthy, and the user's address is not suppressed."""
-    from tests.integration.test_reliability import AlertSink, add_user, send, wait_status
+    from tests.support.alerts import AlertSink
     from tests.support.herald import make_settings, running_herald
+    from tests.support.waits import add_user, send, wait_status
 
     sink = AlertSink()
     await sink.start()

@@ -11,7 +11,6 @@ from herald.domain.errors import (
     DeadAddressError,
     DeliveryError,
     PermanentDeliveryError,
-    ProviderConfigError,
     TransientDeliveryError,
 )
 from herald.domain.models import OutboundMessage, Priority
@@ -104,8 +103,3 @@ async def test_replies_are_classified_by_what_they_say(
     assert exc is not None and exc.code == code
     assert exc.ambiguous is False
     assert await _send(server) is None  # the next message goes through: the connection is fine
-
-
-async def test_a_refused_sender_is_our_configuration(server: SmtpTestServer) -> None:
-    server.handler.mail_replies.append("553 5.7.1 Sender address rejected: not owned by user")
-    assert isinstance(await _send(server), ProviderConfigError)
