@@ -93,6 +93,11 @@ class PgChannel:
             await asyncio.wait_for(self.listening.wait(), timeout)
 
     async def close(self) -> None:
+        # A wake-up sent just before closing still goes out (``herald dead-letters replay``
+        # wakes the running herald's senders, then exits): the flush under way ends first.
+        flusher = self._flusher
+        if flusher is not None and not flusher.done() and (self._pending or not self._pacing):
+            await asyncio.wait({flusher}, timeout=1.0)
         self.closed = True
         for task in (self._listener, self._flusher):
             if task is not None:

@@ -419,12 +419,15 @@ def status(
 ) -> None:
     """Show a notification, its counts per status and a page of its deliveries as JSON."""
     from herald.entrypoints.api.views import notification_page  # noqa: PLC0415
+    from herald.entrypoints.service_layer import Services  # noqa: PLC0415
 
     settings = _settings(config)
 
     async def run(c: Container) -> dict[str, Any] | None:
-        store = c.store
-        return await notification_page(store, notification_id, after=deliveries_after, limit=deliveries_limit)
+        notifications = Services.of(c).notifications
+        return notification_page(
+            await notifications.page(notification_id, after=deliveries_after, limit=deliveries_limit)
+        )
 
     view = _with_container(settings, run)
     if view is None:
@@ -481,13 +484,14 @@ def dl_list(
 ) -> None:
     """List dead deliveries as JSON lines, each with its attempts and last error."""
     from herald.entrypoints.api.views import dead_letter_view  # noqa: PLC0415
+    from herald.entrypoints.service_layer import Services  # noqa: PLC0415
     from herald.ports import DeadLetterFilter  # noqa: PLC0415
 
     settings = _settings(config)
 
     async def run(c: Container) -> list[dict[str, Any]]:
         flt = DeadLetterFilter(channel=channel, reason=reason, provider=provider, code=code, limit=limit)
-        return [dead_letter_view(d) for d in await c.store.list_dead_letters(flt)]
+        return [dead_letter_view(d) for d in await Services.of(c).dead_letters.find(flt)]
 
     for item in _with_container(settings, run):
         typer.echo(json.dumps(item))
@@ -509,8 +513,11 @@ def dl_replay(
     """Put dead deliveries back in the queue with a fresh attempt budget.
 
     Name the deliveries, or pass --all (with --channel/--reason to narrow it). An id that is
-    not a dead delivery fails the command (nothing is replayed then).
+    not a dead delivery fails the command (nothing is replayed then). A running herald sends
+    them at once on PostgreSQL (its senders are woken); on SQLite at its next idle poll
+    (queue.idle_wait_seconds).
     """
+    from herald.entrypoints.service_layer import Services  # noqa: PLC0415
     from herald.ports import DeadLetterFilter  # noqa: PLC0415
 
     if ids and all_:
@@ -525,7 +532,7 @@ def dl_replay(
     )
 
     async def count_matching(c: Container) -> int:
-        return len(await c.store.list_dead_letters(matching_filters))
+        return await Services.of(c).dead_letters.count(matching_filters)
 
     if not ids and not all_:
         matching = _with_container(settings, count_matching)
@@ -537,23 +544,10 @@ def dl_replay(
         )
 
     async def run(c: Container) -> tuple[int, list[str]]:
-        if all_:
-            chosen: list[str] = []
-            while True:  # pages of 10,000 until none is left (replayed ones are no longer dead)
-                page = await c.store.list_dead_letters(matching_filters)
-                if not page:
-                    return len(chosen), []
-                done = await c.store.replay_dead_letters([d.id for d in page], now=c.clock.now())
-                chosen += [d.id for d in done]
-                if not done:
-                    return len(chosen), []
-        wanted = list(dict.fromkeys(ids or []))
-        found = [await c.store.get_delivery(i) for i in wanted]
-        unknown = [i for i, d in zip(wanted, found, strict=True) if d is None or d.status.value != "dead"]
-        if unknown:
-            return 0, unknown
-        replayed = await c.store.replay_dead_letters(wanted, now=c.clock.now())
-        return len(replayed), []
+        dead_letters = Services.of(c).dead_letters
+        if all_:  # pages of 10,000 until none is left (replayed ones are no longer dead)
+            return await dead_letters.replay_all(matching_filters), []
+        return await dead_letters.replay_exactly(ids or [])
 
     count, unknown = _with_container(settings, run)
     if unknown:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from herald.entrypoints.cli_common import ConfigOpt, fail, guarded, load, with_store
+from herald.entrypoints.cli_common import ConfigOpt, fail, guarded, load, with_admin
 
 if TYPE_CHECKING:
     from herald.domain.models import ApiKey
-    from herald.ports import Store
+    from herald.entrypoints.service_layer import AdminServices
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema")
@@ -35,7 +34,7 @@ def keys_create(
     config: ConfigOpt = None,
 ) -> None:
     """Create an API key and print it alone on stdout (it is stored hashed: keep it)."""
-    from herald.services.api_keys import SCOPES, generate_key, hash_key  # noqa: PLC0415
+    from herald.services.api_keys import SCOPES  # noqa: PLC0415
 
     bad = [s for s in scope if s not in SCOPES]
     if bad or not scope:
@@ -44,12 +43,10 @@ def keys_create(
         raise fail("--name must be 1-200 characters")
     settings = load(config, logs=False)
 
-    async def run(store: Store) -> str:
-        raw, key = generate_key(name, set(scope), time.time())
-        await store.create_api_key(key, hash_key(raw))
-        return raw
+    async def run(s: AdminServices) -> str:
+        return await s.api_keys.create(name, set(scope))
 
-    typer.echo(with_store(settings, run))
+    typer.echo(with_admin(settings, run))
 
 
 @keys_app.command("list")
@@ -63,10 +60,10 @@ def keys_list(
     does not keep). Last use is recorded to the minute."""
     settings = load(config, logs=False)
 
-    async def run(store: Store) -> list[ApiKey]:
-        return await store.list_api_keys(include_revoked=revoked)
+    async def run(s: AdminServices) -> list[ApiKey]:
+        return await s.api_keys.keys(include_revoked=revoked)
 
-    keys = with_store(settings, run)
+    keys = with_admin(settings, run)
     if as_json:
         for k in keys:
             typer.echo(
@@ -106,23 +103,10 @@ def keys_revoke(
     time they cache a key)."""
     settings = load(config, logs=False)
 
-    async def run(store: Store) -> list[ApiKey]:
-        live = await store.list_api_keys()
-        by_id = {k.id: k for k in live}
-        chosen: list[str] = []
-        for wanted in keys:
-            if wanted in by_id:
-                chosen.append(wanted)
-                continue
-            named = [k.id for k in live if k.name == wanted]
-            if not named:
-                raise fail(f"no live API key has the id or name {wanted!r} (see herald keys list)")
-            if len(named) > 1:
-                raise fail(f"{len(named)} live keys are named {wanted!r}: give the id ({', '.join(named)})")
-            chosen.append(named[0])
-        return await store.revoke_api_keys(list(dict.fromkeys(chosen)), now=time.time())
+    async def run(s: AdminServices) -> list[ApiKey]:
+        return await s.api_keys.revoke(keys)
 
-    for k in with_store(settings, run):
+    for k in with_admin(settings, run):
         typer.echo(f"revoked {k.id} ({k.name})")
 
 

@@ -20,7 +20,7 @@ from herald.domain.errors import HeraldError
 if TYPE_CHECKING:
     from herald.bootstrap import Container
     from herald.config import Settings
-    from herald.ports import Store
+    from herald.entrypoints.service_layer import AdminServices
 
 T = TypeVar("T")
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML file (default ./herald.toml)")]
@@ -74,18 +74,11 @@ def with_container(settings: Settings, fn: Callable[[Container], Awaitable[T]]) 
     return asyncio.run(main())
 
 
-def with_store(settings: Settings, fn: Callable[[Store], Awaitable[T]]) -> T:
-    """Only the database (migrated to the newest schema): what admin commands need."""
-    import asyncio  # noqa: PLC0415
+def with_admin(
+    settings: Settings, fn: Callable[[AdminServices], Awaitable[T]], *, pool_size: int | None = None
+) -> T:
+    """Only the database (migrated to the newest schema) and the services over it: what admin
+    commands need (entrypoints/service_layer.py)."""
+    from herald.entrypoints import service_layer  # noqa: PLC0415
 
-    from herald.store_root import build_store  # noqa: PLC0415 - not the whole composition root
-
-    async def main() -> T:
-        store = build_store(settings)
-        await store.start()
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
+    return service_layer.with_admin(settings, fn, pool_size=pool_size)

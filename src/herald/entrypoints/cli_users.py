@@ -27,7 +27,8 @@ import typer
 from herald.entrypoints.cli_common import ConfigOpt, fail, guarded, load
 
 if TYPE_CHECKING:
-    from herald.ports import Store
+    from herald.entrypoints.service_layer import AdminServices
+    from herald.services.directory import Directory
     from herald.services.user_import import BatchOutcome, CheckedBatch
 
 users_app = typer.Typer(no_args_is_help=True, help="Users (recipients)")
@@ -169,55 +170,34 @@ def users_import(
         raise fail(f"{file}: no such file")
     kind = _detect_format(file, fmt)
     settings = load(config, logs=False)  # progress and bad rows are printed, nothing is logged
-    import asyncio  # noqa: PLC0415
+    from herald.entrypoints.cli_common import with_admin  # noqa: PLC0415
 
-    from herald.store_root import build_store  # noqa: PLC0415 - not the whole composition root
-
-    store = build_store(settings, pool_size=2)
-    categories = _categories(settings)
     stat = file.stat()
     name = _checkpoint_name(file)
     ident = {"path": str(file.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
-    async def main() -> int:
-        await store.start()
-        try:
-            return await _run(store, file, kind, ident, name, categories, batch_size, restart, progress)
-        finally:
-            await store.close()
+    async def main(s: AdminServices) -> int:
+        return await _run(s.directory, file, kind, ident, name, batch_size, restart, progress)
 
-    bad = asyncio.run(main())
+    bad = with_admin(settings, main, pool_size=2)
     if bad:
         raise typer.Exit(1)
 
 
-def _categories(settings: Any) -> dict[str, Any]:
-    from herald.domain.models import Category  # noqa: PLC0415
-
-    # What the checks of a user object need: the categories' names and whether they digest.
-    return {
-        name: Category(name=name, opt_out=c.opt_out, digest=c.digest)
-        for name, c in settings.categories.items()
-    }
-
-
 async def _run(
-    store: Store,
+    directory: Directory,
     file: Path,
     kind: str,
     ident: dict[str, Any],
     name: str,
-    categories: dict[str, Any],
     batch_size: int,
     restart: bool,
     progress: bool,
 ) -> int:
     import asyncio  # noqa: PLC0415
 
-    from herald.services.user_import import check_batch, write_batch  # noqa: PLC0415
-
     start_offset, start_line, done_before, bad_before = 0, 0, 0, 0
-    saved = None if restart else await store.get_setting(name)
+    saved = None if restart else await directory.import_checkpoint(name)
     if saved is not None:
         mark = json.loads(saved)
         same = all(mark.get(k) == v for k, v in ident.items())
@@ -284,7 +264,7 @@ async def _run(
                     objs.append(obj)
                     kept_lines.append(ln)
             now = time.time()
-            checked: CheckedBatch = check_batch(objs, categories, now)
+            checked: CheckedBatch = directory.check_batch(objs, now)
             if pending is not None:
                 report(await pending, pending_lines, pending_reported)
             # The counts of the previous batches, now reported, plus this batch's unreadable rows
@@ -307,7 +287,7 @@ async def _run(
                 )
 
             pending = asyncio.ensure_future(
-                write_batch(store, checked, now, checkpoint=(name, value), known_topics=known_topics)
+                directory.write_batch(checked, now, checkpoint=(name, value), known_topics=known_topics)
             )
             pending_lines = kept_lines
             pending_reported = {r.index for r in checked.results if r.error is not None}

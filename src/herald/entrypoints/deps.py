@@ -1,5 +1,5 @@
-"""Request-scoped dependencies of every HTTP face (API, end-user pages, console): the container
-and the caller's identity."""
+"""Request-scoped dependencies of every HTTP face (API, end-user pages, console): the container,
+its services (what the handlers call: entrypoints/service_layer.py) and the caller's identity."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from herald.bootstrap import Container
 from herald.domain import urgency
 from herald.domain.errors import AuthenticationError, PermissionDenied
 from herald.domain.models import ApiKey
+from herald.entrypoints.service_layer import Services
 from herald.services.api_keys import hash_key
 
 # What each scope may do; admin may do everything.
@@ -29,6 +30,20 @@ async def container(request: Request) -> Container:
 
 
 ContainerDep = Annotated[Container, Depends(container)]
+
+
+async def services(request: Request) -> Services:
+    """The services over this app's container, built once per container."""
+    urgency.mark_urgent()
+    state = request.app.state
+    c: Container = state.container
+    built: Services | None = getattr(state, "services", None)
+    if built is None or not built.built_from(c):
+        built = state.services = Services.of(c)
+    return built
+
+
+ServicesDep = Annotated[Services, Depends(services)]
 
 
 @dataclass(slots=True)

@@ -1,8 +1,9 @@
 """The operator console's use cases: what the pages show and the few things they change.
 
 Pages (``entrypoints/web/console``) call this service only. Reads go through the console's
-read model (:class:`herald.ports_console.ConsoleReads`), writes through the same store calls
-the API makes (replay, cancel, templates, rules), with the same wake-ups.
+read model (:class:`herald.ports_console.ConsoleReads`); replay, cancel, templates and rules go
+through the services the API calls (dead letters, notifications, the routing catalog), with
+the same checks and the same wake-ups.
 
 The overview's week of counts comes from hourly buckets kept in memory (:class:`Rollup`): a
 bucket is counted from one primary-key range (ids are time-ordered), and counted again only
@@ -20,15 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from herald.domain.audience import Source, channel_choice
-from herald.domain.errors import Conflict, NotFound, TemplateError, ValidationError
-from herald.domain.models import ALL_CHANNELS, Delivery, Notification, Priority, Template, User
-from herald.domain.rules import Rule, parse_rule
-from herald.domain.validation import check_id, check_locale
+from herald.domain.errors import NotFound, ValidationError
+from herald.domain.models import ALL_CHANNELS, Delivery, Notification, Priority, Template
+from herald.domain.rules import Rule
 from herald.ports import Clock, ConsoleReads, ConsoleServiceStore, Queue, SearchQuery
-from herald.services import render_pool
 from herald.services.catalog import Catalog
+from herald.services.dead_letters import DeadLetterService
 from herald.services.lookups import Lookups
-from herald.services.rendering import check_variant, render_variant
+from herald.services.notifications import NotificationService
+from herald.services.routing_catalog import RoutingCatalog
 
 HOUR = 3600.0
 WINDOWS = {"hour": (HOUR, 300.0), "day": (24 * HOUR, HOUR), "week": (7 * 24 * HOUR, 6 * HOUR)}
@@ -47,11 +48,6 @@ STATUS_GROUPS = {
     "skipped": ("skipped", "cancelled"),
 }
 _GROUP_OF = {s: g for g, members in STATUS_GROUPS.items() for s in members}
-
-
-def _variants(template: Template) -> int:
-    """How many renders' time a template's compile check may take (render_pool.for_request)."""
-    return 2 + len(template.channels) + sum(len(chans) for chans in template.locales.values())
 
 
 @dataclass(slots=True)
@@ -184,7 +180,11 @@ class ConsoleService:
         self.lookups = lookups
         self.rollup = Rollup(reads)
         self._provider_health = provider_health  # () -> list of dicts (bootstrap wires it)
-        self._forget_rule = forget_rule  # (event_type) -> None: the event service's rule cache
+        # The API's services: one set of checks and wake-ups whichever face changes something.
+        self.replays = DeadLetterService(store, queue, clock)
+        self.notifications = NotificationService(store, clock)
+        # forget_rule: (event_type) -> None, the event service's rule cache
+        self.routing = RoutingCatalog(store, clock, catalog, lookups, forget_rule=forget_rule)
 
     # Overview ----------------------------------------------------------------------------------
     async def series(self, window: str) -> Series:
@@ -244,19 +244,15 @@ class ConsoleService:
     ) -> tuple[Notification, list[Delivery], dict[str, int], str | None]:
         """The notification, a page of its deliveries with their attempts, counts per status,
         and where the next page starts."""
-        n = await self.store.get_notification(notification_id)
-        if n is None:
+        found = await self.notifications.page(notification_id, after=after, limit=limit, counted=True)
+        if found is None:
             raise NotFound(f"notification {notification_id} does not exist")
-        page = await self.store.get_deliveries(notification_id, after=after, limit=limit + 1)
-        more = len(page) > limit
-        page = page[:limit]
-        counts = await self.store.status_counts(notification_id)
-        return n, page, counts, page[-1].id if more else None
+        return found.notification, found.deliveries, found.counts or {}, found.next_cursor
 
     async def cancel(self, notification_id: str) -> tuple[int, int]:
-        if await self.store.get_notification(notification_id) is None:
-            raise NotFound(f"notification {notification_id} does not exist")
-        return await self.store.cancel_notification(notification_id, now=self.clock.now())
+        """(deliveries cancelled, deliveries already sent or finished)."""
+        done = await self.notifications.cancel(notification_id)
+        return done.cancelled, done.unchanged
 
     # Dead letters ------------------------------------------------------------------------------
     async def dead_letters(self, qry: SearchQuery) -> list[DeadLetter]:
@@ -279,20 +275,10 @@ class ConsoleService:
 
     async def replay(self, delivery_ids: Iterable[str]) -> list[Delivery]:
         """Replay these dead deliveries (the others are left alone) and wake their senders."""
-        ids = list(dict.fromkeys(delivery_ids))[:MAX_REPLAY]
-        replayed = await self.store.replay_dead_letters(ids, now=self.clock.now())
-        for ch in {d.channel for d in replayed}:
-            self.queue.wake(ch)
-        return replayed
+        return await self.replays.replay(list(dict.fromkeys(delivery_ids))[:MAX_REPLAY])
 
     async def replay_one(self, delivery_id: str) -> Delivery:
-        replayed = await self.replay([delivery_id])
-        if not replayed:
-            d = await self.store.get_delivery(delivery_id)
-            if d is None:
-                raise NotFound(f"delivery {delivery_id} does not exist")
-            raise Conflict(f"delivery {delivery_id} is {d.status.value}, not in the dead-letter queue")
-        return replayed[0]
+        return await self.replays.replay_one(delivery_id)
 
     async def replay_matching(self, qry: SearchQuery) -> list[Delivery]:
         qry.status = "dead"
@@ -304,74 +290,21 @@ class ConsoleService:
         return await self.reads.templates()
 
     async def template(self, name: str, version: int | None = None) -> Template | None:
-        return await self.store.get_template(name, version)
+        return await self.routing.template(name, version)
 
     async def template_versions(self, name: str) -> list[tuple[int, float, bool]]:
         return await self.reads.template_versions(name)
 
-    def check_template(self, template: Template) -> None:
-        """The API's checks (routes_templates): category, channels, each variant compiles."""
-        check_id(template.name, "name")
-        if template.category is not None:
-            self.catalog.category(template.category)
-        if not template.channels:
-            raise ValidationError("a template needs at least one channel", field="channels")
-        check_locale(template.default_locale, "default_locale")
-        for ch, variant in template.channels.items():
-            if ch not in _CHANNELS:
-                raise ValidationError(f"unknown channel {ch!r}", field=f"channels.{ch}")
-            try:
-                check_variant(variant)
-            except TemplateError as exc:
-                raise TemplateError(exc.detail, field=f"channels.{ch}") from None
-        for locale, chans in template.locales.items():
-            check_locale(locale, f"locales.{locale}")
-            for ch, variant in chans.items():
-                if ch not in template.channels:
-                    raise ValidationError(
-                        f"locale {locale} overrides channel {ch!r} that has no default variant",
-                        field=f"locales.{locale}.{ch}",
-                    )
-                try:
-                    check_variant(variant)
-                except TemplateError as exc:
-                    raise TemplateError(exc.detail, field=f"locales.{locale}.{ch}") from None
-
     async def save_template(self, template: Template) -> Template:
-        template.created_at = self.clock.now()
-        # Compiling: off the loop.
-        await render_pool.for_request(self.check_template, template, renders=_variants(template))
-        stored = await self.store.put_template(template)
-        self.lookups.forget_template(template.name)
-        return stored
+        """The API's checks (services/routing_catalog.py), then a new version stored."""
+        return await self.routing.save_template(template)
 
     async def preview(
         self, template: Template, *, data: dict[str, Any], user_id: str | None, locale: str | None
     ) -> dict[str, dict[str, Any]]:
         """Render every channel of ``template`` (saved or not) in the sandbox, as a send would
         (off the event loop, within the render budget: render_pool)."""
-        await render_pool.for_request(self.check_template, template, renders=_variants(template))
-        user = User(id="preview")
-        if user_id:
-            found = await self.store.get_user(user_id)
-            if found is None:
-                raise ValidationError(f"unknown user {user_id!r}", field="user_id")
-            user = found
-        loc = locale or user.locale or self.catalog.default_locale
-        context = {
-            "data": data,
-            "user": user.template_view(),
-            "notification": {"id": "preview", "category": template.category, "priority": "normal"},
-        }
-        out: dict[str, dict[str, Any]] = {}
-        for ch in template.channels:
-            variant = template.variant(ch, loc)
-            if variant is not None:
-                try:
-                    out[ch] = await render_pool.for_request(render_variant, variant, context)
-                except TemplateError as exc:
-                    raise TemplateError(exc.detail, field=f"channels.{ch}") from None
-        return out
+        return await self.routing.preview(template, data=data, user_id=user_id, locale=locale)
 
     # Users -------------------------------------------------------------------------------------
     async def user(self, user_id: str) -> dict[str, Any]:
@@ -409,30 +342,14 @@ class ConsoleService:
 
     # Rules and topics --------------------------------------------------------------------------
     async def rules(self) -> list[Rule]:
-        return await self.store.list_rules()
+        return await self.routing.rules()
 
     async def rule(self, event_type: str) -> Rule | None:
-        return await self.store.get_rule(event_type)
+        return await self.routing.rule(event_type)
 
     async def save_rule(self, event_type: str, body: Any) -> Rule:
-        """The API's checks (routes_events.put_rule), then store it and drop cached copies."""
-        check_id(event_type, "event_type")
-        rule = parse_rule(event_type, body, source="api")
-        if rule.category is not None:
-            self.catalog.category(rule.category)
-        template = await self.store.get_template(rule.template)
-        if template is None:
-            raise ValidationError(f"unknown template {rule.template!r}", field="template")
-        missing = [ch for ch in rule.channels if ch not in template.channels]
-        if missing:
-            raise ValidationError(
-                f"template {rule.template!r} has no variant for channels {missing}",
-                field="fallback" if rule.fallback else "channels",
-            )
-        await self.store.put_rule(rule, now=self.clock.now())
-        if self._forget_rule is not None:
-            self._forget_rule(event_type)
-        return rule
+        """The API's checks (services/routing_catalog.py), then store it and drop cached copies."""
+        return await self.routing.save_rule(event_type, body)
 
     async def topics(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return await self.reads.topics(), await self.reads.broadcasts()

@@ -17,7 +17,7 @@ from typing import Any
 
 from herald.domain.errors import ValidationError
 from herald.domain.funnel import BUCKETS, DAY, DIMENSIONS, HOUR, summarize
-from herald.ports import Clock, FunnelQuery, InsightStore
+from herald.ports import Clock, FunnelQuery, StatsServiceStore
 
 DEFAULT_RANGE = 7 * DAY
 MAX_RANGE = {"hour": 93 * DAY, "day": 3 * 366 * DAY, None: 3 * 366 * DAY}
@@ -30,7 +30,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 class StatsService:
-    def __init__(self, store: InsightStore, clock: Clock) -> None:
+    def __init__(self, store: StatsServiceStore, clock: Clock) -> None:
         self.store = store
         self.clock = clock
 
@@ -76,6 +76,30 @@ class StatsService:
             if name not in DIMENSIONS:
                 raise ValidationError(f"unknown filter {name!r}", field=name)
         return FunnelQuery(by=tuple(dims), bucket=bucket, since=since, until=until, filters=chosen)
+
+    async def ping(self) -> None:
+        """The database answers (readiness); ServiceUnavailable when it does not."""
+        await self.store.ping()
+
+    async def current(self) -> dict[str, Any]:
+        """The deliveries per status and channel now (``by_status``, ``by_channel``,
+        ``by_channel_provider``) and the ambiguous sends: counted from the status log itself,
+        slower with millions of deliveries (``GET /v1/stats`` without ``by`` or ``bucket``)."""
+        rows = await self.store.delivery_counts()
+        by_status: dict[str, int] = {}
+        by_channel: dict[str, dict[str, int]] = {}
+        for ch, status, _provider, count in rows:
+            by_status[status] = by_status.get(status, 0) + count
+            per = by_channel.setdefault(ch, {})
+            per[status] = per.get(status, 0) + count
+        return {
+            "by_status": by_status,
+            "by_channel": by_channel,
+            "by_channel_provider": [
+                {"channel": ch, "status": st, "provider": pr, "count": n} for ch, st, pr, n in rows
+            ],
+            "ambiguous_sends": await self.store.ambiguous_count(),
+        }
 
     async def funnel(self, q: FunnelQuery) -> dict[str, Any]:
         rows = await self.store.funnel_counts(q)

@@ -14,92 +14,35 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from pydantic import ValidationError as PydanticValidationError
 
 from herald.domain.errors import ValidationError
-from herald.domain.models import ALL_CHANNELS, Category, Device, Preferences, User, new_id
-from herald.domain.quiet_hours import check_digest_schedule
-from herald.domain.validation import check_id, check_locale, check_timezone, normalize_email, normalize_phone
+from herald.domain.models import Category
+from herald.domain.validation import check_id
 from herald.ports import UserImport, UserImportStore
+from herald.services.user_fields import (
+    DeviceBody,
+    PreferencesBody,
+    UserBody,
+    check_preferences,
+    device_from_body,
+    user_from_body,
+)
 
 MAX_BATCH = 1000
-_CHANNELS = frozenset(c.value for c in ALL_CHANNELS)
 
 
-class _Item(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class UserItem(UserBody):
+    """One object of a batch: the body of ``PUT /v1/users/{id}`` with its ``id``, and
+    optionally its devices, preferences and topics (each checked as its own endpoint does)."""
 
-
-class DeviceItem(_Item):
-    kind: Literal["apns", "fcm", "webpush"]
-    token: str = Field(min_length=1, max_length=4096)
-    data: dict[str, Any] = Field(default_factory=dict)
-
-
-class QuietHoursItem(_Item):
-    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-
-
-class PreferencesItem(_Item):
-    channels: dict[str, bool] = Field(default_factory=dict)
-    categories: dict[str, dict[str, bool]] = Field(default_factory=dict)
-    quiet_hours: QuietHoursItem | None = None
-    digests: dict[str, str] = Field(default_factory=dict)
-
-
-class UserItem(_Item):
     id: str = Field(max_length=128)
-    email: str | None = Field(default=None, max_length=320)
-    phone: str | None = Field(default=None, max_length=32)
-    locale: str | None = Field(default=None, max_length=35)
-    timezone: str | None = Field(default=None, max_length=64)
-    data: dict[str, Any] = Field(default_factory=dict)
-    webhook_url: str | None = Field(default=None, max_length=2048)
-    chat: dict[str, Any] = Field(default_factory=dict)
-    devices: list[DeviceItem] | None = Field(default=None, max_length=100)
-    preferences: PreferencesItem | None = None
+    devices: list[DeviceBody] | None = Field(default=None, max_length=100)
+    preferences: PreferencesBody | None = None
     topics: list[str] | None = Field(default=None, max_length=1000)
-
-
-def check_url(url: str, field: str) -> str:
-    if not url.startswith(("https://", "http://")):
-        raise ValidationError(f"{field} must be an http(s) URL", field=field)
-    return url
-
-
-def check_preferences(user_id: str, body: PreferencesItem, categories: Mapping[str, Category]) -> Preferences:
-    """The checks of ``PUT /v1/users/{id}/preferences``; field names relative to the body."""
-    for ch in body.channels:
-        if ch not in _CHANNELS:
-            raise ValidationError(f"unknown channel {ch!r}", field=f"channels.{ch}")
-    for cat, chans in body.categories.items():
-        if cat not in categories:
-            raise ValidationError(f"unknown category {cat!r}", field=f"categories.{cat}")
-        for ch in chans:
-            if ch not in _CHANNELS:
-                raise ValidationError(f"unknown channel {ch!r}", field=f"categories.{cat}.{ch}")
-    digests: dict[str, str] = {}
-    for cat, schedule in body.digests.items():
-        category = categories.get(cat)
-        if category is None:
-            raise ValidationError(f"unknown category {cat!r}", field=f"digests.{cat}")
-        try:
-            digests[cat] = check_digest_schedule(schedule)
-        except ValueError as exc:
-            raise ValidationError(str(exc), field=f"digests.{cat}") from None
-        if digests[cat] != "off" and not category.digest:
-            raise ValidationError(f"category {cat!r} cannot be digested", field=f"digests.{cat}")
-    return Preferences(
-        user_id=user_id,
-        channels=dict(body.channels),
-        categories={k: dict(v) for k, v in body.categories.items()},
-        quiet_hours=body.quiet_hours.model_dump() if body.quiet_hours else None,
-        digests=digests,
-    )
 
 
 def _pydantic_error(exc: PydanticValidationError) -> ValidationError:
@@ -118,22 +61,9 @@ def parse_user(obj: Any, categories: Mapping[str, Category], now: float) -> User
         item = UserItem.model_validate(obj)
     except PydanticValidationError as exc:
         raise _pydantic_error(exc) from None
-    user_id = check_id(item.id, "id")
-    user = User(
-        id=user_id,
-        email=normalize_email(item.email) if item.email else None,
-        phone=normalize_phone(item.phone) if item.phone else None,
-        locale=check_locale(item.locale) if item.locale else None,
-        timezone=check_timezone(item.timezone) if item.timezone else None,
-        data=item.data,
-        webhook_url=check_url(item.webhook_url, "webhook_url") if item.webhook_url else None,
-        chat=item.chat,
-        updated_at=now,
-    )
-    devices = [
-        Device(id=new_id("dev"), user_id=user_id, kind=d.kind, token=d.token, data=d.data, created_at=now)
-        for d in item.devices or []
-    ]
+    user = user_from_body(item.id, item, now, id_field="id")
+    user_id = user.id
+    devices = [device_from_body(user_id, d, now) for d in item.devices or []]
     prefs = None
     if item.preferences is not None:
         try:

@@ -7,10 +7,12 @@ from herald.entrypoints.deps import (
     Caller,
     CallerDep,
     ContainerDep,
+    ServicesDep,
     caller,
     check_user_access,
     container,
     require,
+    services,
 )
 from herald.services.api_keys import SCOPES, generate_key, hash_key
 
@@ -19,10 +21,12 @@ __all__ = [
     "Caller",
     "CallerDep",
     "ContainerDep",
+    "ServicesDep",
     "caller",
     "check_user_access",
     "container",
     "generate_key",
     "hash_key",
     "require",
+    "services",
 ]

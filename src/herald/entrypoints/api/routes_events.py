@@ -7,10 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Response
 from fastapi.responses import JSONResponse
 
-from herald.domain.errors import NotFound, ValidationError
-from herald.domain.rules import Rule, parse_rule
-from herald.domain.validation import check_id
-from herald.entrypoints.api.deps import Caller, ContainerDep, require
+from herald.domain.rules import Rule
+from herald.entrypoints.api.deps import Caller, ContainerDep, ServicesDep, require
 from herald.entrypoints.api.routes_notifications import merge_idempotency_key
 from herald.services.events import event_view
 
@@ -41,58 +39,34 @@ async def post_event(
 
 
 @router.get("/v1/events/{event_id}")
-async def get_event(
-    event_id: str, c: ContainerDep, who: Annotated[Caller, require("read")]
-) -> dict[str, Any]:
-    record = await c.store.get_event(event_id)
-    if record is None:
-        raise NotFound(f"event {event_id} does not exist")
+async def get_event(event_id: str, s: ServicesDep, who: Annotated[Caller, require("read")]) -> dict[str, Any]:
+    record = await s.notifications.event(event_id)
     return event_view(record) | {"body": record.body}
 
 
 @router.put("/v1/rules/{event_type}")
 async def put_rule(
     event_type: str,
-    c: ContainerDep,
+    s: ServicesDep,
     who: Annotated[Caller, require("admin")],
     payload: Annotated[Any, Body()],
 ) -> dict[str, Any]:
-    check_id(event_type, "event_type")
-    rule = parse_rule(event_type, payload, source="api")
-    if rule.category is not None:
-        c.catalog.category(rule.category)
-    template = await c.store.get_template(rule.template)
-    if template is None:
-        raise ValidationError(f"unknown template {rule.template!r}", field="template")
-    missing = [ch for ch in rule.channels if ch not in template.channels]
-    if missing:
-        raise ValidationError(
-            f"template {rule.template!r} has no variant for channels {missing}",
-            field="fallback" if rule.fallback else "channels",
-        )
-    await c.store.put_rule(rule, now=c.clock.now())
-    c.events.forget(event_type)
-    return rule_view(rule)
+    return rule_view(await s.routing.save_rule(event_type, payload))
 
 
 @router.get("/v1/rules")
-async def list_rules(c: ContainerDep, who: Annotated[Caller, require("read")]) -> dict[str, Any]:
-    return {"items": [rule_view(r) for r in await c.store.list_rules()]}
+async def list_rules(s: ServicesDep, who: Annotated[Caller, require("read")]) -> dict[str, Any]:
+    return {"items": [rule_view(r) for r in await s.routing.rules()]}
 
 
 @router.get("/v1/rules/{event_type}")
 async def get_rule(
-    event_type: str, c: ContainerDep, who: Annotated[Caller, require("read")]
+    event_type: str, s: ServicesDep, who: Annotated[Caller, require("read")]
 ) -> dict[str, Any]:
-    rule = await c.store.get_rule(event_type)
-    if rule is None:
-        raise NotFound(f"no routing rule for event type {event_type!r}")
-    return rule_view(rule)
+    return rule_view(await s.routing.require_rule(event_type))
 
 
 @router.delete("/v1/rules/{event_type}", status_code=204)
-async def delete_rule(event_type: str, c: ContainerDep, who: Annotated[Caller, require("admin")]) -> Response:
-    if not await c.store.delete_rule(event_type):
-        raise NotFound(f"no routing rule for event type {event_type!r}")
-    c.events.forget(event_type)
+async def delete_rule(event_type: str, s: ServicesDep, who: Annotated[Caller, require("admin")]) -> Response:
+    await s.routing.delete_rule(event_type)
     return Response(status_code=204)

@@ -12,8 +12,14 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from herald.domain.errors import AuthenticationError, ValidationError
-from herald.domain.models import DeliveryStatus
-from herald.entrypoints.api.deps import Caller, CallerDep, ContainerDep, caller, check_user_access
+from herald.entrypoints.api.deps import (
+    Caller,
+    CallerDep,
+    ContainerDep,
+    ServicesDep,
+    caller,
+    check_user_access,
+)
 from herald.entrypoints.api.views import inbox_item
 
 router = APIRouter(prefix="/v1/users/{user_id}/inbox", tags=["inbox"])
@@ -23,6 +29,7 @@ router = APIRouter(prefix="/v1/users/{user_id}/inbox", tags=["inbox"])
 async def list_inbox(
     user_id: str,
     c: ContainerDep,
+    s: ServicesDep,
     who: CallerDep,
     unread_only: bool = False,
     cursor: str | None = None,
@@ -30,7 +37,7 @@ async def list_inbox(
 ) -> dict[str, Any]:
     check_user_access(who, user_id)
     head = await c.hub.feed.head(user_id)  # before the listing: what arrives after it, the stream replays
-    items, unread = await c.store.list_inbox(user_id, unread_only=unread_only, cursor=cursor, limit=limit)
+    items, unread = await s.notifications.inbox(user_id, unread_only=unread_only, cursor=cursor, limit=limit)
     return {
         "items": [inbox_item(d) for d in items],
         "unread_count": unread,
@@ -40,18 +47,19 @@ async def list_inbox(
 
 
 @router.post("/read-all")
-async def read_all(user_id: str, c: ContainerDep, who: CallerDep) -> dict[str, Any]:
+async def read_all(user_id: str, c: ContainerDep, s: ServicesDep, who: CallerDep) -> dict[str, Any]:
     check_user_access(who, user_id, "send")
-    changed = await c.store.mark_all_read(user_id, now=c.clock.now())
+    changed = await s.notifications.read_all(user_id)
     c.hub.changed(user_id)  # the user's other tabs update their badge
     return {"marked_read": changed, "unread_count": 0}
 
 
 @router.post("/{delivery_id}/read")
-async def mark_read(user_id: str, delivery_id: str, c: ContainerDep, who: CallerDep) -> dict[str, Any]:
+async def mark_read(
+    user_id: str, delivery_id: str, c: ContainerDep, s: ServicesDep, who: CallerDep
+) -> dict[str, Any]:
     check_user_access(who, user_id, "send")
-    d = await c.store.mark_delivery(delivery_id, DeliveryStatus.READ, now=c.clock.now(), user_id=user_id)
-    _, unread = await c.store.list_inbox(user_id, unread_only=True, cursor=None, limit=1)
+    d, unread = await s.notifications.read(user_id, delivery_id)
     c.hub.changed(user_id)
     return {"item": inbox_item(d), "unread_count": unread}
 

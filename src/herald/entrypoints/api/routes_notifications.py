@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from herald.bootstrap import Container
 from herald.domain.errors import HeraldError, NotFound, ValidationError
 from herald.domain.models import Channel, DeliveryStatus, Notification, NotificationStatus
-from herald.entrypoints.api.deps import Caller, ContainerDep, require
+from herald.entrypoints.api.deps import Caller, ContainerDep, ServicesDep, require
 from herald.entrypoints.api.fast_json import FastJSONResponse, FastJSONRoute
 from herald.entrypoints.api.problems import PROBLEM, field_path
 from herald.entrypoints.api.schemas import BatchBody, IsoDatetime, SendBody, epoch
@@ -153,13 +153,14 @@ def item_problem(index: int, status: int, title: str, detail: str, field: str | 
 @router.get("/{notification_id}")
 async def get_notification(
     notification_id: str,
-    c: ContainerDep,
+    s: ServicesDep,
     who: Annotated[Caller, require("read")],
     deliveries_limit: Annotated[int, Query(ge=1, le=MAX_DELIVERIES_PAGE)] = MAX_DELIVERIES_PAGE,
     deliveries_after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """The notification with its deliveries a page at a time (``notification_page``)."""
-    view = await notification_page(c.store, notification_id, after=deliveries_after, limit=deliveries_limit)
+    page = await s.notifications.page(notification_id, after=deliveries_after, limit=deliveries_limit)
+    view = notification_page(page)
     if view is None:
         raise NotFound(f"notification {notification_id} does not exist")
     return view
@@ -167,7 +168,7 @@ async def get_notification(
 
 @router.get("")
 async def list_notifications(
-    c: ContainerDep,
+    s: ServicesDep,
     who: Annotated[Caller, require("read")],
     user_id: Annotated[str | None, Query(max_length=128)] = None,
     status: ShownStatus | None = None,
@@ -180,7 +181,7 @@ async def list_notifications(
 ) -> dict[str, Any]:
     """Newest first. ``status`` is the status each item shows (as the detail does);
     ``delivery_status``: with at least one delivery in that status."""
-    items = await c.store.list_notifications(
+    items, open_ids = await s.notifications.find(
         NotificationFilter(
             user_id=user_id,
             status=status,
@@ -192,8 +193,6 @@ async def list_notifications(
             limit=limit,
         )
     )
-    routed = [n.id for n in items if n.status == NotificationStatus.ROUTED]
-    open_ids = await c.store.notifications_in_progress(routed) if routed else set()
     next_cursor = items[-1].id if len(items) == limit else None
     return {
         "items": [notification_view(n, in_progress=n.id in open_ids) for n in items],
@@ -203,21 +202,14 @@ async def list_notifications(
 
 @router.post("/{notification_id}/cancel")
 async def cancel(
-    notification_id: str, c: ContainerDep, who: Annotated[Caller, require("send")]
+    notification_id: str, s: ServicesDep, who: Annotated[Caller, require("send")]
 ) -> dict[str, Any]:
     """Cancel what has not been sent. The answer says what happened: whether routing was
     stopped (nothing more will be made for it: a topic's fan-out, recipients not yet routed),
     how many deliveries were cancelled, how many were already sent or finished."""
-    before = await c.store.get_notification(notification_id)
-    if before is None:
-        raise NotFound(f"notification {notification_id} does not exist")
-    cancelled, remaining = await c.store.cancel_notification(notification_id, now=c.clock.now())
-    after = await c.store.get_notification(notification_id)
-    stopped = (
-        after is not None
-        and after.status == NotificationStatus.CANCELLED
-        and before.status != NotificationStatus.CANCELLED
-    )
+    done = await s.notifications.cancel(notification_id)
+    before, after, cancelled, remaining = done.before, done.after, done.cancelled, done.unchanged
+    stopped = done.routing_stopped
     parts: list[str] = []
     if stopped:
         parts.append("routing stopped: no further deliveries will be made")
@@ -233,7 +225,7 @@ async def cancel(
     if after is None:
         status = "cancelled"
     elif after.status == NotificationStatus.ROUTED:
-        status = notification_status(after, await c.store.status_counts(notification_id))
+        status = notification_status(after, done.counts_after)
     else:
         status = after.status.value
     return {

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from herald.bootstrap import Container
-from herald.domain.errors import Conflict, HeraldError, NotFound
+from herald.domain.errors import HeraldError
 from herald.domain.models import DeliveryStatus
-from herald.entrypoints.api.deps import Caller, ContainerDep, require
+from herald.entrypoints.api.deps import Caller, ContainerDep, ServicesDep, require
 from herald.entrypoints.api.problems import problem
 from herald.entrypoints.api.schemas import IsoDatetime, ReplayFilterBody, TrackBody, epoch
 from herald.entrypoints.api.views import dead_letter_view, delivery_view
@@ -25,9 +25,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=None)
-async def readyz(c: ContainerDep, request: Request) -> dict[str, Any] | Response:
+async def readyz(c: ContainerDep, s: ServicesDep, request: Request) -> dict[str, Any] | Response:
     try:
-        await c.store.ping()
+        await s.stats.ping()
     except HeraldError as exc:
         return problem(503, "Not ready", f"database: {exc.detail}")
     try:
@@ -60,10 +60,8 @@ def _circuits(c: Container) -> list[tuple[str, str, str]]:
 
 
 @router.get("/metrics")
-async def metrics(c: ContainerDep) -> Response:
-    body = await c.metrics.render(
-        c.store, c.broker_status(), now=c.clock.now(), circuits=_circuits(c), held=c.delivery.unhealthy
-    )
+async def metrics(c: ContainerDep, s: ServicesDep) -> Response:
+    body = await s.metrics(circuits=_circuits(c), held=c.delivery.unhealthy)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -77,21 +75,22 @@ _TRACK = {
 
 @router.post("/v1/deliveries/{delivery_id}/events")
 async def track(
-    delivery_id: str, body: TrackBody, c: ContainerDep, who: Annotated[Caller, require("send")]
+    delivery_id: str,
+    body: TrackBody,
+    c: ContainerDep,
+    s: ServicesDep,
+    who: Annotated[Caller, require("send")],
 ) -> dict[str, Any]:
     if body.event in ("opened", "clicked"):  # engagement: recorded, counted, moves it to read
-        found = await c.store.get_delivery(delivery_id)
-        if found is None:
-            raise NotFound(f"delivery {delivery_id} does not exist")
+        found = await s.notifications.delivery(delivery_id)
         done = await c.tracker.engage(found, body.event, source="client", url=body.url)
         return delivery_view(done.delivery if done is not None else found)
-    d = await c.store.mark_delivery(delivery_id, _TRACK[body.event], now=c.clock.now())
-    return delivery_view(d)
+    return delivery_view(await s.notifications.mark(delivery_id, _TRACK[body.event]))
 
 
 @router.get("/v1/dead-letters")
 async def dead_letters(
-    c: ContainerDep,
+    s: ServicesDep,
     who: Annotated[Caller, require("read")],
     channel: str | None = None,
     provider: str | None = None,
@@ -104,7 +103,7 @@ async def dead_letters(
 ) -> dict[str, Any]:
     """Dead deliveries, newest first, each with its attempts and ``last_error``
     (provider, code, detail); filter by channel, provider, reason or the last error's code."""
-    items = await c.store.list_dead_letters(
+    items = await s.dead_letters.find(
         DeadLetterFilter(
             channel=channel,
             provider=provider,
@@ -124,24 +123,16 @@ async def dead_letters(
 
 @router.post("/v1/dead-letters/{delivery_id}/replay")
 async def replay_one(
-    delivery_id: str, c: ContainerDep, who: Annotated[Caller, require("admin")]
+    delivery_id: str, s: ServicesDep, who: Annotated[Caller, require("admin")]
 ) -> dict[str, Any]:
-    replayed = await c.store.replay_dead_letters([delivery_id], now=c.clock.now())
-    if not replayed:
-        d = await c.store.get_delivery(delivery_id)
-        if d is None:
-            raise NotFound(f"delivery {delivery_id} does not exist")
-        raise Conflict(f"delivery {delivery_id} is {d.status.value}, not in the dead-letter queue")
-    for d in replayed:
-        c.queue.wake(d.channel)
-    return {"replayed": 1, "delivery": delivery_view(replayed[0])}
+    return {"replayed": 1, "delivery": delivery_view(await s.dead_letters.replay_one(delivery_id))}
 
 
 @router.post("/v1/dead-letters/replay")
 async def replay_many(
-    body: ReplayFilterBody, c: ContainerDep, who: Annotated[Caller, require("admin")]
+    body: ReplayFilterBody, s: ServicesDep, who: Annotated[Caller, require("admin")]
 ) -> dict[str, Any]:
-    items = await c.store.list_dead_letters(
+    replayed = await s.dead_letters.replay_matching(
         DeadLetterFilter(
             channel=body.channel,
             provider=body.provider,
@@ -152,7 +143,4 @@ async def replay_many(
             limit=body.limit,
         )
     )
-    replayed = await c.store.replay_dead_letters([d.id for d in items], now=c.clock.now())
-    for ch in {d.channel for d in replayed}:
-        c.queue.wake(ch)
     return {"replayed": len(replayed), "ids": [d.id for d in replayed]}

@@ -44,18 +44,4 @@ async def stats(
     out = await c.stats.funnel(q)
     if by or bucket:
         return out
-    rows = await c.store.delivery_counts()
-    by_status: dict[str, int] = {}
-    by_channel: dict[str, dict[str, int]] = {}
-    for ch, status, _provider, count in rows:
-        by_status[status] = by_status.get(status, 0) + count
-        per = by_channel.setdefault(ch, {})
-        per[status] = per.get(status, 0) + count
-    return out | {
-        "by_status": by_status,
-        "by_channel": by_channel,
-        "by_channel_provider": [
-            {"channel": ch, "status": st, "provider": pr, "count": n} for ch, st, pr, n in rows
-        ],
-        "ambiguous_sends": await c.store.ambiguous_count(),
-    }
+    return out | await c.stats.current()

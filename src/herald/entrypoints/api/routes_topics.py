@@ -7,10 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Response
 from pydantic import Field
 
-from herald.domain.errors import NotFound, ValidationError
 from herald.domain.models import Topic
-from herald.domain.validation import check_id
-from herald.entrypoints.api.deps import Caller, ContainerDep, require
+from herald.entrypoints.api.deps import Caller, ServicesDep, require
 from herald.entrypoints.api.schemas import _Body
 from herald.entrypoints.api.views import iso
 
@@ -38,63 +36,43 @@ def topic_view(topic: Topic) -> dict[str, Any]:
     }
 
 
-async def _existing(c: ContainerDep, key: str) -> None:
-    if not await c.store.has_topic(key):
-        raise NotFound(f"topic {key!r} does not exist")
-
-
 @router.put("/{key}")
 async def put_topic(
-    key: str, body: TopicBody, c: ContainerDep, who: Annotated[Caller, require("admin")]
+    key: str, body: TopicBody, s: ServicesDep, who: Annotated[Caller, require("admin")]
 ) -> dict[str, Any]:
-    check_id(key, "key")
-    topic = await c.store.put_topic(Topic(key=key, name=body.name, data=body.data, updated_at=c.clock.now()))
-    return topic_view(topic)
+    return topic_view(await s.directory.put_topic(key, name=body.name, data=body.data))
 
 
 @router.get("/{key}")
-async def get_topic(key: str, c: ContainerDep, who: Annotated[Caller, require("read")]) -> dict[str, Any]:
-    topic = await c.store.get_topic(key)
-    if topic is None:
-        raise NotFound(f"topic {key!r} does not exist")
-    return topic_view(topic)
+async def get_topic(key: str, s: ServicesDep, who: Annotated[Caller, require("read")]) -> dict[str, Any]:
+    return topic_view(await s.directory.topic(key))
 
 
 @router.delete("/{key}", status_code=204)
-async def delete_topic(key: str, c: ContainerDep, who: Annotated[Caller, require("admin")]) -> Response:
-    if not await c.store.delete_topic(key):
-        raise NotFound(f"topic {key!r} does not exist")
+async def delete_topic(key: str, s: ServicesDep, who: Annotated[Caller, require("admin")]) -> Response:
+    await s.directory.delete_topic(key)
     return Response(status_code=204)
 
 
 @router.post("/{key}/subscribers")
 async def subscribe(
-    key: str, body: SubscribersBody, c: ContainerDep, who: Annotated[Caller, require("send")]
+    key: str, body: SubscribersBody, s: ServicesDep, who: Annotated[Caller, require("send")]
 ) -> dict[str, Any]:
-    await _existing(c, key)
-    ids = [check_id(u, f"user_ids[{i}]") for i, u in enumerate(body.user_ids)]
-    found = await c.store.get_users(ids)
-    missing = [u for u in dict.fromkeys(ids) if u not in found]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise ValidationError(f"unknown user(s): {shown}", field="user_ids")
-    added = await c.store.add_subscribers(key, ids, now=c.clock.now())
-    return {"key": key, "added": added, "subscribers": await c.store.count_subscribers(key)}
+    added, count = await s.directory.subscribe(key, body.user_ids)
+    return {"key": key, "added": added, "subscribers": count}
 
 
 @router.delete("/{key}/subscribers")
 async def unsubscribe(
-    key: str, body: SubscribersBody, c: ContainerDep, who: Annotated[Caller, require("send")]
+    key: str, body: SubscribersBody, s: ServicesDep, who: Annotated[Caller, require("send")]
 ) -> dict[str, Any]:
-    await _existing(c, key)
-    removed = await c.store.remove_subscribers(key, body.user_ids)
-    return {"key": key, "removed": removed, "subscribers": await c.store.count_subscribers(key)}
+    removed, count = await s.directory.unsubscribe_users(key, body.user_ids)
+    return {"key": key, "removed": removed, "subscribers": count}
 
 
 @router.delete("/{key}/subscribers/{user_id}")
 async def unsubscribe_one(
-    key: str, user_id: str, c: ContainerDep, who: Annotated[Caller, require("send")]
+    key: str, user_id: str, s: ServicesDep, who: Annotated[Caller, require("send")]
 ) -> dict[str, Any]:
-    await _existing(c, key)
-    removed = await c.store.remove_subscribers(key, [user_id])
-    return {"key": key, "removed": removed, "subscribers": await c.store.count_subscribers(key)}
+    removed, count = await s.directory.unsubscribe_users(key, [user_id])
+    return {"key": key, "removed": removed, "subscribers": count}

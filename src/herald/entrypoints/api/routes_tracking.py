@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
 from herald.domain.errors import NotFound
-from herald.entrypoints.api.deps import Caller, ContainerDep, require
+from herald.entrypoints.api.deps import Caller, ContainerDep, ServicesDep, require
 from herald.entrypoints.api.views import iso
 
 router = APIRouter(tags=["tracking"])
@@ -42,13 +42,10 @@ async def click(token: str, request: Request, c: ContainerDep) -> Response:
 
 @router.get("/v1/deliveries/{delivery_id}/engagement")
 async def engagement(
-    delivery_id: str, c: ContainerDep, who: Annotated[Caller, require("read")]
+    delivery_id: str, s: ServicesDep, who: Annotated[Caller, require("read")]
 ) -> dict[str, Any]:
     """The delivery's opens and clicks, oldest first; machine ones flagged with why."""
-    d = await c.store.get_delivery(delivery_id)
-    if d is None:
-        raise NotFound(f"delivery {delivery_id} does not exist")
-    events = await c.store.list_engagement(delivery_id)
+    d, events = await s.notifications.engagement(delivery_id)
     for e in events:
         e["at"] = iso(e["at"])  # type: ignore[arg-type]  # floats from the store
         e["last_at"] = iso(e["last_at"])  # type: ignore[arg-type]

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from herald.entrypoints.api.deps import Caller, ContainerDep, require
-from herald.services.user_import import MAX_BATCH, import_batch
+from herald.entrypoints.api.deps import Caller, ServicesDep, require
+from herald.services.user_import import MAX_BATCH
 
 router = APIRouter(tags=["users"])
 
@@ -23,12 +23,12 @@ class UsersBatchBody(BaseModel):
 
 @router.post("/v1/users/batch")
 async def users_batch(
-    body: UsersBatchBody, c: ContainerDep, who: Annotated[Caller, require("send")]
+    body: UsersBatchBody, s: ServicesDep, who: Annotated[Caller, require("send")]
 ) -> dict[str, Any]:
     """Create or replace up to 1,000 users, with their devices, preferences and topic
     subscriptions. Items that pass their checks are written together in one transaction; the
     others are reported by index with the field at fault, and change nothing."""
-    outcome = await import_batch(c.store, body.users, c.catalog.categories, c.clock.now())
+    outcome = await s.directory.import_batch(body.users)
     return {
         "imported": outcome.imported,
         "failed": outcome.failed,

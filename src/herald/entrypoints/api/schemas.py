@@ -7,6 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+# A user's fields, devices and preferences: one set of checks for the API, batches and imports.
+from herald.services.user_fields import DeviceBody, PreferencesBody, QuietHours, UserBody
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -57,34 +60,6 @@ class BatchBody(_Body):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
 
 
-class UserBody(_Body):
-    email: str | None = Field(default=None, max_length=320)
-    phone: str | None = Field(default=None, max_length=32)
-    locale: str | None = Field(default=None, max_length=35)
-    timezone: str | None = Field(default=None, max_length=64)
-    data: dict[str, Any] = Field(default_factory=dict)
-    webhook_url: str | None = Field(default=None, max_length=2048)
-    chat: dict[str, Any] = Field(default_factory=dict)
-
-
-class DeviceBody(_Body):
-    kind: Literal["apns", "fcm", "webpush"]
-    token: str = Field(min_length=1, max_length=4096)
-    data: dict[str, Any] = Field(default_factory=dict)
-
-
-class QuietHours(_Body):
-    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-
-
-class PreferencesBody(_Body):
-    channels: dict[str, bool] = Field(default_factory=dict)
-    categories: dict[str, dict[str, bool]] = Field(default_factory=dict)
-    quiet_hours: QuietHours | None = None
-    digests: dict[str, str] = Field(default_factory=dict)
-
-
 class TemplateBody(_Body):
     category: str | None = Field(default=None, max_length=64)
     channels: dict[str, dict[str, Any]] = Field(min_length=1)
@@ -125,3 +100,23 @@ class ReplayFilterBody(_Body):
     since: IsoDatetime | None = None
     until: IsoDatetime | None = None
     limit: int = Field(default=1000, ge=1, le=10_000)
+
+
+__all__ = [
+    "MAX_TOKEN_TTL",
+    "MIN_TOKEN_TTL",
+    "BatchBody",
+    "DeviceBody",
+    "IsoDatetime",
+    "PreferencesBody",
+    "QuietHours",
+    "RenderBody",
+    "ReplayFilterBody",
+    "SendBody",
+    "TemplateBody",
+    "TokenBody",
+    "TrackBody",
+    "UserBody",
+    "_Body",
+    "epoch",
+]

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from herald.domain.models import Attempt, Delivery, Device, Notification, NotificationStatus, Template, User
 from herald.domain.states import FINAL
-from herald.ports import Store
+from herald.services.notifications import NotificationPage
 
 MAX_DELIVERIES_PAGE = 1_000
 _PRIVATE_CONTENT = frozenset({"_meta", "_track", "unsubscribe_url"})  # herald's own keys
@@ -203,20 +203,11 @@ def inbox_item(d: Delivery) -> dict[str, Any]:
     }
 
 
-async def notification_page(
-    store: Store, notification_id: str, *, after: str | None = None, limit: int = MAX_DELIVERIES_PAGE
-) -> dict[str, Any] | None:
-    """The notification, the count of its deliveries per status, and its deliveries a page at a
-    time (in id order; ``deliveries_next`` is the ``after`` of the next page): a broadcast to a
-    million must not be read, or answered, in one piece. None when it does not exist."""
-    n = await store.get_notification(notification_id)
-    if n is None:
+def notification_page(page: NotificationPage | None) -> dict[str, Any] | None:
+    """The view of a notification with a page of its deliveries (``deliveries_next`` is the
+    ``after`` of the next page; NotificationService.page): None when it does not exist."""
+    if page is None:
         return None
-    page = await store.get_deliveries(notification_id, after=after, limit=limit + 1)
-    more = len(page) > limit
-    page = page[:limit]
-    if not more and after is None:
-        counts = None  # all of them are here: counted from the page
-    else:
-        counts = await store.status_counts(notification_id)
-    return notification_view(n, page, counts=counts, next_cursor=page[-1].id if more else None)
+    return notification_view(
+        page.notification, page.deliveries, counts=page.counts, next_cursor=page.next_cursor
+    )

@@ -25,7 +25,8 @@ from herald.bootstrap import Container
 from herald.domain.audience import channel_choice
 from herald.domain.errors import AuthenticationError, NotFound, ValidationError
 from herald.domain.models import Preferences
-from herald.entrypoints.deps import ContainerDep
+from herald.entrypoints.deps import ContainerDep, ServicesDep
+from herald.entrypoints.service_layer import Services
 from herald.entrypoints.web.i18n import Strings, pick
 
 router = APIRouter(include_in_schema=False)
@@ -101,24 +102,31 @@ def _view(c: Container, prefs: Preferences | None) -> tuple[list[dict[str, Any]]
     return channels, categories
 
 
-async def _strings(c: Container, request: Request, lang: str | None, user_id: str | None) -> Strings:
-    user = await c.store.get_user(user_id) if user_id else None
+async def _strings(s: Services, request: Request, lang: str | None, user_id: str | None) -> Strings:
+    user = await s.directory.user(user_id) if user_id else None
     return Strings(pick(lang, user.locale if user else None, request.headers.get("accept-language")))
 
 
 @router.get("/preferences")
 async def preferences_page(
-    request: Request, c: ContainerDep, token: str | None = None, lang: str | None = None, saved: int = 0
+    request: Request,
+    c: ContainerDep,
+    s: ServicesDep,
+    token: str | None = None,
+    lang: str | None = None,
+    saved: int = 0,
 ) -> HTMLResponse:
     try:
         user_id = _user(c, token)
     except AuthenticationError:
-        t = await _strings(c, request, lang, None)
+        t = await _strings(s, request, lang, None)
         return _message(t, t("prefs_title"), t("link_invalid"), status=401)
-    t = await _strings(c, request, lang, user_id)
-    if await c.store.get_user(user_id) is None:
+    t = await _strings(s, request, lang, user_id)
+    try:
+        prefs = await s.directory.preferences(user_id)
+    except NotFound:
         return _message(t, t("prefs_title"), t("link_invalid"), status=404)
-    channels, categories = _view(c, await c.store.get_preferences(user_id))
+    channels, categories = _view(c, prefs)
     return _page(
         "preferences.html",
         t=t,
@@ -131,17 +139,15 @@ async def preferences_page(
 
 
 @router.post("/preferences")
-async def save_preferences(request: Request, c: ContainerDep) -> Response:
+async def save_preferences(request: Request, c: ContainerDep, s: ServicesDep) -> Response:
     form = await _form(request)
     token, lang = form.get("token"), form.get("lang")
     try:
         user_id = _user(c, token)
     except AuthenticationError:
-        t = await _strings(c, request, lang, None)
+        t = await _strings(s, request, lang, None)
         return _message(t, t("prefs_title"), t("link_invalid"), status=401)
-    if await c.store.get_user(user_id) is None:
-        raise NotFound(f"user {user_id} does not exist")
-    stored = await c.store.get_preferences(user_id) or Preferences(user_id=user_id)
+    stored = await s.directory.preferences(user_id) or Preferences(user_id=user_id)
     names = sorted(c.catalog.enabled_channels)
     channels = {ch: f"channels.{ch}" in form for ch in names}
     categories: dict[str, dict[str, bool]] = {}
@@ -154,7 +160,7 @@ async def save_preferences(request: Request, c: ContainerDep) -> Response:
                 categories.setdefault(name, {})[ch] = on
     # Channels herald does not run keep what the user had (the API may have set them).
     kept = {ch: v for ch, v in stored.channels.items() if ch not in channels}
-    await c.store.put_preferences(
+    await s.directory.save_preferences(
         Preferences(
             user_id=user_id,
             channels={**kept, **channels},
@@ -174,15 +180,15 @@ def _wants_html(request: Request) -> bool:
 
 @router.get("/v1/unsubscribe/{token}")
 async def unsubscribe_page(
-    token: str, request: Request, c: ContainerDep, lang: str | None = None
+    token: str, request: Request, c: ContainerDep, s: ServicesDep, lang: str | None = None
 ) -> HTMLResponse:
     """What would stop, and a button. Opening the link changes nothing."""
     try:
         user_id, category, channel = c.unsubscribe.verify(token)
     except ValidationError:
-        t = await _strings(c, request, lang, None)
+        t = await _strings(s, request, lang, None)
         return _message(t, t("unsub_title"), t("link_invalid"), status=422)
-    t = await _strings(c, request, lang, user_id)
+    t = await _strings(s, request, lang, user_id)
     return _page(
         "unsubscribe.html",
         t=t,
@@ -193,7 +199,9 @@ async def unsubscribe_page(
 
 
 @router.post("/v1/unsubscribe/{token}", response_model=None)
-async def unsubscribe(token: str, request: Request, c: ContainerDep) -> dict[str, Any] | HTMLResponse:
+async def unsubscribe(
+    token: str, request: Request, c: ContainerDep, s: ServicesDep
+) -> dict[str, Any] | HTMLResponse:
     """RFC 8058 one-click unsubscribe (mail clients POST here), and the page's button."""
     html = _wants_html(request)
     lang = (await _form(request)).get("lang") if html else None
@@ -202,14 +210,11 @@ async def unsubscribe(token: str, request: Request, c: ContainerDep) -> dict[str
     except ValidationError:
         if not html:
             raise
-        t = await _strings(c, request, lang, None)
+        t = await _strings(s, request, lang, None)
         return _message(t, t("unsub_title"), t("link_invalid"), status=422)
-    prefs = await c.store.get_preferences(user_id) or Preferences(user_id=user_id)
-    prefs.categories.setdefault(category, {})[channel] = False
-    if await c.store.get_user(user_id) is not None:
-        await c.store.put_preferences(prefs)
+    await s.directory.unsubscribe(user_id, category, channel)
     if html:
-        t = await _strings(c, request, lang, user_id)
+        t = await _strings(s, request, lang, user_id)
         done = t("unsub_done", category=category, channel=t.channel(channel))
         return _message(t, t("unsub_done_title"), done, status=200, kind="ok")
     return {"unsubscribed": True, "category": category, "channel": channel}

@@ -19,6 +19,8 @@ from herald.ports.store.directory import (
     UserStore,
 )
 from herald.ports.store.events import EventStore
+from herald.ports.store.insight import InsightStore
+from herald.ports.store.lifecycle import StoreLifecycle
 from herald.ports.store.results import DeadLetterStore, InboxStore, TrackingStore
 from herald.ports.store.routing import AcceptStore, NotificationStore, RoutingStore
 
@@ -47,7 +49,14 @@ class TrackServiceStore(TrackingStore, SuppressionStore, NotificationStore, Prot
 
 
 class ConsoleServiceStore(
-    NotificationStore, DeadLetterStore, TemplateStore, UserStore, InboxStore, EventStore, Protocol
+    NotificationStore,
+    DeadLetterStore,
+    TemplateStore,
+    UserStore,
+    InboxStore,
+    EventStore,
+    TrackingStore,
+    Protocol,
 ):
     """``services.console.ConsoleService``: the console's writes and single-record reads (its
     listings come from :class:`herald.ports.console.ConsoleReads`)."""
@@ -55,3 +64,22 @@ class ConsoleServiceStore(
 
 class UserImportStore(UserStore, TopicStore, Protocol):
     """``services.user_import``: bulk upserts of users, and which topics exist."""
+
+
+class DeadLetterServiceStore(DeadLetterStore, NotificationStore, Protocol):
+    """``services.dead_letters.DeadLetterService``: dead letters listed and replayed, and the
+    delivery a replay names."""
+
+
+class NotificationServiceStore(NotificationStore, TrackingStore, InboxStore, EventStore, Protocol):
+    """``services.notifications.NotificationService``: notifications and their deliveries,
+    marks and engagement, the inbox, and event records."""
+
+
+class CatalogServiceStore(TemplateStore, EventStore, UserStore, Protocol):
+    """``services.routing_catalog.RoutingCatalog``: templates and routing rules (and the user a
+    trial render names)."""
+
+
+class StatsServiceStore(InsightStore, StoreLifecycle, Protocol):
+    """``services.stats.StatsService``: counts, the funnel, and whether the database answers."""
