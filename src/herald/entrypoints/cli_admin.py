@@ -42,14 +42,20 @@ def keys_create(
         raise fail(f"--scope must be one of {', '.join(SCOPES)}")
     if not name.strip() or len(name) > 200:
         raise fail("--name must be 1-200 characters")
+    from herald.store_root import create_api_key_directly  # noqa: PLC0415
+
     settings = load(config, logs=False)
+    raw, key = generate_key(name, set(scope), time.time())
+    key_hash = hash_key(raw)
+    # The one row through the plain driver when the schema is current (no SQLAlchemy to load);
+    # else the store, which creates or migrates the schema first.
+    if not create_api_key_directly(settings.database.url, key, key_hash):
 
-    async def run(store: Store) -> str:
-        raw, key = generate_key(name, set(scope), time.time())
-        await store.create_api_key(key, hash_key(raw))
-        return raw
+        async def run(store: Store) -> None:
+            await store.create_api_key(key, key_hash)
 
-    typer.echo(with_store(settings, run))
+        with_store(settings, run)
+    typer.echo(raw)
 
 
 @keys_app.command("list")
