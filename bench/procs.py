@@ -116,9 +116,14 @@ class Usage:
     cpu_s: float  # the process and its children
     peak_rss_mb: float  # the process itself
     children: list[Usage] | None = None  # herald serve's worker children, each
+    # --mode split: each process's own CPU by role. ``cpu_s`` is then the sum over the group
+    # and ``children`` the processes after the first (the api), so name them.
+    by_process: dict[str, float] | None = None
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"cpu_s": round(self.cpu_s, 2), "peak_rss_mb": self.peak_rss_mb}
+        if self.by_process:
+            out["cpu_s_by_process"] = {k: round(v, 2) for k, v in self.by_process.items()}
         if self.children:
             out["children"] = [c.as_json() for c in self.children]
             out["peak_rss_mb_with_children"] = round(
@@ -309,7 +314,8 @@ class ServiceGroup:
     def usage(self) -> Usage:
         each = [s.usage() for s in self.services]
         first, rest = each[0], each[1:]
-        return Usage(sum(u.cpu_s for u in each), first.peak_rss_mb, rest or None)
+        by_process = {s.name: u.cpu_s for s, u in zip(self.services, each, strict=True)}
+        return Usage(sum(u.cpu_s for u in each), first.peak_rss_mb, rest or None, by_process)
 
     def alive(self) -> bool:
         return all(s.alive() for s in self.services)

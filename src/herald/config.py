@@ -419,18 +419,24 @@ class Settings(BaseSettings):
 
     @property
     def serve_worker_processes(self) -> int:
-        """``herald serve``'s worker children: ``server.worker_processes``, else one per core
-        this process may use (none on a single core, where a child only adds a process to
-        schedule), at most 4 on SQLite (one writer lock: more children only queue at it) and 16
-        on PostgreSQL. Measured on 2 cores (BENCHMARKS.md, sessions 7-8, issue 23): the drain
-        at 1,500-1,900/s with none or one, 2,000-2,460/s with two; accept and critical latency
-        met their targets with children."""
+        """``herald serve``'s worker children: ``server.worker_processes``, else picked from the
+        cores this process may use: none on a single core (a child only adds a process to
+        schedule); on SQLite one core fewer than it has (``herald serve`` itself, which accepts,
+        routes and writes, is the busiest process: one per core in all), at most 3 (one writer
+        lock: more children only queue at it); on PostgreSQL one per core, at most 16.
+
+        On SQLite, measured on 2 cores (issue 23, bench/reports/s23.md): with two children the
+        three herald processes took turns on two cores and at the writer lock, and a child
+        descheduled while holding the lock held up the API: accept at 500/s p99 64 ms and the
+        critical notifications of the flood p99 182 ms, against 10-16 ms and 80 ms with one."""
         if self.server.worker_processes is not None:
             return self.server.worker_processes
         cores = available_cores()
         if cores < 2:
             return 0
-        return min(cores, 4 if self.database.url.startswith("sqlite") else 16)
+        if self.database.url.startswith("sqlite"):
+            return min(cores - 1, 3)
+        return min(cores, 16)
 
     @classmethod
     def settings_customise_sources(

@@ -6,8 +6,10 @@ The budget is asserted on what is imported (in a fresh interpreter), never on ti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -61,12 +63,19 @@ def test_help_and_version_load_no_framework_driver_or_sdk(tmp_path: Path, args: 
 
 
 def test_keys_create_loads_the_database_only(tmp_path: Path) -> None:
-    modules = loaded_by(["keys", "create", "--scope", "admin"], tmp_path)
-    assert "sqlalchemy" in modules  # it did create the key, in the database
-    assert (tmp_path / "herald.db").exists()
-    assert offending(modules, WEB) == []
-    assert offending(modules, PROVIDER_SDKS) == []
+    first = loaded_by(["keys", "create", "--scope", "admin"], tmp_path)
+    assert (tmp_path / "herald.db").exists()  # it did create the key, in a new database
+    assert "sqlalchemy" in first  # whose schema the full path created
+    assert offending(first, WEB) == []
+    assert offending(first, PROVIDER_SDKS) == []
     # Not the composition root, the API, nor alembic once the schema is current.
-    assert "herald.bootstrap" not in modules and "herald.entrypoints.api.app" not in modules
+    assert "herald.bootstrap" not in first and "herald.entrypoints.api.app" not in first
+    # With the schema current, the one row goes through the plain driver: no SQLAlchemy either.
     second = loaded_by(["keys", "create", "--scope", "send"], tmp_path)
-    assert "alembic" not in second
+    assert "herald.adapters.store.keys_fast" in second  # the probe ran the direct path
+    assert offending(second, WEB) == []
+    assert offending(second, DATABASE) == []
+    assert offending(second, PROVIDER_SDKS) == []
+    assert "herald.bootstrap" not in second and "herald.adapters.store.sql" not in second
+    with contextlib.closing(sqlite3.connect(tmp_path / "herald.db")) as db:
+        assert sorted(r[0] for r in db.execute("SELECT scopes FROM api_keys")) == ["admin", "send"]

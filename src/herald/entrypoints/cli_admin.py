@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -34,14 +35,22 @@ def keys_create(
     config: ConfigOpt = None,
 ) -> None:
     """Create an API key and print it alone on stdout (it is stored hashed: keep it)."""
-    from herald.services.api_keys import SCOPES  # noqa: PLC0415
+    from herald.services.api_keys import SCOPES, generate_key, hash_key  # noqa: PLC0415
 
     bad = [s for s in scope if s not in SCOPES]
     if bad or not scope:
         raise fail(f"--scope must be one of {', '.join(SCOPES)}")
     if not name.strip() or len(name) > 200:
         raise fail("--name must be 1-200 characters")
+    from herald.store_root import create_api_key_directly  # noqa: PLC0415
+
     settings = load(config, logs=False)
+    raw, key = generate_key(name, set(scope), time.time())
+    # The one row through the plain driver when the schema is current (no SQLAlchemy to load);
+    # else the key service over the store, which creates or migrates the schema first.
+    if create_api_key_directly(settings.database.url, key, hash_key(raw)):
+        typer.echo(raw)
+        return
 
     async def run(s: AdminServices) -> str:
         return await s.api_keys.create(name, set(scope))

@@ -16,19 +16,18 @@ import itertools
 import os
 import queue
 import random
-import re
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.pool import StaticPool
 
+from herald.adapters.store.revision import MIGRATIONS, head_revision
 from herald.domain import urgency
 from herald.domain.errors import ConfigurationError, ServiceUnavailable
 
@@ -38,32 +37,12 @@ except ImportError:  # not POSIX: SQLite's own busy handler alone
     fcntl = None  # type: ignore[assignment]
 
 T = TypeVar("T")
-_MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATIONS = MIGRATIONS
 _UPGRADE_LOCK = threading.Lock()
 _RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 _TX_ATTEMPTS = 5
 _RECONNECT_ATTEMPTS = 3  # a dead pooled connection, then a server not back yet: then give up
 _MIGRATION_LOCK_KEY = 0x68_65_72_61_6C_64  # "herald": the advisory lock held while migrating
-
-
-_REVISION = re.compile(r"^(revision|down_revision)\s*=\s*['\"]([^'\"]+)['\"]", re.M)
-
-
-@functools.cache
-def head_revision() -> str | None:
-    """The newest revision of the migration scripts, read without loading alembic (whose
-    import and script scan cost most of a short command's start). None when the scripts do not
-    form one simple chain: alembic then decides."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in (_MIGRATIONS / "versions").glob("*.py"):
-        found = dict(_REVISION.findall(path.read_text(encoding="utf-8")))
-        if "revision" in found:
-            revisions.add(found["revision"])
-            if "down_revision" in found:
-                parents.add(found["down_revision"])
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
 
 
 class SerialExecutor(Executor):
