@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import statistics
 import time
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             {
                 "bench": "route_inproc",
                 "herald_version": source_version(),
+                "code": os.environ.get("CODE"),  # old|new when comparing (PYTHONPATH=<old>/src)
                 "payload": args.payload,
                 "tracking": not args.no_tracking,
                 "recipients": args.recipients,
