@@ -102,9 +102,12 @@ def _case(payload: str, recipients: int) -> tuple[Notification, Template | None,
 def _round(router: RouterService, n: Notification, template: Template | None, ctx: RecipientContext) -> int:
     ids = list(ctx.users)
     built = 0
+    # The routing thread's build: RouterService._build, or its DeliveryBuilder once route.py is split.
+    builder = getattr(router, "builder", None)
+    build = builder.build if builder is not None else router._build  # type: ignore[attr-defined]
     for i in range(0, len(ids), CHUNK):
         chunk = [Recipient(user_id=u) for u in ids[i : i + CHUNK]]
-        built += len(router._build(n, template, chunk, ctx))
+        built += len(build(n, template, chunk, ctx))
     return built
 
 
