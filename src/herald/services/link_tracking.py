@@ -11,12 +11,18 @@ redirect, and an open pixel added.
   herald, and links marked ``data-herald-track="off"``.
 
 Rewriting parses the HTML (``html.parser``) and replaces only the start tags of the links it
-rewrites, rebuilt from their parsed attributes; everything else keeps its bytes.
+rewrites, rebuilt from their parsed attributes; everything else keeps its bytes. What a parse
+finds depends on the text alone, so it is done once per distinct HTML, not once per delivery:
+HTML without a ``<a`` (no link can be found in it) is not parsed at all, and the last text
+parsed is remembered with the rewritable tags found in it, each already split around its
+``href`` — the deliveries of a broadcast whose recipients see the same HTML parse it once, and
+each then costs its own signed URLs only. The tokens are signed per delivery whatever the cache.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
@@ -40,21 +46,25 @@ class _Links(HTMLParser):
     def __init__(self, text: str) -> None:
         super().__init__(convert_charrefs=True)
         self.text = text
-        self._line_starts = [0]
-        for i, ch in enumerate(text):
-            if ch == "\n":
-                self._line_starts.append(i + 1)
+        self._base = 0  # offset in ``text`` of the parser's buffer (it drops what it consumed)
+        self._at = 0  # offset of the start tag being parsed
         self.found: list[tuple[int, int, list[tuple[str, str | None]], str]] = []  # start, end, attrs, href
 
-    def _offset(self) -> int:
-        line, col = self.getpos()
-        return self._line_starts[line - 1] + col
+    def scan(self) -> list[tuple[int, int, list[tuple[str, str | None]], str]]:
+        self.feed(self.text)
+        self._base = len(self.text) - len(self.rawdata)
+        self.close()
+        return self.found
+
+    def parse_starttag(self, i: int) -> int:
+        self._at = self._base + i
+        return super().parse_starttag(i)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag not in ("a", "area"):
             return
         raw = self.get_starttag_text() or ""
-        start = self._offset()
+        start = self._at
         if self.text[start : start + len(raw)] != raw:  # not where the parser says: leave it
             return
         href = next((v for k, v in attrs if k == "href"), None)
@@ -66,11 +76,36 @@ class _Links(HTMLParser):
         self.handle_starttag(tag, attrs)
 
 
-def _tag(name: str, attrs: list[tuple[str, str | None]]) -> str:
-    parts = [name]
+def _attr(key: str, value: str | None) -> str:
+    return key if value is None else f'{key}="{html.escape(value, quote=True)}"'
+
+
+def _pieces(name: str, attrs: list[tuple[str, str | None]]) -> tuple[str, ...]:
+    """The rebuilt start tag split where each ``href`` value goes: ``escaped_url.join(pieces)``
+    is the tag rebuilt from ``attrs``, every href set to that URL, ``data-herald-track`` dropped."""
+    pieces: list[str] = []
+    current = "<" + name
     for key, value in attrs:
-        parts.append(key if value is None else f'{key}="{html.escape(value, quote=True)}"')
-    return "<" + " ".join(parts) + ">"
+        if key == "data-herald-track":
+            continue
+        if key == "href":
+            pieces.append(current + ' href="')
+            current = '"'
+        else:
+            current += " " + _attr(key, value)
+    pieces.append(current + ">")
+    return tuple(pieces)
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    start: int
+    end: int
+    href: str
+    pieces: tuple[str, ...]  # the rebuilt tag around its tracked URL(s), see _pieces
+
+
+_MAY_LINK = re.compile("<a", re.IGNORECASE)  # every <a ...> and <area ...> start tag has it
 
 
 class LinkTracker:
@@ -78,6 +113,7 @@ class LinkTracker:
         self._signer = signer
         self.public_url = public_url.rstrip("/")
         self._own = urlsplit(self.public_url)
+        self._memo: tuple[str, tuple[_Link, ...]] | None = None
 
     # Tokens ---------------------------------------------------------------------------------
     def open_url(self, delivery_id: str) -> str:
@@ -99,8 +135,9 @@ class LinkTracker:
         return fields[0], int(fields[1])
 
     # Rewriting ------------------------------------------------------------------------------
-    def _trackable(self, href: str, attrs: list[tuple[str, str | None]], keep: set[str]) -> bool:
-        if href in keep or any(k == "data-herald-track" and (v or "").lower() == "off" for k, v in attrs):
+    def _trackable(self, href: str, attrs: list[tuple[str, str | None]]) -> bool:
+        """Whether a link is rewritten, the ``keep`` set apart (it varies by delivery)."""
+        if any(k == "data-herald-track" and (v or "").lower() == "off" for k, v in attrs):
             return False
         parts = urlsplit(href)
         if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
@@ -108,31 +145,45 @@ class LinkTracker:
         own = parts.netloc.lower() == self._own.netloc.lower()
         return not (own and parts.path.startswith(_NEVER_PATHS))
 
+    def _links(self, text: str) -> tuple[_Link, ...]:
+        """The trackable links of ``text``; the last text's answer is remembered."""
+        memo = self._memo
+        if memo is not None and memo[0] == text:
+            return memo[1]
+        links: tuple[_Link, ...] = ()
+        if _MAY_LINK.search(text) is not None:
+            links = tuple(
+                _Link(
+                    start,
+                    end,
+                    href,
+                    _pieces(text[start + 1 : end].split(None, 1)[0].rstrip("/>").lower() or "a", attrs),
+                )
+                for start, end, attrs, href in _Links(text).scan()
+                if self._trackable(href, attrs)
+            )
+        self._memo = (text, links)  # one assignment: safe should two threads rewrite at once
+        return links
+
     def rewrite(self, delivery_id: str, text: str, *, keep: set[str], pixel: bool = True) -> Rewritten:
         """``text`` with its links tracked and the open pixel added; ``keep``: URLs never
         rewritten (the unsubscribe link)."""
-        parser = _Links(text)
-        parser.feed(text)
-        parser.close()
         links: list[str] = []
         index: dict[str, int] = {}
         out: list[str] = []
         pos = 0
-        for start, end, attrs, href in parser.found:
-            if not self._trackable(href, attrs, keep):
+        for link in self._links(text):
+            href = link.href
+            if href in keep:
                 continue
             i = index.get(href)
             if i is None:
                 i = index[href] = len(links)
                 links.append(href)
-            tracked = self.click_url(delivery_id, i)
-            rebuilt = [(k, tracked if k == "href" else v) for k, v in attrs if k != "data-herald-track"]
-            tag = text[start + 1 : end].split(None, 1)[0].rstrip("/>").lower() or "a"
-            out.append(text[pos:start])
-            out.append(_tag(tag, rebuilt))
-            pos = end
-        out.append(text[pos:])
-        result = "".join(out)
+            out.append(text[pos : link.start])
+            out.append(html.escape(self.click_url(delivery_id, i), quote=True).join(link.pieces))
+            pos = link.end
+        result = "".join(out) + text[pos:] if out else text
         if pixel:
             img = (
                 f'<img src="{html.escape(self.open_url(delivery_id), quote=True)}" width="1" height="1" '

@@ -16,8 +16,7 @@ import re
 import string
 import threading
 import time
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, cast
@@ -126,14 +125,23 @@ def active() -> Budget:
     return budget
 
 
-@contextmanager
-def budget_for(limits: RenderLimits) -> Iterator[Budget]:
-    previous = current()
-    budget = _local.budget = Budget(limits)
-    try:
-        yield budget
-    finally:
-        _local.budget = previous
+class budget_for:
+    """A fresh budget for the block (the previous one back after it). A class, not a generator
+    context manager: it is entered once per render, and this is a third of the cost."""
+
+    __slots__ = ("budget", "previous")
+
+    def __init__(self, limits: RenderLimits) -> None:
+        self.budget = Budget(limits)
+        self.previous: Budget | None = None
+
+    def __enter__(self) -> Budget:
+        self.previous = _local.budget
+        _local.budget = self.budget
+        return self.budget
+
+    def __exit__(self, *exc: object) -> None:
+        _local.budget = self.previous
 
 
 def spend(n: int = 1) -> None:

@@ -172,9 +172,63 @@ def _render(template: Any, parent: dict[str, Any]) -> str:
 HTML_FIELDS = frozenset({"html"})
 
 
+# A variant's plan: (field, compiled template or None for plain text, source, html) per field,
+# by the variant's fields (a template version or inline content renders the same fields for
+# every recipient: its fields are looked at once, not once per delivery).
+_Plan = tuple[tuple[str, Any, str, bool], ...]
+_plans: dict[tuple[tuple[str, Any], ...], _Plan] = {}
+_PLANS_MAX = 256
+_AS_IS = object()
+
+
+def _plan(variant: dict[str, Any]) -> _Plan | None:
+    """The plan of a variant whose values are all hashable (None: it has a mapping or list)."""
+    try:
+        key = tuple(variant.items())
+        plan = _plans.get(key)
+    except TypeError:  # a dict value (``data`` maps): not hashable
+        return None
+    if plan is not None:
+        return plan
+    steps = []
+    for field, value in key:
+        if not isinstance(value, str):
+            steps.append((field, _AS_IS, "", False))  # a flag (``tracking``): the value itself
+            continue
+        html = field in HTML_FIELDS
+        # Compiled outside the budget: cached (and done at PUT already); a slow first compile
+        # on a loaded machine must not fail an honest render.
+        steps.append((field, None if _is_plain(value) else _compiled(value, html), value, html))
+    if len(_plans) >= _PLANS_MAX:
+        _plans.clear()
+    plan = _plans[key] = tuple(steps)
+    return plan
+
+
 def render_variant(variant: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     """Render every string field of a channel variant within one budget; ``data`` maps render
     value by value. Synchronous and bounded: call it off the event loop (render_pool)."""
+    plan = _plan(variant)
+    if plan is not None:
+        out: dict[str, Any] = {}
+        parents: dict[bool, dict[str, Any]] = {}
+        with rb.budget_for(_limits):
+            for field, template, source, html in plan:
+                if template is None:
+                    out[field] = _plain(source)
+                    continue
+                if template is _AS_IS:  # equal keys may differ in kind (1 == True): this one's
+                    out[field] = variant[field]
+                    continue
+                parent = parents.get(html)
+                if parent is None:
+                    parent = parents[html] = _parent(html, context)
+                out[field] = _render(template, parent)
+        return out
+    return _render_mixed(variant, context)
+
+
+def _render_mixed(variant: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     parents: dict[bool, dict[str, Any]] = {}
     # Compile first, outside the budget: compiling is cached (and was done at PUT already);
     # a slow first compile on a loaded machine must not fail an honest render.
