@@ -148,7 +148,14 @@ class SqlRoutingMixin:
         return await self.db.run(op)
 
     async def claim_unrouted(
-        self, *, owner: str, limit: int, lease: float, now: float, min_rank: int = 0
+        self,
+        *,
+        owner: str,
+        limit: int,
+        lease: float,
+        now: float,
+        min_rank: int = 0,
+        max_rank: int = RANKS[-1],
     ) -> list[Notification]:
         pg = self.db.dialect == "postgresql"
         new, expired = (UNROUTED_NEW_PG, UNROUTED_EXPIRED_PG) if pg else (UNROUTED_NEW, UNROUTED_EXPIRED)
@@ -156,7 +163,7 @@ class SqlRoutingMixin:
         def op(c: Connection) -> list[Notification]:
             ids: list[str] = []
             for rank in RANKS:  # new ones by lane, then those whose router's lease ran out
-                if rank < min_rank:
+                if not min_rank <= rank <= max_rank:
                     continue
                 ids.extend(c.execute(new, {"b_rank": rank, "b_limit": limit - len(ids)}).scalars())
                 if len(ids) >= limit:
