@@ -6,10 +6,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from herald.domain.errors import ValidationError
 from herald.domain.models import ApiKey, new_id
-from herald.ports import Clock, Store
+
+if TYPE_CHECKING:  # `herald keys create` imports this module: not the ports' 30 protocols
+    from herald.ports import Clock, Store
 
 SCOPES = ("admin", "send", "read")
 
