@@ -253,3 +253,20 @@ def test_an_invalid_configuration_is_refused_after_a_valid_one_was_recorded(
         env={**{k: v for k, v in os.environ.items() if not k.upper().startswith("HERALD_")}, **env},
     )
     assert (keys_list.returncode, keys_list.stderr.strip()) == (1, err)  # the same refusal
+
+
+def test_config_check_records_a_configuration_it_passed(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from herald.entrypoints.cli import app
+
+    path = _write(tmp_path, f'[database]\nurl = "{FILE_URL}"\n')
+    assert CliRunner().invoke(app, ["config", "check", str(path)]).exit_code == 0
+    assert config_source.validated_database_url(path) == FILE_URL
+    # A configuration pydantic accepts but the providers' check refuses is not recorded.
+    path.write_text(
+        path.read_text(encoding="utf-8") + '[channels.email]\nproviders = ["pigeon"]\n', encoding="utf-8"
+    )
+    assert load_settings(path).channels["email"].providers == ["pigeon"]
+    assert CliRunner().invoke(app, ["config", "check", str(path)]).exit_code == 1
+    assert config_source.validated_database_url(path) is None
