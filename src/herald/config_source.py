@@ -121,7 +121,9 @@ def _stamp(path: Path) -> list[object]:
 
 
 def _code_stamps() -> list[object]:
-    stamps: list[object] = [sys.version, sys.executable]
+    from herald import __version__  # noqa: PLC0415 - the package is loaded: this module is in it
+
+    stamps: list[object] = [__version__, sys.version, sys.executable]
     for name in _HERALD_CODE:
         path = _HERALD / name
         if path.is_dir():
