@@ -88,6 +88,7 @@ def test_keys_create_loads_the_database_only(tmp_path: Path) -> None:
     assert offending(second, VALIDATION) == [] and "herald.config" not in second
     assert "herald.bootstrap" not in second and "herald.adapters.store.sql" not in second
     assert "herald.ports" not in second  # the key service's module, not every port's protocol
+    assert "herald.domain.models" not in second  # the key's type and id alone (domain/keys.py, ids.py)
     with contextlib.closing(sqlite3.connect(tmp_path / "herald.db")) as db:
         assert sorted(r[0] for r in db.execute("SELECT scopes FROM api_keys")) == ["admin", "send"]
 
