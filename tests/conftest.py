@@ -73,3 +73,14 @@ WELCOME = {
     },
     "locales": {"fr": {"email": {"subject": "Bienvenue, {{ user.data.name }}"}}},
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Commands record the configurations that validated in the user's cache folder
+    (herald/config_source.py): the suite's commands, in-process and in subprocesses, in one of
+    its own."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    yield
+    patch.undo()

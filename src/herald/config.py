@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from herald.config_source import DEFAULT_DATABASE_URL, ConfigSource, read_source
 from herald.domain.errors import ConfigurationError, ValidationError
 from herald.domain.models import ALL_CHANNELS, Priority
 from herald.domain.rates import RateLimit
@@ -98,7 +99,7 @@ class ServerConfig(_Section):
 
 
 class DatabaseConfig(_Section):
-    url: str = "sqlite:///herald.db"
+    url: str = DEFAULT_DATABASE_URL
     pool_size: int = Field(default=8, ge=1)
 
     @field_validator("url")
@@ -471,16 +472,19 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
 
     Raises ConfigurationError naming the offending key.
     """
-    explicit = path is not None or "HERALD_CONFIG" in os.environ
-    chosen = Path(path or os.environ.get("HERALD_CONFIG", "herald.toml"))
+    return settings_from(read_source(path), **overrides)
+
+
+def settings_from(source: ConfigSource, **overrides: Any) -> Settings:
+    """Validate the file and environment ``source`` read (ConfigurationError names the key)."""
     raw: dict[str, Any] = {}
-    if chosen.exists():
+    if source.data is not None:
         try:
-            raw = tomllib.loads(chosen.read_text(encoding="utf-8"))
+            raw = tomllib.loads(source.text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(f"{chosen}: not valid TOML: {exc}") from None
-    elif explicit:
-        raise ConfigurationError(f"configuration file {chosen} does not exist")
+            raise ConfigurationError(f"{source.path}: not valid TOML: {exc}") from None
+    elif source.explicit:
+        raise ConfigurationError(f"configuration file {source.path} does not exist")
     raw = _merge_channels(raw)
     raw.update(overrides)
     try:

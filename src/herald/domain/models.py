@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import enum
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+# Defined apart so that `herald keys create` need not build every type below; re-exported
+# (`X as X`, PEP 484): herald imports them from here.
+from herald.domain.ids import new_id as new_id  # noqa: PLC0414
+from herald.domain.keys import ApiKey as ApiKey  # noqa: PLC0414
 
 JSON = dict[str, Any]
 
@@ -106,22 +110,6 @@ class Reason(enum.StrEnum):
 
 def now() -> float:
     return time.time()
-
-
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
-
-
-def new_id(prefix: str) -> str:
-    """A sortable id: 48 bits of milliseconds then 80 random bits, Crockford base32.
-
-    Sortable ids make cursor pagination a plain ``id < cursor`` comparison.
-    """
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return prefix + "_" + "".join(reversed(chars))
 
 
 @dataclass(slots=True)
@@ -322,16 +310,6 @@ class SendReceipt:
     provider_message_id: str | None = None
     detail: str | None = None
     provider: str | None = None  # set by composite providers (failover) to the one that sent
-
-
-@dataclass(slots=True)
-class ApiKey:
-    id: str
-    name: str
-    scopes: frozenset[str]
-    created_at: float = 0.0
-    last_used_at: float | None = None
-    revoked_at: float | None = None
 
 
 @dataclass(slots=True)

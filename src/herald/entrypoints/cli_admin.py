@@ -42,15 +42,24 @@ def keys_create(
         raise fail(f"--scope must be one of {', '.join(SCOPES)}")
     if not name.strip() or len(name) > 200:
         raise fail("--name must be 1-200 characters")
+    from herald.config_source import validated_database_url  # noqa: PLC0415
     from herald.store_root import create_api_key_directly  # noqa: PLC0415
 
-    settings = load(config, logs=False)
+    # A configuration that validated before, unchanged (file, environment, code), need not be
+    # validated again to read its database.url: no pydantic to load (config_source.py).
+    url = validated_database_url(config)
+    settings = None
+    if url is None:
+        settings = load(config, logs=False)
+        url = settings.database.url
     raw, key = generate_key(name, set(scope), time.time())
     # The one row through the plain driver when the schema is current (no SQLAlchemy to load);
     # else the key service over the store, which creates or migrates the schema first.
-    if create_api_key_directly(settings.database.url, key, hash_key(raw)):
+    if create_api_key_directly(url, key, hash_key(raw)):
         typer.echo(raw)
         return
+    if settings is None:
+        settings = load(config, logs=False)
 
     async def run(s: AdminServices) -> str:
         return await s.api_keys.create(name, set(scope))

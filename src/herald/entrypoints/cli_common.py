@@ -48,9 +48,13 @@ def guarded(fn: Callable[..., T]) -> Callable[..., T]:
 def load(config: Path | None, *, logs: bool = True, **overrides: Any) -> Settings:
     """The settings (ConfigurationError names the key), with logging configured from them
     (``logs=False``: a short command that logs nothing need not load structlog)."""
-    from herald.config import load_settings  # noqa: PLC0415 - commands import what they use
+    from herald import config_source  # noqa: PLC0415 - commands import what they use
+    from herald.config import settings_from  # noqa: PLC0415
 
-    settings = load_settings(config, **overrides)
+    source = config_source.read_source(config)
+    settings = settings_from(source, **overrides)
+    if not overrides:  # what validated is the file and the environment alone
+        config_source.record(source, settings.database.url)
     if logs:
         from herald.logs import configure  # noqa: PLC0415
 

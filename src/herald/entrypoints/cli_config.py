@@ -32,17 +32,20 @@ def config_check(
 ) -> None:
     """Validate a configuration file (and HERALD_* variables) without starting anything: every
     key, the providers each channel names, their settings and installed extras."""
-    from herald.config import load_settings  # noqa: PLC0415
+    from herald import config_source  # noqa: PLC0415
+    from herald.config import settings_from  # noqa: PLC0415
 
     if file is not None and not file.is_file():
         raise fail(f"configuration file {file} does not exist")
     chosen = file or Path(os.environ.get("HERALD_CONFIG", "herald.toml"))
-    settings = load_settings(file)
+    source = config_source.read_source(file)
+    settings = settings_from(source)
     problems = check_providers(settings)
     if problems:
         for line in problems:
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(1)
+    config_source.record(source, settings.database.url)  # the next command need not validate it
     where = str(chosen) if chosen.is_file() else "no configuration file: the defaults"
     channels = ", ".join(
         f"{name} → {'/'.join(ch.providers)}" for name, ch in settings.channels.items() if ch.enabled

@@ -14,7 +14,6 @@ number and skipped; the exit status is 1 when there were any.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -142,6 +141,8 @@ def _detect_format(path: Path, given: str | None) -> str:
 
 
 def _checkpoint_name(path: Path) -> str:
+    import hashlib  # noqa: PLC0415 - OpenSSL's bindings: not for every `herald --help`
+
     return "users_import:" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
 
 

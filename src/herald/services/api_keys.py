@@ -6,10 +6,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from herald.domain.errors import ValidationError
-from herald.domain.models import ApiKey, new_id
-from herald.ports import Clock, Store
+from herald.domain.ids import new_id
+from herald.domain.keys import ApiKey
+
+if TYPE_CHECKING:  # `herald keys create` imports this module: not the ports' 30 protocols
+    from herald.ports import Clock, Store
 
 SCOPES = ("admin", "send", "read")
 
