@@ -161,29 +161,18 @@ class Container:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def start_roles(
-        self, roles: set[str], *, channels: Collection[str] | None = None, route_own_lanes: bool = False
-    ) -> None:
+    def start_roles(self, roles: set[str], *, channels: Collection[str] | None = None) -> None:
         """Start the background roles: ``router``, ``worker``, ``scheduler``.
 
         ``channels``: the channels this process's ``worker`` sends for (default: all enabled).
-        ``route_own_lanes`` (``herald worker``): the router claims only the new notifications of
-        the lanes this process sends, when those are the urgent ones only or the bulk ones only;
-        the other lanes are left to the routers of the workers that send them.
         """
         if "router" in roles:
             self.accept.express = self.router  # critical/high routed as soon as committed
             sending = [p for name, p in self.delivery.pools.items() if channels is None or name in channels]
-            if route_own_lanes and "worker" in roles and sending:
-                if all(p.min_rank >= 2 for p in sending):
-                    # A worker of the bulk lanes only (`herald worker --lanes normal,low`):
-                    # critical and high are for the routers of the processes that send them.
-                    self.router.min_rank = min(p.min_rank for p in sending)
-                elif all(p.max_rank <= 1 for p in sending):
-                    # A worker of the urgent lanes only (`--lanes critical,high`): normal and low
-                    # are routed by the bulk workers, so no low pass is under way here when a
-                    # critical notification comes (it would wait for that pass's transactions).
-                    self.router.max_rank = max(p.max_rank for p in sending)
+            if "worker" in roles and sending and all(p.min_rank >= 2 for p in sending):
+                # A worker of the bulk lanes only (`herald worker --lanes normal,low`): critical
+                # and high notifications are for the routers of the processes that send them.
+                self.router.min_rank = min(p.min_rank for p in sending)
             idle = self.settings.worker.router_idle_seconds
             self._tasks.append(
                 asyncio.create_task(self.router.run(self._stopping, idle=idle), name="herald-router")

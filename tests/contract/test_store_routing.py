@@ -224,24 +224,6 @@ async def test_claim_unrouted_from_a_lane_down_leaves_higher_lanes(store: SqlSto
     assert {n.id for n in urgent} == {crit.id, high.id}
 
 
-async def test_claim_unrouted_up_to_a_lane_leaves_lower_lanes(store: SqlStore) -> None:
-    """An urgent worker's router (``max_rank=1``) leaves normal and low to the bulk workers."""
-    low = make_notification(priority=Priority.LOW, created_at=NOW)
-    normal = make_notification(priority=Priority.NORMAL, created_at=NOW)
-    high = make_notification(priority=Priority.HIGH, created_at=NOW + 1)
-    crit = make_notification(priority=Priority.CRITICAL, created_at=NOW + 2)
-    await store.create_notifications([low, normal, high, crit])
-    urgent = await store.claim_unrouted(owner="urgent", limit=10, lease=60, now=NOW, max_rank=1)
-    assert [n.id for n in urgent] == [crit.id, high.id]
-    assert await store.claim_unrouted(owner="urgent", limit=10, lease=60, now=NOW, max_rank=1) == []
-    only_high = make_notification(priority=Priority.HIGH, created_at=NOW + 3)
-    await store.create_notifications([only_high])
-    one = await store.claim_unrouted(owner="mid", limit=10, lease=60, now=NOW, min_rank=1, max_rank=1)
-    assert [n.id for n in one] == [only_high.id]
-    bulk = await store.claim_unrouted(owner="bulk", limit=10, lease=60, now=NOW, min_rank=2)
-    assert [n.id for n in bulk] == [normal.id, low.id]
-
-
 async def test_expired_routing_lease_is_taken_over_and_the_old_owner_loses(store: SqlStore) -> None:
     n = make_notification(user_ids=("a", "b"))
     await store.create_notifications([n])

@@ -243,11 +243,7 @@ def api(
 
 
 def _run_roles(
-    settings: Settings,
-    roles: set[str],
-    wake_fd: int | None = None,
-    channels: list[str] | None = None,
-    route_own_lanes: bool = False,
+    settings: Settings, roles: set[str], wake_fd: int | None = None, channels: list[str] | None = None
 ) -> None:
     import asyncio  # noqa: PLC0415
     import signal  # noqa: PLC0415
@@ -261,7 +257,7 @@ def _run_roles(
     async def main() -> None:
         container = await build(settings)
         freeze_startup_heap()
-        container.start_roles(roles, channels=channels, route_own_lanes=route_own_lanes)
+        container.start_roles(roles, channels=channels)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -288,11 +284,7 @@ def worker(
     router: Annotated[bool, typer.Option(help="also route accepted notifications")] = True,
     wake_fd: Annotated[int | None, typer.Option(hidden=True, help="set by herald serve")] = None,
     lanes: Annotated[
-        str | None,
-        typer.Option(
-            help="comma-separated priority lanes to send, e.g. critical,high (the router then "
-            "takes new notifications of those lanes only, when they are all urgent or all bulk)"
-        ),
+        str | None, typer.Option(help="comma-separated priority lanes to send, e.g. critical,high")
     ] = None,
     nice: Annotated[int, typer.Option(help="lower this process's CPU priority by 0-19")] = 0,
 ) -> None:
@@ -340,8 +332,7 @@ def worker(
                 ) from None
     if nice:
         os.nice(nice)  # a bulk sender yields the cores to the API and the critical lanes
-    roles = {"router", "worker"} if router else {"worker"}
-    _run_roles(settings, roles, wake_fd, channels=sends, route_own_lanes=True)
+    _run_roles(settings, {"router", "worker"} if router else {"worker"}, wake_fd, channels=sends)
 
 
 @app.command()

@@ -30,7 +30,6 @@ from herald.domain.models import (
     Delivery,
     DeliveryStatus,
     Notification,
-    Priority,
     Recipient,
     Template,
     new_id,
@@ -50,7 +49,6 @@ CHUNK = 500
 EXPRESS_ROUND = 1000  # express notifications routed together, at most
 ROUTE_GATHER = 0.01  # seconds a partial routing pass waits for more normal/low work
 ROUTE_SLICE = 50  # normal/low notifications written per routing transaction
-LOWEST_RANK = max(p.rank for p in Priority)
 
 
 class LocalSenders(Protocol):
@@ -109,13 +107,10 @@ class RouterService:
         self._express: set[asyncio.Task[None]] = set()
         self._express_pending: dict[int, list[Notification]] = {}  # by lane: waiting to be routed
         self._express_lanes: dict[int, asyncio.Task[None]] = {}  # by lane: the task routing them
-        # The lanes whose new notifications this router claims (bootstrap.start_roles): a
-        # worker of the bulk lanes only leaves critical and high to other routers (its niced,
-        # busy process would route a critical one late and could not send it itself); a worker
-        # of the urgent lanes only leaves normal and low to the bulk workers' routers, so that
-        # no pass of a low flood is under way when a critical notification comes.
+        # New notifications of higher lanes are left to other routers (bootstrap.start_roles:
+        # a worker of the bulk lanes only, whose niced, busy process would route a critical
+        # one late and could not send it itself).
         self.min_rank = 0
-        self.max_rank = LOWEST_RANK
 
     def wake(self, urgent: bool = True) -> None:
         """New work. ``urgent=False`` (no critical among it) may wait for company, see run."""
@@ -226,7 +221,6 @@ class RouterService:
                 lease=self.lease,
                 now=self.clock.now(),
                 **({"min_rank": self.min_rank} if self.min_rank else {}),
-                **({"max_rank": self.max_rank} if self.max_rank < LOWEST_RANK else {}),
             )
         listed = [n for n in claimed if n.topic is None]
         small = [n for n in listed if len(n.recipients) - n.recipients_routed <= CHUNK]

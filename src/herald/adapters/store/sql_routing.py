@@ -148,14 +148,7 @@ class SqlRoutingMixin:
         return await self.db.run(op)
 
     async def claim_unrouted(
-        self,
-        *,
-        owner: str,
-        limit: int,
-        lease: float,
-        now: float,
-        min_rank: int = 0,
-        max_rank: int = RANKS[-1],
+        self, *, owner: str, limit: int, lease: float, now: float, min_rank: int = 0
     ) -> list[Notification]:
         pg = self.db.dialect == "postgresql"
         new, expired = (UNROUTED_NEW_PG, UNROUTED_EXPIRED_PG) if pg else (UNROUTED_NEW, UNROUTED_EXPIRED)
@@ -163,7 +156,7 @@ class SqlRoutingMixin:
         def op(c: Connection) -> list[Notification]:
             ids: list[str] = []
             for rank in RANKS:  # new ones by lane, then those whose router's lease ran out
-                if not min_rank <= rank <= max_rank:
+                if rank < min_rank:
                     continue
                 ids.extend(c.execute(new, {"b_rank": rank, "b_limit": limit - len(ids)}).scalars())
                 if len(ids) >= limit:

@@ -50,20 +50,11 @@ class RoutingStore(Protocol):
     under that lease, and finish (or fail) them."""
 
     async def claim_unrouted(
-        self,
-        *,
-        owner: str,
-        limit: int,
-        lease: float,
-        now: float,
-        min_rank: int = 0,
-        max_rank: int = 3,
+        self, *, owner: str, limit: int, lease: float, now: float, min_rank: int = 0
     ) -> list[Notification]:
         """Lease accepted notifications (or ones whose routing lease expired) for routing;
-        new ones of priority rank ``min_rank`` to ``max_rank`` only: a worker that sends some
-        lanes routes those (a bulk worker leaves critical and high to the routers of the
-        processes that send them; an urgent one leaves normal and low to the bulk workers, so
-        that it is idle when a critical notification comes).
+        new ones of priority rank ``min_rank`` or lower only (a bulk worker leaves critical and
+        high to the routers of the processes that send them).
 
         At most ``limit``, moved to ``routing`` under ``owner``'s lease until ``now + lease``:
         new ones lane by lane (critical first), oldest first in a lane; then, looked for at most
