@@ -428,8 +428,9 @@ class Settings(BaseSettings):
 
         On SQLite, measured on 2 cores (issue 23, bench/reports/s23.md): with two children the
         three herald processes took turns on two cores and at the writer lock, and a child
-        descheduled while holding the lock held up the API: accept at 500/s p99 64 ms and the
-        critical notifications of the flood p99 182 ms, against 10-16 ms and 80 ms with one."""
+        descheduled while holding the lock held up the API: in one series on a quiet machine
+        (BENCHMARKS.md, session 11), accept at 500/s p99 300-377 ms with two children against
+        106-121 ms with one; the drain pays for it (~20 % fewer notifications/s)."""
         if self.server.worker_processes is not None:
             return self.server.worker_processes
         cores = available_cores()
