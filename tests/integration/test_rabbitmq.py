@@ -342,8 +342,13 @@ async def test_postgres_redis_rabbitmq_deliver_every_notification_and_event_exac
                 assert await queue_message_count(f"{prefix}.events.invalid") == 0
             finally:
                 await other.stop()
+    # Two scheduler roles, one leading: one of them took the lease. On a loaded machine a late
+    # renewal lets the lease lapse and it is taken again (by either): that is the lease working,
+    # not a second leader (one leader at a time is tests/unit/test_leader.py's, on a fake clock).
     leaders = [e for e in logs if e["event"] == "scheduler.leader_acquired"]
-    assert len(leaders) == 1, leaders  # two scheduler roles, one active
+    assert leaders, "no scheduler took the lease"
+    lapsed = [e for e in logs if e["event"] in ("scheduler.leader_lost", "scheduler.leader_released")]
+    assert len(leaders) <= len(lapsed) + 1, (leaders, lapsed)  # taken again only after it lapsed
 
 
 async def test_a_message_that_keeps_coming_back_is_dead_lettered_then_rescheduled(
