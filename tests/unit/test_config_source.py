@@ -198,16 +198,19 @@ sys.stderr.write("\\n@@" + json.dumps({"code": code, "pydantic": "pydantic" in s
 """
 
 
-def _keys_create(cwd: Path, env: dict[str, str] | None = None) -> tuple[int, bool, str, str]:
+def _herald(
+    cwd: Path, args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python <args>`` in ``cwd`` with the suite's ``HERALD_*`` variables replaced by ``env``."""
     base = {k: v for k, v in os.environ.items() if not k.upper().startswith("HERALD_")}
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(["keys", "create", "--scope", "admin"])],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**base, **(env or {})},
+    whole = {**base, **(env or {})}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=whole
     )
+
+
+def _keys_create(cwd: Path, env: dict[str, str] | None = None) -> tuple[int, bool, str, str]:
+    done = _herald(cwd, ["-c", PROBE, json.dumps(["keys", "create", "--scope", "admin"])], env)
     err, _, tail = done.stderr.rpartition("\n@@")
     result = json.loads(tail)
     return result["code"], result["pydantic"], done.stdout.strip(), err.strip()
@@ -244,14 +247,7 @@ def test_an_invalid_configuration_is_refused_after_a_valid_one_was_recorded(
     code, _, out, err = _keys_create(tmp_path, env)
     assert code == 1 and out == ""
     assert err.startswith(message) and "\n" not in err  # one line, as every command says it
-    keys_list = subprocess.run(
-        [sys.executable, "-m", "herald", "keys", "list"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**{k: v for k, v in os.environ.items() if not k.upper().startswith("HERALD_")}, **env},
-    )
+    keys_list = _herald(tmp_path, ["-m", "herald", "keys", "list"], env)
     assert (keys_list.returncode, keys_list.stderr.strip()) == (1, err)  # the same refusal
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,8 +36,8 @@ def config_check(
 
     if file is not None and not file.is_file():
         raise fail(f"configuration file {file} does not exist")
-    chosen = file or Path(os.environ.get("HERALD_CONFIG", "herald.toml"))
     source = config_source.read_source(file)
+    chosen = source.path
     settings = settings_from(source)
     problems = check_providers(settings)
     if problems:
